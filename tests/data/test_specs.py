@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+
+from privdiff.data import ImageDataset, load_dataset, parse_spec
+from privdiff.errors import DataError, InvalidParameter
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["", "cifar10", "fashion-mnist", "fashion-mnist:validation", "fashion-mnist:train[5]", "digits:foo",
+     "fashion-mnist:train[::0]", "folder:", "npz:", "fashion-mnist:train@"],
+)
+def test_bad_specs_raise_data_error_naming_spec_and_valid_forms(spec):
+    with pytest.raises(DataError) as info:
+        load_dataset(spec)
+    msg = str(info.value)
+    assert repr(spec.strip()) in msg or spec == ""
+    assert "fashion-mnist:train" in msg and "folder:/path" in msg
+
+
+def test_parse_spec_splits_kind_arg_dir_and_slice():
+    s = parse_spec("fashion-mnist:test@/tmp/fm[10:20]")
+    assert (s.kind, s.arg, s.directory, s.index) == ("fashion-mnist", "test", "/tmp/fm", slice(10, 20, None))
+    s = parse_spec("folder:/a:b/c[:3]")
+    assert (s.kind, s.arg, s.index) == ("folder", "/a:b/c", slice(None, 3, None))
+
+
+def test_digits_are_rescaled_to_full_uint8_range():
+    ds = load_dataset("digits")
+    assert ds.images.shape == (1797, 8, 8, 1) and ds.images.max() == 255 and ds.images.min() == 0
+    from sklearn.datasets import load_digits
+
+    raw = load_digits().images
+    np.testing.assert_array_equal(ds.images[..., 0], np.rint(raw * 255 / 16).astype(np.uint8))
+
+
+def test_mnist5k_has_500_per_digit():
+    ds = load_dataset("mnist5k")
+    assert ds.images.shape == (5000, 28, 28, 1)
+    assert np.bincount(ds.labels).tolist() == [500] * 10
+    assert ds.class_names == [str(i) for i in range(10)]
+
+
+def test_lfw_halves_faces_first_and_full_value_range():
+    full = load_dataset("lfw")
+    faces = load_dataset("lfw-faces")
+    non = load_dataset("lfw-nonfaces")
+    assert full.images.shape == (200, 25, 25, 1) and full.images.max() > 200
+    assert len(faces) == len(non) == 100
+    np.testing.assert_array_equal(faces.images, full.images[:100])
+    np.testing.assert_array_equal(non.images, full.images[100:])
+    assert full.class_names[0] == "face" and set(faces.labels) == {0} and set(non.labels) == {1}
+
+
+def test_size_resizes_every_image():
+    ds = load_dataset("lfw[:5]", size=32)
+    assert ds.images.shape == (5, 32, 32, 1) and ds.images.dtype == np.uint8
+
+
+@pytest.mark.parametrize("size", [0, -3, 2.5, "x"])
+def test_bad_size_is_invalid_parameter(size):
+    with pytest.raises(InvalidParameter, match="size"):
+        load_dataset("digits", size=size)
+
+
+def test_npz_roundtrip_with_and_without_labels(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(6, 5, 5, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", images=imgs, labels=np.array([0, 1, 0, 1, 2, 2]))
+    ds = load_dataset(f"npz:{tmp_path / 'a.npz'}[1:]")
+    np.testing.assert_array_equal(ds.images, imgs[1:])
+    assert ds.labels.tolist() == [1, 0, 1, 2, 2]
+    np.savez(tmp_path / "b.npz", images=imgs[..., 0])
+    ds = load_dataset(f"npz:{tmp_path / 'b.npz'}")
+    assert ds.images.shape == (6, 5, 5, 1) and ds.labels is None
+
+
+def test_npz_errors(tmp_path):
+    np.savez(tmp_path / "f.npz", images=np.zeros((2, 4, 4), dtype=np.float32))
+    with pytest.raises(DataError, match="uint8"):
+        load_dataset(f"npz:{tmp_path / 'f.npz'}")
+    np.savez(tmp_path / "n.npz", pixels=np.zeros((2, 4, 4), dtype=np.uint8))
+    with pytest.raises(DataError, match="no 'images'"):
+        load_dataset(f"npz:{tmp_path / 'n.npz'}")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(f"npz:{tmp_path / 'junk.npz'}")
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(f"npz:{tmp_path / 'missing.npz'}")
+
+
+def test_image_dataset_validates_and_subsets():
+    imgs = np.arange(4 * 2 * 2, dtype=np.uint8).reshape(4, 2, 2, 1)
+    ds = ImageDataset(imgs, np.array([0, 1, 1, 0]), ["a", "b"], "toy")
+    sub = ds.subset([3, 1])
+    np.testing.assert_array_equal(sub.images, imgs[[3, 1]])
+    assert sub.labels.tolist() == [0, 1] and sub.class_names == ["a", "b"]
+    assert len(ds.subset(np.array([True, False, True, False]))) == 2
+    assert len(ds.subset(slice(1, None))) == 3
+    assert ds.class_counts() == {"a": 2, "b": 2}
+    with pytest.raises(DataError):
+        ds.subset([7])
+    with pytest.raises(DataError):
+        ImageDataset(imgs.astype(np.float32))
+    with pytest.raises(DataError):
+        ImageDataset(imgs, np.array([0, 1]))
+    with pytest.raises(DataError):
+        ImageDataset(imgs, np.array([0, 1, 2, 0]), ["a", "b"])
+    with pytest.raises(DataError):
+        ImageDataset(np.zeros((2, 3, 3, 2), dtype=np.uint8))
