@@ -1,0 +1,247 @@
+"""Training a pixel-space DDPM (ε-prediction) on a small image set, resumably.
+
+The objective is the simple loss of Ho et al. 2020 (Eq. 14): t ~ U{0..T−1}, ε ~ N(0, I),
+x_t = √ᾱ_t·x_0 + √(1−ᾱ_t)·ε (``DDPMScheduler.add_noise``), minimise ‖ε − ε_θ(x_t, t)‖² (mean over
+pixels). Trained long on a few hundred images the network memorises them, which is the setting of
+CPSample's replication experiments ("fine-tuned on a small subset", methods/cpsample.md §5.2).
+
+A run directory holds the sampling checkpoint (:mod:`privdiff.diffusion.model`), ``training_state.pt``
+(raw weights, EMA, optimizer, step, every RNG state) so ``resume=True`` continues exactly where a
+run stopped, and ``loss.json`` / ``loss.png`` with the loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from privdiff.diffusion.model import DDIM_SCHEDULE, DiffusionModel, build_unet, count_parameters, save_model
+from privdiff.errors import CheckpointError, DataError, InvalidParameter, check_int, check_nonnegative, check_positive
+
+TRAINING_STATE = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (AdamW; EMA of the weights as in DDPM/ddim, optional).
+
+    Attributes:
+        steps: total optimizer steps (a resumed run continues up to this number).
+        batch_size: images per step, drawn with replacement-free epochs from the training set.
+        lr: AdamW learning rate, after a linear warm-up of ``warmup_steps``.
+        weight_decay: AdamW weight decay (small: memorising is the goal here).
+        ema_decay: EMA decay; 0 disables EMA. diffusers' ``EMAModel`` warm-up is used so a short
+            run's EMA is not dominated by the random initialisation.
+        grad_clip: global gradient-norm clip (ddim's default 1.0).
+        checkpoint_every: write a resumable checkpoint every this many steps.
+        seed: seeds the initialisation, the batch order and the diffusion noise.
+    """
+
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    def validate(self) -> "TrainConfig":
+        check_int("steps", self.steps, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_positive("lr", self.lr)
+        check_nonnegative("weight_decay", self.weight_decay)
+        if not (0.0 <= float(self.ema_decay) < 1.0):
+            raise InvalidParameter("ema_decay", self.ema_decay, "in [0, 1)")
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_positive("grad_clip", self.grad_clip)
+        check_int("checkpoint_every", self.checkpoint_every, minimum=1)
+        check_int("seed", self.seed, minimum=0)
+        return self
+
+
+def ddpm_loss(unet, x0: torch.Tensor, noise_scheduler, generator: torch.Generator) -> torch.Tensor:
+    """Ho et al. 2020 Eq. 14 ("L_simple"): E_{t,ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²."""
+    b = x0.shape[0]
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    x_t = noise_scheduler.add_noise(x0, noise, t)
+    return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
+
+
+def train_diffusion(
+    images: np.ndarray,
+    out_dir: str | Path,
+    *,
+    unet_config: dict[str, Any],
+    config: TrainConfig | None = None,
+    data_spec: str = "",
+    command: str = "",
+    resume: bool = False,
+    progress: bool = True,
+    on_checkpoint: Callable[[int, DiffusionModel], None] | None = None,
+) -> DiffusionModel:
+    """Train (or resume training) a DDPM on uint8 images (N, H, W, C) and save it to ``out_dir``.
+
+    Args:
+        images: training images, uint8 (N, H, W, C).
+        out_dir: run directory; receives the checkpoint, ``training_state.pt`` and the loss curve.
+        unet_config: a :func:`privdiff.diffusion.model.unet_config` dict matching the image shape.
+        config: optimisation settings (validated before anything is written).
+        data_spec: the dataset spec, recorded for provenance.
+        command: the command line that started this (segment of the) run, recorded in model.json.
+        resume: continue from ``out_dir/training_state.pt`` (error if absent).
+        on_checkpoint: called as ``on_checkpoint(step, model)`` after each checkpoint.
+
+    Returns:
+        The trained model (EMA weights when EMA is on), as saved.
+    """
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from privdiff.report.images import to_model_space
+
+    config = (config or TrainConfig()).validate()
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
+        raise DataError(f"training images must be a non-empty uint8 array (N, H, W, C); got {images.dtype} {images.shape}")
+    c, size = images.shape[3], images.shape[1]
+    if (unet_config["in_channels"], unet_config["sample_size"]) != (c, size) or images.shape[2] != size:
+        raise InvalidParameter(
+            "unet_config", {k: unet_config[k] for k in ("in_channels", "sample_size")},
+            f"matching the data: in_channels={c}, sample_size={size} (square images)",
+        )
+    out_dir = Path(out_dir)
+    state_path = out_dir / TRAINING_STATE
+    if resume and not state_path.is_file():
+        raise CheckpointError(f"cannot resume: {state_path} does not exist")
+
+    torch.manual_seed(config.seed)
+    unet = build_unet(unet_config).train()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True) if config.ema_decay > 0 else None
+    noise_scheduler = DDPMScheduler(**DDIM_SCHEDULE, clip_sample=False, prediction_type="epsilon")
+    generator = torch.Generator().manual_seed(config.seed)
+    step, losses, commands, wall = 0, [], [], 0.0
+    order: list[int] = []
+
+    if resume:
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["unet_config"] != unet_config:
+            raise CheckpointError(f"cannot resume {out_dir}: the stored U-Net config differs from the requested one")
+        unet.load_state_dict(state["unet"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, losses, commands = state["step"], state["losses"], state["commands"]
+        order, wall = state["order"], state.get("wall_seconds", 0.0)
+    if command:
+        commands = [*commands, command]
+
+    x_all = to_model_space(images)
+    meta_base = {
+        "data_spec": data_spec,
+        "num_train_images": int(len(images)),
+        "train_config": asdict(config),
+        "objective": "epsilon-prediction, L_simple (Ho et al. 2020 Eq. 14)",
+        "commands": commands,
+    }
+
+    def lr_at(s: int) -> float:
+        return config.lr * min(1.0, (s + 1) / max(1, config.warmup_steps))
+
+    def checkpoint() -> DiffusionModel:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        sample_unet = build_unet(unet_config)
+        sample_unet.load_state_dict(unet.state_dict())
+        if ema is not None:
+            ema.copy_to(sample_unet.parameters())
+        meta = {**meta_base, "steps_done": step, "train_wall_seconds": round(wall, 1),
+                "weights": "ema" if ema is not None else "raw", "final_loss_ema": _smoothed(losses)}
+        save_model(out_dir, sample_unet, schedule=dict(DDIM_SCHEDULE), meta=meta)
+        tmp = out_dir / (TRAINING_STATE + ".tmp")
+        torch.save(
+            {"step": step, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
+             "ema": ema.state_dict() if ema is not None else None, "generator": generator.get_state(),
+             "torch_rng": torch.get_rng_state(), "losses": losses, "commands": commands, "order": order,
+             "unet_config": unet_config, "wall_seconds": wall},
+            tmp,
+        )
+        tmp.replace(state_path)
+        write_loss_curve(losses, out_dir, title=f"{data_spec or 'training'} — {count_parameters(unet) / 1e6:.2f} M params")
+        model = DiffusionModel(unet=sample_unet.eval(), schedule=dict(DDIM_SCHEDULE), meta=meta)
+        if on_checkpoint is not None:
+            on_checkpoint(step, model)
+        return model
+
+    bar = tqdm(total=config.steps, initial=step, desc="train diffusion", disable=not progress)
+    model = None
+    while step < config.steps:
+        t0 = time.perf_counter()
+        if len(order) < config.batch_size:
+            # Epochs without replacement: every image is seen equally often, which matters when
+            # the point is to memorise each one.
+            order = order + torch.randperm(len(images), generator=generator).tolist()
+        idx, order = order[: config.batch_size], order[config.batch_size :]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        loss = ddpm_loss(unet, x_all[idx], noise_scheduler, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.step(unet.parameters())
+        step += 1
+        losses.append(loss.item())
+        wall += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{_smoothed(losses):.4f}")
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            model = checkpoint()
+    bar.close()
+    if model is None:  # resumed at or past the target: rewrite the checkpoint with this command
+        model = checkpoint()
+    return model
+
+
+def _smoothed(losses: list[float], window: int = 100) -> float:
+    if not losses:
+        return float("nan")
+    return float(np.mean(losses[-window:]))
+
+
+def write_loss_curve(losses: list[float], out_dir: str | Path, *, title: str = "training loss") -> None:
+    """``loss.json`` (raw per-step losses) and ``loss.png`` (raw + moving average, log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    (out_dir / "loss.json").write_text(json.dumps({"loss_per_step": losses}))
+    if not losses:
+        return
+    window = max(1, min(100, len(losses) // 10))
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.5, alpha=0.35, label="per step")
+    ax.plot(np.arange(window, len(losses) + 1), smooth, lw=1.5, label=f"mean of {window}")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("ε-MSE")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "loss.png", dpi=110)
+    plt.close(fig)
