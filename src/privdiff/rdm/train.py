@@ -1,0 +1,388 @@
+"""DP-RDM "adapt" training of the RDM on public data only (method notes §5).
+
+Every public image x_i is conditioned on the mean of the k nearest *public* neighbours of its own
+embedding (itself excluded; exact inner-product search with faiss), each neighbour L2-normalised
+before averaging, plus Gaussian noise at a level drawn once per minibatch:
+
+    r̄_i = (1/k) Σ_j n(e_{nn_j(i)}),   r̃_i = r̄_i + s·ξ_i,   s = s_max·(1 − u),  u ~ U[0, 1)
+
+(the authors' ``aggregate_and_noise`` training branch: one ``torch.rand(1)`` per batch, ξ per
+element), replicated to k identical tokens. This is exactly the transform the private retriever
+applies at inference (mean of k unit vectors + N(0, σ²I)), minus the subsampling, so the model
+learns to read a noisy mean.
+
+Deliberate difference from the authors (notes §8 item 7): the context is replaced by the null
+context ∅ (zeros) with probability ``p_uncond`` (default 0.1), so the unconditional branch that
+classifier-free guidance uses at sampling time is trained rather than never seen.
+
+Objective: ε-prediction MSE under the DDPM forward process with the RDM schedule; AdamW with a
+linear warm-up; an EMA of the weights is what gets saved as the model. Training is resumable from
+``<out>/training/state.pt`` and writes the loss curve as PNG + JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privdiff.encoders.base import l2_normalize
+from privdiff.errors import (
+    CheckpointError,
+    DataError,
+    InvalidParameter,
+    check_in_range,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
+
+STATE_DIR = "training"
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Adapt-training settings (names follow the notes; paper values in brackets).
+
+    Attributes:
+        steps: optimiser steps in total (a resumed run continues up to this number).
+        batch_size: images per step [32 per GPU × 40 GPUs].
+        lr: AdamW learning rate after warm-up [1e-4 at batch 1280; a small model at batch 64
+            trains faster at 1e-3].
+        warmup_steps: linear warm-up length [100].
+        k: neighbours averaged into the context, and context tokens [4].
+        s_max: s_max, the largest training noise std per coordinate [0.05 at d = 512].
+        p_uncond: probability of the null context (0 in the paper; see module docstring).
+        ema_decay: EMA decay of the saved weights.
+        seed: seed of everything public in training (batches, noise, dropout of the context).
+        checkpoint_every: steps between checkpoints (model + resumable state + loss plot).
+        block_out_channels, layers_per_block, attention_head_dim: U-Net shape.
+    """
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    k: int = 4
+    s_max: float = 0.05
+    p_uncond: float = 0.1
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 250
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+
+    def validate(self) -> TrainConfig:
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 1)
+        check_positive("lr", self.lr)
+        check_int("warmup_steps", self.warmup_steps, 0)
+        check_int("k", self.k, 1)
+        check_nonnegative("s_max", self.s_max)
+        check_in_range("p_uncond", self.p_uncond, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
+        check_in_range("ema_decay", self.ema_decay, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
+        check_int("seed", self.seed, 0)
+        check_int("checkpoint_every", self.checkpoint_every, 1)
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["block_out_channels"] = list(self.block_out_channels)
+        return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditioning (the adapt transform)
+# ---------------------------------------------------------------------------------------------
+
+
+def public_neighbour_means(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """r̄_i: mean of the k nearest neighbours of each row among the *other* rows (notes §5).
+
+    Exact inner-product search (faiss ``IndexFlatIP``) on L2-normalised rows; the neighbours are
+    normalised before averaging and the mean is not re-normalised, matching the inference-time
+    aggregate of the private retriever. The row itself is excluded by index (an exact duplicate
+    image elsewhere in the set still counts as a neighbour).
+    """
+    import faiss
+
+    x = l2_normalize(embeddings)
+    n, d = x.shape
+    k = check_int("k", k, 1, maximum=n - 1 if n > 1 else 1)
+    if n < 2:
+        raise InvalidParameter("embeddings", f"{n} rows", "at least 2 rows (each needs a neighbour)")
+    index = faiss.IndexFlatIP(d)
+    index.add(x)
+    _, ids = index.search(x, k + 1)
+    means = np.empty_like(x)
+    for i in range(n):
+        row = ids[i]
+        row = row[row != i][:k]
+        means[i] = x[row].mean(axis=0)
+    return means
+
+
+def adapt_context(r_bar, k: int, s_max: float, generator=None):
+    """The training context R̃ (B, k, d) from means r̄ (B, d): r̄ + s·ξ replicated k times.
+
+    s = s_max·(1 − u) with **one** u ~ U[0, 1) for the whole minibatch and ξ ~ N(0, I) per
+    element (authors' ``aggregate_and_noise``, notes §5 step 3).
+    """
+    import torch
+
+    u = torch.rand(1, generator=generator)
+    s = s_max * (1.0 - u)
+    noisy = r_bar + s * torch.randn(r_bar.shape, generator=generator)
+    return noisy.unsqueeze(1).expand(-1, k, -1).contiguous()
+
+
+def drop_context(context, p_uncond: float, generator=None):
+    """Replace each row's context by ∅ (zeros) with probability ``p_uncond`` (CFG training)."""
+    import torch
+
+    if p_uncond <= 0:
+        return context
+    keep = (torch.rand(context.shape[0], generator=generator) >= p_uncond).to(context.dtype)
+    return context * keep[:, None, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Embedding cache (embeddings of the public set are computed once)
+# ---------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("PRIVDIFF_CACHE_DIR", Path.home() / ".cache" / "privdiff")) / "embeddings"
+
+
+def cached_embeddings(dataset, encoder, *, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
+    """``encoder.encode_images(dataset.images)``, cached on disk by (space, dataset, content hash)."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    digest = hashlib.sha256(np.ascontiguousarray(dataset.images).tobytes()).hexdigest()[:16]
+    key = hashlib.sha256(f"{encoder.space_id}|{dataset.name}|{digest}".encode()).hexdigest()[:24]
+    path = cache_dir / f"{key}.npy"
+    if path.is_file():
+        emb = np.load(path)
+        if emb.shape == (len(dataset), encoder.dim):
+            return emb
+    emb = np.asarray(encoder.encode_images(dataset.images, progress=progress), dtype=np.float32)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, emb)
+    os.replace(tmp, path)
+    return emb
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps_done: int
+    final_loss: float
+    seconds: float
+    num_parameters: int
+
+
+def _lr_lambda(warmup: int):
+    # LambdaLinear-style warm-up (notes §5), then constant.
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def train_rdm(
+    images: np.ndarray,
+    embeddings: np.ndarray,
+    *,
+    space_id: str,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    extra_info: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Adapt-train an RDM on public ``images`` (uint8 NHWC) with their ``embeddings`` (N, d).
+
+    Writes the EMA model to ``out_dir`` (loadable with :meth:`RDMModel.load`) every
+    ``checkpoint_every`` steps and at the end, plus ``out_dir/training/`` (resumable state, loss
+    curve PNG + JSON). ``extra_info`` (e.g. the data spec and the exact command) goes into the
+    model's ``config.json``.
+    """
+    import torch
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    from privdiff.rdm.model import RDMConfig, RDMModel
+    from privdiff.report.images import to_model_space
+
+    config = (config or TrainConfig()).validate()
+    images = np.asarray(images)
+    embeddings = np.asarray(embeddings, dtype=np.float32)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise DataError(f"training images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    if embeddings.ndim != 2 or embeddings.shape[0] != images.shape[0]:
+        raise DataError(f"embeddings {embeddings.shape} do not match {images.shape[0]} images")
+    if not np.all(np.isfinite(embeddings)):
+        raise DataError("embeddings contain NaN or inf")
+    n, h, w, c = images.shape
+    if h != w:
+        raise DataError(f"training images must be square, got {h}×{w}")
+    out_dir = Path(out_dir)
+    state_dir = out_dir / STATE_DIR
+    state_path = state_dir / STATE_FILE
+    if state_path.exists() and not resume:
+        raise CheckpointError(f"{out_dir} already holds a training run; pass resume=True (--resume) or a new --out")
+
+    model_cfg = RDMConfig(
+        space_id=space_id,
+        embedding_dim=embeddings.shape[1],
+        k=config.k,
+        sample_size=h,
+        channels=c,
+        block_out_channels=config.block_out_channels,
+        layers_per_block=config.layers_per_block,
+        attention_head_dim=config.attention_head_dim,
+    )
+    torch.manual_seed(config.seed)
+    model = RDMModel(model_cfg)
+    model.train()
+    scheduler = model.ddpm_scheduler()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps))
+    ema = EMAModel(model.parameters(), decay=config.ema_decay)
+    gen = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    step = 0
+
+    if resume and state_path.exists():
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # any unpickling failure means the state is unusable
+            raise CheckpointError(f"cannot read training state {state_path}: {exc}") from exc
+        if state.get("model_config") != model_cfg.to_dict():
+            raise CheckpointError(
+                f"{state_path} was trained with a different model/encoder config; use a new --out"
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        lr_sched.load_state_dict(state["lr_scheduler"])
+        ema.load_state_dict(state["ema"])
+        gen.set_state(state["generator"])
+        losses = list(state["losses"])
+        step = int(state["step"])
+
+    # Precomputed once: the conditioning means and the model-space images.
+    r_bar_all = torch.from_numpy(public_neighbour_means(embeddings, config.k))
+    x_all = to_model_space(images)
+    t0 = time.time()
+
+    def checkpoint() -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state_path.with_suffix(".tmp")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "lr_scheduler": lr_sched.state_dict(),
+                "ema": ema.state_dict(),
+                "generator": gen.get_state(),
+                "losses": losses,
+                "step": step,
+                "model_config": model_cfg.to_dict(),
+                "train_config": config.to_dict(),
+            },
+            tmp,
+        )
+        os.replace(tmp, state_path)
+        ema_model = RDMModel(model_cfg)
+        ema_model.load_state_dict(model.state_dict())
+        ema.copy_to(ema_model.parameters())
+        info = {
+            "training": config.to_dict() | {"steps_done": step, "final_loss_ema100": _tail_mean(losses)},
+            "num_parameters": ema_model.num_parameters(),
+        }
+        info.update(extra_info or {})
+        ema_model.save(out_dir, extra=info)
+        write_loss_curve(losses, state_dir, title=f"RDM adapt training ({step} steps)")
+
+    bar = tqdm(total=config.steps, initial=step, desc="train rdm", disable=not progress, dynamic_ncols=True)
+    try:
+        while step < config.steps:
+            idx = torch.randint(0, n, (config.batch_size,), generator=gen)
+            x0 = x_all[idx]
+            ctx = adapt_context(r_bar_all[idx], config.k, config.s_max, gen)
+            ctx = drop_context(ctx, config.p_uncond, gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen)
+            x_t = scheduler.add_noise(x0, noise, t)
+            loss = torch.nn.functional.mse_loss(model(x_t, t, ctx), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            lr_sched.step()
+            ema.step(model.parameters())
+            step += 1
+            losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise CheckpointError(f"training diverged at step {step} (loss {losses[-1]})")
+            bar.update(1)
+            bar.set_postfix(loss=f"{_tail_mean(losses):.4f}")
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                checkpoint()
+    finally:
+        bar.close()
+    if not (out_dir / "model.safetensors").exists():
+        checkpoint()
+    return TrainResult(
+        out_dir=out_dir,
+        steps_done=step,
+        final_loss=_tail_mean(losses),
+        seconds=time.time() - t0,
+        num_parameters=model.num_parameters(),
+    )
+
+
+def _tail_mean(losses: list[float], n: int = 100) -> float:
+    return float(np.mean(losses[-n:])) if losses else float("nan")
+
+
+def write_loss_curve(losses: list[float], directory: str | os.PathLike, title: str = "training loss") -> Path:
+    """``loss.png`` (raw and a 100-step moving average) and ``loss.json`` in ``directory``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    arr = np.asarray(losses, dtype=np.float64)
+    (directory / "loss.json").write_text(json.dumps({"loss": [round(v, 6) for v in arr.tolist()]}) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if arr.size:
+        ax.plot(np.arange(1, arr.size + 1), arr, lw=0.5, alpha=0.35, label="per step")
+        win = min(100, arr.size)
+        smooth = np.convolve(arr, np.ones(win) / win, mode="valid")
+        ax.plot(np.arange(win, arr.size + 1), smooth, lw=1.5, label=f"{win}-step mean")
+    ax.set_xlabel("step")
+    ax.set_ylabel("ε-prediction MSE")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = directory / "loss.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

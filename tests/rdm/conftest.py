@@ -1,0 +1,56 @@
+"""Tiny RDM components shared by the rdm tests (fixed seeds, a few thousand parameters)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from privdiff.encoders.base import l2_normalize
+
+TINY_DIM = 16
+TINY_SPACE = "test-pixels-rp16/v1"
+
+
+class PixelProjectionEncoder:
+    """Stand-in image+text encoder: a fixed random projection of pixels (images) and of a
+    hashed bag of characters (text), both into one 16-d unit space."""
+
+    def __init__(self, dim: int = TINY_DIM, space_id: str = TINY_SPACE, side: int = 12):
+        rng = np.random.default_rng(1234)
+        self.dim = dim
+        self.space_id = space_id
+        self._proj = rng.normal(size=(side * side, dim)).astype(np.float32)
+        self._text = rng.normal(size=(256, dim)).astype(np.float32)
+
+    def encode_images(self, images, *, batch_size=256, progress=False):
+        x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
+        return l2_normalize(x @ self._proj)
+
+    def encode_text(self, texts):
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, t in enumerate(texts):
+            for ch in t.encode():
+                out[i] += self._text[ch]
+        return l2_normalize(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_data():
+    """32 random 12×12 grey images with their stand-in embeddings."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(32, 12, 12, 1), dtype=np.uint8)
+    enc = PixelProjectionEncoder()
+    return images, enc.encode_images(images), enc
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_data):
+    """A tiny RDM trained for 3 steps, saved as a model directory."""
+    from privdiff.rdm.train import TrainConfig, train_rdm
+
+    images, emb, enc = tiny_data
+    out = tmp_path_factory.mktemp("rdm") / "model"
+    cfg = TrainConfig(steps=3, batch_size=8, block_out_channels=(8, 8, 8), attention_head_dim=2, checkpoint_every=3)
+    train_rdm(images, emb, space_id=enc.space_id, out_dir=out, config=cfg, progress=False,
+              extra_info={"generation_defaults": {"k": 4, "sigma": 0.05, "sample_rate": 0.5}})
+    return out
