@@ -1,1 +1,38 @@
-"""privdiff.retrieval"""
+"""Private retrieval for DP-RDM: the embedding index, subsampled search and the DP mechanism.
+
+The privacy boundary (``DESIGN.md``): :class:`DPRetriever` is the only reader of private
+embeddings; it charges the ledger before computing and releases a :class:`PrivateRelease` (noisy
+vectors and public parameters only). :class:`PublicRetriever` and :func:`mix_context` are
+post-processing over public data and the release, and cost no privacy.
+
+>>> from privdiff.retrieval import load_index, DPRetriever, mix_context   # doctest: +SKIP
+>>> release = DPRetriever(load_index("idx"), k=20, sigma=0.05, sample_rate=0.01,
+...                       ledger=ledger).query(text_embeddings)        # doctest: +SKIP
+>>> context = mix_context(release, text_embeddings, lam=0.5, k=20)     # doctest: +SKIP
+"""
+
+from privdiff.retrieval.index import (
+    EmbeddingIndex,
+    IndexManifest,
+    build_index,
+    build_index_from_images,
+    load_index,
+    read_manifest,
+)
+from privdiff.retrieval.mechanism import DPRetriever, PrivateRelease
+from privdiff.retrieval.postprocess import mix_context
+from privdiff.retrieval.public import PublicEmbeddings, PublicRetriever
+
+__all__ = [
+    "DPRetriever",
+    "EmbeddingIndex",
+    "IndexManifest",
+    "PrivateRelease",
+    "PublicEmbeddings",
+    "PublicRetriever",
+    "build_index",
+    "build_index_from_images",
+    "load_index",
+    "mix_context",
+    "read_manifest",
+]

@@ -1,0 +1,477 @@
+"""The embedding index on disk: float32 unit vectors + a manifest, written atomically.
+
+Layout of an index directory::
+
+    DIR/embeddings.npy   (N, d) float32, L2-normalised rows (numpy .npy, loaded with mmap)
+    DIR/manifest.json    format version, encoder space_id, dim, N, sha256 + byte size of the
+                         vector file, creation time, source spec, visibility (private/public)
+
+The manifest holds nothing private beyond what an index inherently reveals (its size N, which
+the DP-RDM accountant's default δ = 1/N already treats as public): no labels, no file names, no
+per-record data. An index built from a private collection is marked ``"visibility": "private"``;
+only :class:`~privdiff.retrieval.mechanism.DPRetriever` may read its rows. A ``public`` index
+(e.g. embeddings of a public image set) can also feed
+:class:`~privdiff.retrieval.public.PublicRetriever`.
+
+Integrity: :func:`load_index` re-hashes the vector file and checks every row is finite and unit
+norm, or, with ``verify="size"``, checks only the byte size and the .npy header (fast path for
+very large indexes). A truncated, corrupt or mismatched index raises
+:class:`~privdiff.errors.IndexCorrupt` / :class:`~privdiff.errors.EncoderMismatch` naming the
+problem. Writing goes to a temporary sibling directory that is renamed into place only once both
+files are complete and fsync'ed, so a crash never leaves a half-written index under ``DIR``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "UNIT_NORM_TOLERANCE",
+    "EmbeddingIndex",
+    "IndexManifest",
+    "build_index",
+    "build_index_from_images",
+    "load_index",
+    "read_manifest",
+]
+
+FORMAT_NAME = "privdiff-embedding-index"
+FORMAT_VERSION = 1
+VECTORS_FILE = "embeddings.npy"
+MANIFEST_FILE = "manifest.json"
+VISIBILITIES = ("private", "public")
+
+#: Stored rows must satisfy | ‖e‖₂ − 1 | ≤ this. float32 normalisation lands within ~1e-6; the
+#: slack only tolerates rounding, never a real scale error (which would break Δ₂ = 2/k, §4.2).
+UNIT_NORM_TOLERANCE = 1e-4
+
+_HASH_CHUNK_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """What ``manifest.json`` records about an index (never any per-record data)."""
+
+    format: str
+    format_version: int
+    space_id: str
+    dim: int
+    count: int
+    dtype: str
+    vectors_file: str
+    vectors_bytes: int
+    sha256: str
+    created_utc: str
+    source: str
+    visibility: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Any, where: str = "manifest") -> "IndexManifest":
+        if not isinstance(raw, dict):
+            raise IndexCorrupt(f"{where}: expected a JSON object, found {type(raw).__name__}")
+        if raw.get("format") != FORMAT_NAME:
+            raise IndexCorrupt(f"{where}: not a privdiff index (format={raw.get('format')!r})")
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise IndexCorrupt(
+                f"{where}: unsupported format_version {raw.get('format_version')!r} "
+                f"(this privdiff reads version {FORMAT_VERSION})"
+            )
+        fields = cls.__dataclass_fields__
+        missing = sorted(set(fields) - set(raw))
+        if missing:
+            raise IndexCorrupt(f"{where}: missing field(s) {', '.join(missing)}")
+        extra = sorted(set(raw) - set(fields))
+        if extra:
+            raise IndexCorrupt(f"{where}: unexpected field(s) {', '.join(extra)}")
+        m = cls(**{f: raw[f] for f in fields})
+        ints = {"dim": m.dim, "count": m.count, "vectors_bytes": m.vectors_bytes}
+        for name, v in ints.items():
+            if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "dim" else 0):
+                raise IndexCorrupt(f"{where}: invalid {name}={v!r}")
+        if m.dtype != "float32":
+            raise IndexCorrupt(f"{where}: dtype {m.dtype!r}, expected 'float32'")
+        if m.visibility not in VISIBILITIES:
+            raise IndexCorrupt(f"{where}: visibility {m.visibility!r} not in {VISIBILITIES}")
+        if m.vectors_file != VECTORS_FILE:
+            raise IndexCorrupt(f"{where}: vectors_file {m.vectors_file!r}, expected {VECTORS_FILE!r}")
+        if not isinstance(m.sha256, str) or len(m.sha256) != 64:
+            raise IndexCorrupt(f"{where}: malformed sha256 {m.sha256!r}")
+        if not isinstance(m.space_id, str) or not m.space_id:
+            raise IndexCorrupt(f"{where}: empty space_id")
+        return m
+
+
+class EmbeddingIndex:
+    """N private (or public) unit vectors in one encoder's embedding space.
+
+    The rows are deliberately not a public attribute: for a private index the only reader is
+    :class:`~privdiff.retrieval.mechanism.DPRetriever`. That boundary is a code convention
+    (Python has no access control), kept visible by naming and checked in review and tests; it is
+    not a sandbox against code running in the same process.
+    """
+
+    __slots__ = ("_manifest", "_path", "_vectors")
+
+    def __init__(self, vectors: np.ndarray, manifest: IndexManifest, path: Path | None = None):
+        self._vectors = vectors
+        self._manifest = manifest
+        self._path = path
+
+    @classmethod
+    def from_embeddings(
+        cls,
+        embeddings: np.ndarray,
+        *,
+        space_id: str,
+        source: str = "",
+        visibility: str = "private",
+    ) -> "EmbeddingIndex":
+        """An in-memory index (normalised float32 copy); nothing is written to disk."""
+        vectors = _validated_unit_rows(embeddings)
+        vectors.setflags(write=False)
+        manifest = _make_manifest(vectors, space_id, source, visibility, sha256=_sha256_of_array(vectors))
+        return cls(vectors, manifest, None)
+
+    # --- public, non-private metadata ---------------------------------------------------------
+    @property
+    def manifest(self) -> IndexManifest:
+        return self._manifest
+
+    @property
+    def space_id(self) -> str:
+        return self._manifest.space_id
+
+    @property
+    def dim(self) -> int:
+        return self._manifest.dim
+
+    @property
+    def count(self) -> int:
+        """N, the number of records."""
+        return self._manifest.count
+
+    def __len__(self) -> int:
+        return self._manifest.count
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def visibility(self) -> str:
+        return self._manifest.visibility
+
+    def public_vectors(self) -> np.ndarray:
+        """The rows of a **public** index (read-only). A private index refuses."""
+        if self._manifest.visibility != "public":
+            raise PrivdiffError(
+                "this index is private: its rows may only be read by DPRetriever (the DP "
+                "mechanism); rebuild it with visibility='public' only if the data really is public"
+            )
+        return self._vectors
+
+    def __repr__(self) -> str:  # metadata only, never rows
+        where = str(self._path) if self._path else "in-memory"
+        return (
+            f"EmbeddingIndex(count={self.count}, dim={self.dim}, space_id={self.space_id!r}, "
+            f"visibility={self.visibility!r}, path={where!r})"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation and hashing
+# ---------------------------------------------------------------------------------------------
+
+
+def _validated_unit_rows(embeddings: Any) -> np.ndarray:
+    """Finite, non-zero rows → float32 unit rows (a new array). DP-RDM normalises at index time (§2)."""
+    arr = np.asarray(embeddings)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise InvalidParameter("embeddings", f"array of shape {arr.shape}", "a non-empty 2-D array (N, d)")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise InvalidParameter("embeddings", f"dtype {arr.dtype}", "a floating-point array")
+    arr64 = arr.astype(np.float64, copy=False)
+    finite = np.isfinite(arr64).all(axis=1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0])
+        raise InvalidParameter("embeddings", f"row {bad} has NaN/inf", "finite values")
+    norms = np.linalg.norm(arr64, axis=1)
+    if (norms == 0).any():
+        bad = int(np.flatnonzero(norms == 0)[0])
+        raise InvalidParameter("embeddings", f"row {bad} is the zero vector", "non-zero rows (they are L2-normalised)")
+    out = (arr64 / norms[:, None]).astype(np.float32)
+    return np.ascontiguousarray(out)
+
+
+def _sha256_of_array(a: np.ndarray) -> str:
+    """sha256 of the .npy file bytes this array is saved as (header + data), as in the manifest."""
+    h = hashlib.sha256(_npy_header_bytes(a))
+    for s in range(0, a.shape[0], _HASH_CHUNK_ROWS):
+        h.update(np.ascontiguousarray(a[s : s + _HASH_CHUNK_ROWS]).tobytes())
+    return h.hexdigest()
+
+
+def _sha256_of_file(path: Path, progress: bool = False) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=size, unit="B", unit_scale=True, desc="verify index")
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(1 << 22)
+            if not block:
+                break
+            h.update(block)
+            if bar is not None:
+                bar.update(len(block))
+    if bar is not None:
+        bar.close()
+    return h.hexdigest()
+
+
+def _make_manifest(vectors: np.ndarray, space_id: str, source: str, visibility: str, sha256: str) -> IndexManifest:
+    if not isinstance(space_id, str) or not space_id:
+        raise InvalidParameter("space_id", space_id, "a non-empty string naming the encoder's space")
+    if visibility not in VISIBILITIES:
+        raise InvalidParameter("visibility", visibility, "'private' or 'public'")
+    if not isinstance(source, str):
+        raise InvalidParameter("source", source, "a string (the dataset spec)")
+    header = _npy_header_bytes(vectors)
+    return IndexManifest(
+        format=FORMAT_NAME,
+        format_version=FORMAT_VERSION,
+        space_id=space_id,
+        dim=int(vectors.shape[1]),
+        count=int(vectors.shape[0]),
+        dtype="float32",
+        vectors_file=VECTORS_FILE,
+        vectors_bytes=len(header) + int(vectors.nbytes),
+        sha256=sha256,
+        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        source=source,
+        visibility=visibility,
+    )
+
+
+def _npy_header_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Build (atomic) and load (verified)
+# ---------------------------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def build_index(
+    out_dir: str | os.PathLike,
+    embeddings: np.ndarray,
+    *,
+    space_id: str,
+    source: str = "",
+    visibility: str = "private",
+    overwrite: bool = False,
+) -> EmbeddingIndex:
+    """Write an index directory from embeddings (rows are L2-normalised) and return it loaded.
+
+    Args:
+        out_dir: the index directory to create. It must not exist unless ``overwrite``.
+        embeddings: (N, d) floating array; rows must be finite and non-zero.
+        space_id: the encoder space the rows live in (``ImageEncoder.space_id``).
+        source: the dataset spec the rows came from (recorded in the manifest).
+        visibility: ``"private"`` (default) or ``"public"``.
+        overwrite: replace an existing index directory (the old one is removed only after the
+            new one is complete).
+
+    All validation happens before anything is written. The files are written into a temporary
+    sibling directory, fsync'ed, and renamed to ``out_dir`` in one step.
+    """
+    out = Path(out_dir)
+    vectors = _validated_unit_rows(embeddings)
+    header = _npy_header_bytes(vectors)
+    manifest = _make_manifest(vectors, space_id, source, visibility, sha256="0" * 64)
+    if out.exists() and not overwrite:
+        raise InvalidParameter("out", str(out), "a path that does not exist yet", hint="pass overwrite to replace it")
+    if out.exists() and not out.is_dir():
+        raise InvalidParameter("out", str(out), "a directory path")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        h = hashlib.sha256()
+        with open(tmp / VECTORS_FILE, "wb") as f:
+            f.write(header)
+            h.update(header)
+            for s in range(0, vectors.shape[0], _HASH_CHUNK_ROWS):
+                block = vectors[s : s + _HASH_CHUNK_ROWS].tobytes()
+                f.write(block)
+                h.update(block)
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = IndexManifest(**{**manifest.to_dict(), "sha256": h.hexdigest()})
+        with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
+            json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        if out.exists():
+            # Move the old index aside first: rename() cannot replace a non-empty directory.
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rename(out, trash / "old")
+            os.rename(tmp, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+        _fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_index(out, verify="size")
+
+
+def build_index_from_images(
+    out_dir: str | os.PathLike,
+    images: np.ndarray,
+    encoder: Any,
+    *,
+    source: str = "",
+    visibility: str = "private",
+    batch_size: int = 256,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> EmbeddingIndex:
+    """Encode uint8 images (N, H, W, C) with an ``ImageEncoder`` and write the index.
+
+    The index records ``encoder.space_id``; nothing about the images but their embeddings is
+    stored (no labels, no file names).
+    """
+    imgs = np.asarray(images)
+    if imgs.ndim != 4 or imgs.dtype != np.uint8 or imgs.shape[0] < 1:
+        raise InvalidParameter(
+            "images", f"array of shape {imgs.shape} dtype {imgs.dtype}", "non-empty uint8 (N, H, W, C)"
+        )
+    if Path(out_dir).exists() and not overwrite:  # fail before the (slow) encoding
+        raise InvalidParameter("out", str(out_dir), "a path that does not exist yet", hint="pass overwrite to replace it")
+    emb = encoder.encode_images(imgs, batch_size=batch_size, progress=progress)
+    emb = np.asarray(emb)
+    if emb.shape != (imgs.shape[0], int(encoder.dim)):
+        raise InvalidParameter(
+            "encoder output", f"shape {emb.shape}", f"({imgs.shape[0]}, {encoder.dim}) for {encoder.space_id!r}"
+        )
+    return build_index(
+        out_dir, emb, space_id=encoder.space_id, source=source, visibility=visibility, overwrite=overwrite
+    )
+
+
+def read_manifest(index_dir: str | os.PathLike) -> IndexManifest:
+    """Parse and validate ``manifest.json`` (cheap: does not touch the vectors)."""
+    d = Path(index_dir)
+    if not d.is_dir():
+        raise IndexCorrupt(f"index directory {str(d)!r} does not exist")
+    mp = d / MANIFEST_FILE
+    if not mp.is_file():
+        raise IndexCorrupt(f"{str(d)!r} has no {MANIFEST_FILE} (not an index, or a failed write)")
+    try:
+        raw = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexCorrupt(f"{mp}: unreadable manifest ({exc})") from None
+    return IndexManifest.from_dict(raw, where=str(mp))
+
+
+def load_index(
+    index_dir: str | os.PathLike,
+    *,
+    expected_space: str | None = None,
+    verify: str = "full",
+    progress: bool = False,
+) -> EmbeddingIndex:
+    """Open an index (vectors memory-mapped read-only) after checking it against its manifest.
+
+    Args:
+        index_dir: directory written by :func:`build_index`.
+        expected_space: if given, the encoder space the caller works in; a different index space
+            raises :class:`~privdiff.errors.EncoderMismatch`.
+        verify: ``"full"`` (default): file size, .npy header, sha256 of the whole file, and every
+            row finite with unit norm. ``"size"``: size and header only (for very large indexes;
+            it catches truncation but not bit flips).
+        progress: show a progress bar while hashing.
+
+    Raises:
+        IndexCorrupt: missing/garbled manifest, truncated or altered vector file, wrong shape or
+            dtype, a non-finite or non-unit row.
+        EncoderMismatch: ``expected_space`` differs from the index's space.
+    """
+    if verify not in ("full", "size"):
+        raise InvalidParameter("verify", verify, "'full' or 'size'")
+    d = Path(index_dir)
+    m = read_manifest(d)
+    if expected_space is not None and expected_space != m.space_id:
+        raise EncoderMismatch(expected=expected_space, found=m.space_id, what=f"index {str(d)!r}")
+    vp = d / m.vectors_file
+    if not vp.is_file():
+        raise IndexCorrupt(f"{str(d)!r}: vector file {m.vectors_file} is missing")
+    size = vp.stat().st_size
+    if size != m.vectors_bytes:
+        kind = "truncated" if size < m.vectors_bytes else "larger than recorded"
+        raise IndexCorrupt(
+            f"{vp}: {kind}: {size} bytes on disk, manifest records {m.vectors_bytes}"
+        )
+    if verify == "full":
+        digest = _sha256_of_file(vp, progress=progress)
+        if digest != m.sha256:
+            raise IndexCorrupt(f"{vp}: sha256 mismatch (file altered or corrupt): {digest} != manifest {m.sha256}")
+    try:
+        vectors = np.load(vp, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise IndexCorrupt(f"{vp}: not a readable .npy file ({exc})") from None
+    if vectors.dtype != np.float32 or vectors.shape != (m.count, m.dim) or not vectors.flags.c_contiguous:
+        raise IndexCorrupt(
+            f"{vp}: holds {vectors.dtype} {vectors.shape}, manifest says float32 ({m.count}, {m.dim})"
+        )
+    if verify == "full":
+        for s in range(0, m.count, _HASH_CHUNK_ROWS):
+            block = np.asarray(vectors[s : s + _HASH_CHUNK_ROWS], dtype=np.float64)
+            if not np.isfinite(block).all():
+                raise IndexCorrupt(f"{vp}: non-finite values near row {s}")
+            dev = np.abs(np.linalg.norm(block, axis=1) - 1.0)
+            if (dev > UNIT_NORM_TOLERANCE).any():
+                bad = s + int(np.argmax(dev))
+                raise IndexCorrupt(f"{vp}: row {bad} is not unit norm (|norm-1|={dev.max():.3g})")
+    return EmbeddingIndex(vectors, m, d)

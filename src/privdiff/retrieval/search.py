@@ -1,0 +1,200 @@
+"""Exact top-k inner-product search over a per-query Poisson subsample.
+
+This is step 2-3 of the DP-RDM mechanism (arXiv 2403.14421; ``methods/dp-rdm.md`` §3): for every
+query row draw a fresh subsample S ~ Poisson(q) of the private set and return the k records of S
+with the largest inner product with the query (cosine similarity, since rows are unit vectors).
+
+Two exact execution paths compute the same function; ``subsampled_topk`` picks one from q:
+
+* **sparse** (small q): draw S as Binomial size + uniform subset (``subsample.py``) and compute
+  only the |S| ~ qN inner products per query with faiss' ``fvec_inner_products_by_idx`` (a C++
+  gather-dot over the sampled rows, parallel across queries, no copy of the rows). Cost O(qN d)
+  per query, against O(N) for the authors' full Bernoulli mask + ``IDSelectorBatch`` scan.
+* **dense** (large q, and q = 1): one BLAS product of a block of rows with a chunk of queries,
+  then an i.i.d. Bernoulli(q) mask drawn directly. At large q the BLAS reuse of every row across
+  many queries beats gathering; ``benchmarks/retrieval.py`` measures the crossover.
+
+**Tie-breaking is part of the privacy argument.** The sensitivity bound Δ₂ = 2/k (§4.2) needs the
+selected set to change by at most one swap when one record is added or removed. That holds when
+selection is "top-k under a fixed total order on records"; we use the order (score descending,
+index ascending) in both paths, so equal scores are always resolved in favour of the smaller
+index, independently of which other records were sampled. (Floating-point caveat: the dense path
+scores with BLAS, whose rounding of one row's score may depend on its position inside a block;
+scores closer than ~1 ulp could then be ordered differently than in the sparse path. Appending a
+record never moves existing rows, so neighbouring datasets in the add/remove sense share every
+row's position.)
+
+The returned *indices* are private. These functions are internal to the private boundary:
+``privdiff.retrieval.mechanism.DPRetriever`` is their only library caller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privdiff.errors import InvalidParameter, check_in_range, check_int
+from privdiff.retrieval.subsample import padded_poisson_subsamples
+
+__all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "subsampled_topk"]
+
+#: Above this sample rate the dense path (BLAS over all rows + Bernoulli mask) is used.
+#: Measured with ``benchmarks/retrieval.py --crossover`` (N = 200k, d = 512, 256 queries, 2 shared
+#: cores): see ``docs/results/retrieval/``. Both paths are exact, so this only affects speed.
+DENSE_SAMPLE_RATE_THRESHOLD = 0.05
+
+# Work sizes: keep each temporary below ~64 MiB so several engineers' jobs fit in memory.
+_SPARSE_CELLS = 8 * 1024 * 1024  # query-chunk × max|S| score cells per faiss call
+_DENSE_ROW_BLOCK = 16384
+_DENSE_QUERY_CHUNK = 256
+
+
+def select_topk(scores: np.ndarray, cand_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the k candidates largest under (score desc, id asc); absent ones are skipped.
+
+    Args:
+        scores: (B, m) float; ``-inf`` marks an absent candidate.
+        cand_ids: (B, m) int64, ascending among present candidates of a row; ``-1`` = absent.
+        k: number to keep.
+
+    Returns:
+        ``(ids, vals)`` of shape (B, k): the selected ids in ascending id order (the set is what
+        matters; the mean is order-free), followed by ``-1`` / ``-inf`` when a row has fewer than
+        k present candidates.
+    """
+    B, m = scores.shape
+    present = cand_ids >= 0
+    # NaN would sort as the largest value; a corrupt row must never win selection because of it.
+    scores = np.where(present & ~np.isnan(scores), scores, -np.inf)
+    ids_out = np.full((B, k), -1, dtype=np.int64)
+    vals_out = np.full((B, k), -np.inf, dtype=scores.dtype)
+    if m == 0 or B == 0:
+        return ids_out, vals_out
+    if m <= k:
+        take = present
+    else:
+        kth = np.partition(scores, m - k, axis=1)[:, m - k][:, None]
+        greater = scores > kth
+        n_greater = greater.sum(axis=1, keepdims=True)
+        ties = (scores == kth) & present
+        # Among candidates tied with the k-th value, keep the ones with the smallest ids: the
+        # columns are in ascending id order, so "first (k - n_greater) ties" is exactly that.
+        take = greater | (ties & (np.cumsum(ties, axis=1) <= (k - n_greater)))
+    rows, cols = np.nonzero(take)
+    pos = np.cumsum(take, axis=1)[rows, cols] - 1
+    ids_out[rows, pos] = cand_ids[rows, cols]
+    vals_out[rows, pos] = scores[rows, cols]
+    return ids_out, vals_out
+
+
+def _as_f32(a: np.ndarray) -> np.ndarray:
+    # faiss needs C-contiguous float32; a read-only np.memmap passes through without a copy.
+    if a.dtype == np.float32 and a.flags.c_contiguous:
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def sparse_topk_from_subsets(
+    vectors: np.ndarray, queries: np.ndarray, subsets: np.ndarray, k: int
+) -> np.ndarray:
+    """Exact top-k of each query over its own candidate set (rows of ``subsets``, -1 padded).
+
+    ``subsets`` must be sorted ascending within each row (as ``padded_poisson_subsamples`` makes
+    them). Returns ids (B, k), -1 padded.
+    """
+    import faiss
+
+    vectors = _as_f32(vectors)
+    queries = _as_f32(queries)
+    subsets = np.ascontiguousarray(subsets, dtype=np.int64)
+    B, width = subsets.shape
+    n, d = vectors.shape
+    out = np.full((B, k), -1, dtype=np.int64)
+    if width == 0 or B == 0:
+        return out
+    chunk = max(1, min(B, _SPARSE_CELLS // max(width, 1)))
+    for s in range(0, B, chunk):
+        sub = np.ascontiguousarray(subsets[s : s + chunk])
+        qs = np.ascontiguousarray(queries[s : s + chunk])
+        nb = sub.shape[0]
+        # Pre-fill: faiss versions differ on whether they write -inf at padded (-1) slots.
+        ip = np.full((nb, width), -np.inf, dtype=np.float32)
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(ip), faiss.swig_ptr(qs), faiss.swig_ptr(vectors), faiss.swig_ptr(sub),
+            int(d), int(nb), int(width),
+        )
+        out[s : s + nb], _ = select_topk(ip, sub, k)
+    return out
+
+
+def _dense_topk(
+    vectors: np.ndarray, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Exact top-k over an i.i.d. Bernoulli(q) mask (no mask when q = 1), via blocked BLAS."""
+    n, _ = vectors.shape
+    B = queries.shape[0]
+    out = np.full((B, k), -1, dtype=np.int64)
+    q32 = _as_f32(queries)
+    for qs in range(0, B, _DENSE_QUERY_CHUNK):
+        qc = q32[qs : qs + _DENSE_QUERY_CHUNK]
+        nb = qc.shape[0]
+        best_ids = np.full((nb, k), -1, dtype=np.int64)
+        best_vals = np.full((nb, k), -np.inf, dtype=np.float32)
+        for r0 in range(0, n, _DENSE_ROW_BLOCK):
+            r1 = min(n, r0 + _DENSE_ROW_BLOCK)
+            block = np.asarray(vectors[r0:r1], dtype=np.float32)
+            scores = (qc @ block.T).astype(np.float32, copy=False)  # (nb, rows)
+            ids = np.broadcast_to(np.arange(r0, r1, dtype=np.int64), scores.shape)
+            if sample_rate < 1.0:
+                # Fresh, independent inclusion indicator for every (query, record) pair.
+                keep = rng.random(scores.shape) < sample_rate
+                ids = np.where(keep, ids, -1)
+            # Running best ids are all < r0 and ascending, so the concatenation stays ascending.
+            cat_ids = np.concatenate([best_ids, ids], axis=1)
+            cat_vals = np.concatenate([best_vals, scores], axis=1)
+            best_ids, best_vals = select_topk(cat_vals, cat_ids, k)
+        out[qs : qs + nb] = best_ids
+    return out
+
+
+def subsampled_topk(
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    sample_rate: float,
+    rng: np.random.Generator,
+    *,
+    method: str = "auto",
+) -> np.ndarray:
+    """For each query row: fresh Poisson(q) subsample, then exact top-k ids by inner product.
+
+    Args:
+        vectors: (N, d) float32 unit rows (may be a read-only memmap).
+        queries: (B, d) float32 unit rows.
+        k: neighbours per query (κ in the paper's code, ``knn``).
+        sample_rate: q ∈ (0, 1]; q = 1 searches the whole set.
+        rng: the randomness of the subsample (the mechanism passes an OS-seeded generator).
+        method: ``"auto"`` (sparse below ``DENSE_SAMPLE_RATE_THRESHOLD``, else dense),
+            ``"sparse"`` or ``"dense"``; all three sample the same distribution.
+
+    Returns:
+        (B, k) int64 ids in ascending order, ``-1`` where fewer than k records were sampled.
+    """
+    k = check_int("k", k, minimum=1)
+    q = check_in_range("sample_rate", sample_rate, 0.0, 1.0)
+    if method not in ("auto", "sparse", "dense"):
+        raise InvalidParameter("method", method, "one of 'auto', 'sparse', 'dense'")
+    n = vectors.shape[0]
+    if method == "auto":
+        method = "dense" if q > DENSE_SAMPLE_RATE_THRESHOLD else "sparse"
+    if method == "dense":
+        return _dense_topk(vectors, queries, k, q, rng)
+    B = queries.shape[0]
+    out = np.empty((B, k), dtype=np.int64)
+    # Draw the subsamples chunk by chunk so the padded id matrix stays small at large N.
+    expected_width = n * q + 6.0 * np.sqrt(n * q) + 1.0
+    chunk = max(1, int(_SPARSE_CELLS // expected_width))
+    for s in range(0, B, chunk):
+        nb = min(chunk, B - s)
+        subsets, _ = padded_poisson_subsamples(n, q, nb, rng)
+        out[s : s + nb] = sparse_topk_from_subsets(vectors, queries[s : s + nb], subsets, k)
+    return out

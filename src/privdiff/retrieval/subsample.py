@@ -1,0 +1,82 @@
+"""Poisson subsampling of the private retrieval set, drawn in O(qN) per query.
+
+DP-RDM (arXiv 2403.14421, §3 step 2 of ``methods/dp-rdm.md``) draws a fresh Poisson subsample
+S = {i : U_i < q} of the N private records for every query. The authors' code materialises the
+N-long mask (``torch.rand(N) < q``), which costs O(N) per query before any search is done.
+
+We draw the same random set in O(qN) expected time, using the exact two-stage decomposition of
+i.i.d. Bernoulli(q) inclusion:
+
+1. the subsample size is |S| ~ Binomial(N, q) (the sum of N independent Bernoulli(q) indicators);
+2. conditioned on |S| = m, S is uniform over the C(N, m) subsets of size m, because every
+   subset T with |T| = m has the same probability q^m (1 - q)^(N - m) under i.i.d. inclusion.
+
+Stage 1 uses numpy's ``Generator.binomial``; stage 2 uses ``Generator.choice(..., replace=False,
+shuffle=False)``, which runs Robert Floyd's exact sampling algorithm (O(m), hash set) when
+m <= N/50 and a partial Fisher-Yates shuffle otherwise; both draw unbiased integers (Lemire's
+method). The indices are then sorted: sorted gathers are cache friendly, and the search's
+tie-breaking (smallest index wins, see ``search.select_topk``) relies on ascending order.
+
+Everything here is a pure function of the ``rng`` it is given: the DP mechanism passes an
+OS-seeded generator (``mechanism.DPRetriever``), tests pass a seeded one to check the
+distribution. The functions return *indices into the private set* and are therefore internal to
+the private boundary: only ``privdiff.retrieval.mechanism`` (and tests/benchmarks) call them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from privdiff.errors import check_in_range, check_int
+
+__all__ = ["poisson_subsample", "poisson_subsample_sizes", "padded_poisson_subsamples"]
+
+
+def _check(n: int, sample_rate: float) -> tuple[int, float]:
+    n = check_int("n", n, minimum=0)
+    q = check_in_range("sample_rate", sample_rate, 0.0, 1.0)
+    return n, q
+
+
+def poisson_subsample_sizes(n: int, sample_rate: float, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``count`` independent subsample sizes |S| ~ Binomial(n, q) (stage 1 above)."""
+    n, q = _check(n, sample_rate)
+    count = check_int("count", count, minimum=0)
+    if q == 1.0:
+        return np.full(count, n, dtype=np.int64)
+    return rng.binomial(n, q, size=count).astype(np.int64)
+
+
+def _uniform_subset(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
+    """A uniformly random m-subset of range(n), sorted ascending (stage 2 above)."""
+    if m == n:
+        return np.arange(n, dtype=np.int64)
+    out = rng.choice(n, size=m, replace=False, shuffle=False).astype(np.int64, copy=False)
+    out.sort()
+    return out
+
+
+def poisson_subsample(n: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one Poisson(q) subsample of range(n): sorted, distinct, int64.
+
+    Distributed exactly as {i : U_i < q} with U_i i.i.d. uniform (module docstring).
+    """
+    (m,) = poisson_subsample_sizes(n, sample_rate, 1, rng)
+    return _uniform_subset(n, int(m), rng)
+
+
+def padded_poisson_subsamples(
+    n: int, sample_rate: float, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` independent Poisson(q) subsamples of range(n) as one padded matrix.
+
+    Returns ``(ids, sizes)``: ``ids`` has shape (count, max(sizes)); row b holds the ``sizes[b]``
+    sorted indices of subsample b followed by -1 padding (the layout faiss' ``*_by_idx`` kernels
+    take, where -1 means "no vector"). Subsamples of different rows are independent.
+    """
+    sizes = poisson_subsample_sizes(n, sample_rate, count, rng)
+    width = int(sizes.max()) if count else 0
+    ids = np.full((count, width), -1, dtype=np.int64)
+    for b, m in enumerate(sizes):
+        ids[b, :m] = _uniform_subset(n, int(m), rng)
+    return ids, sizes

@@ -1,0 +1,197 @@
+"""On-disk index: round trip, manifest contents, refusal of corrupt/mismatched data, atomic write."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
+from privdiff.retrieval import EmbeddingIndex, build_index, build_index_from_images, load_index, read_manifest
+from privdiff.retrieval.index import MANIFEST_FILE, VECTORS_FILE
+
+SPACE = "test-space/v1"
+
+
+def _emb(n=50, d=8, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, d))
+
+
+def test_build_then_load_round_trips_normalised_float32_rows(tmp_path):
+    raw = _emb()
+    build_index(tmp_path / "idx", raw, space_id=SPACE, source="fashion-mnist:train[:50]")
+    idx = load_index(tmp_path / "idx", expected_space=SPACE)
+    rows = idx._vectors
+    assert isinstance(rows, np.memmap) and not rows.flags.writeable
+    assert rows.dtype == np.float32 and rows.shape == (50, 8)
+    np.testing.assert_allclose(rows, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
+    assert (idx.count, idx.dim, idx.space_id, idx.visibility) == (50, 8, SPACE, "private")
+
+
+def test_manifest_records_only_public_metadata(tmp_path):
+    build_index(tmp_path / "idx", _emb(), space_id=SPACE, source="folder:/data/x")
+    raw = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())
+    assert set(raw) == {
+        "format", "format_version", "space_id", "dim", "count", "dtype", "vectors_file",
+        "vectors_bytes", "sha256", "created_utc", "source", "visibility",
+    }
+    assert sorted(os.listdir(tmp_path / "idx")) == [VECTORS_FILE, MANIFEST_FILE]
+    assert raw["vectors_bytes"] == (tmp_path / "idx" / VECTORS_FILE).stat().st_size
+
+
+def test_in_memory_index_has_same_checksum_as_written_one(tmp_path):
+    raw = _emb()
+    mem = EmbeddingIndex.from_embeddings(raw, space_id=SPACE)
+    disk = build_index(tmp_path / "idx", raw, space_id=SPACE)
+    assert mem.manifest.sha256 == disk.manifest.sha256
+
+
+def test_truncated_vector_file_is_refused(tmp_path):
+    build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    p = tmp_path / "idx" / VECTORS_FILE
+    p.write_bytes(p.read_bytes()[:-100])
+    for verify in ("full", "size"):
+        with pytest.raises(IndexCorrupt, match="truncated"):
+            load_index(tmp_path / "idx", verify=verify)
+
+
+def test_flipped_bit_is_caught_by_checksum(tmp_path):
+    build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    p = tmp_path / "idx" / VECTORS_FILE
+    data = bytearray(p.read_bytes())
+    data[-5] ^= 0x01
+    p.write_bytes(bytes(data))
+    with pytest.raises(IndexCorrupt, match="sha256"):
+        load_index(tmp_path / "idx")
+    load_index(tmp_path / "idx", verify="size")  # the documented trade-off of the fast path
+
+
+def test_non_unit_row_with_consistent_checksum_is_refused(tmp_path):
+    build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    d = tmp_path / "idx"
+    arr = np.load(d / VECTORS_FILE)
+    arr[3] *= 3.0  # would break the sensitivity bound if used
+    np.save(d / VECTORS_FILE, arr)
+    import hashlib
+
+    m = json.loads((d / MANIFEST_FILE).read_text())
+    m["sha256"] = hashlib.sha256((d / VECTORS_FILE).read_bytes()).hexdigest()
+    (d / MANIFEST_FILE).write_text(json.dumps(m))
+    with pytest.raises(IndexCorrupt, match="row 3 is not unit norm"):
+        load_index(d)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: m.update(format_version=99), "format_version"),
+        (lambda m: m.update(format="something-else"), "not a privdiff index"),
+        (lambda m: m.pop("sha256"), "missing field"),
+        (lambda m: m.update(labels=[1, 2]), "unexpected field"),
+        (lambda m: m.update(count=49), "manifest says"),
+        (lambda m: m.update(dim=-1), "invalid dim"),
+        (lambda m: m.update(visibility="secret"), "visibility"),
+    ],
+)
+def test_inconsistent_manifest_is_refused(tmp_path, mutate, message):
+    build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    mp = tmp_path / "idx" / MANIFEST_FILE
+    m = json.loads(mp.read_text())
+    mutate(m)
+    mp.write_text(json.dumps(m))
+    with pytest.raises(IndexCorrupt, match=message):
+        load_index(tmp_path / "idx", verify="size")
+
+
+def test_garbled_or_missing_manifest_is_refused(tmp_path):
+    build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    mp = tmp_path / "idx" / MANIFEST_FILE
+    mp.write_text("{not json")
+    with pytest.raises(IndexCorrupt, match="unreadable manifest"):
+        load_index(tmp_path / "idx")
+    mp.unlink()
+    with pytest.raises(IndexCorrupt, match="no manifest.json"):
+        load_index(tmp_path / "idx")
+    with pytest.raises(IndexCorrupt, match="does not exist"):
+        load_index(tmp_path / "nowhere")
+
+
+def test_other_encoder_space_is_refused(tmp_path):
+    build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    with pytest.raises(EncoderMismatch, match="other-space"):
+        load_index(tmp_path / "idx", expected_space="other-space")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((0, 4)),
+        np.ones(4),
+        np.array([[1.0, np.nan]]),
+        np.array([[1.0, 0.0], [0.0, 0.0]]),
+        np.array([["a", "b"]]),
+    ],
+)
+def test_bad_embeddings_are_refused_before_anything_is_written(tmp_path, bad):
+    with pytest.raises(InvalidParameter, match="embeddings"):
+        build_index(tmp_path / "idx", bad, space_id=SPACE)
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_directory_is_not_overwritten_unless_asked(tmp_path):
+    build_index(tmp_path / "idx", _emb(seed=0), space_id=SPACE)
+    with pytest.raises(InvalidParameter, match="does not exist yet"):
+        build_index(tmp_path / "idx", _emb(seed=1), space_id=SPACE)
+    new = build_index(tmp_path / "idx", _emb(n=7, seed=1), space_id=SPACE, overwrite=True)
+    assert new.count == 7 and load_index(tmp_path / "idx").count == 7
+    assert os.listdir(tmp_path) == ["idx"]  # no temp or old directories left behind
+
+
+def test_crash_mid_write_leaves_no_index_and_no_temp_files(tmp_path, monkeypatch):
+    import privdiff.retrieval.index as index_mod
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_mod.json, "dump", boom)  # fails after the vectors are written
+    with pytest.raises(OSError, match="disk full"):
+        build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    assert os.listdir(tmp_path) == []
+
+
+def test_crash_during_overwrite_keeps_the_old_index_intact(tmp_path, monkeypatch):
+    import privdiff.retrieval.index as index_mod
+
+    build_index(tmp_path / "idx", _emb(n=5), space_id=SPACE)
+    monkeypatch.setattr(index_mod.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
+    with pytest.raises(OSError):
+        build_index(tmp_path / "idx", _emb(n=9), space_id=SPACE, overwrite=True)
+    assert load_index(tmp_path / "idx").count == 5
+    assert os.listdir(tmp_path) == ["idx"]
+
+
+class _TinyEncoder:
+    space_id = "tiny-mean-rgb/v1"
+    dim = 3
+
+    def encode_images(self, images, *, batch_size=256, progress=False):
+        x = images.reshape(len(images), -1, images.shape[-1]).mean(axis=1).astype(np.float32) + 1.0
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_build_from_images_records_encoder_space_and_no_labels(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, size=(12, 5, 5, 3), dtype=np.uint8)
+    idx = build_index_from_images(tmp_path / "idx", imgs, _TinyEncoder(), source="npz:x", progress=False)
+    m = read_manifest(tmp_path / "idx")
+    assert (m.space_id, m.count, m.dim, m.source) == ("tiny-mean-rgb/v1", 12, 3, "npz:x")
+    assert idx.count == 12
+
+
+def test_private_index_refuses_to_hand_out_rows_and_repr_has_no_data(tmp_path):
+    idx = build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    with pytest.raises(PrivdiffError, match="private"):
+        idx.public_vectors()
+    text = repr(idx)
+    assert all(f"{v:.4f}" not in text for v in np.asarray(idx._vectors[:3]).ravel())
+    pub = build_index(tmp_path / "pub", _emb(), space_id=SPACE, visibility="public")
+    assert pub.public_vectors().shape == (50, 8)
