@@ -153,3 +153,13 @@ def check_int(name: str, value: Any, minimum: int = 1, maximum: int | None = Non
     if iv < minimum or (maximum is not None and iv > maximum):
         raise InvalidParameter(name, value, allowed)
     return iv
+
+
+class MissingDependency(PrivdiffError, ImportError):
+    """An optional library (e.g. ``open_clip``) is needed for this feature but is not installed."""
+
+    def __init__(self, package: str, feature: str, install: str | None = None):
+        self.package = package
+        self.feature = feature
+        hint = install or f"pip install {package}"
+        super().__init__(f"{feature} needs the optional package {package!r}, which is not installed ({hint})")
