@@ -1,0 +1,216 @@
+"""DPRetriever: charge-before-compute, padding, noise, OS randomness, input refusal, no leaks."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from privdiff.errors import EncoderMismatch, InvalidParameter, PrivacyBudgetExceeded
+from privdiff.retrieval import DPRetriever, EmbeddingIndex, PrivateRelease
+from privdiff.retrieval.mechanism import padded_topk_mean
+from tests.retrieval.conftest import RecordingLedger, unit_rows
+
+SPACE = "test-space/v1"
+
+
+def _index(n=40, d=8, seed=0):
+    return EmbeddingIndex.from_embeddings(unit_rows(n, d, seed), space_id=SPACE)
+
+
+def _retriever(ledger, n=40, d=8, k=5, sigma=0.1, q=0.5, **kw):
+    return DPRetriever(_index(n, d), k=k, sigma=sigma, sample_rate=q, ledger=ledger, **kw)
+
+
+# --- the aggregate ------------------------------------------------------------------------
+
+
+def test_padded_mean_divides_found_neighbours_by_k_not_by_found():
+    v = unit_rows(6, 4, seed=3)
+    ids = np.array([[0, 2, -1, -1, -1], [1, 3, 4, 5, 0]])
+    agg = padded_topk_mean(v, ids, k=5)
+    np.testing.assert_allclose(agg[0], (v[0] + v[2]) / 5, rtol=1e-6)  # = mean(found) * found/k
+    np.testing.assert_allclose(agg[0], v[[0, 2]].mean(axis=0) * 2 / 5, rtol=1e-6)
+    np.testing.assert_allclose(agg[1], v[[1, 3, 4, 5, 0]].mean(axis=0), rtol=1e-6)
+
+
+def test_padded_mean_bounds_row_norms_whatever_the_storage_holds():
+    v = np.array([[3.0, 4.0], [np.nan, 1.0], [0.6, 0.8]], dtype=np.float32)
+    agg = padded_topk_mean(v, np.array([[0, 1, 2]]), k=3)
+    np.testing.assert_allclose(agg[0], ([0.6, 0.8] + np.array([0.0, 0.0]) + [0.6, 0.8]) / 3, rtol=1e-6)
+
+
+def test_pre_noise_aggregate_in_padding_regime_is_sum_of_all_records_over_k(recording_ledger):
+    # q = 1 and N = 3 < k = 8: every record is found, 5 pad slots are the zero vector.
+    v = unit_rows(3, 4, seed=1)
+    r = DPRetriever(EmbeddingIndex.from_embeddings(v, space_id=SPACE), k=8, sigma=0.1, sample_rate=1.0,
+                    ledger=recording_ledger)
+    agg = r._pre_noise_aggregate(unit_rows(2, 4, seed=2), np.random.default_rng(0))
+    np.testing.assert_allclose(agg, np.tile(v.sum(axis=0) / 8, (2, 1)), rtol=1e-6)
+
+
+def test_pre_noise_aggregate_is_mean_of_exact_topk_when_q_is_one(recording_ledger):
+    v = unit_rows(30, 6, seed=4)
+    q = unit_rows(3, 6, seed=5)
+    r = DPRetriever(EmbeddingIndex.from_embeddings(v, space_id=SPACE), k=4, sigma=0.1, sample_rate=1.0,
+                    ledger=recording_ledger)
+    agg = r._pre_noise_aggregate(q, np.random.default_rng(0))
+    for b in range(3):
+        top = np.argsort(-(v @ q[b]))[:4]
+        np.testing.assert_allclose(agg[b], v[top].mean(axis=0), rtol=1e-5, atol=1e-7)
+
+
+# --- the release ----------------------------------------------------------------------------
+
+
+def test_noise_is_gaussian_with_std_sigma_around_the_aggregate(recording_ledger):
+    v = unit_rows(20, 16, seed=6)
+    r = DPRetriever(EmbeddingIndex.from_embeddings(v, space_id=SPACE), k=20, sigma=0.3, sample_rate=1.0,
+                    ledger=recording_ledger)
+    q = np.tile(unit_rows(1, 16, seed=7), (400, 1))
+    out = r.query(q).vectors.astype(np.float64)
+    resid = (out - v.sum(axis=0) / 20).ravel() / 0.3  # q = 1, k = N: aggregate is known exactly
+    assert stats.kstest(resid, "norm").pvalue > 1e-3
+    # One independent noise draw per row (not one shared across the batch).
+    assert np.abs(np.corrcoef(out[:200, 0], out[200:, 0])[0, 1]) < 0.3
+
+
+def test_release_carries_only_noisy_vectors_and_public_parameters(recording_ledger):
+    rel = _retriever(recording_ledger).query(unit_rows(3, 8, seed=1))
+    assert isinstance(rel, PrivateRelease)
+    assert {f.name for f in dataclasses.fields(rel)} == {
+        "vectors", "sigma", "sample_rate", "k", "noise_multiplier", "delta",
+        "epsilon_spent", "epsilon_remaining", "space_id",
+    }
+    assert rel.vectors.shape == (3, 8) and rel.vectors.dtype == np.float32
+    assert not rel.vectors.flags.writeable
+    assert rel.noise_multiplier == pytest.approx(0.1 * 5 / 2)
+    assert (rel.epsilon_spent, rel.epsilon_remaining) == (3.0, 10**9 - 3.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rel.sigma = 0.0
+
+
+def test_retriever_exposes_no_index_ids_or_rows(recording_ledger):
+    r = _retriever(recording_ledger)
+    public = {a for a in dir(r) if not a.startswith("_")}
+    assert public == {"dim", "dp_query", "k", "noise_multiplier", "query", "sample_rate", "sigma", "space_id"}
+    assert repr(r) == (
+        "DPRetriever(k=5, sigma=0.1, sample_rate=0.5, noise_multiplier=0.25, space_id='test-space/v1')"
+    )
+    with pytest.raises(AttributeError):
+        r.extra = 1  # __slots__: no ad-hoc attributes to stash private data on
+
+
+# --- charging -------------------------------------------------------------------------------
+
+
+def test_one_ledger_call_charges_all_rows_before_anything_is_computed():
+    ledger = RecordingLedger()
+    r = _retriever(ledger, k=5, sigma=0.1, q=0.5)
+    seen = []
+    original = r._pre_noise_aggregate
+
+    class Spy(DPRetriever):
+        def _pre_noise_aggregate(self, queries, rng):
+            seen.append(list(ledger.calls))  # state of the ledger when computing starts
+            return original(queries, rng)
+
+    spy = Spy(_index(), k=5, sigma=0.1, sample_rate=0.5, ledger=ledger)
+    spy.query(unit_rows(7, 8, seed=2), request_id="req-1")
+    assert len(ledger.calls) == 1
+    query, count, request_id = ledger.calls[0]
+    assert (count, request_id) == (7, "req-1")
+    assert (query.sigma, query.sample_rate, query.k) == (0.1, 0.5, 5)
+    assert seen == [ledger.calls]
+
+
+def test_over_budget_batch_is_refused_whole_and_nothing_is_computed(monkeypatch):
+    import privdiff.retrieval.mechanism as mech
+
+    ledger = RecordingLedger(max_queries=5)
+    r = _retriever(ledger)
+    r.query(unit_rows(3, 8))
+    monkeypatch.setattr(mech, "subsampled_topk", lambda *a, **k: pytest.fail("computed over budget"))
+    with pytest.raises(PrivacyBudgetExceeded):
+        r.query(unit_rows(3, 8))  # 3 + 3 > 5: all-or-nothing
+    assert ledger.charged == 3
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.full((2, 8), np.nan), "NaN"),
+        (np.array([[np.inf] + [0.0] * 7]), "NaN/inf"),
+        (unit_rows(2, 7), "dimension 7"),
+        (np.zeros((1, 8)), "zero vector"),
+        (unit_rows(2, 8) * 1.5, "norm 1.5"),
+        (unit_rows(1, 8)[0], "2-D"),
+        (np.zeros((0, 8)), "at least one"),
+        (np.array([["a"] * 8]), "dtype"),
+        ("not an array", "dtype"),
+    ],
+)
+def test_bad_queries_raise_typed_error_and_charge_nothing(bad, match):
+    ledger = RecordingLedger()
+    with pytest.raises(InvalidParameter, match=match):
+        _retriever(ledger).query(bad)
+    assert ledger.calls == []
+
+
+def test_slightly_off_unit_queries_are_renormalised_and_accepted(recording_ledger):
+    rel = _retriever(recording_ledger).query(unit_rows(2, 8) * (1 + 5e-3))
+    assert rel.vectors.shape == (2, 8)
+
+
+def test_query_space_mismatch_is_refused_before_charging():
+    ledger = RecordingLedger()
+    with pytest.raises(EncoderMismatch):
+        _retriever(ledger, query_space="other-space")
+    r = _retriever(ledger, query_space=SPACE)
+    with pytest.raises(EncoderMismatch):
+        r.query(unit_rows(1, 8), space_id="other-space")
+    with pytest.raises(InvalidParameter, match="request_id"):
+        r.query(unit_rows(1, 8), request_id=42)
+    assert ledger.calls == []
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"k": 0}, "k"),
+        ({"k": 2.5}, "k"),
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": -1.0}, "sigma"),
+        ({"sigma": float("nan")}, "sigma"),
+        ({"q": 0.0}, "sample_rate"),
+        ({"q": 1.01}, "sample_rate"),
+    ],
+)
+def test_invalid_mechanism_parameters_are_refused(kw, name):
+    with pytest.raises(InvalidParameter, match=name):
+        _retriever(RecordingLedger(), **kw)
+
+
+def test_k_larger_than_the_index_is_allowed_and_padded(recording_ledger):
+    rel = _retriever(recording_ledger, n=4, k=10, q=1.0).query(unit_rows(2, 8))
+    assert rel.vectors.shape == (2, 8)
+
+
+# --- randomness -------------------------------------------------------------------------------
+
+
+def test_user_seeds_do_not_reproduce_dp_randomness_but_public_randomness_stays_seedable():
+    import torch
+
+    ledger = RecordingLedger()
+    r = _retriever(ledger, q=0.5)
+    q = unit_rows(4, 8, seed=9)
+    outs, public = [], []
+    for _ in range(2):
+        np.random.seed(1234)
+        torch.manual_seed(1234)
+        outs.append(r.query(q).vectors.copy())
+        public.append((np.random.rand(3), torch.rand(3)))
+    assert not np.allclose(outs[0], outs[1])
+    np.testing.assert_array_equal(public[0][0], public[1][0])
+    assert torch.equal(public[0][1], public[1][1])
