@@ -1,5 +1,36 @@
-"""Image and text encoders into one L2-normalised embedding space."""
+"""Image and text encoders into one L2-normalised embedding space.
+
+Call :func:`load_image_encoder` / :func:`load_text_encoder` (``"default"`` = EfficientNet-Lite0
+64 px features centred on public data, and MiniLM projected into that space). Heavy libraries
+(torch, sentence-transformers) are imported only when an encoder is built.
+"""
 
 from privdiff.encoders.base import ImageEncoder, TextEncoder, check_same_space, l2_normalize
+from privdiff.encoders.registry import DEFAULT_SPACE_ID, load_image_encoder, load_text_encoder
 
-__all__ = ["ImageEncoder", "TextEncoder", "check_same_space", "l2_normalize"]
+__all__ = [
+    "DEFAULT_SPACE_ID",
+    "ImageEncoder",
+    "TextEncoder",
+    "check_same_space",
+    "l2_normalize",
+    "load_image_encoder",
+    "load_text_encoder",
+]
+
+
+def __getattr__(name: str):
+    # Implementation classes load lazily so `import privdiff.encoders` stays light.
+    if name == "EfficientNetLite0Encoder":
+        from privdiff.encoders.efficientnet import EfficientNetLite0Encoder
+
+        return EfficientNetLite0Encoder
+    if name == "MiniLMProjectionTextEncoder":
+        from privdiff.encoders.text import MiniLMProjectionTextEncoder
+
+        return MiniLMProjectionTextEncoder
+    if name == "OpenCLIPEncoder":
+        from privdiff.encoders.openclip import OpenCLIPEncoder
+
+        return OpenCLIPEncoder
+    raise AttributeError(f"module 'privdiff.encoders' has no attribute {name!r}")

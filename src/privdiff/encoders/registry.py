@@ -1,0 +1,116 @@
+"""Named encoders, cached per process: ``load_image_encoder(name)`` / ``load_text_encoder(name)``.
+
+Names understood by both loaders:
+
+* ``"default"``: the shipped pair, EfficientNet-Lite0 at 64 px centred on public data
+  (space ``effnet-lite0-64px-c/v1``) and MiniLM + the learned projection into that space;
+* a space id, e.g. ``"effnet-lite0-64px-c/v1"`` (what an index or checkpoint stores), or the same
+  without ``/v1``; image-only: ``"effnet-lite0-<S>px"`` (raw features at S px, any S in 32..512);
+* ``"openclip:<model_name>@<checkpoint path>"``: the open_clip adapter (needs open_clip).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+from privdiff.encoders.base import ImageEncoder, TextEncoder
+from privdiff.encoders.efficientnet import (
+    ASSET_DIR,
+    EfficientNetLite0Encoder,
+    centre_asset_path,
+    effnet_space_id,
+    load_centre,
+)
+from privdiff.errors import CheckpointError, InvalidParameter
+
+DEFAULT_INPUT_SIZE = 64
+DEFAULT_SPACE_ID = effnet_space_id(DEFAULT_INPUT_SIZE, centred=True)
+_EFFNET_RE = re.compile(r"^effnet-lite0-(?P<size>\d+)px(?P<c>-c)?(?:/v1)?$")
+_LOCK = threading.RLock()
+_IMAGE_CACHE: dict[str, ImageEncoder] = {}
+_TEXT_CACHE: dict[str, TextEncoder] = {}
+_VALID = "'default', 'effnet-lite0-<size>px[-c][/v1]', 'openclip:<model_name>@<checkpoint>'"
+
+
+def projection_stem(space_id: str) -> Path:
+    """Where the MiniLM projection into ``space_id`` is shipped (without suffix)."""
+    return ASSET_DIR / ("minilm-l6-to-" + space_id.replace("/", "_"))
+
+
+def _openclip(name: str):
+    spec = name.split(":", 1)[1]
+    model_name, sep, ckpt = spec.partition("@")
+    if not sep or not model_name or not ckpt:
+        raise InvalidParameter("encoder", name, "'openclip:<model_name>@<checkpoint path>'")
+    from privdiff.encoders.openclip import OpenCLIPEncoder
+
+    return OpenCLIPEncoder(model_name, ckpt)
+
+
+def _resolve(name: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidParameter("encoder", name, _VALID)
+    name = name.strip()
+    return DEFAULT_SPACE_ID if name == "default" else name
+
+
+def load_image_encoder(name: str = "default") -> ImageEncoder:
+    """An image encoder by name (see the module docstring); the same object for the same name."""
+    key = _resolve(name)
+    with _LOCK:
+        if key in _IMAGE_CACHE:
+            return _IMAGE_CACHE[key]
+        m = _EFFNET_RE.match(key)
+        if m:
+            size = int(m.group("size"))
+            if m.group("c"):
+                path = centre_asset_path(size)
+                if not path.is_file():
+                    raise CheckpointError(
+                        f"no centring vector shipped for {size} px ({path.name}); available: "
+                        f"{sorted(p.name for p in ASSET_DIR.glob('*-centre.safetensors'))}; build one with "
+                        f"`python -m privdiff.encoders.calibrate --asset-size {size}`"
+                    )
+                centre, meta = load_centre(path)
+                enc = EfficientNetLite0Encoder(size, centre=centre, centre_id=f"{meta.get('source')} ({meta.get('sha256_12')})")
+            else:
+                enc = EfficientNetLite0Encoder(size)
+        elif key.startswith("openclip:"):
+            enc = _openclip(key)
+        else:
+            raise InvalidParameter("encoder", name, _VALID)
+        _IMAGE_CACHE[key] = enc
+        return enc
+
+
+def load_text_encoder(name: str = "default") -> TextEncoder:
+    """A text encoder into the space ``name`` designates (its ``space_id`` equals the image one's)."""
+    key = _resolve(name)
+    with _LOCK:
+        if key in _TEXT_CACHE:
+            return _TEXT_CACHE[key]
+        m = _EFFNET_RE.match(key)
+        if m:
+            from privdiff.encoders.text import MiniLMProjectionTextEncoder
+
+            space_id = effnet_space_id(int(m.group("size")), bool(m.group("c")))
+            stem = projection_stem(space_id)
+            if not stem.with_suffix(".json").is_file():
+                shipped = sorted(p.stem for p in ASSET_DIR.glob("minilm-l6-to-*.json"))
+                raise CheckpointError(
+                    f"no text projection into {space_id!r} is shipped (available: {shipped}); "
+                    "train one with `python experiments/text_projection.py --space <space>`"
+                )
+            enc = MiniLMProjectionTextEncoder.from_asset(stem)
+            if enc.space_id != space_id:
+                raise CheckpointError(f"{stem.name}.json declares space {enc.space_id!r}, expected {space_id!r}")
+        elif key.startswith("openclip:"):
+            # One object serves both towers, so an image and text encoder share the cache entry.
+            enc = _IMAGE_CACHE.get(key) or _openclip(key)
+            _IMAGE_CACHE.setdefault(key, enc)
+        else:
+            raise InvalidParameter("encoder", name, _VALID)
+        _TEXT_CACHE[key] = enc
+        return enc
