@@ -1,0 +1,274 @@
+"""Accountant tests: golden values from the paper's code, cross-library agreement, properties."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import dp_accounting
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from privdiff.accounting import (
+    ACCOUNTANTS,
+    PAPER_ORDERS,
+    DPRDMQuery,
+    OrderOnEdgeWarning,
+    compute_delta,
+    compute_epsilon,
+)
+from privdiff.errors import InvalidParameter
+
+# Methods note §4.6: (sigma, q, k, T, delta) -> (epsilon, optimal order) under the authors' code.
+PAPER_GOLDEN = [
+    pytest.param(0.2, 0.01, 18, 1000, 1e-7, 0.99688, 25.0, id="notebook-test-vector"),
+    pytest.param(0.07, 0.01, 17, 100, 1 / 239_000_000, 8.209, 3.4, id="shutterstock-figure"),
+    pytest.param(0.04, 0.0013218, 20, 100, 1 / 82_800, 6.939, 2.6, id="mscoco-figure-T100"),
+    pytest.param(0.04, 0.0013218, 20, 1000, 1 / 82_800, 9.784, None, id="mscoco-figure-T1000"),
+    pytest.param(0.05, 0.01, 23, 1000, 1 / 50_000, 9.443, 2.5, id="cifar10-figure"),
+]
+
+
+@pytest.mark.parametrize("sigma,q,k,T,delta,eps,order", PAPER_GOLDEN)
+def test_paper_accountant_reproduces_method_note_values(sigma, q, k, T, delta, eps, order):
+    rep = compute_epsilon([(DPRDMQuery(sigma, q, k), T)], delta, "paper")
+    assert rep.epsilon == pytest.approx(eps, abs=6e-4)
+    if order is not None:
+        assert rep.order == order
+    assert rep.accountant == "paper" and rep.queries == T and not rep.order_on_edge
+
+
+def test_query_noise_multiplier_and_sensitivity_follow_the_paper():
+    q = DPRDMQuery(0.05, 0.01, 20)
+    assert q.sensitivity == pytest.approx(2 / 20)
+    assert q.noise_multiplier == pytest.approx(0.05 / (2 / 20))
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        (dict(sigma=0, sample_rate=0.1, k=3), "sigma"),
+        (dict(sigma=-1, sample_rate=0.1, k=3), "sigma"),
+        (dict(sigma=float("nan"), sample_rate=0.1, k=3), "sigma"),
+        (dict(sigma=0.1, sample_rate=0, k=3), "sample_rate"),
+        (dict(sigma=0.1, sample_rate=1.01, k=3), "sample_rate"),
+        (dict(sigma=0.1, sample_rate=0.1, k=0), "k"),
+        (dict(sigma=0.1, sample_rate=0.1, k=2.5), "k"),
+    ],
+)
+def test_query_rejects_bad_parameters_naming_them(kwargs, name):
+    with pytest.raises(InvalidParameter) as ei:
+        DPRDMQuery(**kwargs)
+    assert ei.value.name == name and name in str(ei.value)
+
+
+def test_empty_history_costs_nothing():
+    for acc in ACCOUNTANTS:
+        assert compute_epsilon([], 1e-5, acc).epsilon == 0.0
+        assert compute_epsilon([(DPRDMQuery(0.1, 0.1, 5), 0)], 1e-5, acc).epsilon == 0.0
+
+
+@pytest.mark.parametrize("delta", [0, 1, -0.1, float("nan"), 1.5])
+def test_bad_delta_is_rejected(delta):
+    with pytest.raises(InvalidParameter) as ei:
+        compute_epsilon([(DPRDMQuery(0.1, 0.1, 5), 3)], delta)
+    assert ei.value.name == "delta"
+
+
+def test_unknown_accountant_is_rejected():
+    with pytest.raises(InvalidParameter) as ei:
+        compute_epsilon([(DPRDMQuery(0.1, 0.1, 5), 3)], 1e-5, "moments")
+    assert "pld" in str(ei.value)
+
+
+def test_opacus_conversion_is_the_opacus_1_4_formula():
+    """Opacus 1.6 get_privacy_spent must equal the 1.4 formula the paper's numbers come from."""
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    orders = np.asarray(PAPER_ORDERS)
+    rdp = np.asarray(compute_rdp(q=0.02, noise_multiplier=1.3, steps=700, orders=list(orders)))
+    formula = rdp - (math.log(1e-6) + np.log(orders)) / (orders - 1) + np.log((orders - 1) / orders)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eps, order = get_privacy_spent(orders=list(orders), rdp=rdp, delta=1e-6)
+    assert eps == pytest.approx(formula.min(), rel=1e-12)
+    assert order == orders[formula.argmin()]
+    ours = compute_epsilon([(DPRDMQuery(1.3 * 2 / 4, 0.02, 4), 700)], 1e-6, "paper")
+    assert ours.epsilon == pytest.approx(formula.min(), rel=1e-12)
+
+
+def test_paper_accountant_agrees_with_opacus_rdp_accountant():
+    from opacus.accountants import RDPAccountant
+
+    query = DPRDMQuery(0.3, 0.05, 6)  # z = 0.9
+    acc = RDPAccountant()
+    for _ in range(200):
+        acc.step(noise_multiplier=query.noise_multiplier, sample_rate=query.sample_rate)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        eps, order = acc.get_privacy_spent(delta=1e-5, alphas=list(PAPER_ORDERS))
+    rep = compute_epsilon([(query, 200)], 1e-5, "paper")
+    assert rep.epsilon == pytest.approx(eps, rel=1e-10) and rep.order == order
+
+
+def test_heterogeneous_paper_history_sums_rdp_curves():
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    a, b = DPRDMQuery(0.2, 0.01, 18), DPRDMQuery(0.1, 0.03, 25)
+    rdp = sum(
+        np.asarray(compute_rdp(q=q.sample_rate, noise_multiplier=q.noise_multiplier, steps=n, orders=list(PAPER_ORDERS)))
+        for q, n in [(a, 300), (b, 50)]
+    )
+    eps, _ = get_privacy_spent(orders=list(PAPER_ORDERS), rdp=rdp, delta=1e-6)
+    assert compute_epsilon([(a, 100), (b, 50), (a, 200)], 1e-6, "paper").epsilon == pytest.approx(eps, rel=1e-12)
+
+
+def test_resources_cross_check_rdp_and_pld():
+    """RESOURCES.md: z=1, q=0.01, 10k steps, δ=1e-5 → RDP 6.7127/6.7128, PLD 6.1877."""
+    query = DPRDMQuery(2.0, 0.01, 1)  # z = σ·k/2 = 1
+    assert query.noise_multiplier == 1.0
+    assert compute_epsilon([(query, 10_000)], 1e-5, "paper").epsilon == pytest.approx(6.7127, abs=1e-4)
+    assert compute_epsilon([(query, 10_000)], 1e-5, "rdp").epsilon == pytest.approx(6.7128, abs=1e-4)
+    fine = compute_epsilon([(query, 10_000)], 1e-5, "pld", pld_discretization=1e-4).epsilon
+    assert fine == pytest.approx(6.1877, abs=2e-4)
+    # The default, coarser discretisation stays pessimistic (never below the fine value) and close.
+    default = compute_epsilon([(query, 10_000)], 1e-5, "pld").epsilon
+    assert fine <= default <= fine * 1.002
+
+
+def test_pld_agrees_with_prv_accountant():
+    from prv_accountant import PRVAccountant
+    from prv_accountant.privacy_random_variables import PoissonSubsampledGaussianMechanism
+
+    query = DPRDMQuery(2.0, 0.01, 1)
+    prv = PRVAccountant(
+        prvs=[PoissonSubsampledGaussianMechanism(noise_multiplier=1.0, sampling_probability=0.01)],
+        max_self_compositions=[10_000],
+        eps_error=0.01,
+        delta_error=1e-10,
+    )
+    lower, estimate, upper = prv.compute_epsilon(delta=1e-5, num_self_compositions=[10_000])
+    ours = compute_epsilon([(query, 10_000)], 1e-5, "pld", pld_discretization=1e-4).epsilon
+    assert lower - 1e-3 <= ours <= upper + 1e-3
+    assert ours == pytest.approx(estimate, abs=2e-3)
+
+
+def test_rdp_accountant_matches_dp_accounting_directly():
+    query = DPRDMQuery(0.05, 0.01, 23)
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(0.575)), 1000))
+    eps, order = acc.get_epsilon_and_optimal_order(2e-5)
+    rep = compute_epsilon([(query, 1000)], 2e-5, "rdp")
+    assert rep.epsilon == pytest.approx(eps, rel=1e-12) and rep.order == order
+
+
+def test_order_on_edge_warns_and_is_reported():
+    # A single cheap query at tiny δ pushes the optimal order past α = 63 in the paper grid.
+    query = DPRDMQuery(1.0, 0.001, 20)
+    with pytest.warns(OrderOnEdgeWarning):
+        rep = compute_epsilon([(query, 1)], 1e-12, "paper")
+    assert rep.order_on_edge and rep.order == PAPER_ORDERS[-1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OrderOnEdgeWarning)
+        assert compute_epsilon([(query, 1)], 1e-12, "paper", warn_on_edge=False).order_on_edge
+
+
+def test_compute_delta_inverts_compute_epsilon():
+    history = [(DPRDMQuery(0.2, 0.01, 18), 1000)]
+    for acc in ACCOUNTANTS:
+        eps = compute_epsilon(history, 1e-7, acc).epsilon
+        # δ(ε(δ)) is at most δ (the RDP grid can only certify a δ at least as good).
+        assert compute_delta(history, eps, acc) <= 1e-7 * 1.01
+        assert compute_delta(history, eps * 0.8, acc) > 1e-7
+    assert compute_delta([], 1.0) == 0.0
+
+
+# --------------------------------------------------------------------------- property tests
+
+_sigmas = st.floats(0.02, 0.5)
+_rates = st.floats(1e-4, 0.2)
+_ks = st.integers(1, 40)
+_counts = st.integers(1, 3000)
+_fast = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _eps(sigma, q, k, T, acc, delta=1e-6):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OrderOnEdgeWarning)
+        return compute_epsilon([(DPRDMQuery(sigma, q, k), T)], delta, acc).epsilon
+
+
+@_fast
+@given(sigma=_sigmas, q=_rates, k=_ks, T=_counts, acc=st.sampled_from(["rdp", "pld"]))
+def test_epsilon_grows_with_queries_and_rate(sigma, q, k, T, acc):
+    base = _eps(sigma, q, k, T, acc)
+    assert _eps(sigma, q, k, 2 * T, acc) >= base - 1e-9
+    assert _eps(sigma, min(1.0, 1.5 * q), k, T, acc) >= base - 1e-9
+
+
+@_fast
+@given(sigma=_sigmas, q=_rates, k=_ks, T=_counts, acc=st.sampled_from(["rdp", "pld"]))
+def test_epsilon_falls_with_sigma_and_k(sigma, q, k, T, acc):
+    base = _eps(sigma, q, k, T, acc)
+    assert _eps(1.5 * sigma, q, k, T, acc) <= base + 1e-9
+    assert _eps(sigma, q, k + 3, T, acc) <= base + 1e-9
+
+
+@settings(max_examples=8, deadline=None)
+@given(sigma=st.floats(0.05, 0.5), q=_rates, k=st.integers(4, 40), T=st.integers(1, 1000))
+def test_pld_default_discretisation_is_pessimistic_but_close(sigma, q, k, T):
+    """The default PLD grid never reports less than a 2× finer grid, and stays within ~1 %."""
+    query = DPRDMQuery(sigma, q, k)
+    rep = compute_epsilon([(query, T)], 1e-6, "pld")
+    fine = dp_accounting.pld.PLDAccountant(value_discretization_interval=rep.pld_discretization / 2)
+    fine.compose(query.dp_event(T))
+    fine_eps = fine.get_epsilon(1e-6)
+    assert rep.epsilon >= fine_eps - 1e-9 or rep.epsilon == _eps(sigma, q, k, T, "rdp")
+    assert rep.epsilon <= fine_eps * 1.01 + 2 * rep.pld_discretization
+
+
+def test_pld_stays_bounded_when_the_loss_is_huge():
+    """z = 0.01 would need a 36 GiB PLD grid at the default interval; the report stays valid."""
+    query = DPRDMQuery(0.02, 0.2, 1)
+    rdp = compute_epsilon([(query, 3000)], 1e-6, "rdp", warn_on_edge=False).epsilon
+    rep = compute_epsilon([(query, 3000)], 1e-6, "pld")
+    assert rep.fallback == "rdp" and rep.epsilon == rdp
+    moderate = compute_epsilon([(DPRDMQuery(0.02, 0.2, 40), 3000)], 1e-6, "pld")
+    assert moderate.fallback is None and moderate.pld_discretization > 1e-3
+    assert moderate.epsilon < compute_epsilon([(DPRDMQuery(0.02, 0.2, 40), 3000)], 1e-6, "rdp").epsilon
+
+
+@_fast
+@given(
+    a=st.tuples(_sigmas, _rates, _ks), b=st.tuples(_sigmas, _rates, _ks),
+    na=st.integers(1, 500), nb=st.integers(1, 500), acc=st.sampled_from(["rdp", "pld"]),
+)
+def test_heterogeneous_composition_is_bounded_by_its_parts(a, b, na, nb, acc):
+    qa, qb = DPRDMQuery(*a), DPRDMQuery(*b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OrderOnEdgeWarning)
+        both = compute_epsilon([(qa, na), (qb, nb)], 1e-6, acc).epsilon
+        only_a = compute_epsilon([(qa, na)], 1e-6, acc).epsilon
+        only_b = compute_epsilon([(qb, nb)], 1e-6, acc).epsilon
+        half_a = compute_epsilon([(qa, na)], 5e-7, acc).epsilon
+        half_b = compute_epsilon([(qb, nb)], 5e-7, acc).epsilon
+    assert both >= max(only_a, only_b) - 1e-3
+    # Basic composition: (ε₁, δ/2) and (ε₂, δ/2) compose to at most (ε₁ + ε₂, δ).
+    assert both <= half_a + half_b + 1e-3
+
+
+@_fast
+@given(q=st.tuples(_sigmas, _rates, _ks), na=st.integers(1, 800), nb=st.integers(1, 800),
+       acc=st.sampled_from(["rdp", "pld"]))
+def test_split_homogeneous_history_equals_library_composition(q, na, nb, acc):
+    """Equal queries charged in two batches cost the same as dp-accounting composing them apart."""
+    query = DPRDMQuery(*q)
+    lib = (dp_accounting.rdp.RdpAccountant() if acc == "rdp"
+           else dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3))
+    lib.compose(dp_accounting.ComposedDpEvent([query.dp_event(na), query.dp_event(nb)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OrderOnEdgeWarning)
+        ours = compute_epsilon([(query, na), (query, nb)], 1e-6, acc).epsilon
+    assert ours == pytest.approx(lib.get_epsilon(1e-6), rel=2e-3, abs=2e-3)
