@@ -178,7 +178,7 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
     if manifest.get("kind") != KIND:
         raise CheckpointError(f"{directory} holds kind {manifest.get('kind')!r}, expected {KIND!r}")
     try:
-        unet = UNet2DModel.from_pretrained(directory / UNET_DIR).to(device).eval()
+        unet = UNet2DModel.from_pretrained(directory / UNET_DIR, low_cpu_mem_usage=False).to(device).eval()
     except (OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"cannot load the U-Net weights in {directory / UNET_DIR}: {exc}") from None
     meta = {k: v for k, v in manifest.items() if k not in ("kind", "schedule", "unet_config", "parameters")}

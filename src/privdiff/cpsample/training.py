@@ -1,0 +1,238 @@
+"""Training CPSample's classifier to overfit random labels on noisy inputs, and checking that it did.
+
+Training (methods/cpsample.md §2, "[I] recommended"): x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1−ᾱ_t) I) with
+fresh noise every step, binary cross-entropy on the logit against the fixed random labels. t is
+drawn from a mixture: with probability ``small_t_fraction`` uniformly from {0..small_t_max−1},
+otherwise from U{0..T−1}. Oversampling small t matters because that is where the classifier *can*
+be confident (at large t, x_t is mostly noise) and where the gate has to fire to stop a sample
+landing on a training image.
+
+Evaluation (§2 "Evaluation of the classifier"): per timestep band, accuracy and mean confidence
+max(p, 1−p) on the training images (should approach 100 % / 1 at small t) and on held-out images
+(must stay ≈ 50 % / ≈ 0.5, or CPSample would push novel samples around too), and the fraction of
+training images whose confidence exceeds 1 − α: those are the images the gate protects.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from privdiff.cpsample.classifier import NoiseAwareClassifier, confidence, random_labels
+from privdiff.errors import CheckpointError, DataError, InvalidParameter, check_in_range, check_int, check_positive
+
+CLASSIFIER_DIR = "classifier"
+CLASSIFIER_JSON = "classifier.json"
+KIND = "privdiff.cpsample.classifier"
+
+#: Timestep bands [lo, hi) of the evaluation report (T = 1000).
+DEFAULT_BANDS: tuple[tuple[int, int], ...] = ((0, 50), (50, 100), (100, 200), (200, 300), (300, 500), (500, 1000))
+#: α values of the paper's MIA table (methods/cpsample.md §5.3).
+PAPER_ALPHAS: tuple[float, ...] = (0.5, 0.25, 0.001)
+
+
+@dataclass
+class ClassifierTrainConfig:
+    """Settings of the random-label classifier's training.
+
+    Attributes:
+        steps: AdamW steps.
+        batch_size: images per step (the whole set when it is smaller).
+        lr: AdamW learning rate (no weight decay: the goal is to overfit).
+        small_t_fraction: probability that a draw of t comes from {0..small_t_max−1}.
+        small_t_max: upper end of the oversampled range of t.
+        label_seed: seed of the Bernoulli(1/2) labels (recorded; fixed once).
+        seed: seed of initialisation, batches, t and noise.
+        block_out_channels: classifier widths per level.
+    """
+
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 1e-3
+    small_t_fraction: float = 0.5
+    small_t_max: int = 300
+    label_seed: int = 0
+    seed: int = 0
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
+
+    def validate(self, num_train_timesteps: int = 1000) -> "ClassifierTrainConfig":
+        check_int("steps", self.steps, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_positive("lr", self.lr)
+        check_in_range("small_t_fraction", self.small_t_fraction, 0.0, 1.0, low_inclusive=True)
+        check_int("small_t_max", self.small_t_max, minimum=1, maximum=num_train_timesteps)
+        check_int("label_seed", self.label_seed, minimum=0)
+        check_int("seed", self.seed, minimum=0)
+        if not self.block_out_channels or any(int(c) % 8 for c in self.block_out_channels):
+            raise InvalidParameter("block_out_channels", self.block_out_channels, "non-empty, each a multiple of 8")
+        return self
+
+
+@dataclass
+class ProtectionClassifier:
+    """A trained classifier with its labels and provenance (what ``privdiff protect train`` writes)."""
+
+    classifier: NoiseAwareClassifier
+    labels: torch.Tensor
+    meta: dict[str, Any]
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.classifier.save_pretrained(directory / CLASSIFIER_DIR, safe_serialization=True)
+        manifest = {"kind": KIND, "labels": [int(v) for v in self.labels.tolist()], **self.meta}
+        tmp = directory / (CLASSIFIER_JSON + ".tmp")
+        tmp.write_text(json.dumps(manifest, indent=2, default=_jsonable))
+        tmp.replace(directory / CLASSIFIER_JSON)
+        return directory
+
+
+def load_classifier(directory: str | Path) -> ProtectionClassifier:
+    """Load a directory written by :meth:`ProtectionClassifier.save`."""
+    directory = Path(directory)
+    path = directory / CLASSIFIER_JSON
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a CPSample classifier: {CLASSIFIER_JSON} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if manifest.get("kind") != KIND:
+        raise CheckpointError(f"{directory} holds kind {manifest.get('kind')!r}, expected {KIND!r}")
+    try:
+        clf = NoiseAwareClassifier.from_pretrained(directory / CLASSIFIER_DIR, low_cpu_mem_usage=False).eval()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"cannot load classifier weights from {directory / CLASSIFIER_DIR}: {exc}") from None
+    labels = torch.tensor(manifest.pop("labels"), dtype=torch.float32)
+    manifest.pop("kind")
+    return ProtectionClassifier(classifier=clf, labels=labels, meta=manifest)
+
+
+def sample_timesteps(n: int, config: ClassifierTrainConfig, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+    """t from the small-t-oversampling mixture described in the module docstring."""
+    t_all = torch.randint(0, num_train_timesteps, (n,), generator=generator)
+    t_small = torch.randint(0, config.small_t_max, (n,), generator=generator)
+    pick_small = torch.rand(n, generator=generator) < config.small_t_fraction
+    return torch.where(pick_small, t_small, t_all)
+
+
+def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Ho et al. 2020, Eq. 4)."""
+    a = alphas_cumprod[t].to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def train_classifier(
+    x0: torch.Tensor,
+    *,
+    alphas_cumprod: torch.Tensor,
+    config: ClassifierTrainConfig | None = None,
+    progress: bool = True,
+) -> tuple[NoiseAwareClassifier, torch.Tensor, dict[str, Any]]:
+    """Fit a :class:`NoiseAwareClassifier` to random labels on noisy versions of ``x0``.
+
+    Args:
+        x0: training images in model space, (N, C, H, W) in [-1, 1] (pixels or VAE latents).
+        alphas_cumprod: ᾱ_t of the diffusion model being protected (its schedule, length T).
+
+    Returns:
+        ``(classifier, labels, log)`` where ``log`` holds the loss curve and wall time.
+    """
+    from tqdm.auto import tqdm
+
+    n_t = int(alphas_cumprod.shape[0])
+    config = (config or ClassifierTrainConfig()).validate(n_t)
+    if x0.ndim != 4 or x0.shape[0] < 2:
+        raise DataError(f"need at least 2 training images (N, C, H, W); got shape {tuple(x0.shape)}")
+    labels = random_labels(x0.shape[0], config.label_seed)
+    torch.manual_seed(config.seed)
+    clf = NoiseAwareClassifier(in_channels=x0.shape[1], block_out_channels=tuple(config.block_out_channels)).train()
+    opt = torch.optim.AdamW(clf.parameters(), lr=config.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(config.seed)
+    batch = min(config.batch_size, x0.shape[0])
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(config.steps), desc="train classifier", disable=not progress)
+    for _ in bar:
+        idx = torch.randperm(x0.shape[0], generator=g)[:batch]
+        t = sample_timesteps(batch, config, n_t, g)
+        x_t = q_sample(x0[idx], t, alphas_cumprod, torch.randn(x0[idx].shape, generator=g))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(x_t, t), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(bce=f"{np.mean(losses[-50:]):.4f}")
+    clf.eval()
+    log = {"loss_per_step": losses, "train_wall_seconds": round(time.perf_counter() - t0, 1),
+           "parameters": sum(p.numel() for p in clf.parameters())}
+    return clf, labels, log
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    classifier: NoiseAwareClassifier,
+    x0: torch.Tensor,
+    labels: torch.Tensor | None,
+    *,
+    alphas_cumprod: torch.Tensor,
+    bands: Sequence[tuple[int, int]] = DEFAULT_BANDS,
+    alphas: Sequence[float] = PAPER_ALPHAS,
+    draws: int = 4,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> list[dict[str, Any]]:
+    """Per-band accuracy, mean confidence and fraction above 1 − α, averaged over ``draws`` draws of (t, ε).
+
+    ``labels`` may be ``None`` for held-out images, which have no label: their "accuracy" is then
+    measured against fresh Bernoulli(1/2) labels drawn from ``seed`` (expected 0.5 whatever the
+    classifier does), while confidence is label-free and is the number that matters.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if labels is None:
+        labels = torch.bernoulli(torch.full((x0.shape[0],), 0.5), generator=g)
+    rows = []
+    for lo, hi in bands:
+        correct, conf_sum, count = 0.0, 0.0, 0
+        above = {a: 0 for a in alphas}
+        for _ in range(draws):
+            for start in range(0, x0.shape[0], batch_size):
+                xb, yb = x0[start : start + batch_size], labels[start : start + batch_size]
+                t = torch.randint(lo, hi, (xb.shape[0],), generator=g)
+                z = classifier(q_sample(xb, t, alphas_cumprod, torch.randn(xb.shape, generator=g)), t)
+                correct += float(((z >= 0).float() == yb).sum())
+                conf = confidence(z)
+                conf_sum += float(conf.sum())
+                for a in alphas:
+                    above[a] += int((conf > 1 - a).sum())
+                count += xb.shape[0]
+        rows.append({
+            "band": [lo, hi],
+            "accuracy": correct / count,
+            "mean_confidence": conf_sum / count,
+            "fraction_above_1_minus_alpha": {str(a): above[a] / count for a in alphas},
+            "evaluations": count,
+        })
+    return rows
+
+
+def _jsonable(obj: Any):
+    if isinstance(obj, (tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def training_config_dict(config: ClassifierTrainConfig) -> dict[str, Any]:
+    d = asdict(config)
+    d["block_out_channels"] = list(config.block_out_channels)
+    return d
