@@ -4,6 +4,10 @@ Public API (others call exactly these):
 
 * :class:`DPRDMQuery` (σ, q, k) with ``.noise_multiplier`` z = σk/2 and ``.sensitivity`` 2/k.
 * :func:`compute_epsilon` (history, δ, accountant) → :class:`EpsilonReport`; :func:`compute_delta`.
+* :class:`Ledger` — ``Ledger.create(path, *, epsilon, delta, accountant="pld", dataset="")``,
+  ``Ledger.open(path)``, ``.charge(query, count=1, request_id=None) -> Charge``,
+  ``.charge_many(queries, request_id=None)``, ``.preview(query, count=1)``, ``.status()``,
+  ``.history()``.
 """
 
 from privdiff.accounting.accountants import (
@@ -20,9 +24,16 @@ from privdiff.accounting.accountants import (
     group_history,
     history_event,
 )
+from privdiff.accounting.ledger import APPLICATION_ID, SCHEMA_VERSION, Charge, ChargeRecord, Ledger, LedgerStatus
 from privdiff.accounting.query import DPRDMQuery, check_delta, default_delta
 
 __all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "Charge",
+    "ChargeRecord",
+    "Ledger",
+    "LedgerStatus",
     "ACCOUNTANTS",
     "DEFAULT_ACCOUNTANT",
     "PAPER_ORDERS",
