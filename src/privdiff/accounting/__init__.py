@@ -4,6 +4,9 @@ Public API (others call exactly these):
 
 * :class:`DPRDMQuery` (σ, q, k) with ``.noise_multiplier`` z = σk/2 and ``.sensitivity`` 2/k.
 * :func:`compute_epsilon` (history, δ, accountant) → :class:`EpsilonReport`; :func:`compute_delta`.
+* :func:`calibrate` (solve="sigma"|"sample_rate"|"k"|"queries", target_epsilon=, delta=, ...)
+  → :class:`Calibration` (value and the ε it achieves, never above the target); shortcuts
+  :func:`solve_sigma`, :func:`solve_sample_rate`, :func:`solve_k`, :func:`solve_queries`.
 * :class:`Ledger` — ``Ledger.create(path, *, epsilon, delta, accountant="pld", dataset="")``,
   ``Ledger.open(path)``, ``.charge(query, count=1, request_id=None) -> Charge``,
   ``.charge_many(queries, request_id=None)``, ``.preview(query, count=1)``, ``.status()``,
@@ -24,10 +27,24 @@ from privdiff.accounting.accountants import (
     group_history,
     history_event,
 )
+from privdiff.accounting.calibrate import (
+    Calibration,
+    calibrate,
+    solve_k,
+    solve_queries,
+    solve_sample_rate,
+    solve_sigma,
+)
 from privdiff.accounting.ledger import APPLICATION_ID, SCHEMA_VERSION, Charge, ChargeRecord, Ledger, LedgerStatus
 from privdiff.accounting.query import DPRDMQuery, check_delta, default_delta
 
 __all__ = [
+    "Calibration",
+    "calibrate",
+    "solve_k",
+    "solve_queries",
+    "solve_sample_rate",
+    "solve_sigma",
     "APPLICATION_ID",
     "SCHEMA_VERSION",
     "Charge",
