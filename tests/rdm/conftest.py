@@ -22,6 +22,9 @@ class PixelProjectionEncoder:
         self._proj = rng.normal(size=(side * side, dim)).astype(np.float32)
         self._text = rng.normal(size=(256, dim)).astype(np.float32)
 
+    def __repr__(self):
+        return f"PixelProjectionEncoder(space_id={self.space_id!r})"
+
     def encode_images(self, images, *, batch_size=256, progress=False):
         x = images.reshape(images.shape[0], -1).astype(np.float32) / 255.0
         return l2_normalize(x @ self._proj)

@@ -18,11 +18,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         encoder: str = typer.Option("default", "--encoder", help="Image encoder name (privdiff.encoders)."),
         out: Path = typer.Option(..., "--out", help="Model directory to write (config.json + model.safetensors)."),
         steps: int = typer.Option(3000, "--steps", help="Total optimiser steps."),
-        batch_size: int = typer.Option(64, "--batch-size"),
+        batch_size: int = typer.Option(32, "--batch-size"),
         k: int = typer.Option(4, "--k", help="k: public neighbours averaged into the context (paper: 4)."),
         s_max: float = typer.Option(0.05, "--s-max", help="s_max: largest training noise std per coordinate."),
         p_uncond: float = typer.Option(0.1, "--p-uncond", help="Probability of the null context (CFG)."),
         lr: float = typer.Option(1e-3, "--lr"),
+        channels: str = typer.Option("32,32,64", "--channels", help="U-Net block_out_channels (3 levels)."),
         checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
         seed: int = typer.Option(0, "--seed"),
         threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
@@ -31,12 +32,16 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """Adapt-train the RDM on public images (context = noisy mean of k public neighbours)."""
         from privdiff.data import load_dataset
         from privdiff.encoders import load_image_encoder
-        from privdiff.errors import check_int
+        from privdiff.errors import InvalidParameter, check_int
         from privdiff.rdm.pipeline import DEFAULT_GENERATION
         from privdiff.rdm.train import TrainConfig, cached_embeddings, train_rdm
 
+        try:
+            block_out_channels = tuple(int(c) for c in channels.split(","))
+        except ValueError:
+            raise InvalidParameter("channels", channels, "three comma-separated integers, e.g. 32,32,64") from None
         config = TrainConfig(
-            steps=steps, batch_size=batch_size, lr=lr, k=k, s_max=s_max, p_uncond=p_uncond,
+            block_out_channels=block_out_channels, steps=steps, batch_size=batch_size, lr=lr, k=k, s_max=s_max, p_uncond=p_uncond,
             seed=seed, checkpoint_every=checkpoint_every,
         ).validate()
         if threads is not None:
@@ -46,7 +51,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         command = shlex.join(
             ["privdiff", "train", "rdm", "--public", public, "--encoder", encoder, "--out", str(out),
              "--steps", str(steps), "--batch-size", str(batch_size), "--k", str(k), "--s-max", str(s_max),
-             "--p-uncond", str(p_uncond), "--lr", str(lr), "--seed", str(seed)]
+             "--p-uncond", str(p_uncond), "--lr", str(lr), "--channels", channels, "--seed", str(seed)]
         )
         dataset = load_dataset(public)
         enc = load_image_encoder(encoder)
