@@ -1,0 +1,98 @@
+"""``privdiff index build|info`` and ``privdiff audit retrieval`` through the real CLI entry point."""
+
+import json
+
+import numpy as np
+import pytest
+
+from privdiff.cli import main
+
+
+class _TinyEncoder:
+    space_id = "tiny-mean/v1"
+    dim = 4
+
+    def encode_images(self, images, *, batch_size=256, progress=False):
+        x = images.reshape(len(images), -1).astype(np.float32)
+        feats = np.stack([x.mean(1), x.std(1), x[:, ::2].mean(1), x[:, 1::2].mean(1)], axis=1) + 1.0
+        return feats / np.linalg.norm(feats, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def npz_dataset(tmp_path):
+    imgs = np.random.default_rng(0).integers(0, 256, size=(20, 8, 8, 1), dtype=np.uint8)
+    labels = np.arange(20) % 3
+    p = tmp_path / "private.npz"
+    np.savez(p, images=imgs, labels=labels)
+    return p
+
+
+@pytest.fixture
+def tiny_encoder(monkeypatch):
+    import privdiff.encoders
+
+    monkeypatch.setattr(privdiff.encoders, "load_image_encoder", lambda name="default": _TinyEncoder())
+
+
+def test_index_build_then_info_shows_manifest_without_labels(tmp_path, npz_dataset, tiny_encoder, capsys):
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--data", f"npz:{npz_dataset}", "--out", str(out), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    assert (built["count"], built["dim"], built["space_id"], built["visibility"]) == (20, 4, "tiny-mean/v1", "private")
+    assert main(["index", "info", str(out), "--verify", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["verified"] == "full" and info["sha256"] == built["sha256"]
+    assert "labels" not in info and "class_names" not in info
+
+
+def test_index_build_refuses_existing_output_with_exit_code_2(tmp_path, npz_dataset, tiny_encoder, capsys):
+    out = tmp_path / "idx"
+    out.mkdir()
+    assert main(["index", "build", "--data", f"npz:{npz_dataset}", "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_index_info_on_corrupt_index_exits_1_naming_the_problem(tmp_path, npz_dataset, tiny_encoder, capsys):
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--data", f"npz:{npz_dataset}", "--out", str(out)]) == 0
+    vec = out / "embeddings.npy"
+    vec.write_bytes(vec.read_bytes()[:-8])
+    capsys.readouterr()
+    assert main(["index", "info", str(out), "--verify"]) == 1
+    assert "truncated" in capsys.readouterr().err
+
+
+def test_audit_cli_writes_json_and_png_and_passes_for_the_real_mechanism(tmp_path, capsys):
+    out = tmp_path / "audit"
+    rc = main(["audit", "retrieval", "--sigma", "0.3", "--k", "10", "--runs", "3000", "--out", str(out), "--json"])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["passed"] and res["epsilon_hat"] <= res["epsilon_accountant"]
+    assert (out / "audit.json").is_file() and (out / "audit.png").is_file()
+
+
+def test_audit_cli_exits_1_when_it_catches_a_broken_mechanism(tmp_path, capsys):
+    rc = main([
+        "audit", "retrieval", "--sigma", "0.2", "--sample-rate", "0.05", "--k", "10", "--n-records", "10",
+        "--runs", "3000", "--mechanism", "broken-pad-last-record", "--out", str(tmp_path),
+    ])
+    assert rc == 1
+    assert "VIOLATION" in capsys.readouterr().out
+
+
+def test_audit_cli_rejects_bad_sample_rate_with_exit_code_2(tmp_path, capsys):
+    assert main(["audit", "retrieval", "--sample-rate", "0", "--out", str(tmp_path)]) == 2
+    assert "sample_rate" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_index_build_with_the_real_encoder_on_fashion_mnist(tmp_path, capsys):
+    from pathlib import Path
+
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--data", "fashion-mnist:train[:64]", "--encoder", "effnet-lite0-32px",
+                 "--out", str(out), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert (m["count"], m["dim"]) == (64, 1280)
