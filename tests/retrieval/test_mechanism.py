@@ -214,3 +214,34 @@ def test_user_seeds_do_not_reproduce_dp_randomness_but_public_randomness_stays_s
     assert not np.allclose(outs[0], outs[1])
     np.testing.assert_array_equal(public[0][0], public[1][0])
     assert torch.equal(public[0][1], public[1][1])
+
+
+# --- with the real SQLite ledger -------------------------------------------------------------
+
+
+def test_real_ledger_records_one_charge_of_all_rows(tmp_path):
+    from privdiff.accounting import Ledger
+
+    with Ledger.create(tmp_path / "l.sqlite", epsilon=50.0, delta=1e-5) as ledger:
+        r = _retriever(ledger, k=5, sigma=0.5, q=0.1)
+        rel = r.query(unit_rows(3, 8), request_id="batch-1")
+        status = ledger.status()
+        assert status.queries == 3
+        assert rel.epsilon_spent == pytest.approx(status.epsilon_spent)
+        assert rel.epsilon_remaining == pytest.approx(status.epsilon_remaining)
+        assert rel.delta == 1e-5
+        (row,) = ledger.history()
+        assert (row.count, row.request_id, row.k, row.sigma, row.sample_rate) == (3, "batch-1", 5, 0.5, 0.1)
+
+
+def test_real_ledger_over_budget_refuses_and_records_nothing(tmp_path):
+    from privdiff.accounting import Ledger
+
+    with Ledger.create(tmp_path / "l.sqlite", epsilon=0.5, delta=1e-5) as ledger:
+        r = _retriever(ledger, k=5, sigma=0.1, q=1.0)  # z = 0.25 without subsampling: ε >> 0.5
+        with pytest.raises(PrivacyBudgetExceeded):
+            r.query(unit_rows(2, 8))
+        assert ledger.status().queries == 0
+        with pytest.raises(InvalidParameter):
+            r.query(np.zeros((1, 8)))
+        assert ledger.history() == []
