@@ -22,6 +22,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
         seed: int = typer.Option(0, "--seed"),
         resume: bool = typer.Option(False, "--resume", help="Continue from OUT/training_state.pt."),
+        init_from: Path | None = typer.Option(None, "--init-from", help="Fine-tune: start from another run's weights."),
         json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Train an ε-prediction U-Net (DDPM loss, linear β 1e-4→0.02, T=1000) until it fits the data."""
@@ -37,9 +38,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         # Recorded with every option explicit, so re-running it reproduces the run whatever the defaults.
         command = "privdiff train diffusion " + " ".join(
             shlex.quote(a) for a in _explicit_args(data, out, steps, batch_size, lr, ema_decay, unet,
-                                                   checkpoint_every, seed, resume))
+                                                   checkpoint_every, seed, resume, init_from))
         model = train_diffusion(ds.images, out, unet_config=cfg, config=config, data_spec=data,
-                                command=command, resume=resume)
+                                command=command, resume=resume, init_from=init_from)
         result = {"out": str(out), "steps_done": model.meta["steps_done"], "parameters": count_parameters(model.unet),
                   "final_loss": model.meta["final_loss_ema"], "train_wall_seconds": model.meta["train_wall_seconds"]}
         if json_out:
@@ -49,8 +50,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                        f"loss {result['final_loss']:.4f}, {result['train_wall_seconds']:.0f} s")
 
 
-def _explicit_args(data, out, steps, batch_size, lr, ema_decay, unet, checkpoint_every, seed, resume) -> list[str]:
+def _explicit_args(data, out, steps, batch_size, lr, ema_decay, unet, checkpoint_every, seed, resume, init_from) -> list[str]:
     args = ["--data", data, "--out", str(out), "--steps", str(steps), "--batch-size", str(batch_size),
             "--lr", repr(lr), "--ema-decay", repr(ema_decay), "--unet", unet,
             "--checkpoint-every", str(checkpoint_every), "--seed", str(seed)]
-    return args + (["--resume"] if resume else [])
+    return args + (["--resume"] if resume else []) + (["--init-from", str(init_from)] if init_from else [])

@@ -85,6 +85,7 @@ def train_diffusion(
     data_spec: str = "",
     command: str = "",
     resume: bool = False,
+    init_from: str | Path | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[int, DiffusionModel], None] | None = None,
 ) -> DiffusionModel:
@@ -98,6 +99,9 @@ def train_diffusion(
         data_spec: the dataset spec, recorded for provenance.
         command: the command line that started this (segment of the) run, recorded in model.json.
         resume: continue from ``out_dir/training_state.pt`` (error if absent).
+        init_from: start from another run's weights (fine-tuning, as CPSample's replication
+            experiments fine-tune a trained model on a small subset); its raw weights are used when
+            its ``training_state.pt`` is present, else its sampling weights. Ignored when resuming.
         on_checkpoint: called as ``on_checkpoint(step, model)`` after each checkpoint.
 
     Returns:
@@ -145,6 +149,10 @@ def train_diffusion(
         torch.set_rng_state(state["torch_rng"])
         step, losses, commands = state["step"], state["losses"], state["commands"]
         order, wall = state["order"], state.get("wall_seconds", 0.0)
+    elif init_from is not None:
+        unet.load_state_dict(_init_weights(Path(init_from), unet_config))
+        if ema is not None:  # the EMA starts from the fine-tuning initialisation, not from noise
+            ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True)
     if command:
         commands = [*commands, command]
 
@@ -155,6 +163,7 @@ def train_diffusion(
         "train_config": asdict(config),
         "objective": "epsilon-prediction, L_simple (Ho et al. 2020 Eq. 14)",
         "commands": commands,
+        **({"init_from": str(init_from)} if init_from is not None and not resume else {}),
     }
 
     def lr_at(s: int) -> float:
@@ -213,6 +222,21 @@ def train_diffusion(
     if model is None:  # resumed at or past the target: rewrite the checkpoint with this command
         model = checkpoint()
     return model
+
+
+def _init_weights(directory: Path, unet_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    state_path = directory / TRAINING_STATE
+    if state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        if state["unet_config"] != unet_config:
+            raise CheckpointError(f"cannot fine-tune from {directory}: its U-Net config differs from the requested one")
+        return state["unet"]
+    from privdiff.diffusion.model import load_model
+
+    model = load_model(directory)
+    if {k: v for k, v in dict(model.unet.config).items() if k in unet_config} != unet_config:
+        raise CheckpointError(f"cannot fine-tune from {directory}: its U-Net config differs from the requested one")
+    return model.unet.state_dict()
 
 
 def _smoothed(losses: list[float], window: int = 100) -> float:

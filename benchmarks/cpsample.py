@@ -1,0 +1,109 @@
+"""Sampling cost of CPSample against plain DDIM on the same model, steps, batch and x_T.
+
+CPSample adds one classifier forward pass per step (the gate) and, only for gated samples, a
+classifier forward + backward (methods/cpsample.md §3 "Cost"). This times both samplers in one run,
+interleaved and repeated (median), and prints the ratio CPSample / DDIM with the gate-firing rate.
+The project's aim is ≤ 1.25× at α = 0.001.
+
+    python benchmarks/cpsample.py                     # the shipped Fashion-MNIST checkpoint
+    python benchmarks/cpsample.py --quick             # tiny random model (CI smoke, seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+DEFAULT_MODEL = "checkpoints/cpsample/fmnist64"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusion model directory")
+    p.add_argument("--classifier", default=None, help="classifier directory (default: MODEL/classifier)")
+    p.add_argument("--alpha", type=float, default=0.001)
+    p.add_argument("--scale", type=float, default=1000.0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="tiny random model and classifier, 5 steps, batch 4")
+    p.add_argument("--out", default="out/benchmarks/cpsample.json")
+    return p.parse_args(argv)
+
+
+def _components(args):
+    import torch
+
+    from privdiff.cpsample import NoiseAwareClassifier, load_classifier
+    from privdiff.diffusion import DiffusionModel, build_unet, load_model, unet_config
+
+    if args.quick:
+        torch.manual_seed(args.seed)
+        model = DiffusionModel(unet=build_unet(unet_config("tiny")).eval())
+        clf = NoiseAwareClassifier(in_channels=1, block_out_channels=(8, 16)).eval()
+        return model, clf, "tiny random U-Net + classifier"
+    model = load_model(args.model)
+    clf = load_classifier(args.classifier or Path(args.model) / "classifier").classifier
+    return model, clf, str(args.model)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    from privdiff.cpsample import CPSampleGuidance
+    from privdiff.diffusion import ddim_sample
+    from privdiff.diffusion.generate import initial_noise
+
+    if args.quick:
+        args.steps, args.batch, args.repeats = 5, 4, 2
+    model, clf, what = _components(args)
+    x_T = initial_noise(args.batch, model.image_shape, args.seed)
+    denoiser = model.denoiser()
+    plain_t, guided_t, rates = [], [], []
+    for _ in range(args.repeats):  # interleaved, so background load hits both alike
+        t0 = time.perf_counter()
+        ddim_sample(denoiser, model.ddim_scheduler(), x_T, num_inference_steps=args.steps)
+        plain_t.append(time.perf_counter() - t0)
+        guidance = CPSampleGuidance(clf, alpha=args.alpha, scale=args.scale)
+        t0 = time.perf_counter()
+        ddim_sample(denoiser, model.ddim_scheduler(), x_T, num_inference_steps=args.steps, guidance=guidance)
+        guided_t.append(time.perf_counter() - t0)
+        rates.append(guidance.stats.firing_rate)
+    plain, guided = statistics.median(plain_t), statistics.median(guided_t)
+    return {
+        "benchmark": "cpsample_sampling_overhead",
+        "model": what,
+        "settings": {"alpha": args.alpha, "scale": args.scale, "steps": args.steps, "batch": args.batch,
+                     "repeats": args.repeats, "seed": args.seed, "quick": args.quick},
+        "ddim_seconds": plain_t,
+        "cpsample_seconds": guided_t,
+        "ddim_median_s": plain,
+        "cpsample_median_s": guided,
+        "ratio_cpsample_over_ddim": guided / plain,
+        "gate_firing_rate": statistics.mean(rates),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"DDIM      {result['ddim_median_s']:.3f} s  ({args.steps} steps, batch {args.batch}, median of {args.repeats})")
+    print(f"CPSample  {result['cpsample_median_s']:.3f} s  (α={args.alpha:g}, s={args.scale:g}, "
+          f"gate fired on {result['gate_firing_rate']:.2%} of sample-steps)")
+    print(f"ratio CPSample / DDIM = {result['ratio_cpsample_over_ddim']:.2f}x   → {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

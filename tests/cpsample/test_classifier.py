@@ -1,0 +1,88 @@
+"""The random-label classifier: labels, overfitting, per-band report, save/load, validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from privdiff.cpsample import (
+    ClassifierTrainConfig,
+    NoiseAwareClassifier,
+    ProtectionClassifier,
+    evaluate_classifier,
+    load_classifier,
+    random_labels,
+)
+from privdiff.cpsample.training import sample_timesteps
+from privdiff.errors import CheckpointError, InvalidParameter
+
+
+def test_random_labels_are_fixed_by_their_seed_and_roughly_balanced():
+    a, b, c = random_labels(2000, 5), random_labels(2000, 5), random_labels(2000, 6)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert set(a.unique().tolist()) == {0.0, 1.0}
+    assert 0.45 < float(a.mean()) < 0.55
+
+
+def test_classifier_outputs_one_logit_per_image_for_scalar_or_batched_t():
+    clf = NoiseAwareClassifier(in_channels=3, block_out_channels=(8, 16))
+    x = torch.randn(5, 3, 12, 12)
+    assert clf(x, torch.arange(5)).shape == (5,)
+    assert clf(x, torch.tensor(7)).shape == (5,)
+
+
+def test_small_t_oversampling_puts_the_requested_share_below_small_t_max():
+    cfg = ClassifierTrainConfig(small_t_fraction=0.5, small_t_max=100)
+    t = sample_timesteps(20000, cfg, 1000, torch.Generator().manual_seed(0))
+    share = float((t < 100).float().mean())
+    assert share == pytest.approx(0.5 + 0.5 * 0.1, abs=0.02)  # the mixture's mass below 100
+    assert int(t.min()) >= 0 and int(t.max()) <= 999
+
+
+def test_overfit_classifier_is_accurate_and_confident_on_training_images_at_small_t(memorised, tiny_train_set, alphas_cumprod):
+    clf, labels = memorised
+    report = evaluate_classifier(clf, tiny_train_set, labels, alphas_cumprod=alphas_cumprod, bands=((0, 10), (900, 1000)),
+                                 alphas=(0.5, 0.01), draws=4)
+    small, large = report
+    assert small["accuracy"] == 1.0
+    assert small["fraction_above_1_minus_alpha"]["0.5"] == 1.0
+    assert small["mean_confidence"] > large["mean_confidence"]
+    assert small["fraction_above_1_minus_alpha"]["0.01"] <= small["fraction_above_1_minus_alpha"]["0.5"]
+    assert small["evaluations"] == 4 * len(tiny_train_set)
+
+
+def test_heldout_report_without_labels_measures_label_free_confidence(memorised, alphas_cumprod):
+    clf, _ = memorised
+    held = torch.rand((16, 1, 8, 8), generator=torch.Generator().manual_seed(11)) * 2 - 1
+    rows = evaluate_classifier(clf, held, None, alphas_cumprod=alphas_cumprod, bands=((0, 10),), draws=2, seed=4)
+    assert 0.5 <= rows[0]["mean_confidence"] <= 1.0
+    assert 0.0 <= rows[0]["accuracy"] <= 1.0
+
+
+def test_save_and_load_round_trip_keeps_logits_labels_and_provenance(memorised, tmp_path):
+    clf, labels = memorised
+    ProtectionClassifier(classifier=clf, labels=labels, meta={"label_seed": 1, "data_spec": "tiny"}).save(tmp_path / "c")
+    loaded = load_classifier(tmp_path / "c")
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 500])
+    with torch.no_grad():
+        assert torch.equal(loaded.classifier(x, t), clf(x, t))
+    assert torch.equal(loaded.labels, labels)
+    assert loaded.meta["label_seed"] == 1
+    assert json.loads((tmp_path / "c" / "classifier.json").read_text())["kind"] == "privdiff.cpsample.classifier"
+
+
+def test_loading_a_non_classifier_directory_is_a_checkpoint_error(tmp_path):
+    with pytest.raises(CheckpointError, match="classifier.json"):
+        load_classifier(tmp_path)
+    (tmp_path / "classifier.json").write_text(json.dumps({"kind": "something-else"}))
+    with pytest.raises(CheckpointError, match="kind"):
+        load_classifier(tmp_path)
+
+
+@pytest.mark.parametrize("field,value", [("steps", 0), ("small_t_fraction", 1.5), ("small_t_max", 0),
+                                         ("block_out_channels", (12,)), ("lr", 0.0)])
+def test_bad_classifier_settings_are_typed_errors(field, value):
+    with pytest.raises(InvalidParameter, match=field):
+        ClassifierTrainConfig(**{field: value}).validate()

@@ -1,0 +1,124 @@
+"""`privdiff protect train`, `privdiff sample`, `privdiff train diffusion` and the benchmark's --quick mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from privdiff.cli import main
+from privdiff.cpsample import ProtectionClassifier
+from privdiff.diffusion import TrainConfig, train_diffusion, unet_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 1), dtype=np.uint8)
+    train_diffusion(images, out, unet_config=unet_config("tiny"), progress=False,
+                    config=TrainConfig(steps=2, batch_size=4, checkpoint_every=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier_dir(tmp_path_factory, memorised):
+    out = tmp_path_factory.mktemp("clf")
+    clf, labels = memorised
+    ProtectionClassifier(classifier=clf, labels=labels, meta={"data_spec": "tiny"}).save(out)
+    return out
+
+
+def test_sample_with_protection_writes_pngs_grid_and_json(tmp_path, tiny_model_dir, tiny_classifier_dir, capsys):
+    out = tmp_path / "s"
+    code = main(["sample", "--model", str(tiny_model_dir), "--protect", str(tiny_classifier_dir), "--alpha", "0.5",
+                 "--scale", "10", "-n", "3", "--steps", "4", "--out", str(out), "--seed", "1"])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("0*.png")) == ["00000.png", "00001.png", "00002.png"]
+    assert (out / "grid.png").stat().st_size > 0
+    record = json.loads((out / "sample.json").read_text())
+    assert record["cpsample"] == {"alpha": 0.5, "scale": 10.0, "mode": "toward_opposite"}
+    assert record["gate"]["evaluations"] == 3 * 4
+    assert 0.0 <= record["gate"]["firing_rate"] <= 1.0
+    assert "gate fired" in capsys.readouterr().out
+
+
+def test_sample_without_protection_is_plain_ddim_and_seeded(tmp_path, tiny_model_dir):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        assert main(["sample", "--model", str(tiny_model_dir), "-n", "2", "--steps", "3", "--out",
+                     str(tmp_path / name), "--seed", "4"]) == 0
+    a = np.asarray(Image.open(tmp_path / "a" / "00001.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "00001.png"))
+    assert np.array_equal(a, b)
+    assert json.loads((tmp_path / "a" / "sample.json").read_text())["gate"] is None
+
+
+@pytest.mark.parametrize("flag,value", [("--alpha", "0.7"), ("--alpha", "0"), ("--scale", "-1")])
+def test_sample_rejects_bad_cpsample_settings_before_writing(tmp_path, tiny_model_dir, tiny_classifier_dir, capsys,
+                                                            flag, value):
+    out = tmp_path / "bad"
+    code = main(["sample", "--model", str(tiny_model_dir), "--protect", str(tiny_classifier_dir), flag, value,
+                 "-n", "1", "--out", str(out)])
+    assert code == 2
+    assert flag.lstrip("-") in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_sample_from_a_missing_model_is_a_clean_error(tmp_path, capsys):
+    assert main(["sample", "--model", str(tmp_path / "nope"), "-n", "1", "--out", str(tmp_path / "o")]) == 1
+    assert "model.json" in capsys.readouterr().err
+
+
+def test_protect_train_reports_bands_for_train_and_holdout(tmp_path, tiny_model_dir, capsys):
+    from privdiff.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist:train[:2]")
+    except Exception:  # noqa: BLE001
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    out = tmp_path / "clf"
+    code = main(["protect", "train", "--data", "fashion-mnist:train[:8]", "--model", str(tiny_model_dir),
+                 "--out", str(out), "--holdout", "fashion-mnist:test[:8]", "--steps", "3", "--batch-size", "8",
+                 "--json"])
+    assert code == 0
+    saved = json.loads((out / "report.json").read_text())
+    assert [row["band"] for row in saved["report"]["train"]][0] == [0, 50]
+    assert set(saved["report"]) == {"train", "holdout"}
+    assert set(saved["report"]["train"][0]["fraction_above_1_minus_alpha"]) == {"0.5", "0.25", "0.001"}
+    assert saved["settings"]["command"].startswith("privdiff protect train --data 'fashion-mnist:train[:8]'")
+    assert len(json.loads((out / "classifier.json").read_text())["labels"]) == 8
+
+
+def test_train_diffusion_command_trains_and_resumes(tmp_path, capsys):
+    from privdiff.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist:train[:2]")
+    except Exception:  # noqa: BLE001
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    out = tmp_path / "m"
+    args = ["train", "diffusion", "--data", "fashion-mnist:train[:4]", "--out", str(out), "--batch-size", "2",
+            "--checkpoint-every", "1", "--json"]
+    assert main(args + ["--steps", "1"]) == 0
+    assert main(args + ["--steps", "2", "--resume"]) == 0
+    manifest = json.loads((out / "model.json").read_text())
+    assert manifest["steps_done"] == 2 and len(manifest["commands"]) == 2
+    assert manifest["commands"][1].endswith("--resume")
+
+
+def test_benchmark_quick_runs_and_reports_a_ratio(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_cpsample", ROOT / "benchmarks" / "cpsample.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--quick", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ratio_cpsample_over_ddim"] > 0
+    assert 0.0 <= result["gate_firing_rate"] <= 1.0
+    assert len(result["ddim_seconds"]) == result["settings"]["repeats"] == 2
