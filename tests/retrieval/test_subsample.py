@@ -10,6 +10,7 @@ from privdiff.errors import InvalidParameter
 from privdiff.retrieval.search import subsampled_topk
 from privdiff.retrieval.subsample import (
     padded_poisson_subsamples,
+    poisson_pairs,
     poisson_subsample,
     poisson_subsample_sizes,
 )
@@ -30,6 +31,9 @@ def _inclusion_matrix(n, q, runs, seed, method="subsample"):
         ids, sizes = padded_poisson_subsamples(n, q, runs, rng)
         for b in range(runs):
             mat[b, ids[b, : sizes[b]]] = True
+    elif method == "pairs":
+        rows, queries = poisson_pairs(n, runs, q, rng)
+        mat[queries, rows] = True
     else:  # the dense search path: with k >= N the top-k *is* the subsample
         x = np.random.default_rng(1).standard_normal((n, 4)).astype(np.float32)
         qs = np.ones((runs, 4), dtype=np.float32)
@@ -39,7 +43,7 @@ def _inclusion_matrix(n, q, runs, seed, method="subsample"):
     return mat
 
 
-@pytest.mark.parametrize("method", ["subsample", "sparse", "dense"])
+@pytest.mark.parametrize("method", ["subsample", "pairs", "sparse", "dense"])
 def test_each_record_is_included_with_probability_q(method):
     n, q, runs = 40, 0.3, 4000
     mat = _inclusion_matrix(n, q, runs, seed=11, method=method)
@@ -48,7 +52,7 @@ def test_each_record_is_included_with_probability_q(method):
     assert ((counts >= lo) & (counts <= hi)).all(), counts
 
 
-@pytest.mark.parametrize("method", ["subsample", "dense"])
+@pytest.mark.parametrize("method", ["subsample", "pairs", "sparse", "dense"])
 def test_subsample_size_follows_binomial_n_q(method):
     n, q, runs = 60, 0.2, 6000
     sizes = _inclusion_matrix(n, q, runs, seed=12, method=method).sum(axis=1)
@@ -74,9 +78,10 @@ def test_size_check_rejects_a_fixed_size_sampler():
     assert stats.ks_2samp(binom, fixed).pvalue < 1e-9
 
 
-def test_pairwise_coinclusion_within_and_across_queries_is_q_squared():
+@pytest.mark.parametrize("method", ["subsample", "pairs"])
+def test_pairwise_coinclusion_within_and_across_queries_is_q_squared(method):
     n, q, runs = 12, 0.4, 8000
-    mat = _inclusion_matrix(n, q, runs, seed=13)
+    mat = _inclusion_matrix(n, q, runs, seed=13, method=method)
     pairs = n * (n - 1) // 2
     lo, hi = _binomial_bounds(runs, q * q, ALPHA / (2 * pairs))
     co = mat.T.astype(np.int64) @ mat.astype(np.int64)  # co[i, j] = runs with both i and j
@@ -101,6 +106,37 @@ def test_subsample_indices_are_sorted_distinct_and_in_range(n, q, seed):
     assert np.all(np.diff(s) > 0)
     if len(s):
         assert s[0] >= 0 and s[-1] < n
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(min_value=0, max_value=500),
+    count=st.integers(min_value=0, max_value=20),
+    q=st.floats(min_value=1e-3, max_value=1.0, allow_nan=False),
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+)
+def test_pairs_are_distinct_in_range_and_record_major(n, count, q, seed):
+    rows, queries = poisson_pairs(n, count, q, np.random.default_rng(seed))
+    assert rows.shape == queries.shape and rows.dtype == queries.dtype == np.int64
+    cells = rows * max(count, 1) + queries
+    assert np.all(np.diff(cells) > 0)  # sorted by (record, query), no duplicates
+    if rows.size:
+        assert rows.min() >= 0 and rows.max() < n and queries.min() >= 0 and queries.max() < count
+
+
+def test_pairs_stitched_from_many_small_geometric_blocks_keep_the_distribution(monkeypatch):
+    import privdiff.retrieval.subsample as sub
+
+    monkeypatch.setattr(sub, "_geometric_block_size", lambda expected: 7)
+    n, q, runs = 30, 0.3, 3000
+    rows, queries = poisson_pairs(n, runs, q, np.random.default_rng(8))
+    cells = rows * runs + queries
+    assert np.all(np.diff(cells) > 0)
+    lo, hi = _binomial_bounds(n * runs, q, ALPHA)
+    assert lo <= cells.size <= hi
+    counts = np.bincount(rows, minlength=n)
+    lo, hi = _binomial_bounds(runs, q, ALPHA / n)
+    assert ((counts >= lo) & (counts <= hi)).all()
 
 
 def test_padded_layout_has_sizes_then_minus_one():

@@ -6,10 +6,12 @@ with the largest inner product with the query (cosine similarity, since rows are
 
 Two exact execution paths compute the same function; ``subsampled_topk`` picks one from q:
 
-* **sparse** (small q): draw S as Binomial size + uniform subset (``subsample.py``) and compute
-  only the |S| ~ qN inner products per query with faiss' ``fvec_inner_products_by_idx`` (a C++
-  gather-dot over the sampled rows, parallel across queries, no copy of the rows). Cost O(qN d)
-  per query, against O(N) for the authors' full Bernoulli mask + ``IDSelectorBatch`` scan.
+* **sparse** (small q): draw the subsamples of a batch of queries as record-major (record,
+  query) pairs (``subsample.poisson_pairs``, O(qN) per query) and compute only those ~qN inner
+  products per query with faiss' ``pairwise_indexed_inner_product``, which then walks the index
+  rows in increasing order: one sequential pass over the sampled rows per batch instead of a
+  random gather per query. Cost O(qN·d) per query, against O(N) per query for the authors' full
+  Bernoulli mask + ``IDSelectorBatch`` scan (which also reads the same qN rows).
 * **dense** (large q, and q = 1): one BLAS product of a block of rows with a chunk of queries,
   then an i.i.d. Bernoulli(q) mask drawn directly. At large q the BLAS reuse of every row across
   many queries beats gathering; ``benchmarks/retrieval.py`` measures the crossover.
@@ -33,7 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from privdiff.errors import InvalidParameter, check_in_range, check_int
-from privdiff.retrieval.subsample import padded_poisson_subsamples
+from privdiff.retrieval.subsample import poisson_pairs
 
 __all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "subsampled_topk"]
 
@@ -42,8 +44,9 @@ __all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "subsampled_topk"]
 #: cores): see ``docs/results/retrieval/``. Both paths are exact, so this only affects speed.
 DENSE_SAMPLE_RATE_THRESHOLD = 0.05
 
-# Work sizes: keep each temporary below ~64 MiB so several engineers' jobs fit in memory.
+# Work sizes: keep each temporary below ~100 MiB so several engineers' jobs fit in memory.
 _SPARSE_CELLS = 8 * 1024 * 1024  # query-chunk × max|S| score cells per faiss call
+_SPARSE_PAIRS = 4 * 1024 * 1024  # expected sampled (record, query) pairs per batch
 _DENSE_ROW_BLOCK = 16384
 _DENSE_QUERY_CHUNK = 256
 
@@ -126,6 +129,51 @@ def sparse_topk_from_subsets(
     return out
 
 
+def _sparse_topk(
+    vectors: np.ndarray, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Exact top-k per query over independent Poisson(q) subsamples, in O(qN·d) per query.
+
+    For a chunk of queries, all sampled (record, query) pairs are drawn in record-major order
+    (``subsample.poisson_pairs``); faiss' ``pairwise_indexed_inner_product`` then scores every
+    pair while walking the index rows in increasing order, so a batch reads each sampled row
+    once, sequentially, whichever queries sampled it. Scores are regrouped per query with a
+    stable radix sort on the query number (which keeps ids ascending inside each query, as
+    ``select_topk`` requires).
+    """
+    import faiss
+
+    vectors = _as_f32(vectors)
+    queries = _as_f32(queries)
+    n, d = vectors.shape
+    B = queries.shape[0]
+    out = np.full((B, k), -1, dtype=np.int64)
+    chunk = int(max(1, min(B, 65535, _SPARSE_PAIRS // max(1.0, n * sample_rate))))
+    for s in range(0, B, chunk):
+        qc = np.ascontiguousarray(queries[s : s + chunk])
+        nb = qc.shape[0]
+        rows, qid = poisson_pairs(n, nb, sample_rate, rng)
+        if rows.size == 0:
+            continue
+        scores = np.empty(rows.size, dtype=np.float32)
+        faiss.pairwise_indexed_inner_product(
+            int(d), int(rows.size), faiss.swig_ptr(qc), faiss.swig_ptr(qid),
+            faiss.swig_ptr(vectors), faiss.swig_ptr(rows), faiss.swig_ptr(scores),
+        )
+        order = np.argsort(qid.astype(np.uint16), kind="stable")  # radix sort: O(pairs)
+        counts = np.bincount(qid, minlength=nb)
+        starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+        q_sorted = qid[order]
+        width = int(counts.max())
+        flat = q_sorted * width + (np.arange(order.size) - starts[q_sorted])
+        grid_scores = np.full(nb * width, -np.inf, dtype=np.float32)
+        grid_ids = np.full(nb * width, -1, dtype=np.int64)
+        grid_scores[flat] = scores[order]
+        grid_ids[flat] = rows[order]
+        out[s : s + nb], _ = select_topk(grid_scores.reshape(nb, width), grid_ids.reshape(nb, width), k)
+    return out
+
+
 def _dense_topk(
     vectors: np.ndarray, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -188,13 +236,4 @@ def subsampled_topk(
         method = "dense" if q > DENSE_SAMPLE_RATE_THRESHOLD else "sparse"
     if method == "dense":
         return _dense_topk(vectors, queries, k, q, rng)
-    B = queries.shape[0]
-    out = np.empty((B, k), dtype=np.int64)
-    # Draw the subsamples chunk by chunk so the padded id matrix stays small at large N.
-    expected_width = n * q + 6.0 * np.sqrt(n * q) + 1.0
-    chunk = max(1, int(_SPARSE_CELLS // expected_width))
-    for s in range(0, B, chunk):
-        nb = min(chunk, B - s)
-        subsets, _ = padded_poisson_subsamples(n, q, nb, rng)
-        out[s : s + nb] = sparse_topk_from_subsets(vectors, queries[s : s + nb], subsets, k)
-    return out
+    return _sparse_topk(vectors, queries, k, q, rng)

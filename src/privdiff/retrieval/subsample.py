@@ -17,6 +17,20 @@ m <= N/50 and a partial Fisher-Yates shuffle otherwise; both draw unbiased integ
 method). The indices are then sorted: sorted gathers are cache friendly, and the search's
 tie-breaking (smallest index wins, see ``search.select_topk``) relies on ascending order.
 
+For a *batch* of B queries, :func:`poisson_pairs` draws all B subsamples at once as the set of
+sampled (record, query) cells of the N × B grid, each cell included independently with
+probability q, listed in row-major order (record-major). It uses the other classical exact
+description of a Bernoulli(q) process: the gaps between successive successes are i.i.d.
+Geometric(q) (number of trials up to and including the next success; Feller, vol. 1, §VI.8), so
+the cumulative sums of i.i.d. geometric variates are exactly the included cells, already sorted.
+Restricted to one query's column this is again an i.i.d. Bernoulli(q) subsample of the records,
+and different columns are independent: the same distribution as B separate draws. The record-major
+order lets the search stream the index once per batch instead of gathering rows per query.
+
+Exactness note: numpy draws binomial and geometric variates with floating-point algorithms
+(BTPE/inversion), exact up to double-precision rounding; the integer parts (Floyd, cumulative
+sums) are exact. The tests check the resulting distribution statistically.
+
 Everything here is a pure function of the ``rng`` it is given: the DP mechanism passes an
 OS-seeded generator (``mechanism.DPRetriever``), tests pass a seeded one to check the
 distribution. The functions return *indices into the private set* and are therefore internal to
@@ -29,7 +43,7 @@ import numpy as np
 
 from privdiff.errors import check_in_range, check_int
 
-__all__ = ["poisson_subsample", "poisson_subsample_sizes", "padded_poisson_subsamples"]
+__all__ = ["poisson_pairs", "poisson_subsample", "poisson_subsample_sizes", "padded_poisson_subsamples"]
 
 
 def _check(n: int, sample_rate: float) -> tuple[int, float]:
@@ -80,3 +94,41 @@ def padded_poisson_subsamples(
     for b, m in enumerate(sizes):
         ids[b, :m] = _uniform_subset(n, int(m), rng)
     return ids, sizes
+
+
+def _geometric_block_size(expected: float) -> int:
+    # Enough gaps to pass the end of the grid with overwhelming probability (mean + 6 sd), so the
+    # loop below almost always runs once; it stays exact when it does not.
+    return max(1024, int(expected + 6.0 * np.sqrt(expected) + 16))
+
+
+def poisson_pairs(
+    n: int, count: int, sample_rate: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (record, query) pairs of ``count`` independent Poisson(q) subsamples of range(n).
+
+    Returns ``(rows, queries)``, int64 arrays of equal length, sorted by (row, query): pair j
+    says record ``rows[j]`` is in the subsample of query ``queries[j]``. Every cell of the
+    n × count grid is included independently with probability q (module docstring).
+    """
+    n, q = _check(n, sample_rate)
+    count = check_int("count", count, minimum=0)
+    total = n * count
+    if total == 0:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty.copy()
+    if q == 1.0:
+        cells = np.arange(total, dtype=np.int64)
+    else:
+        parts = []
+        last = -1  # position of the previous success (cells are 0-indexed)
+        while True:
+            block = _geometric_block_size(q * (total - 1 - last))
+            pos = last + np.cumsum(rng.geometric(q, size=block), dtype=np.int64)
+            inside = pos[pos < total]
+            parts.append(inside)
+            if inside.size < block:  # a success fell beyond the grid: the process is complete
+                break
+            last = int(pos[-1])
+        cells = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return cells // count, cells % count
