@@ -34,6 +34,16 @@ def test_padded_mean_divides_found_neighbours_by_k_not_by_found():
     np.testing.assert_allclose(agg[1], v[[1, 3, 4, 5, 0]].mean(axis=0), rtol=1e-6)
 
 
+def test_padded_mean_is_the_same_when_computed_in_chunks(monkeypatch):
+    import privdiff.retrieval.mechanism as mech
+
+    v = unit_rows(50, 6, seed=8)
+    ids = np.random.default_rng(0).integers(-1, 50, size=(23, 4))
+    whole = padded_topk_mean(v, ids, k=4)
+    monkeypatch.setattr(mech, "_AGGREGATE_CELLS", 30)  # 1 query row per chunk
+    np.testing.assert_array_equal(padded_topk_mean(v, ids, k=4), whole)
+
+
 def test_padded_mean_bounds_row_norms_whatever_the_storage_holds():
     v = np.array([[3.0, 4.0], [np.nan, 1.0], [0.6, 0.8]], dtype=np.float32)
     agg = padded_topk_mean(v, np.array([[0, 1, 2]]), k=3)

@@ -40,7 +40,8 @@ snapping mechanism; the float32 rounding of the release is post-processing.
 **The boundary is a code convention, not a sandbox.** The index and its rows live in private
 attributes, the class exposes no method returning ids, distances or neighbours, and its ``repr``
 shows parameters only. Code in the same process can still reach private attributes; reviews and
-tests keep the rest of privdiff outside.
+tests keep the rest of privdiff outside. Timing side channels (how long a query takes) are not
+defended against.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ __all__ = ["QUERY_NORM_TOLERANCE", "DPRetriever", "PrivateRelease"]
 #: un-normalised or wrong arrays (e.g. raw features) instead of encoder outputs. 1e-2 leaves room
 #: for float16 encoders.
 QUERY_NORM_TOLERANCE = 1e-2
+
+# The (rows, k, d) float64 temporary of the aggregate is chunked to this many cells (32 MiB).
+_AGGREGATE_CELLS = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -147,16 +151,21 @@ def padded_topk_mean(vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray
     are zeroed, so ‖r_j‖ ≤ 1 holds, and with it Δ₂ ≤ 2/k, whatever the file on disk contains
     (``load_index`` reports corruption; this only guarantees the bound).
     """
-    B = ids.shape[0]
+    B, width = ids.shape
     d = vectors.shape[1]
-    found = ids >= 0
-    rows = np.zeros((B, ids.shape[1], d), dtype=np.float64)
-    if found.any():
-        rows[found] = np.asarray(vectors[ids[found]], dtype=np.float64)
-    rows[~np.isfinite(rows).all(axis=2)] = 0.0
-    norms = np.linalg.norm(rows, axis=2, keepdims=True)
-    rows /= np.maximum(norms, 1.0)
-    return rows.sum(axis=1) / float(k)
+    out = np.empty((B, d), dtype=np.float64)
+    step = max(1, _AGGREGATE_CELLS // max(1, width * d))
+    for s in range(0, B, step):
+        chunk = ids[s : s + step]
+        found = chunk >= 0
+        rows = np.zeros((chunk.shape[0], width, d), dtype=np.float64)
+        if found.any():
+            rows[found] = np.asarray(vectors[chunk[found]], dtype=np.float64)
+        rows[~np.isfinite(rows).all(axis=2)] = 0.0
+        norms = np.linalg.norm(rows, axis=2, keepdims=True)
+        rows /= np.maximum(norms, 1.0)
+        out[s : s + step] = rows.sum(axis=1) / float(k)
+    return out
 
 
 def _fresh_dp_rng() -> np.random.Generator:
