@@ -47,13 +47,15 @@ def tiny_data():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, tiny_data):
-    """A tiny RDM trained for 3 steps, saved as a model directory."""
-    from privdiff.rdm.train import TrainConfig, train_rdm
+def tiny_model_dir(tmp_path_factory):
+    """A tiny randomly initialised RDM saved as a model directory (training is tested apart)."""
+    import torch
 
-    images, emb, enc = tiny_data
+    from privdiff.rdm.model import RDMConfig, RDMModel
+
+    torch.manual_seed(0)
+    cfg = RDMConfig(space_id=TINY_SPACE, embedding_dim=TINY_DIM, k=4, sample_size=12,
+                    block_out_channels=(8, 8, 8), attention_head_dim=2)
     out = tmp_path_factory.mktemp("rdm") / "model"
-    cfg = TrainConfig(steps=3, batch_size=8, block_out_channels=(8, 8, 8), attention_head_dim=2, checkpoint_every=3)
-    train_rdm(images, emb, space_id=enc.space_id, out_dir=out, config=cfg, progress=False,
-              extra_info={"generation_defaults": {"k": 4, "sigma": 0.05, "sample_rate": 0.5}})
+    RDMModel(cfg).save(out, extra={"generation_defaults": {"k": 4, "sigma": 1.0, "sample_rate": 0.5}})
     return out
