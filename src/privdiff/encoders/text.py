@@ -134,7 +134,11 @@ def train_text_projection(
     missing = set(img_lab.unique().tolist()) - set(cap_lab.unique().tolist())
     if missing:
         raise InvalidParameter("caption_labels", sorted(missing), "a caption for every image class")
-    by_class = {c: torch.nonzero(cap_lab == c).flatten() for c in cap_lab.unique().tolist()}
+    # Captions grouped by class so one random caption per image is a single vectorised gather.
+    n_cls = int(max(cap_lab.max(), img_lab.max())) + 1
+    order = torch.argsort(cap_lab, stable=True)
+    counts = torch.bincount(cap_lab, minlength=n_cls)
+    starts = torch.cumsum(counts, 0) - counts
 
     net = build_projection(kind, cap.shape[1], img.shape[1], hidden)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -150,7 +154,8 @@ def train_text_projection(
         idx = torch.randint(0, img.shape[0], (batch_size,), generator=gen)
         labels = img_lab[idx]
         # One random caption of each image's class.
-        cap_idx = torch.stack([by_class[int(c)][torch.randint(0, len(by_class[int(c)]), (1,), generator=gen)][0] for c in labels])
+        offset = (torch.rand(batch_size, generator=gen) * counts[labels]).long()
+        cap_idx = order[starts[labels] + offset]
         t = torch.nn.functional.normalize(net(cap[cap_idx]), dim=1)
         logits = t @ img[idx].T / temperature
         pos = labels[:, None] == labels[None, :]
@@ -160,9 +165,9 @@ def train_text_projection(
         opt.step()
         sched.step()
         if step % 50 == 0 or step == steps - 1:
-            history.append({"step": step, "loss": float(loss)})
+            history.append({"step": step, "loss": float(loss.detach())})
             if progress:
-                it.set_postfix(loss=f"{float(loss):.3f}")
+                it.set_postfix(loss=f"{float(loss.detach()):.3f}")
     net.eval()
     return net, history
 
