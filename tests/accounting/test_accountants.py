@@ -240,23 +240,36 @@ def test_pld_stays_bounded_when_the_loss_is_huge():
     assert moderate.epsilon < compute_epsilon([(DPRDMQuery(0.02, 0.2, 40), 3000)], 1e-6, "rdp").epsilon
 
 
-@_fast
-@given(
-    a=st.tuples(_sigmas, _rates, _ks), b=st.tuples(_sigmas, _rates, _ks),
-    na=st.integers(1, 500), nb=st.integers(1, 500), acc=st.sampled_from(["rdp", "pld"]),
-)
-def test_heterogeneous_composition_is_bounded_by_its_parts(a, b, na, nb, acc):
+_realistic = st.tuples(st.floats(0.05, 0.5), _rates, st.integers(4, 40))  # z = σk/2 ∈ [0.1, 10]
+
+
+@settings(max_examples=8, deadline=None)
+@given(a=_realistic, b=_realistic, na=st.integers(1, 500), nb=st.integers(1, 500))
+def test_heterogeneous_pld_composition_is_bounded_by_its_parts(a, b, na, nb):
+    """PLD is near-exact, so it must respect what the true ε does: ε(A∘B) ≥ max(ε(A), ε(B)), and
+    basic composition (ε_A at δ/2) + (ε_B at δ/2) bounds ε(A∘B) at δ. (RDP bounds need not obey
+    the second relation, so it is not asserted for them.)"""
     qa, qb = DPRDMQuery(*a), DPRDMQuery(*b)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", OrderOnEdgeWarning)
-        both = compute_epsilon([(qa, na), (qb, nb)], 1e-6, acc).epsilon
-        only_a = compute_epsilon([(qa, na)], 1e-6, acc).epsilon
-        only_b = compute_epsilon([(qb, nb)], 1e-6, acc).epsilon
-        half_a = compute_epsilon([(qa, na)], 5e-7, acc).epsilon
-        half_b = compute_epsilon([(qb, nb)], 5e-7, acc).epsilon
-    assert both >= max(only_a, only_b) - 1e-3
-    # Basic composition: (ε₁, δ/2) and (ε₂, δ/2) compose to at most (ε₁ + ε₂, δ).
-    assert both <= half_a + half_b + 1e-3
+    both = compute_epsilon([(qa, na), (qb, nb)], 1e-6, "pld")
+    only_a = compute_epsilon([(qa, na)], 1e-6, "pld").epsilon
+    only_b = compute_epsilon([(qb, nb)], 1e-6, "pld").epsilon
+    half_a = compute_epsilon([(qa, na)], 5e-7, "pld").epsilon
+    half_b = compute_epsilon([(qb, nb)], 5e-7, "pld").epsilon
+    slack = 4 * both.pld_discretization
+    assert both.epsilon >= max(only_a, only_b) - slack
+    assert both.epsilon <= half_a + half_b + slack
+
+
+def test_heterogeneous_rdp_composition_adds_rdp_curves():
+    """dp-accounting composing two groups as separate events equals our grouped computation."""
+    qa, qb = DPRDMQuery(0.3, 0.02, 8), DPRDMQuery(0.06, 0.1, 30)
+    lib = dp_accounting.rdp.RdpAccountant()
+    lib.compose(qa.dp_event(120))
+    lib.compose(qb.dp_event(45))
+    lib.compose(qa.dp_event(80))
+    eps, order = lib.get_epsilon_and_optimal_order(1e-6)
+    rep = compute_epsilon([(qa, 200), (qb, 45)], 1e-6, "rdp")
+    assert rep.epsilon == pytest.approx(eps, rel=1e-10) and rep.order == order and rep.groups == 2
 
 
 @_fast

@@ -18,17 +18,22 @@ queries may differ in σ, q and k. The three accountants bound the same history:
     function is used as is.
 ``rdp``
     dp-accounting's ``RdpAccountant`` over its default (wider) order grid, up to α = 1024, and its
-    own RDP→(ε, δ) conversion (Canonne, Kamath & Steinke 2020, Prop. 12 / Asoodeh et al. 2021).
+    own RDP→(ε, δ) conversion ``rdp_privacy_accountant.compute_epsilon`` (Canonne, Kamath &
+    Steinke 2020, Prop. 12 / Asoodeh et al. 2021). The accountant's one-query RDP curve is cached
+    and scaled by the count, which is what the accountant does for a self-composed event.
 ``pld``  (the default)
-    dp-accounting's ``PLDAccountant`` (privacy loss distributions, Koskela et al. 2020;
-    Doroshenko et al. 2022, "Connect the Dots"). It is near-tight, so it answers more queries for
-    the same budget than the RDP bounds. The PLD is discretised with the *pessimistic* estimate,
-    so the ε it returns is a valid upper bound on the true ε, never an underestimate; coarser
-    discretisation only makes it more pessimistic. ``value_discretization_interval`` is
-    max(:data:`PLD_DISCRETIZATION` = 1e-3, 10⁻⁵·ε_RDP): 1e-3 keeps one evaluation near 0.1 s for
-    10⁵ queries while overestimating ε by < 0.1 % on the RESOURCES.md cross-check (6.1910 against
-    6.1877 at 1e-4; ``tests/accounting`` bounds the gap), and scaling with ε_RDP bounds the grid
-    when the loss is large. As both bounds are valid, the smaller of PLD and RDP is reported.
+    dp-accounting's privacy loss distributions (Koskela et al. 2020; Doroshenko et al. 2022,
+    "Connect the Dots"), composed exactly as its ``PLDAccountant`` composes a
+    ``ComposedDpEvent`` of ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)))``
+    (``tests/accounting`` checks equality with ``PLDAccountant``); the single-query PLD is cached
+    so a sweep over T does not rebuild it. PLD is near-tight, so it answers more queries for the
+    same budget than the RDP bounds. It is discretised with the *pessimistic* estimate, so the ε
+    it returns is a valid upper bound on the true ε, never an underestimate; a coarser grid only
+    makes it more pessimistic. ``value_discretization_interval`` is :data:`PLD_DISCRETIZATION`
+    = 1e-3, doubled until it is ≥ 10⁻⁵·ε_RDP. 1e-3 keeps one evaluation near 0.1 s for 10⁵
+    queries while overestimating ε by < 0.1 % on the RESOURCES.md cross-check (6.1910 against
+    6.1877 at 1e-4; ``tests/accounting`` bounds the gap); the doubling bounds the grid when the
+    loss is large. As both bounds are valid, the smaller of PLD and RDP is reported.
 
 All three use add/remove-one adjacency, the relation under which Δ₂ = 2/k holds (§4.2).
 """
@@ -210,19 +215,20 @@ def compute_delta(
         with np.errstate(over="ignore", invalid="ignore"):
             log_delta = (orders - 1) * (rdp - epsilon + np.log((orders - 1) / orders)) - np.log(orders)
         return float(min(1.0, np.exp(np.nanmin(log_delta))))
-    event = dp_accounting.ComposedDpEvent([q.dp_event(c) for q, c in groups])
-    rdp_acc = _library_accountant("rdp", pld_discretization)
-    rdp_acc.compose(event)
-    rdp_delta = float(min(1.0, rdp_acc.get_delta(float(epsilon))))
+    rdp = _library_rdp(groups)
+    rdp_delta = float(min(1.0, rdp_privacy_accountant.compute_delta(RDP_ORDERS, rdp, float(epsilon))[0]))
     if accountant == "rdp":
         return rdp_delta
     # Same grid-size guard as compute_epsilon, with ε_RDP at a typical δ as the loss scale.
-    scale = float(rdp_acc.get_epsilon(1e-6))
+    scale = float(rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, rdp, 1e-6)[0])
     if not scale <= PLD_MAX_EPSILON:
         return rdp_delta
-    acc = _library_accountant("pld", max(pld_discretization, scale * PLD_RELATIVE_DISCRETIZATION))
-    acc.compose(event)
-    return float(min(rdp_delta, acc.get_delta(float(epsilon))))
+    vdi = _pld_interval(pld_discretization, scale)
+    pld = None
+    for q, c in groups:
+        part = _single_query_pld(q.noise_multiplier, q.sample_rate, vdi).self_compose(c)
+        pld = part if pld is None else pld.compose(part)
+    return float(min(rdp_delta, pld.get_delta_for_epsilon(float(epsilon))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,13 +256,29 @@ def _paper_rdp(groups: tuple[tuple[DPRDMQuery, int], ...]) -> np.ndarray:
     return total
 
 
-def _library_accountant(accountant: str, pld_discretization: float):
-    rel = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-    if accountant == "rdp":
-        return dp_accounting.rdp.RdpAccountant(orders=list(RDP_ORDERS), neighboring_relation=rel)
-    return dp_accounting.pld.PLDAccountant(
-        neighboring_relation=rel, value_discretization_interval=pld_discretization
+@functools.lru_cache(maxsize=4096)
+def _library_unit_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
+    """dp-accounting's RDP curve of one query: ``RdpAccountant`` after one composed event.
+
+    The accountant adds ``count ×`` this curve for a self-composed event, so caching it and
+    multiplying gives the same numbers without recomputing the series for every T.
+    """
+    acc = dp_accounting.rdp.RdpAccountant(
+        orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
     )
+    acc.compose(
+        dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
+    )
+    rdp = np.array(acc.rdp, dtype=np.float64)
+    rdp.setflags(write=False)
+    return rdp
+
+
+def _library_rdp(groups: tuple[tuple[DPRDMQuery, int], ...]) -> np.ndarray:
+    total = np.zeros(len(RDP_ORDERS))
+    for q, c in groups:
+        total = total + c * _library_unit_rdp(q.sample_rate, q.noise_multiplier)
+    return total
 
 
 @functools.lru_cache(maxsize=4096)
@@ -281,10 +303,7 @@ def _epsilon_of_groups(
             eps, order = get_privacy_spent(orders=list(PAPER_ORDERS), rdp=rdp, delta=delta)
         return _rdp_report(float(eps), order, PAPER_ORDERS, common)
 
-    event = dp_accounting.ComposedDpEvent([q.dp_event(c) for q, c in groups])
-    rdp_acc = _library_accountant("rdp", vdi)
-    rdp_acc.compose(event)
-    eps_rdp, order = rdp_acc.get_epsilon_and_optimal_order(delta)
+    eps_rdp, order = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, _library_rdp(groups), delta)
     if accountant == "rdp":
         return _rdp_report(float(eps_rdp), order, RDP_ORDERS, common)
 
@@ -296,14 +315,46 @@ def _epsilon_of_groups(
             float(eps_rdp), order=None, order_on_edge=False, pld_discretization=None,
             fallback="rdp", **common,
         )
-    # Widen the interval with the size of the loss, so memory and time stay bounded while the
-    # *relative* pessimism stays about the same (see the module docstring).
-    vdi = max(vdi, float(eps_rdp) * PLD_RELATIVE_DISCRETIZATION)
-    acc = _library_accountant("pld", vdi)
-    acc.compose(event)
+    vdi = _pld_interval(vdi, float(eps_rdp))
+    pld = None
+    for q, c in groups:
+        part = _single_query_pld(q.noise_multiplier, q.sample_rate, vdi).self_compose(c)
+        pld = part if pld is None else pld.compose(part)
     # PLD and RDP are both valid upper bounds; keep the smaller one (PLD, bar discretisation).
-    eps = min(float(acc.get_epsilon(delta)), float(eps_rdp))
+    eps = min(float(pld.get_epsilon_for_delta(delta)), float(eps_rdp))
     return EpsilonReport(eps, order=None, order_on_edge=False, pld_discretization=vdi, **common)
+
+
+def _pld_interval(requested: float, eps_rdp: float) -> float:
+    """The PLD interval: ``requested``, widened by powers of two once ε_RDP·1e-5 exceeds it.
+
+    Widening keeps the grid (memory, time) bounded when the loss is large while the relative
+    pessimism stays about the same; powers of two keep the set of intervals small, so the
+    single-query PLDs can be cached across histories (a T sweep reuses one).
+    """
+    wanted = eps_rdp * PLD_RELATIVE_DISCRETIZATION
+    if wanted <= requested:
+        return requested
+    return requested * 2.0 ** math.ceil(math.log2(wanted / requested))
+
+
+@functools.lru_cache(maxsize=64)
+def _single_query_pld(noise_multiplier: float, sample_rate: float, vdi: float):
+    """dp-accounting's PLD of one Poisson-subsampled Gaussian query (add/remove adjacency).
+
+    This is what ``PLDAccountant`` builds for a ``PoissonSampledDpEvent(q, GaussianDpEvent(z))``
+    (pessimistic connect-the-dots discretisation); ``self_compose(T)`` and ``compose`` then do
+    exactly what the accountant does for a self-composed / composed event. Building the single
+    PLD dominates the cost, so it is cached.
+    """
+    from dp_accounting.pld import privacy_loss_distribution
+
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=noise_multiplier,
+        value_discretization_interval=vdi,
+        sampling_prob=sample_rate,
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+    )
 
 
 def _rdp_report(eps: float, order, grid: tuple[float, ...], common: dict) -> EpsilonReport:
