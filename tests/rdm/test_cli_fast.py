@@ -1,0 +1,27 @@
+"""Fast CLI checks that need no model or encoder: bad options exit 2 before anything loads."""
+
+from privdiff.cli import main
+
+
+def test_generate_rejects_unknown_mode_before_loading_anything(tmp_path, capsys):
+    code = main(["generate", "--model", str(tmp_path / "nowhere"), "--mode", "magic", "--prompt", "x",
+                 "--out", str(tmp_path / "g")])
+    assert code == 2 and "mode" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
+def test_generate_rejects_zero_images_per_prompt(tmp_path, capsys):
+    code = main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "-n", "0", "--out", str(tmp_path / "g")])
+    assert code == 2 and "n" in capsys.readouterr().err
+
+
+def test_generate_with_a_missing_model_directory_fails_cleanly(tmp_path, capsys):
+    code = main(["generate", "--model", str(tmp_path / "nowhere"), "--mode", "no-retrieval", "--prompt", "x",
+                 "--out", str(tmp_path / "g")])
+    assert code == 1 and "not an RDM model directory" in capsys.readouterr().err
+
+
+def test_train_rdm_rejects_bad_channels(tmp_path, capsys):
+    code = main(["train", "rdm", "--out", str(tmp_path / "m"), "--channels", "a,b"])
+    assert code == 2 and "channels" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
