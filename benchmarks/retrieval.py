@@ -165,6 +165,39 @@ def _crossover(vectors, queries, args):
     return out
 
 
+def _plot(res: dict, path: Path) -> None:
+    """Bar chart of queries/s per method (+ the sparse/dense crossover when measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cross = res.get("crossover")
+    fig, axes = plt.subplots(1, 2 if cross else 1, figsize=(11 if cross else 6, 4))
+    ax = axes[0] if cross else axes
+    names = ["authors\n(mask + IDSelectorBatch)", "privdiff\n(O(qN) sparse)", "floor\n(contiguous GEMV)"]
+    qps = [r["qps"] for r in res["results"]]
+    bars = ax.bar(names, qps, color=["#b0b0b0", "#2a7ab9", "#7fbf7f"])
+    for b, v in zip(bars, qps):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=9)
+    st = res["settings"]
+    ax.set(yscale="log", ylabel="queries / s (higher is better)",
+           title=f"N={st['n']:,} d={st['d']} q={st['sample_rate']:g} k={st['k']}: "
+                 f"{res['speedup_vs_authors']:.1f}x the authors' path")
+    if cross:
+        qs = [c["sample_rate"] for c in cross]
+        axes[1].plot(qs, [c["sparse_qps"] for c in cross], "o-", label="sparse (pairs + gather-dot)")
+        axes[1].plot(qs, [c["dense_qps"] for c in cross], "s-", label="dense (BLAS + Bernoulli mask)")
+        axes[1].set(xscale="log", yscale="log", xlabel="sample rate q", ylabel="queries / s",
+                    title="sparse vs dense path")
+        axes[1].legend()
+    fig.text(0.01, 0.01, f"{res['machine']['cpu_count']} shared cores, {st['threads']} thread(s), "
+             f"1-min load {res['machine']['load_average_1min']:.1f}", fontsize=7, color="grey")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=1_000_000, help="records in the index (N)")
@@ -207,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"same top-k as the authors' path on a shared subsample: {res['same_topk_on_shared_subsample']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    png = args.out.with_suffix(".png")
+    _plot(res, png)
+    print(f"wrote {args.out} and {png}")
     return 0 if res["same_topk_on_shared_subsample"] else 1
 
 

@@ -117,3 +117,28 @@ def test_report_writes_json_with_settings_and_a_png(tmp_path):
     assert a["sigma"] == 0.3 and a["runs"] == 2000 and a["mechanism"] == "dp"
     assert len(a["curves"]["epsilon_hat"]) == len(a["curves"]["threshold"]) > 10
     assert pp.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_suite_is_ok_when_real_mechanism_passes_and_broken_control_is_flagged():
+    from privdiff.evaluation.audit import run_suite
+
+    suite = (
+        {"mechanism": "dp", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10, "runs": 3000,
+         "expect_pass": True},
+        {"mechanism": "broken-pad-last-record", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10,
+         "runs": 3000, "expect_pass": False},
+    )
+    results, ok = run_suite(suite)
+    assert ok and [r.passed for r in results] == [True, False]
+    # A suite whose expectation is not met is reported as not ok.
+    _, ok_wrong = run_suite(({**suite[0], "expect_pass": False},))
+    assert not ok_wrong
+
+
+@pytest.mark.slow
+def test_standard_suite_passes_at_full_size(tmp_path):
+    from privdiff.cli import main
+
+    assert main(["audit", "retrieval", "--suite", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "audit.json").read_text())
+    assert len(data["audits"]) == 5

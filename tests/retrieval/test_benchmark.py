@@ -22,3 +22,4 @@ def test_benchmark_smoke_run_prints_ratio_and_writes_json(tmp_path):
     assert res["settings"] == {"n": 5000, "d": 32, "sample_rate": 0.05, "k": 5, "queries": 8,
                                "repeats": 1, "seed": 0, "threads": 1}
     assert [r["qps"] > 0 for r in res["results"]] == [True, True, True]
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

@@ -27,6 +27,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             help="dp (the real mechanism), or a deliberately broken control: broken-pad-last-record, "
             "broken-half-noise (to see the audit catch a bug).",
         ),
+        suite: bool = typer.Option(
+            False, "--suite",
+            help="Run the documented suite instead (real mechanism in 3 settings + both broken controls); "
+            "--runs then scales each audit's runs relative to 20000.",
+        ),
         out: Path = typer.Option(Path("out/audit/retrieval"), "--out", help="Directory for audit.json and audit.png."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -34,7 +39,24 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         import json
 
         from privdiff.errors import PrivdiffError
-        from privdiff.evaluation.audit import audit_retrieval, write_audit_report
+        from privdiff.evaluation.audit import audit_retrieval, run_suite, write_audit_report
+
+        if suite:
+            results, ok = run_suite(delta=delta, scale=runs / 20000, progress=not as_json)
+            json_path, png_path = write_audit_report(results, out)
+            rows = [r.to_dict() for r in results]
+            if as_json:
+                typer.echo(json.dumps({"audits": rows, "ok": ok, "json": str(json_path), "png": str(png_path)}, indent=2))
+            else:
+                typer.echo(f"{'mechanism':<24} {'σ':>5} {'q':>6} {'k':>3} {'runs':>7} {'ε̂':>7} {'ε acc':>7}  verdict")
+                for r in results:
+                    verdict = "ok (ε̂ ≤ ε)" if r.passed else "FLAGGED (ε̂ > ε)"
+                    typer.echo(f"{r.mechanism:<24} {r.sigma:>5g} {r.sample_rate:>6g} {r.k:>3} {r.runs:>7} "
+                               f"{r.epsilon_hat:>7.3f} {r.epsilon_accountant:>7.3f}  {verdict}")
+                typer.echo(f"wrote {json_path} and {png_path}")
+            if not ok:
+                raise PrivdiffError("audit suite: a real-mechanism audit failed or a broken control was not flagged")
+            return
 
         res = audit_retrieval(
             sigma, sample_rate, k, runs=runs, delta=delta, dim=dim, n_records=n_records,

@@ -54,6 +54,8 @@ from privdiff.retrieval.search import subsampled_topk
 
 __all__ = [
     "MECHANISMS",
+    "STANDARD_SUITE",
+    "run_suite",
     "AuditResult",
     "audit_retrieval",
     "clopper_pearson_upper",
@@ -315,6 +317,41 @@ def audit_retrieval(
             "fnr": fnr_grid.tolist(),
         },
     )
+
+
+#: The documented audit suite: the real mechanism in an auditable setting without subsampling
+#: (z = 1.5) and two subsampled settings, plus each broken control in the setting where its bug
+#: shows. ``expect_pass`` is what a correct implementation must produce.
+STANDARD_SUITE: tuple[dict[str, Any], ...] = (
+    {"mechanism": "dp", "sigma": 0.3, "sample_rate": 1.0, "k": 10, "runs": 200000, "expect_pass": True},
+    {"mechanism": "broken-half-noise", "sigma": 0.3, "sample_rate": 1.0, "k": 10, "runs": 200000,
+     "expect_pass": False},
+    {"mechanism": "dp", "sigma": 0.2, "sample_rate": 0.2, "k": 5, "n_records": 200, "runs": 50000,
+     "expect_pass": True},
+    {"mechanism": "dp", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10, "runs": 20000,
+     "expect_pass": True},
+    {"mechanism": "broken-pad-last-record", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10,
+     "runs": 20000, "expect_pass": False},
+)
+
+
+def run_suite(
+    suite: tuple[dict[str, Any], ...] = STANDARD_SUITE, *, delta: float = 1e-5, scale: float = 1.0,
+    progress: bool = False,
+) -> tuple[list[AuditResult], bool]:
+    """Run every audit of ``suite`` (``runs`` multiplied by ``scale``); returns (results, ok).
+
+    ``ok`` is True when every real-mechanism audit passed and every broken control was flagged.
+    """
+    scale = check_positive("scale", scale)
+    results, ok = [], True
+    for item in suite:
+        kw = {key: v for key, v in item.items() if key != "expect_pass"}
+        kw["runs"] = max(100, int(round(kw["runs"] * scale)))
+        res = audit_retrieval(delta=delta, progress=progress, **kw)
+        results.append(res)
+        ok = ok and (res.passed == item["expect_pass"])
+    return results, ok
 
 
 def write_audit_report(results: list[AuditResult], out_dir: str | Path, name: str = "audit") -> tuple[Path, Path]:
