@@ -255,3 +255,17 @@ def test_real_ledger_over_budget_refuses_and_records_nothing(tmp_path):
         with pytest.raises(InvalidParameter):
             r.query(np.zeros((1, 8)))
         assert ledger.history() == []
+
+
+def test_ledger_of_another_dataset_is_refused(tmp_path):
+    from privdiff.accounting import Ledger
+    from privdiff.errors import LedgerError
+    from privdiff.retrieval import build_index
+
+    idx = build_index(tmp_path / "idx", unit_rows(10, 8), space_id=SPACE, source="fashion-mnist:dprdm-private")
+    with Ledger.create(tmp_path / "a.sqlite", epsilon=5.0, delta=1e-5, dataset="folder:/other") as other:
+        with pytest.raises(LedgerError, match="folder:/other"):
+            DPRetriever(idx, k=2, sigma=0.5, sample_rate=0.1, ledger=other)
+    for i, name in enumerate(["fashion-mnist:dprdm-private", str(tmp_path / "idx"), idx.manifest.sha256, ""]):
+        with Ledger.create(tmp_path / f"ok{i}.sqlite", epsilon=5.0, delta=1e-5, dataset=name) as ok:
+            assert DPRetriever(idx, k=2, sigma=0.5, sample_rate=0.1, ledger=ok).k == 2

@@ -182,7 +182,8 @@ class DPRetriever:
         k: κ, neighbours averaged per query (≥ 1; k > N is allowed: the zero padding covers it).
         sigma: σ > 0, noise std per coordinate (absolute, not a multiplier; z = σk/2).
         sample_rate: q ∈ (0, 1], Poisson subsampling rate (1 = no subsampling).
-        ledger: a :class:`privdiff.accounting.Ledger` (or an object with the same ``charge``).
+        ledger: a :class:`privdiff.accounting.Ledger` (or an object with the same ``charge``). If
+            it names a dataset, that must be this index (source spec, directory or sha256).
         query_space: optional encoder ``space_id`` of the queries; must equal the index's.
 
     The constructor takes no seed on purpose (module docstring, "Randomness").
@@ -211,6 +212,7 @@ class DPRetriever:
             raise InvalidParameter("ledger", type(ledger).__name__, "a privdiff.accounting.Ledger")
         if query_space is not None and query_space != index.space_id:
             raise EncoderMismatch(expected=index.space_id, found=query_space, what="query encoder")
+        _check_ledger_names_index(ledger, index)
         self._index = index
         self._vectors = index._vectors  # the single read of private rows in privdiff
         self._ledger = ledger
@@ -281,7 +283,7 @@ class DPRetriever:
         noisy = aggregate + self._noise_std() * rng.standard_normal(aggregate.shape)
         vectors = noisy.astype(np.float32)
         vectors.setflags(write=False)
-        spent, remaining, delta = _budget_after(charge, self._ledger)
+        spent, remaining, delta = _budget_after(charge)
         return PrivateRelease(
             vectors=vectors,
             sigma=self._sigma,
@@ -304,6 +306,29 @@ class DPRetriever:
         return self._sigma
 
 
-def _budget_after(charge: Any, ledger: Any) -> tuple[float, float, float]:
+def _check_ledger_names_index(ledger: Any, index: EmbeddingIndex) -> None:
+    """A ledger that names its dataset must name this index, or budgets get mixed up.
+
+    One private dataset has one budget: charging queries on index B to the ledger of dataset A
+    would leave B's spending unrecorded. A ledger with an empty ``dataset`` is not checked.
+    Accepted names: the index's source spec, its directory (as given or resolved), its sha256.
+    """
+    from privdiff.errors import LedgerError
+
+    name = getattr(ledger, "dataset", "") or ""
+    if not isinstance(name, str) or not name:
+        return
+    accepted = {index.manifest.source, index.manifest.sha256}
+    if index.path is not None:
+        accepted |= {str(index.path), str(index.path.resolve())}
+    accepted.discard("")
+    if name not in accepted:
+        raise LedgerError(
+            f"ledger is for dataset {name!r}, but this index is {index.manifest.source or index.path!s} "
+            f"(sha256 {index.manifest.sha256[:12]}…); use the ledger of this dataset"
+        )
+
+
+def _budget_after(charge: Any) -> tuple[float, float, float]:
     """(ε spent, ε remaining, δ) after a charge, read from the ledger's Charge record."""
     return float(charge.epsilon_spent), float(charge.epsilon_remaining), float(charge.delta)
