@@ -14,9 +14,12 @@ Mapping (each step fixed, so the ``space_id`` names it):
 3. ImageNet mean/std normalisation (what the checkpoint was trained with).
 4. ``extract_features`` → global average pool → 1280-d (ReLU6 activations, so all ≥ 0).
 5. optional centring: subtract a fixed mean vector computed on *public* data only (the DP-RDM
-   public split). Post-ReLU features share a large common component, which makes cosine similarity
-   between unrelated images high; removing it spreads classes apart. Being computed from public
-   data, the centre leaks nothing about the private set.
+   public split). Post-ReLU features share a large common component: the mean cosine of unrelated
+   test images is 0.47 raw and 0.03 centred. Measured effect at 64 px: image→image class
+   precision@10 0.693 → 0.698 (neutral), but the text projection learns a much better map into the
+   centred space (public-validation zero-shot top-1 0.808 vs 0.765; test zero-shot with unseen
+   phrasings 0.774 vs 0.703), so the default space is centred. Being computed from public data, the
+   centre leaks nothing about the private set.
 6. L2 normalisation (n(v) = v/‖v‖₂, DP-RDM §3: the mechanism's sensitivity assumes unit rows).
 """
 
