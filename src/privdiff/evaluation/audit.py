@@ -357,8 +357,8 @@ def run_suite(
 def write_audit_report(results: list[AuditResult], out_dir: str | Path, name: str = "audit") -> tuple[Path, Path]:
     """Write ``<name>.json`` (settings + results, curves included) and ``<name>.png``.
 
-    The PNG has, per audited mechanism, the empirical ROC (TPR vs FPR, log axes) and ε̂ over the
-    threshold sweep with the accountant's ε as a horizontal line.
+    The PNG has the empirical ROC of each audit (TPR vs FPR, log axes), ε̂ over the threshold sweep
+    with the accountant's ε dashed, and a summary of ε̂ at the selected threshold vs ε per audit.
     """
     import matplotlib
 
@@ -372,24 +372,35 @@ def write_audit_report(results: list[AuditResult], out_dir: str | Path, name: st
     payload = {"audits": [r.to_dict(with_curves=True) for r in results]}
     json_path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4), gridspec_kw={"width_ratios": [1, 1.1, 0.9]})
+    colours = []
     for r in results:
         label = f"{r.mechanism} (σ={r.sigma:g}, q={r.sample_rate:g}, k={r.k})"
         fpr = np.asarray(r.curves["fpr"])
         tpr = 1.0 - np.asarray(r.curves["fnr"])
         floor = 0.5 / r.evaluation_runs
         (line,) = axes[0].plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=label)
-        axes[1].plot(r.curves["threshold"], r.curves["epsilon_hat"], color=line.get_color(), label=f"ε̂ {label}")
-        axes[1].axhline(r.epsilon_accountant, color=line.get_color(), linestyle="--", linewidth=1,
-                        label=f"accountant ε ({r.accountant}) = {r.epsilon_accountant:.3g}")
+        colours.append(line.get_color())
+        axes[1].plot(r.curves["threshold"], r.curves["epsilon_hat"], color=line.get_color(), label=label)
+        axes[1].axhline(r.epsilon_accountant, color=line.get_color(), linestyle="--", linewidth=1)
         axes[1].axvline(r.threshold, color=line.get_color(), linestyle=":", linewidth=0.8)
     axes[0].plot([1e-6, 1], [1e-6, 1], color="grey", linewidth=0.8, linestyle=":")
     axes[0].set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate",
                 title="canary distinguisher ROC (evaluation runs)")
     axes[1].set(xlabel="threshold on ⟨release, canary⟩", ylabel=f"ε̂ ({results[0].confidence:.0%} lower bound)",
-                title=f"audit lower bound vs accountant (δ={results[0].delta:g})")
+                title="ε̂ over thresholds (dashed: accountant ε)")
     axes[0].legend(fontsize=7)
-    axes[1].legend(fontsize=6)
+    # Summary: the selected-threshold ε̂ (held-out runs) next to the accountant's ε, per audit.
+    x = np.arange(len(results))
+    axes[2].bar(x - 0.2, [r.epsilon_hat for r in results], width=0.4, color=colours, label="ε̂ (audit)")
+    axes[2].bar(x + 0.2, [r.epsilon_accountant for r in results], width=0.4, color="white",
+                edgecolor=colours, hatch="//", label=f"ε ({results[0].accountant} accountant)")
+    for i, r in enumerate(results):
+        axes[2].text(i, max(r.epsilon_hat, r.epsilon_accountant) * 1.02, "ok" if r.passed else "FLAGGED",
+                     ha="center", va="bottom", fontsize=8, color="black" if r.passed else "red")
+    axes[2].set_xticks(x, [f"{r.mechanism}\nq={r.sample_rate:g}" for r in results], fontsize=7, rotation=20)
+    axes[2].set(ylabel="ε", title=f"audit vs accountant, one query (δ={results[0].delta:g})")
+    axes[2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)
