@@ -15,7 +15,8 @@ import numpy as np
 from privdiff.errors import DataError
 
 
-@dataclass(frozen=True)
+# eq=False: element-wise array comparison has no single truth value; datasets compare by identity.
+@dataclass(frozen=True, eq=False)
 class ImageDataset:
     """Images (uint8 NHWC) with optional integer labels, and the spec string that produced them.
 
