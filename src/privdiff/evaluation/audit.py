@@ -264,7 +264,7 @@ def audit_retrieval(
             # A real ledger, charged for every run (see _AUDIT_BUDGET).
             ledger_path = Path(tmp) / f"{name}.sqlite"
             with Ledger.create(ledger_path, epsilon=_AUDIT_BUDGET, delta=delta, accountant="paper",
-                               dataset=f"audit-{name}") as ledger:
+                               dataset=f"audit:{name}") as ledger:
                 index = EmbeddingIndex.from_embeddings(rows, space_id=_AUDIT_SPACE, source=f"audit:{name}")
                 retriever = cls(index, k=k, sigma=sigma, sample_rate=sample_rate, ledger=ledger)
                 scores[name] = _release_scores(retriever, canary, runs, bar)
