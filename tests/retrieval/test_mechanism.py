@@ -269,3 +269,16 @@ def test_ledger_of_another_dataset_is_refused(tmp_path):
     for i, name in enumerate(["fashion-mnist:dprdm-private", str(tmp_path / "idx"), idx.manifest.sha256, ""]):
         with Ledger.create(tmp_path / f"ok{i}.sqlite", epsilon=5.0, delta=1e-5, dataset=name) as ok:
             assert DPRetriever(idx, k=2, sigma=0.5, sample_rate=0.1, ledger=ok).k == 2
+
+
+def test_release_is_refused_if_the_ledger_did_not_charge_every_row():
+    from privdiff.errors import LedgerError
+
+    class Idempotent(RecordingLedger):
+        def charge(self, query, count=1, request_id=None):
+            c = super().charge(query, count, request_id)
+            return type("C", (), {**c.__dict__, "queries_charged": 0})()
+
+    r = _retriever(Idempotent())
+    with pytest.raises(LedgerError, match="charged 0 queries for a batch of 2"):
+        r.query(unit_rows(2, 8))

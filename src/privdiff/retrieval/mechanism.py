@@ -278,6 +278,15 @@ class DPRetriever:
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidParameter("request_id", request_id, "a string or None")
         charge = self._ledger.charge(self._query, count=queries.shape[0], request_id=request_id)
+        charged = getattr(charge, "queries_charged", None)
+        if charged is not None and charged != queries.shape[0]:
+            # E.g. a ledger that treats a repeated request_id as already paid: a fresh release
+            # would then go out unpaid. Refuse rather than trust it.
+            from privdiff.errors import LedgerError
+
+            raise LedgerError(
+                f"ledger charged {charged} queries for a batch of {queries.shape[0]}; nothing released"
+            )
         rng = _fresh_dp_rng()
         aggregate = self._pre_noise_aggregate(queries, rng)
         noisy = aggregate + self._noise_std() * rng.standard_normal(aggregate.shape)
