@@ -1,0 +1,118 @@
+"""``privdiff budget``: create and inspect a dataset's persistent privacy ledger."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def register(app: typer.Typer, train_app: typer.Typer) -> None:
+    budget_app = typer.Typer(help="The privacy ledger of a private dataset (budget, spend, history).", no_args_is_help=True)
+    app.add_typer(budget_app, name="budget")
+
+    @budget_app.command("init")
+    def init_cmd(
+        ledger: Path = typer.Argument(..., help="Ledger file to create (refuses to overwrite)."),
+        epsilon: float = typer.Option(..., "--epsilon", help="ε budget of the dataset."),
+        delta: float = typer.Option(..., "--delta", help="δ of the budget (the authors use 1/N)."),
+        accountant: str = typer.Option("pld", "--accountant", help="pld (default), rdp or paper."),
+        dataset: str = typer.Option("", "--dataset", help="A label for the private dataset."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Create a new ledger with budget (ε, δ)."""
+        from privdiff.accounting import Ledger
+
+        with Ledger.create(ledger, epsilon=epsilon, delta=delta, accountant=accountant, dataset=dataset) as led:
+            status = led.status()
+        if as_json:
+            typer.echo(json.dumps(status.to_dict()))
+        else:
+            typer.echo(f"created ledger {ledger}: ε={status.epsilon_budget:g}, δ={status.delta:.3g}, "
+                       f"accountant {status.accountant}" + (f", dataset {dataset!r}" if dataset else ""))
+
+    @budget_app.command("status")
+    def status_cmd(
+        ledger: Path = typer.Argument(..., help="Ledger file."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Budget, ε spent and remaining, number of queries."""
+        from privdiff.accounting import Ledger
+
+        with Ledger.open(ledger) as led:
+            st = led.status()
+        if as_json:
+            typer.echo(json.dumps(st.to_dict()))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Privacy ledger {ledger}", show_header=False)
+        table.add_column("field")
+        table.add_column("value", justify="right")
+        for key, value in [
+            ("dataset", st.dataset or "-"), ("accountant", st.accountant), ("ε budget", f"{st.epsilon_budget:g}"),
+            ("δ", f"{st.delta:.3g}"), ("ε spent", f"{st.epsilon_spent:.6g}"),
+            ("ε remaining", f"{st.epsilon_remaining:.6g}"), ("queries charged", f"{st.queries:,}"),
+            ("distinct (σ, q, k)", str(st.groups)), ("created", _when(st.created)),
+        ]:
+            table.add_row(key, value)
+        Console().print(table)
+
+    @budget_app.command("history")
+    def history_cmd(
+        ledger: Path = typer.Argument(..., help="Ledger file."),
+        limit: Optional[int] = typer.Option(None, "--limit", help="Only the last N charges."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Every charged query (time, σ, q, k, count, request id, ε after)."""
+        from privdiff.accounting import Ledger
+
+        with Ledger.open(ledger) as led:
+            records = led.history(limit=limit)
+        if as_json:
+            typer.echo(json.dumps([r.to_dict() for r in records]))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"Charges in {ledger}")
+        for col in ("#", "time", "request", "σ", "q", "k", "count", "ε after"):
+            table.add_column(col, justify="left" if col in ("time", "request") else "right")
+        for r in records:
+            table.add_row(str(r.id), _when(r.time), r.request_id, f"{r.sigma:g}", f"{r.sample_rate:g}", str(r.k),
+                          str(r.count), f"{r.epsilon_after:.6g}")
+        Console().print(table)
+
+    @budget_app.command("preview")
+    def preview_cmd(
+        ledger: Path = typer.Argument(..., help="Ledger file."),
+        sigma: float = typer.Option(..., "--sigma"),
+        sample_rate: float = typer.Option(..., "--sample-rate"),
+        k: int = typer.Option(..., "--k"),
+        queries: int = typer.Option(1, "--queries", help="How many such queries."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """ε the ledger would reach after T more queries (charges nothing)."""
+        from privdiff.accounting import DPRDMQuery, Ledger
+
+        query = DPRDMQuery(sigma, sample_rate, k)
+        with Ledger.open(ledger) as led:
+            eps = led.preview(query, queries)
+            st = led.status()
+        fits = eps <= st.epsilon_budget
+        if as_json:
+            typer.echo(json.dumps({"epsilon_after": eps, "epsilon_budget": st.epsilon_budget, "fits": fits,
+                                   "epsilon_spent": st.epsilon_spent, "delta": st.delta, "queries": queries,
+                                   **query.as_dict()}))
+        else:
+            typer.echo(f"{queries} more quer{'y' if queries == 1 else 'ies'} would bring ε from "
+                       f"{st.epsilon_spent:.6g} to {eps:.6g} (budget {st.epsilon_budget:g}): "
+                       + ("fits" if fits else "over budget"))
