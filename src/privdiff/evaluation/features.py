@@ -33,6 +33,8 @@ from privdiff.errors import InvalidParameter, check_int
 from privdiff.evaluation.fid import FEATURE_EXTRACTOR_ID, cached_inception_features, check_images
 
 FEATURE_SPACES: tuple[str, ...] = ("pixel", "effnet", "inception")
+#: The privdiff encoder name behind the ``effnet`` space.
+EFFNET_ENCODER = "default"
 
 
 def check_feature_space(feature_space: Any) -> str:
@@ -64,12 +66,17 @@ def effnet_features(images: np.ndarray, *, batch_size: int = 256, progress: bool
     images = check_images(images)
     try:
         from privdiff.encoders import load_image_encoder
+    except ImportError:
+        load_image_encoder = None
+    try:
+        if load_image_encoder is None:
+            from privdiff.encoders.registry import load_image_encoder
     except ImportError as exc:
         raise InvalidParameter(
             "feature_space", "effnet", "an available space (pixel, inception)",
             hint=f"privdiff.encoders.load_image_encoder is not available: {exc}",
         ) from exc
-    encoder = load_image_encoder("default")
+    encoder = load_image_encoder(EFFNET_ENCODER)
     return _unit_rows(encoder.encode_images(images, batch_size=batch_size, progress=progress))
 
 
@@ -97,5 +104,5 @@ def describe_feature_space(feature_space: str) -> dict[str, Any]:
     if feature_space == "pixel":
         return {"name": "pixel", "definition": "flattened pixels/255, centred per image, L2-normalised (cosine = Pearson correlation)"}
     if feature_space == "effnet":
-        return {"name": "effnet", "definition": "privdiff.encoders.load_image_encoder('default') embeddings, L2-normalised"}
+        return {"name": "effnet", "definition": f"privdiff.encoders.load_image_encoder({EFFNET_ENCODER!r}) embeddings, L2-normalised"}
     return {"name": "inception", "definition": f"{FEATURE_EXTRACTOR_ID} pool features, L2-normalised"}
