@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from privdiff.encoders.base import l2_normalize
-from privdiff.encoders.efficientnet import EfficientNetLite0Encoder, centre_asset_path, save_centre
+from privdiff.encoders.efficientnet import EfficientNetLite0Encoder, centre_asset_path, load_centre, save_centre
 from privdiff.encoders.evaluation import cached_features, class_precision_at_k
 
 
@@ -125,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             "sha256_12": hashlib.sha256(centre.tobytes()).hexdigest()[:12],
             "command": f"python -m privdiff.encoders.calibrate --asset-size {args.asset_size}",
         }
-        save_centre(centre_asset_path(args.asset_size), centre, meta)
+        path = centre_asset_path(args.asset_size)
+        # safetensors writes metadata in hash order, so rewrite only when the vector changed.
+        if not path.is_file() or not np.array_equal(load_centre(path)[0], centre):
+            save_centre(path, centre, meta)
         result["asset"] = meta | {"path": str(centre_asset_path(args.asset_size).name)}
         print(f"wrote {centre_asset_path(args.asset_size)}")
 
