@@ -15,14 +15,19 @@ from privdiff.accounting.planner import (
 
 
 def test_concept_density_reproduces_method_note_cells():
-    curves = concept_density_curve([1_000_000, 10_000_000], [1e-5, 1e-4], q_points=4)
+    curves = concept_density_curve([1_000_000, 10_000_000, 100_000_000], [1e-5, 1e-4, 1e-3], q_points=4)
     one_m = {round(r["density"], 12): r for r in curves[1_000_000]}
     ten_m = {round(r["density"], 12): r for r in curves[10_000_000]}
+    hundred_m = {round(r["density"], 12): r for r in curves[100_000_000]}
     # §4.8 table: N=1M → ≈678 at r=1e-5, ≈21.9 at r=1e-4; N=10M → ≈21.9 at r=1e-5, ≈1.62 at r=1e-4.
     assert one_m[1e-5]["epsilon"] == pytest.approx(678, rel=2e-3)
     assert one_m[1e-4]["epsilon"] == pytest.approx(21.9, rel=2e-3)
     assert ten_m[1e-5]["epsilon"] == pytest.approx(21.9, rel=2e-3)
     assert ten_m[1e-4]["epsilon"] == pytest.approx(1.62, rel=3e-3)
+    assert ten_m[1e-3]["epsilon"] == pytest.approx(0.21, abs=5e-3)
+    # The floor of the paper's order grid (α ≤ 63) at large r·N: ≈0.18.
+    assert hundred_m[1e-3]["epsilon"] == pytest.approx(0.18, abs=5e-3)
+    assert hundred_m[1e-3]["epsilon"] < hundred_m[1e-4]["epsilon"] < hundred_m[1e-5]["epsilon"]
     # The optimum is at q → 1 with k = r·N, and ε depends (almost) only on r·N.
     assert one_m[1e-4]["sample_rate"] == pytest.approx(1.0) and one_m[1e-4]["k"] == 100
 

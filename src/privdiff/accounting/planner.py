@@ -127,6 +127,7 @@ def plot_epsilon_curves(
             ax.axvline(marks[i], color="black", lw=0.8, ls="-.", label=f"figure's T = {marks[i]}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _plain_log_labels(ax.yaxis)
         ax.set_xlabel("number of queries T")
         ax.set_ylabel(f"ε at δ = {delta:.2g}" if delta else "ε")
         ax.set_title(title, fontsize=10)
@@ -146,7 +147,7 @@ def concept_density_curve(
     sigma: float = 0.2,
     queries: int = 1000,
     delta: float = 1e-7,
-    accountant: str = "rdp",
+    accountant: str = "paper",
     q_points: int = 8,
     progress: Callable[[], None] | None = None,
 ) -> dict[int, list[dict]]:
@@ -157,9 +158,11 @@ def concept_density_curve(
     fixed δ = 1e-7. k must be an integer here, so k = ⌊r·N·q⌋ (rounding down only adds noise
     relative to the sensitivity, i.e. is conservative); q with k < 1 is skipped.
 
-    The default accountant is ``rdp`` (dp-accounting), which on this grid gives the same values as
-    ``paper`` (e.g. N = 1M: 677.9 / 21.93 / 1.620 at r = 1e-5 / 1e-4 / 1e-3) at a tenth of the
-    cost.
+    The default accountant is ``paper``, which reproduces the note's table, including its floor:
+    for r·N ≳ 10⁴ the optimum sits at the grid's largest order α = 63, where the conversion term
+    (log(1/δ) − log α)/(α − 1) + log((α − 1)/α) alone is ≈ 0.177 at δ = 1e-7 (the note's ≈0.18).
+    ``rdp`` (orders to 1024) and ``pld`` go below that floor. ε depends on r·N only and the q grid
+    depends on r·N only, so the cached one-query RDP curves are shared across N.
 
     Returns ``{N: [{"density": r, "epsilon": ε, "sample_rate": q*, "k": k*}, ...]}``.
     """
@@ -295,7 +298,7 @@ def run_planner(
                                      marks=[fs.queries for fs in FIGURE_SETTINGS])
     png_bars = _plot_answerable(settings_out, out / "queries_at_target.png", target_epsilon)
     png_density = plot_concept_density(density, out / "concept_density.png", delta=1e-7, sigma=0.2,
-                                       queries=1000, accountant="rdp")
+                                       queries=1000, accountant="paper")
     result = {
         "command": command,
         "target_epsilon": target_epsilon,
@@ -304,7 +307,7 @@ def run_planner(
         "accountants": list(ACCOUNTANTS),
         "settings": settings_out,
         "concept_density": {
-            "sigma": 0.2, "queries": 1000, "delta": 1e-7, "accountant": "rdp",
+            "sigma": 0.2, "queries": 1000, "delta": 1e-7, "accountant": "paper",
             "curves": {str(n): rows for n, rows in density.items()},
         },
         "figures": [p.name for p in (png_curves, png_bars, png_density)],
@@ -331,6 +334,7 @@ def _plot_answerable(settings_out: list[dict], path: Path, target_epsilon: float
         ax.bar_label(bars, labels=[f"{v:,}" for v in vals], fontsize=6, rotation=90, padding=2)
     ax.set_xticks(x, [s["name"] for s in settings_out])
     ax.set_yscale("log")
+    _plain_log_labels(ax.yaxis)
     ax.set_ylabel(f"queries answerable at ε ≤ {target_epsilon:g}")
     ax.set_title("Largest T within the budget (δ = 1/N)", fontsize=10)
     ax.legend(fontsize=7, loc="upper left")
@@ -339,6 +343,16 @@ def _plot_answerable(settings_out: list[dict], path: Path, target_epsilon: float
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _plain_log_labels(axis) -> None:
+    """Label a log axis 2, 5, 10, 20 … instead of 2×10⁰ (easier to read off ε)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    fmt = FuncFormatter(lambda v, _: f"{v:g}")
+    axis.set_major_formatter(fmt)
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    axis.set_minor_formatter(fmt)
 
 
 def _versions() -> dict[str, str]:

@@ -176,7 +176,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         sigma: float = typer.Option(0.2, "--sigma"),
         queries: int = typer.Option(1000, "--queries"),
         delta: float = typer.Option(1e-7, "--delta"),
-        accountant: str = typer.Option("rdp", "--accountant", help=_ACCOUNTANT_HELP),
+        accountant: str = typer.Option("paper", "--accountant", help=_ACCOUNTANT_HELP),
     ) -> None:
         """ε against concept density r for N ∈ {1M, 10M, 100M} (methods note §4.8)."""
         from tqdm import tqdm
