@@ -28,3 +28,16 @@ def test_data_show_bad_spec_exits_2(tmp_path, capsys):
     assert "invalid dataset spec" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
     assert main(["data", "show", "digits", "--n", "0", "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_data_show_folder_with_skip_corrupt_reports_the_count(tmp_path, capsys):
+    folder = tmp_path / "imgs" / "cats"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((6, 6), dtype=np.uint8)).save(folder / "a.png")
+    (folder / "b.png").write_bytes(b"broken")
+    out = tmp_path / "g.png"
+    assert main(["data", "show", f"folder:{tmp_path / 'imgs'}", "--out", str(out)]) == 2
+    assert "b.png" in capsys.readouterr().err
+    assert main(["data", "show", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--skip-corrupt"]) == 0
+    text = capsys.readouterr().out
+    assert "N=1" in text and "skipped unreadable files: 1" in text and "cats" in text

@@ -108,3 +108,22 @@ def test_image_dataset_validates_and_subsets():
         ImageDataset(imgs, np.array([0, 1, 2, 0]), ["a", "b"])
     with pytest.raises(DataError):
         ImageDataset(np.zeros((2, 3, 3, 2), dtype=np.uint8))
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_DIGITS = load_dataset("digits")
+_bound = st.one_of(st.none(), st.integers(-2000, 2000))
+
+
+@settings(max_examples=40, deadline=None)
+@given(start=_bound, stop=_bound, step=st.one_of(st.none(), st.integers(-5, 5).filter(lambda s: s != 0)))
+def test_slice_suffix_equals_python_slicing_for_any_bounds(start, stop, step):
+    text = f"{'' if start is None else start}:{'' if stop is None else stop}"
+    if step is not None:
+        text += f":{step}"
+    ds = load_dataset(f"digits[{text}]")
+    sl = slice(start, stop, step)
+    np.testing.assert_array_equal(ds.images, _DIGITS.images[sl])
+    np.testing.assert_array_equal(ds.labels, _DIGITS.labels[sl])
