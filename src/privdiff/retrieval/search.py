@@ -40,10 +40,11 @@ from privdiff.retrieval.subsample import poisson_pairs
 __all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "subsampled_topk"]
 
 #: Above this sample rate the dense path (BLAS over all rows + Bernoulli mask) is used. Measured
-#: with ``benchmarks/retrieval.py --crossover`` (N = 200k, d = 512, k = 20, 128 queries, one thread,
-#: shared 2-core machine): sparse 36 vs dense 38 queries/s at q = 0.2, 31 vs 48 at q = 0.3, sparse
-#: ahead at q <= 0.1 (docs/results/retrieval/). Both paths are exact, so this only affects speed.
-DENSE_SAMPLE_RATE_THRESHOLD = 0.2
+#: with ``benchmarks/retrieval.py --crossover`` (N = 200k, d = 512, k = 20, 128 queries, one
+#: thread; queries per CPU-second): sparse 206 vs dense 111 at q = 0.2, 141 vs 147 at q = 0.3,
+#: 90 vs 147 at q = 0.5 (docs/results/retrieval/crossover_n2e5.json). Both paths are exact, so
+#: this only affects speed.
+DENSE_SAMPLE_RATE_THRESHOLD = 0.3
 
 # Work sizes: keep each temporary below ~100 MiB so several engineers' jobs fit in memory.
 _SPARSE_CELLS = 8 * 1024 * 1024  # query-chunk × max|S| score cells per faiss call
