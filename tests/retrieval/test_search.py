@@ -107,3 +107,34 @@ def test_unknown_method_is_refused():
     x, q = _integer_data(n=10, B=1)
     with pytest.raises(InvalidParameter, match="method"):
         subsampled_topk(x, q, 1, 0.5, np.random.default_rng(0), method="ivf")
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(min_value=0, max_value=2**32 - 1),
+    n=st.integers(min_value=1, max_value=60),
+    k=st.integers(min_value=1, max_value=12),
+    levels=st.integers(min_value=2, max_value=6),
+)
+def test_adding_one_record_to_the_subsample_changes_the_topk_by_at_most_one_swap(seed, n, k, levels):
+    """The selection property behind Δ₂ = 2/k (methods note §4.2), including exact ties."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-levels, levels + 1, size=(n + 1, 3)).astype(np.float32)  # many exact ties
+    q = rng.integers(-2, 3, size=(1, 3)).astype(np.float32)
+    extra = int(rng.integers(0, n + 1))  # the added record, anywhere in id order
+    others = np.array([i for i in range(n + 1) if i != extra and rng.random() < 0.7], dtype=np.int64)
+    without = np.full((1, n + 1), -1, dtype=np.int64)
+    without[0, : others.size] = others
+    with_x = np.full((1, n + 1), -1, dtype=np.int64)
+    both = np.sort(np.append(others, extra))
+    with_x[0, : both.size] = both
+    a = set(sparse_topk_from_subsets(x, q, without, k)[0].tolist()) - {-1}
+    b = set(sparse_topk_from_subsets(x, q, with_x, k)[0].tolist()) - {-1}
+    assert b - a <= {extra}  # nothing but the new record enters
+    assert len(a - b) <= 1  # and it displaces at most one record
+    if extra not in b:
+        assert a == b
