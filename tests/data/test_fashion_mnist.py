@@ -27,7 +27,11 @@ def test_fashion_train_and_test_shapes_dtypes_and_labels(fashion_dir):
 
 def test_slice_suffix_matches_python_slicing_of_full_split(fashion_dir):
     full = load_dataset("fashion-mnist:test")
-    for spec, sl in [("[:256]", slice(None, 256)), ("[1000:2000]", slice(1000, 2000)), ("[-7::3]", slice(-7, None, 3))]:
+    for spec, sl in [
+        ("[:256]", slice(None, 256)),
+        ("[1000:2000]", slice(1000, 2000)),
+        ("[-7::3]", slice(-7, None, 3)),
+    ]:
         part = load_dataset("fashion-mnist:test" + spec)
         np.testing.assert_array_equal(part.images, full.images[sl])
         np.testing.assert_array_equal(part.labels, full.labels[sl])

@@ -15,7 +15,10 @@ def test_nested_class_folders_give_sorted_labels_and_names(tmp_path):
     rng = np.random.default_rng(0)
     for cls, n in [("zebra", 2), ("apple", 3)]:
         for i in range(n):
-            _save(tmp_path / cls / "deeper" / f"{i}.png", rng.integers(0, 256, (10, 10), dtype=np.uint8))
+            _save(
+                tmp_path / cls / "deeper" / f"{i}.png",
+                rng.integers(0, 256, (10, 10), dtype=np.uint8),
+            )
     (tmp_path / ".hidden").mkdir()
     _save(tmp_path / ".hidden" / "x.png", np.zeros((10, 10), dtype=np.uint8))
     ds = load_dataset(f"folder:{tmp_path}")
@@ -61,11 +64,18 @@ def test_corrupt_files_raise_listing_them_or_are_skipped_and_counted(tmp_path):
     (tmp_path / "cls" / "bad2.jpg").write_bytes(b"")
     with pytest.raises(DataError) as info:
         load_dataset(f"folder:{tmp_path}")
-    assert "bad1.png" in str(info.value) and "bad2.jpg" in str(info.value) and "2 unreadable" in str(info.value)
+    assert (
+        "bad1.png" in str(info.value)
+        and "bad2.jpg" in str(info.value)
+        and "2 unreadable" in str(info.value)
+    )
     ds = load_dataset(f"folder:{tmp_path}", skip_corrupt=True)
     assert len(ds) == 1 and ds.labels.tolist() == [0]
     assert ds.metadata["n_skipped"] == 2
-    assert sorted(p.rsplit("/", 1)[-1] for p in ds.metadata["skipped_files"]) == ["bad1.png", "bad2.jpg"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in ds.metadata["skipped_files"]) == [
+        "bad1.png",
+        "bad2.jpg",
+    ]
 
 
 def test_folder_layout_errors(tmp_path):

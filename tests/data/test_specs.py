@@ -7,8 +7,18 @@ from privdiff.errors import DataError, InvalidParameter
 
 @pytest.mark.parametrize(
     "spec",
-    ["", "cifar10", "fashion-mnist", "fashion-mnist:validation", "fashion-mnist:train[5]", "digits:foo",
-     "fashion-mnist:train[::0]", "folder:", "npz:", "fashion-mnist:train@"],
+    [
+        "",
+        "cifar10",
+        "fashion-mnist",
+        "fashion-mnist:validation",
+        "fashion-mnist:train[5]",
+        "digits:foo",
+        "fashion-mnist:train[::0]",
+        "folder:",
+        "npz:",
+        "fashion-mnist:train@",
+    ],
 )
 def test_bad_specs_raise_data_error_naming_spec_and_valid_forms(spec):
     with pytest.raises(DataError) as info:
@@ -20,7 +30,12 @@ def test_bad_specs_raise_data_error_naming_spec_and_valid_forms(spec):
 
 def test_parse_spec_splits_kind_arg_dir_and_slice():
     s = parse_spec("fashion-mnist:test@/tmp/fm[10:20]")
-    assert (s.kind, s.arg, s.directory, s.index) == ("fashion-mnist", "test", "/tmp/fm", slice(10, 20, None))
+    assert (s.kind, s.arg, s.directory, s.index) == (
+        "fashion-mnist",
+        "test",
+        "/tmp/fm",
+        slice(10, 20, None),
+    )
     s = parse_spec("folder:/a:b/c[:3]")
     assert (s.kind, s.arg, s.index) == ("folder", "/a:b/c", slice(None, 3, None))
 
@@ -110,15 +125,19 @@ def test_image_dataset_validates_and_subsets():
         ImageDataset(np.zeros((2, 3, 3, 2), dtype=np.uint8))
 
 
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 _DIGITS = load_dataset("digits")
 _bound = st.one_of(st.none(), st.integers(-2000, 2000))
 
 
 @settings(max_examples=40, deadline=None)
-@given(start=_bound, stop=_bound, step=st.one_of(st.none(), st.integers(-5, 5).filter(lambda s: s != 0)))
+@given(
+    start=_bound,
+    stop=_bound,
+    step=st.one_of(st.none(), st.integers(-5, 5).filter(lambda s: s != 0)),
+)
 def test_slice_suffix_equals_python_slicing_for_any_bounds(start, stop, step):
     text = f"{'' if start is None else start}:{'' if stop is None else stop}"
     if step is not None:

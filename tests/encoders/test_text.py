@@ -13,7 +13,7 @@ from privdiff.encoders.text import (
     save_projection,
     train_text_projection,
 )
-from privdiff.errors import CheckpointError, InvalidParameter
+from privdiff.errors import CheckpointError, DataError, InvalidParameter
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +29,15 @@ def test_default_text_encoder_shares_the_image_space(text_encoder):
     z = text_encoder.encode_text(["a photo of a sneaker", "jeans", "a handbag"])
     assert z.shape == (3, image.dim) and z.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(z, text_encoder.encode_text(["a photo of a sneaker", "jeans", "a handbag"]))
+    np.testing.assert_array_equal(
+        z, text_encoder.encode_text(["a photo of a sneaker", "jeans", "a handbag"])
+    )
 
 
 def test_shipped_projection_config_records_how_to_retrain_it():
-    config = json.loads(projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text())
+    config = json.loads(
+        projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text()
+    )
     assert config["command"].startswith("python experiments/text_projection.py")
     assert "dprdm-public" in config["trained_on"]
 
@@ -43,11 +47,16 @@ def test_unseen_phrasings_land_nearest_their_class_images(text_encoder):
 
     try:
         test = load_dataset("fashion-mnist:test[:120]")
-    except Exception as exc:  # pragma: no cover - depends on the machine
+    except DataError as exc:  # pragma: no cover - depends on the machine
         pytest.skip(f"Fashion-MNIST unavailable: {exc}")
     emb = load_image_encoder().encode_images(test.images)
     centroids = np.stack([emb[test.labels == c].mean(0) for c in range(10)])
-    queries = {"a pair of trainers": "Sneaker", "a handbag": "Bag", "jeans": "Trouser", "boots": "Ankle boot"}
+    queries = {
+        "a pair of trainers": "Sneaker",
+        "a handbag": "Bag",
+        "jeans": "Trouser",
+        "boots": "Ankle boot",
+    }
     q = text_encoder.encode_text(list(queries))
     nearest = [FASHION_MNIST_CLASSES[i] for i in np.argmax(q @ centroids.T, axis=1)]
     assert nearest == list(queries.values())
@@ -75,7 +84,9 @@ def _synthetic(seed=0, n_classes=3, dim_text=384, dim_img=16):
 @pytest.mark.parametrize("kind", ["linear", "mlp"])
 def test_projection_training_maps_captions_to_their_class_images(kind):
     caps, cap_labels, imgs, img_labels = _synthetic()
-    net, history = train_text_projection(caps, cap_labels, imgs, img_labels, kind=kind, steps=150, batch_size=64, seed=0)
+    net, history = train_text_projection(
+        caps, cap_labels, imgs, img_labels, kind=kind, steps=150, batch_size=64, seed=0
+    )
     assert history[-1]["loss"] < history[0]["loss"]
     with torch.no_grad():
         t = torch.nn.functional.normalize(net(torch.from_numpy(caps)), dim=1).numpy()
@@ -88,14 +99,18 @@ def test_projection_save_load_roundtrip_and_corruption(tmp_path):
     caps, cap_labels, imgs, img_labels = _synthetic(1)
     net, _ = train_text_projection(caps, cap_labels, imgs, img_labels, steps=5, batch_size=16)
     stem = tmp_path / "proj"
-    save_projection(net, {"kind": "linear", "in_dim": 384, "out_dim": 16, "space_id": "toy/v1"}, stem)
+    save_projection(
+        net, {"kind": "linear", "in_dim": 384, "out_dim": 16, "space_id": "toy/v1"}, stem
+    )
     loaded, cfg = load_projection(stem)
     x = torch.from_numpy(caps[:4])
     with torch.no_grad():
         assert torch.equal(net(x), loaded(x))
     enc = MiniLMProjectionTextEncoder(loaded, cfg["space_id"], cfg)
     assert enc.dim == 16 and enc.space_id == "toy/v1"
-    (stem.with_suffix(".json")).write_text(json.dumps({"kind": "mlp", "in_dim": 384, "out_dim": 16, "space_id": "toy/v1"}))
+    (stem.with_suffix(".json")).write_text(
+        json.dumps({"kind": "mlp", "in_dim": 384, "out_dim": 16, "space_id": "toy/v1"})
+    )
     with pytest.raises(CheckpointError, match="corrupt or of the wrong kind"):
         load_projection(stem)
     with pytest.raises(CheckpointError, match="missing"):

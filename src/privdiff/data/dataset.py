@@ -45,7 +45,9 @@ class ImageDataset:
                 f"{type(imgs).__name__} {getattr(imgs, 'dtype', '?')} shape {getattr(imgs, 'shape', '?')}"
             )
         if imgs.shape[-1] not in (1, 3):
-            raise DataError(f"dataset {self.name!r}: channel count must be 1 or 3, got {imgs.shape[-1]}")
+            raise DataError(
+                f"dataset {self.name!r}: channel count must be 1 or 3, got {imgs.shape[-1]}"
+            )
         if self.labels is not None:
             labels = np.asarray(self.labels)
             if labels.shape != (imgs.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
@@ -54,8 +56,10 @@ class ImageDataset:
                     f"got {labels.dtype} {labels.shape}"
                 )
             object.__setattr__(self, "labels", labels.astype(np.int64, copy=False))
-            if self.class_names is not None and labels.size and (
-                labels.min() < 0 or labels.max() >= len(self.class_names)
+            if (
+                self.class_names is not None
+                and labels.size
+                and (labels.min() < 0 or labels.max() >= len(self.class_names))
             ):
                 raise DataError(
                     f"dataset {self.name!r}: labels span [{labels.min()}, {labels.max()}] but there "
@@ -93,7 +97,9 @@ class ImageDataset:
             idx = np.asarray(indices)
             if idx.dtype == bool:
                 if idx.shape != (len(self),):
-                    raise DataError(f"boolean mask of shape {idx.shape} does not match {len(self)} images")
+                    raise DataError(
+                        f"boolean mask of shape {idx.shape} does not match {len(self)} images"
+                    )
                 idx = np.flatnonzero(idx)
             elif idx.size and not np.issubdtype(idx.dtype, np.integer):
                 raise DataError(f"subset indices must be integers, got dtype {idx.dtype}")

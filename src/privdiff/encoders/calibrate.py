@@ -24,24 +24,43 @@ from pathlib import Path
 import numpy as np
 
 from privdiff.encoders.base import l2_normalize
-from privdiff.encoders.efficientnet import EfficientNetLite0Encoder, centre_asset_path, load_centre, save_centre
+from privdiff.encoders.efficientnet import (
+    EfficientNetLite0Encoder,
+    centre_asset_path,
+    load_centre,
+    save_centre,
+)
 from privdiff.encoders.evaluation import cached_features, class_precision_at_k
 
 
-def _variants(pub: np.ndarray, test: np.ndarray, pca_dim: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _variants(
+    pub: np.ndarray, test: np.ndarray, pca_dim: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (test embeddings, public embeddings) under each post-processing variant."""
     centre = pub.mean(axis=0)
-    out = {"raw": (l2_normalize(test), l2_normalize(pub)),
-           "centred": (l2_normalize(test - centre), l2_normalize(pub - centre))}
+    out = {
+        "raw": (l2_normalize(test), l2_normalize(pub)),
+        "centred": (l2_normalize(test - centre), l2_normalize(pub - centre)),
+    }
     # PCA fitted on public features only (SVD of the centred public matrix).
     _, _, vt = np.linalg.svd(pub - centre, full_matrices=False)
-    out[f"centred+pca{pca_dim}"] = (l2_normalize((test - centre) @ vt[:pca_dim].T),
-                                    l2_normalize((pub - centre) @ vt[:pca_dim].T))
+    out[f"centred+pca{pca_dim}"] = (
+        l2_normalize((test - centre) @ vt[:pca_dim].T),
+        l2_normalize((pub - centre) @ vt[:pca_dim].T),
+    )
     return out
 
 
-def noisy_mean_accuracy(test: np.ndarray, labels: np.ndarray, pub: np.ndarray, pub_labels: np.ndarray,
-                        k: int, noise_std: float, n_queries: int = 500, seed: int = 0) -> float:
+def noisy_mean_accuracy(
+    test: np.ndarray,
+    labels: np.ndarray,
+    pub: np.ndarray,
+    pub_labels: np.ndarray,
+    k: int,
+    noise_std: float,
+    n_queries: int = 500,
+    seed: int = 0,
+) -> float:
     """How much class information survives in a DP-RDM-style release: for each query image, the
     mean of its k nearest other test images plus N(0, noise_std² I) (the privatised context of
     arXiv 2403.14421 §3, Eq. for the noisy aggregate), classified by the most similar (cosine) public class
@@ -54,22 +73,35 @@ def noisy_mean_accuracy(test: np.ndarray, labels: np.ndarray, pub: np.ndarray, p
     top = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]
     release = test[top].mean(axis=1) + rng.normal(scale=noise_std, size=(len(q), test.shape[1]))
     # Unit centroids: a raw dot product would favour tight classes, whose mean vectors are longer.
-    centroids = l2_normalize(np.stack([pub[pub_labels == c].mean(0) for c in np.unique(pub_labels)]))
+    centroids = l2_normalize(
+        np.stack([pub[pub_labels == c].mean(0) for c in np.unique(pub_labels)])
+    )
     return float((np.argmax(release @ centroids.T, axis=1) == labels[:n_queries]).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 96])
-    ap.add_argument("--n-public", type=int, default=1500, help="public images used for the comparison")
+    ap.add_argument(
+        "--n-public", type=int, default=1500, help="public images used for the comparison"
+    )
     ap.add_argument("--n-test", type=int, default=2000, help="test images used as queries")
     ap.add_argument("--pca-dim", type=int, default=256)
-    ap.add_argument("--n-timing", type=int, default=256, help="images encoded afresh to time throughput")
+    ap.add_argument(
+        "--n-timing", type=int, default=256, help="images encoded afresh to time throughput"
+    )
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--noise-stds", type=float, nargs="+", default=[0.0, 0.02, 0.05, 0.1],
-                    help="per-coordinate noise std for the noisy neighbour-mean metric")
+    ap.add_argument(
+        "--noise-stds",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.02, 0.05, 0.1],
+        help="per-coordinate noise std for the noisy neighbour-mean metric",
+    )
     ap.add_argument("--asset-size", type=int, default=64, help="input size of the shipped centre")
-    ap.add_argument("--no-asset", action="store_true", help="only compare, do not (re)write the asset")
+    ap.add_argument(
+        "--no-asset", action="store_true", help="only compare, do not (re)write the asset"
+    )
     ap.add_argument("--cache", type=Path, default=Path("out/encoders/cache"))
     ap.add_argument("--out", type=Path, default=Path("docs/results/encoders"))
     args = ap.parse_args(argv)
@@ -94,11 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         f_pub = cached_features(enc, pub_imgs, args.cache, f"pub{args.n_public}")
         row = {"input_size": size}
         for name, (emb, pub_emb) in _variants(f_pub, f_test, args.pca_dim).items():
-            row[f"precision@{args.k}/{name}"] = round(class_precision_at_k(emb, test.labels, k=args.k), 4)
-            row[f"mean_cosine_random_pairs/{name}"] = round(float((emb[:500] @ emb[500:1000].T).mean()), 4)
+            row[f"precision@{args.k}/{name}"] = round(
+                class_precision_at_k(emb, test.labels, k=args.k), 4
+            )
+            row[f"mean_cosine_random_pairs/{name}"] = round(
+                float((emb[:500] @ emb[500:1000].T).mean()), 4
+            )
             for std in args.noise_stds:
                 row[f"noisy_mean_accuracy@std{std:g}/{name}"] = round(
-                    noisy_mean_accuracy(emb, test.labels, pub_emb, public.labels[pub_idx], args.k, std), 4)
+                    noisy_mean_accuracy(
+                        emb, test.labels, pub_emb, public.labels[pub_idx], args.k, std
+                    ),
+                    4,
+                )
         row["images_per_s"] = round(images_per_s, 1)
         comparison.append(row)
         print(json.dumps(row), flush=True)
@@ -109,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         "mean_cosine_random_pairs: mean cosine of unrelated test images; noisy_mean_accuracy: class accuracy of "
         "(mean of k nearest test images + Gaussian noise) by nearest public class centroid",
         "settings": vars(args) | {"cache": str(args.cache), "out": str(args.out)},
-        "command": "python -m privdiff.encoders.calibrate " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "python": platform.python_version()},
+        "command": "python -m privdiff.encoders.calibrate "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+            "python": platform.python_version(),
+        },
         "comparison": comparison,
     }
 

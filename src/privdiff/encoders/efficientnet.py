@@ -87,12 +87,16 @@ class EfficientNetLite0Encoder:
 
     dim = FEATURE_DIM
 
-    def __init__(self, input_size: int = 64, centre: np.ndarray | None = None, centre_id: str | None = None):
+    def __init__(
+        self, input_size: int = 64, centre: np.ndarray | None = None, centre_id: str | None = None
+    ):
         self.input_size = check_int("input_size", input_size, minimum=32, maximum=512)
         if centre is not None:
             centre = np.asarray(centre, dtype=np.float32).reshape(-1)
             if centre.shape != (FEATURE_DIM,) or not np.all(np.isfinite(centre)):
-                raise InvalidParameter("centre", f"array of shape {centre.shape}", f"a finite ({FEATURE_DIM},) vector")
+                raise InvalidParameter(
+                    "centre", f"array of shape {centre.shape}", f"a finite ({FEATURE_DIM},) vector"
+                )
         self.centre = centre
         self.centre_id = centre_id
         self.space_id = effnet_space_id(self.input_size, centre is not None)
@@ -109,12 +113,20 @@ class EfficientNetLite0Encoder:
             x = x.expand(-1, 3, -1, -1)
         if x.shape[-2:] != (self.input_size, self.input_size):
             # antialias only matters when shrinking; harmless when enlarging 28 px → 64 px.
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x,
+                size=(self.input_size, self.input_size),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    def features(self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    def features(
+        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
+    ) -> np.ndarray:
         """Raw pooled 1280-d features (before centring and normalisation), float32."""
         import torch
 
@@ -126,7 +138,9 @@ class EfficientNetLite0Encoder:
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(starts, total=len(starts), desc=f"encoding ({self.space_id})", unit="batch")
+            starts = tqdm(
+                starts, total=len(starts), desc=f"encoding ({self.space_id})", unit="batch"
+            )
         with torch.inference_mode():
             for s in starts:
                 x = self._preprocess(images[s : s + batch_size])
@@ -134,7 +148,9 @@ class EfficientNetLite0Encoder:
                 out[s : s + x.shape[0]] = f.numpy()
         return out
 
-    def encode_images(self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    def encode_images(
+        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
+    ) -> np.ndarray:
         """uint8 (N, H, W, C) → float32 (N, 1280) unit rows in this encoder's space."""
         feats = self.features(images, batch_size=batch_size, progress=progress)
         if self.centre is not None:
@@ -143,7 +159,12 @@ class EfficientNetLite0Encoder:
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] not in (1, 3)
+    ):
         raise InvalidParameter(
             "images",
             f"{type(images).__name__} {getattr(images, 'dtype', '?')} {getattr(images, 'shape', '?')}",
@@ -183,5 +204,7 @@ def load_centre(path: Path) -> tuple[np.ndarray, dict[str, str]]:
         meta = dict(f.metadata() or {})
     digest = hashlib.sha256(centre.tobytes()).hexdigest()[:12]
     if meta.get("sha256_12") not in (None, digest):
-        raise EncoderMismatch(expected=meta["sha256_12"], found=digest, what=f"centring vector {path.name}")
+        raise EncoderMismatch(
+            expected=meta["sha256_12"], found=digest, what=f"centring vector {path.name}"
+        )
     return centre, meta

@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 
 
-def class_precision_at_k(queries: np.ndarray, query_labels: np.ndarray, database: np.ndarray | None = None,
-                         database_labels: np.ndarray | None = None, k: int = 10, chunk: int = 1024) -> float:
+def class_precision_at_k(
+    queries: np.ndarray,
+    query_labels: np.ndarray,
+    database: np.ndarray | None = None,
+    database_labels: np.ndarray | None = None,
+    k: int = 10,
+    chunk: int = 1024,
+) -> float:
     """Mean fraction of the k nearest database rows sharing the query's label.
 
     Without ``database`` the queries are searched among themselves, leaving each query out.
@@ -37,22 +43,38 @@ def class_precision_at_k(queries: np.ndarray, query_labels: np.ndarray, database
     return hits / (queries.shape[0] * k)
 
 
-def zero_shot_topk(image_embeddings: np.ndarray, labels: np.ndarray, class_embeddings: np.ndarray,
-                   ks: tuple[int, ...] = (1, 5)) -> dict[int, float]:
+def zero_shot_topk(
+    image_embeddings: np.ndarray,
+    labels: np.ndarray,
+    class_embeddings: np.ndarray,
+    ks: tuple[int, ...] = (1, 5),
+) -> dict[int, float]:
     """Top-k accuracy of classifying each image by its nearest class embedding (rows = classes)."""
     sims = image_embeddings @ class_embeddings.T
     order = np.argsort(-sims, axis=1)
     return {k: float((order[:, :k] == labels[:, None]).any(axis=1).mean()) for k in ks}
 
 
-def text_to_image_precision(text_embeddings: np.ndarray, text_labels: np.ndarray, image_embeddings: np.ndarray,
-                            image_labels: np.ndarray, k: int = 10) -> float:
+def text_to_image_precision(
+    text_embeddings: np.ndarray,
+    text_labels: np.ndarray,
+    image_embeddings: np.ndarray,
+    image_labels: np.ndarray,
+    k: int = 10,
+) -> float:
     """Mean fraction of each text query's k nearest images that have the query's class."""
     return class_precision_at_k(text_embeddings, text_labels, image_embeddings, image_labels, k=k)
 
 
-def cached_features(encoder, images: np.ndarray, cache_dir: Path, tag: str, *, batch_size: int = 128,
-                    progress: bool = True) -> np.ndarray:
+def cached_features(
+    encoder,
+    images: np.ndarray,
+    cache_dir: Path,
+    tag: str,
+    *,
+    batch_size: int = 128,
+    progress: bool = True,
+) -> np.ndarray:
     """``encoder.features(images)`` memoised on disk under ``cache_dir`` (keyed by the encoder's
     input size, ``tag`` and a hash of the pixels), so calibration runs can be re-run cheaply."""
     digest = hashlib.sha256(images.tobytes()).hexdigest()[:12]

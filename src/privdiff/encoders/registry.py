@@ -74,7 +74,9 @@ def load_image_encoder(name: str = "default") -> ImageEncoder:
                         f"`python -m privdiff.encoders.calibrate --asset-size {size}`"
                     )
                 centre, meta = load_centre(path)
-                enc = EfficientNetLite0Encoder(size, centre=centre, centre_id=f"{meta.get('source')} ({meta.get('sha256_12')})")
+                enc = EfficientNetLite0Encoder(
+                    size, centre=centre, centre_id=f"{meta.get('source')} ({meta.get('sha256_12')})"
+                )
             else:
                 enc = EfficientNetLite0Encoder(size)
         elif key.startswith("openclip:"):
@@ -105,7 +107,9 @@ def load_text_encoder(name: str = "default") -> TextEncoder:
                 )
             enc = MiniLMProjectionTextEncoder.from_asset(stem)
             if enc.space_id != space_id:
-                raise CheckpointError(f"{stem.name}.json declares space {enc.space_id!r}, expected {space_id!r}")
+                raise CheckpointError(
+                    f"{stem.name}.json declares space {enc.space_id!r}, expected {space_id!r}"
+                )
         elif key.startswith("openclip:"):
             # One object serves both towers, so an image and text encoder share the cache entry.
             enc = _IMAGE_CACHE.get(key) or _openclip(key)

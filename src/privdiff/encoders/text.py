@@ -49,15 +49,22 @@ def load_minilm():
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            _MINILM["model"] = SentenceTransformer(str(minilm_path()), device="cpu", local_files_only=True)
+            _MINILM["model"] = SentenceTransformer(
+                str(minilm_path()), device="cpu", local_files_only=True
+            )
         return _MINILM["model"]
 
 
 def minilm_embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     """384-d unit MiniLM sentence embeddings, float32."""
     model = load_minilm()
-    emb = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, normalize_embeddings=True,
-                       show_progress_bar=False)
+    emb = model.encode(
+        list(texts),
+        batch_size=batch_size,
+        convert_to_numpy=True,
+        normalize_embeddings=True,
+        show_progress_bar=False,
+    )
     return np.asarray(emb, dtype=np.float32)
 
 
@@ -77,7 +84,7 @@ def _check_texts(texts: Any) -> list[str]:
 
 def build_projection(kind: str, in_dim: int, out_dim: int, hidden: int = 512):
     """g: linear map, or Linear-GELU-Linear. Output is normalised by the caller."""
-    import torch.nn as nn
+    from torch import nn
 
     if kind == "linear":
         return nn.Linear(in_dim, out_dim)
@@ -188,7 +195,9 @@ def save_projection(net, config: dict[str, Any], path_stem: Path) -> tuple[Path,
     weights = path_stem.with_suffix(".safetensors")
     cfg_path = path_stem.with_suffix(".json")
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(weights), metadata={"space_id": config["space_id"], "kind": config["kind"]})
+    save_file(
+        state, str(weights), metadata={"space_id": config["space_id"], "kind": config["kind"]}
+    )
     cfg_path.write_text(json.dumps(config, indent=2) + "\n")
     return weights, cfg_path
 
@@ -206,10 +215,17 @@ def load_projection(path_stem: Path):
         )
     try:
         config = json.loads(cfg_path.read_text())
-        net = build_projection(config["kind"], int(config["in_dim"]), int(config["out_dim"]), int(config.get("hidden", 512)))
+        net = build_projection(
+            config["kind"],
+            int(config["in_dim"]),
+            int(config["out_dim"]),
+            int(config.get("hidden", 512)),
+        )
         net.load_state_dict(load_file(str(weights)), strict=True)
     except (KeyError, ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(f"text projection {path_stem} is corrupt or of the wrong kind: {exc}") from exc
+        raise CheckpointError(
+            f"text projection {path_stem} is corrupt or of the wrong kind: {exc}"
+        ) from exc
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)
