@@ -89,7 +89,7 @@ def test_broken_variants_are_not_options_of_the_real_retriever():
     import inspect
 
     params = set(inspect.signature(DPRetriever.__init__).parameters)
-    assert params == {"self", "index", "k", "sigma", "sample_rate", "ledger", "query_space"}
+    assert params == {"self", "index", "k", "sigma", "sample_rate", "ledger", "query_space", "ivf", "nprobe"}
 
 
 @pytest.mark.parametrize(

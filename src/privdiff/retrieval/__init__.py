@@ -19,6 +19,7 @@ from privdiff.retrieval.index import (
     load_index,
     read_manifest,
 )
+from privdiff.retrieval.ivf import IVFLayout, PublicCoarseQuantizer
 from privdiff.retrieval.mechanism import DPRetriever, PrivateRelease
 from privdiff.retrieval.postprocess import mix_context
 from privdiff.retrieval.public import PublicEmbeddings, PublicRetriever
@@ -26,8 +27,10 @@ from privdiff.retrieval.public import PublicEmbeddings, PublicRetriever
 __all__ = [
     "DPRetriever",
     "EmbeddingIndex",
+    "IVFLayout",
     "IndexManifest",
     "PrivateRelease",
+    "PublicCoarseQuantizer",
     "PublicEmbeddings",
     "PublicRetriever",
     "build_index",
