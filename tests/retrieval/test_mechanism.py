@@ -59,6 +59,28 @@ def test_pre_noise_aggregate_in_padding_regime_is_sum_of_all_records_over_k(reco
     np.testing.assert_allclose(agg, np.tile(v.sum(axis=0) / 8, (2, 1)), rtol=1e-6)
 
 
+@pytest.mark.parametrize("q", [0.25, 0.9])  # sparse and dense search paths (threshold 0.3)
+def test_subsampled_padding_regime_scales_found_records_by_found_over_k(recording_ledger, q):
+    # N = 5 identical records, k = 20: the aggregate is v·|S|/k with |S| ~ Binomial(5, q).
+    v = unit_rows(1, 4, seed=1)
+    r = DPRetriever(EmbeddingIndex.from_embeddings(np.repeat(v, 5, axis=0), space_id=SPACE), k=20,
+                    sigma=0.1, sample_rate=q, ledger=recording_ledger)
+    agg = r._pre_noise_aggregate(np.repeat(v, 2000, axis=0), np.random.default_rng(3))
+    found = agg @ v[0] * 20  # = |S| for every row
+    np.testing.assert_allclose(found, np.round(found), atol=1e-4)
+    np.testing.assert_allclose(agg, np.round(found)[:, None] * v / 20, atol=1e-6)
+    observed = np.bincount(np.round(found).astype(int), minlength=6)
+    expected = stats.binom.pmf(np.arange(6), 5, q) * 2000
+    keep = expected >= 5
+    pooled_obs = np.append(observed[keep], observed[~keep].sum())
+    pooled_exp = np.append(expected[keep], expected[~keep].sum())
+    if pooled_exp[-1] < 5:  # fold a tiny tail bin into the last kept one
+        pooled_obs[-2] += pooled_obs[-1]
+        pooled_exp[-2] += pooled_exp[-1]
+        pooled_obs, pooled_exp = pooled_obs[:-1], pooled_exp[:-1]
+    assert stats.chisquare(pooled_obs, pooled_exp).pvalue > 1e-3
+
+
 def test_pre_noise_aggregate_is_mean_of_exact_topk_when_q_is_one(recording_ledger):
     v = unit_rows(30, 6, seed=4)
     q = unit_rows(3, 6, seed=5)
