@@ -359,7 +359,9 @@ def _check_ledger_names_index(ledger: Any, index: EmbeddingIndex) -> None:
     if name not in accepted:
         raise LedgerError(
             f"ledger is for dataset {name!r}, but this index is {index.manifest.source or index.path!s} "
-            f"(sha256 {index.manifest.sha256[:12]}…); use the ledger of this dataset"
+            f"(sha256 {index.manifest.sha256[:12]}…): use this dataset's ledger. A ledger's dataset "
+            f"must be empty or name the index: its source spec ({index.manifest.source!r}), its "
+            "directory, or its sha256"
         )
 
 
