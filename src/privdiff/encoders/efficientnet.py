@@ -104,6 +104,13 @@ class EfficientNetLite0Encoder:
     def __repr__(self) -> str:
         return f"EfficientNetLite0Encoder(space_id={self.space_id!r}, centre={self.centre_id!r})"
 
+    @property
+    def centre_sha256_12(self) -> str | None:
+        """Fingerprint of the centring vector (artefacts trained in this space record it)."""
+        if self.centre is None:
+            return None
+        return hashlib.sha256(self.centre.tobytes()).hexdigest()[:12]
+
     def _preprocess(self, batch: np.ndarray):
         import torch
         import torch.nn.functional as F

@@ -23,7 +23,7 @@ from privdiff.encoders.efficientnet import (
     effnet_space_id,
     load_centre,
 )
-from privdiff.errors import CheckpointError, InvalidParameter
+from privdiff.errors import CheckpointError, EncoderMismatch, InvalidParameter
 
 DEFAULT_INPUT_SIZE = 64
 DEFAULT_SPACE_ID = effnet_space_id(DEFAULT_INPUT_SIZE, centred=True)
@@ -106,6 +106,16 @@ def load_text_encoder(name: str = "default") -> TextEncoder:
                     "train one with `python experiments/text_projection.py --space <space>`"
                 )
             enc = MiniLMProjectionTextEncoder.from_asset(stem)
+            # The space id names the recipe; the fingerprint pins the exact shipped centre, so a
+            # rebuilt centre cannot silently pair with a projection trained against another one.
+            trained_centre = enc.config.get("image_centre_sha256_12")
+            image_centre = getattr(load_image_encoder(space_id), "centre_sha256_12", None)
+            if trained_centre is not None and trained_centre != image_centre:
+                raise EncoderMismatch(
+                    expected=str(image_centre),
+                    found=str(trained_centre),
+                    what=f"text projection {stem.name} (centring-vector fingerprint)",
+                )
             if enc.space_id != space_id:
                 raise CheckpointError(
                     f"{stem.name}.json declares space {enc.space_id!r}, expected {space_id!r}"

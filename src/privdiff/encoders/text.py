@@ -195,11 +195,26 @@ def save_projection(net, config: dict[str, Any], path_stem: Path) -> tuple[Path,
     weights = path_stem.with_suffix(".safetensors")
     cfg_path = path_stem.with_suffix(".json")
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(
-        state, str(weights), metadata={"space_id": config["space_id"], "kind": config["kind"]}
-    )
+    meta = {"space_id": config["space_id"], "kind": config["kind"]}
+    # safetensors writes metadata in hash order: skip identical rewrites to keep the asset stable.
+    if not _same_weights(weights, state, meta):
+        save_file(state, str(weights), metadata=meta)
     cfg_path.write_text(json.dumps(config, indent=2) + "\n")
     return weights, cfg_path
+
+
+def _same_weights(path: Path, state: dict[str, Any], meta: dict[str, str]) -> bool:
+    if not path.is_file():
+        return False
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if dict(f.metadata() or {}) != meta or set(f.keys()) != set(state):
+                return False
+            return all(f.get_tensor(k).equal(v) for k, v in state.items())
+    except (OSError, ValueError, RuntimeError):  # unreadable file: overwrite it
+        return False
 
 
 def load_projection(path_stem: Path):
