@@ -12,17 +12,18 @@ i.i.d. Bernoulli(q) inclusion:
    subset T with |T| = m has the same probability q^m (1 - q)^(N - m) under i.i.d. inclusion.
 
 Stage 1 uses numpy's ``Generator.binomial``; stage 2 uses ``Generator.choice(..., replace=False,
-shuffle=False)``, which runs Robert Floyd's exact sampling algorithm (O(m), hash set) when
-m <= N/50 and a partial Fisher-Yates shuffle otherwise; both draw unbiased integers (Lemire's
-method). The indices are then sorted: sorted gathers are cache friendly, and the search's
+shuffle=False)``, which runs Robert Floyd's sampling algorithm (O(m), hash set) when N <= 10,000
+or m <= N/20 and a partial (tail) Fisher-Yates shuffle otherwise; both produce every m-subset
+with equal probability given unbiased bounded integers. The indices are then sorted: sorted gathers are cache friendly, and the search's
 tie-breaking (smallest index wins, see ``search.select_topk``) relies on ascending order.
 
 For a *batch* of B queries, :func:`poisson_pairs` draws all B subsamples at once as the set of
 sampled (record, query) cells of the N × B grid, each cell included independently with
 probability q, listed in row-major order (record-major). It uses the other classical exact
 description of a Bernoulli(q) process: the gaps between successive successes are i.i.d.
-Geometric(q) (number of trials up to and including the next success; Feller, vol. 1, §VI.8), so
-the cumulative sums of i.i.d. geometric variates are exactly the included cells, already sorted.
+Geometric(q) (number of trials up to and including the next success; independent because the
+trials are), so the cumulative sums of i.i.d. geometric variates are exactly the included cells,
+already sorted.
 Restricted to one query's column this is again an i.i.d. Bernoulli(q) subsample of the records,
 and different columns are independent: the same distribution as B separate draws. The record-major
 order lets the search stream the index once per batch instead of gathering rows per query.
