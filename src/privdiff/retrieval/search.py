@@ -27,7 +27,8 @@ record never moves existing rows, so neighbouring datasets in the add/remove sen
 row's position.)
 
 The returned *indices* are private. These functions are internal to the private boundary:
-``privdiff.retrieval.mechanism.DPRetriever`` is their only library caller.
+``privdiff.retrieval.mechanism.DPRetriever`` (directly, or through ``retrieval.ivf``) is their
+only library caller.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 from privdiff.errors import InvalidParameter, check_in_range, check_int
 from privdiff.retrieval.subsample import poisson_pairs
 
-__all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "subsampled_topk"]
+__all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "sparse_topk_from_subsets", "subsampled_topk"]
 
 #: Above this sample rate the dense path (BLAS over all rows + Bernoulli mask) is used. Measured
 #: with ``benchmarks/retrieval.py --crossover`` (N = 200k, d = 512, k = 20, 128 queries, one
