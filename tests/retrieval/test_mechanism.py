@@ -102,7 +102,7 @@ def test_noise_is_gaussian_with_std_sigma_around_the_aggregate(recording_ledger)
     q = np.tile(unit_rows(1, 16, seed=7), (400, 1))
     out = r.query(q).vectors.astype(np.float64)
     resid = (out - v.sum(axis=0) / 20).ravel() / 0.3  # q = 1, k = N: aggregate is known exactly
-    assert stats.kstest(resid, "norm").pvalue > 1e-3
+    assert stats.kstest(resid, "norm").pvalue > 1e-6  # OS-seeded noise: keep flakes negligible
     # One independent noise draw per row (not one shared across the batch).
     assert np.abs(np.corrcoef(out[:200, 0], out[200:, 0])[0, 1]) < 0.3
 
