@@ -145,7 +145,7 @@ def _figure1(samples, reports, train, results, path: Path) -> Path:
     guarded = [r for r in results if r["alpha"] is not None]
     right = min(guarded, key=lambda r: r["alpha"])["condition"]
     cols = ["DDIM", right]
-    fig, axes = plt.subplots(4, 4, figsize=(6.4, 7.0))
+    fig, axes = plt.subplots(4, 4, figsize=(6.4, 6.6))
     for c, name in enumerate(cols):
         rep = reports[name]
         for r, pair in enumerate(rep.top_pairs(4)):
@@ -156,13 +156,15 @@ def _figure1(samples, reports, train, results, path: Path) -> Path:
             flag = " ≥τ" if pair["similarity"] > rep.threshold else ""
             axes[r, 2 * c].set_title(f"s={pair['similarity']:.3f}{flag}", fontsize=7)
             axes[r, 2 * c + 1].set_title("nearest train", fontsize=7)
-        axes[0, 2 * c].annotate(name, xy=(1.05, 1.35), xycoords="axes fraction", ha="center", fontsize=9,
-                                fontweight="bold")
+        axes[0, 2 * c].annotate(f"{name}: {rep.n_replicated}/{rep.n_generated} above τ", xy=(1.1, 1.3),
+                                xycoords="axes fraction", ha="center", fontsize=9, fontweight="bold")
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle("Top-4 of 100 samples by similarity to the nearest training image", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    n = len(next(iter(samples.values())))
+    fig.suptitle(f"Top-4 of {n} samples by similarity to the nearest training image (same x_T; τ = {rep.threshold:.3f})",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path

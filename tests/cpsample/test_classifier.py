@@ -86,3 +86,32 @@ def test_loading_a_non_classifier_directory_is_a_checkpoint_error(tmp_path):
 def test_bad_classifier_settings_are_typed_errors(field, value):
     with pytest.raises(InvalidParameter, match=field):
         ClassifierTrainConfig(**{field: value}).validate()
+
+
+def test_calibration_images_pull_confidence_off_the_training_set_towards_half(tiny_train_set, alphas_cumprod):
+    from privdiff.cpsample import train_classifier
+
+    g = torch.Generator().manual_seed(21)
+    calib = torch.rand((24, 1, 8, 8), generator=g) * 2 - 1
+    probe = torch.rand((24, 1, 8, 8), generator=g) * 2 - 1  # neither trained on nor calibrated
+    cfg = ClassifierTrainConfig(steps=200, batch_size=6, lr=3e-3, small_t_fraction=1.0, small_t_max=40,
+                                label_seed=1, seed=0, block_out_channels=(8, 16), calibration_batch_size=12)
+    plain, labels, _ = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, progress=False)
+    calibrated, _, _ = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, calibration=calib,
+                                        progress=False)
+    t = torch.zeros(24, dtype=torch.long)
+    with torch.no_grad():
+        conf_plain = torch.sigmoid(plain(probe, t).abs()).mean()
+        conf_cal = torch.sigmoid(calibrated(probe, t).abs()).mean()
+        train_pred = (calibrated(tiny_train_set, t[:6]) >= 0).float()
+    assert conf_cal < conf_plain
+    assert torch.equal(train_pred, labels)  # still fits the random labels
+
+
+def test_calibration_images_of_another_shape_are_a_data_error(tiny_train_set, alphas_cumprod):
+    from privdiff.cpsample import train_classifier
+    from privdiff.errors import DataError
+
+    with pytest.raises(DataError, match="calibration"):
+        train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, calibration=torch.zeros(2, 1, 4, 4),
+                         config=ClassifierTrainConfig(steps=1, block_out_channels=(8, 16)), progress=False)

@@ -20,6 +20,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         model: Path = typer.Option(..., "--model", help="Diffusion model directory (its noise schedule is used)."),
         out: Path = typer.Option(..., "--out", help="Where to write the classifier directory."),
         holdout: str | None = typer.Option(None, "--holdout", help="Held-out images (spec) for the report; never trained on."),
+        calibration: str | None = typer.Option(None, "--calibration", help="Non-training images (spec, disjoint from --holdout) trained towards p = 1/2."),
+        calibration_batch_size: int = typer.Option(32, "--calibration-batch-size"),
         steps: int = typer.Option(3000, "--steps"),
         batch_size: int = typer.Option(128, "--batch-size"),
         lr: float = typer.Option(1e-3, "--lr"),
@@ -42,22 +44,25 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.report.images import to_model_space
 
         config = ClassifierTrainConfig(steps=steps, batch_size=batch_size, lr=lr, small_t_fraction=small_t_fraction,
-                                       small_t_max=small_t_max, label_seed=label_seed, seed=seed).validate()
+                                       small_t_max=small_t_max, label_seed=label_seed, seed=seed,
+                                       calibration_batch_size=calibration_batch_size).validate()
         diffusion = load_model(model)
         ds = load_dataset(data)
         held = load_dataset(holdout) if holdout else None
+        calib = to_model_space(load_dataset(calibration).images) if calibration else None
         acp = diffusion.alphas_cumprod()
         x0 = to_model_space(ds.images)
-        clf, labels, log = train_classifier(x0, alphas_cumprod=acp, config=config)
+        clf, labels, log = train_classifier(x0, alphas_cumprod=acp, config=config, calibration=calib)
         report: dict[str, Any] = {"train": evaluate_classifier(clf, x0, labels, alphas_cumprod=acp, seed=seed + 1)}
         if held is not None:
             report["holdout"] = evaluate_classifier(clf, to_model_space(held.images), None, alphas_cumprod=acp, seed=seed + 2)
         args = ["--data", data, "--model", str(model), "--out", str(out), *(["--holdout", holdout] if holdout else []),
                 "--steps", str(steps), "--batch-size", str(batch_size), "--lr", repr(lr),
                 "--small-t-fraction", repr(small_t_fraction), "--small-t-max", str(small_t_max),
-                "--label-seed", str(label_seed), "--seed", str(seed)]
+                "--label-seed", str(label_seed), "--seed", str(seed),
+                *(["--calibration", calibration, "--calibration-batch-size", str(calibration_batch_size)] if calibration else [])]
         meta = {
-            "data_spec": data, "holdout_spec": holdout, "model": str(model), "num_train_images": int(len(ds.images)),
+            "data_spec": data, "holdout_spec": holdout, "calibration_spec": calibration, "model": str(model), "num_train_images": int(len(ds.images)),
             "label_seed": label_seed, "train_config": training_config_dict(config),
             "parameters": log["parameters"], "train_wall_seconds": log["train_wall_seconds"],
             "final_bce": float(sum(log["loss_per_step"][-50:]) / len(log["loss_per_step"][-50:])),

@@ -50,6 +50,7 @@ class ClassifierTrainConfig:
         label_seed: seed of the Bernoulli(1/2) labels (recorded; fixed once).
         seed: seed of initialisation, batches, t and noise.
         block_out_channels: classifier widths per level.
+        calibration_batch_size: calibration images per step (when a calibration set is given).
     """
 
     steps: int = 3000
@@ -60,6 +61,7 @@ class ClassifierTrainConfig:
     label_seed: int = 0
     seed: int = 0
     block_out_channels: tuple[int, ...] = (32, 64, 128)
+    calibration_batch_size: int = 32
 
     def validate(self, num_train_timesteps: int = 1000) -> "ClassifierTrainConfig":
         check_int("steps", self.steps, minimum=1)
@@ -69,6 +71,7 @@ class ClassifierTrainConfig:
         check_int("small_t_max", self.small_t_max, minimum=1, maximum=num_train_timesteps)
         check_int("label_seed", self.label_seed, minimum=0)
         check_int("seed", self.seed, minimum=0)
+        check_int("calibration_batch_size", self.calibration_batch_size, minimum=1)
         if not self.block_out_channels or any(int(c) % 8 for c in self.block_out_channels):
             raise InvalidParameter("block_out_channels", self.block_out_channels, "non-empty, each a multiple of 8")
         return self
@@ -133,6 +136,7 @@ def train_classifier(
     *,
     alphas_cumprod: torch.Tensor,
     config: ClassifierTrainConfig | None = None,
+    calibration: torch.Tensor | None = None,
     progress: bool = True,
 ) -> tuple[NoiseAwareClassifier, torch.Tensor, dict[str, Any]]:
     """Fit a :class:`NoiseAwareClassifier` to random labels on noisy versions of ``x0``.
@@ -140,6 +144,12 @@ def train_classifier(
     Args:
         x0: training images in model space, (N, C, H, W) in [-1, 1] (pixels or VAE latents).
         alphas_cumprod: ᾱ_t of the diffusion model being protected (its schedule, length T).
+        calibration: optional images that are *not* training images (and not the evaluation
+            hold-out), trained towards the soft target p = 1/2. An overfit network tends to be
+            confident everywhere, not only near its training points; this term ties its confidence
+            off the training set to 1/2, which is what keeps CPSample's gate from firing on novel
+            samples (methods/cpsample.md §2, "Evaluation" (b)). A privdiff design choice [I], not
+            in the paper.
 
     Returns:
         ``(classifier, labels, log)`` where ``log`` holds the loss curve and wall time.
@@ -150,6 +160,8 @@ def train_classifier(
     config = (config or ClassifierTrainConfig()).validate(n_t)
     if x0.ndim != 4 or x0.shape[0] < 2:
         raise DataError(f"need at least 2 training images (N, C, H, W); got shape {tuple(x0.shape)}")
+    if calibration is not None and tuple(calibration.shape[1:]) != tuple(x0.shape[1:]):
+        raise DataError(f"calibration images {tuple(calibration.shape[1:])} do not match training images {tuple(x0.shape[1:])}")
     labels = random_labels(x0.shape[0], config.label_seed)
     torch.manual_seed(config.seed)
     clf = NoiseAwareClassifier(in_channels=x0.shape[1], block_out_channels=tuple(config.block_out_channels)).train()
@@ -164,6 +176,13 @@ def train_classifier(
         t = sample_timesteps(batch, config, n_t, g)
         x_t = q_sample(x0[idx], t, alphas_cumprod, torch.randn(x0[idx].shape, generator=g))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(x_t, t), labels[idx])
+        if calibration is not None:
+            cidx = torch.randint(0, calibration.shape[0], (min(config.calibration_batch_size, calibration.shape[0]),),
+                                 generator=g)
+            tc = sample_timesteps(cidx.shape[0], config, n_t, g)
+            xc = q_sample(calibration[cidx], tc, alphas_cumprod, torch.randn(calibration[cidx].shape, generator=g))
+            zc = clf(xc, tc)
+            loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(zc, torch.full_like(zc, 0.5))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
