@@ -96,3 +96,38 @@ def test_index_build_with_the_real_encoder_on_fashion_mnist(tmp_path, capsys):
                  "--out", str(out), "--json"]) == 0
     m = json.loads(capsys.readouterr().out)
     assert (m["count"], m["dim"]) == (64, 1280)
+
+
+def test_index_build_from_precomputed_embeddings(tmp_path, capsys):
+    emb = np.random.default_rng(0).standard_normal((30, 6)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--embeddings", str(tmp_path / "emb.npy"), "--space-id", "metaclip-b16/v1",
+                 "--out", str(out), "--json"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    assert (m["count"], m["dim"], m["space_id"]) == (30, 6, "metaclip-b16/v1")
+    from privdiff.retrieval import load_index
+
+    rows = np.asarray(load_index(out)._vectors)
+    np.testing.assert_allclose(rows, emb / np.linalg.norm(emb, axis=1, keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "exactly one"),
+        (["--data", "npz:/x.npz", "--embeddings", "e.npy"], "exactly one"),
+        (["--embeddings", "e.npy"], "space-id"),
+    ],
+)
+def test_index_build_needs_exactly_one_source(tmp_path, capsys, args, message):
+    assert main(["index", "build", "--out", str(tmp_path / "idx"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "idx").exists()
+
+
+def test_index_build_reports_unreadable_embeddings_as_data_error(tmp_path, capsys):
+    (tmp_path / "e.npy").write_bytes(b"not numpy")
+    rc = main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--space-id", "s", "--out", str(tmp_path / "i")])
+    assert rc == 2
+    assert "cannot read embeddings" in capsys.readouterr().err

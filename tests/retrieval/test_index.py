@@ -195,3 +195,16 @@ def test_private_index_refuses_to_hand_out_rows_and_repr_has_no_data(tmp_path):
     assert all(f"{v:.4f}" not in text for v in np.asarray(idx._vectors[:3]).ravel())
     pub = build_index(tmp_path / "pub", _emb(), space_id=SPACE, visibility="public")
     assert pub.public_vectors().shape == (50, 8)
+
+
+def test_bad_row_in_a_later_chunk_is_reported_with_its_global_index(tmp_path, monkeypatch):
+    import privdiff.retrieval.index as index_mod
+
+    monkeypatch.setattr(index_mod, "_HASH_CHUNK_ROWS", 4)
+    emb = _emb(n=10)
+    emb[9] = 0.0
+    with pytest.raises(InvalidParameter, match="row 9 is the zero vector"):
+        build_index(tmp_path / "idx", emb, space_id=SPACE)
+    ok = build_index(tmp_path / "idx", _emb(n=10), space_id=SPACE)  # chunked path gives unit rows
+    np.testing.assert_allclose(np.linalg.norm(ok._vectors, axis=1), 1.0, rtol=1e-6)
+    load_index(tmp_path / "idx")  # full verification, also chunked

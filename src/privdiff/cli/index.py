@@ -13,9 +13,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
     @index_app.command("build")
     def build(
-        data: str = typer.Option(..., "--data", help="Dataset spec, e.g. fashion-mnist:dprdm-private, folder:/path."),
         out: Path = typer.Option(..., "--out", help="Index directory to create (must not exist)."),
+        data: str = typer.Option(None, "--data", help="Dataset spec, e.g. fashion-mnist:dprdm-private, folder:/path."),
         encoder: str = typer.Option("default", "--encoder", help="Image encoder name or space id."),
+        embeddings: Path = typer.Option(
+            None, "--embeddings",
+            help="Instead of --data: a .npy (N, d) float array of precomputed image embeddings "
+            "(e.g. MetaCLIP); needs --space-id.",
+        ),
+        space_id: str = typer.Option(None, "--space-id", help="Embedding space of --embeddings (e.g. 'metaclip-b16/v1')."),
         batch_size: int = typer.Option(256, "--batch-size", help="Images per encoder batch."),
         public: bool = typer.Option(
             False, "--public", help="Mark the index public (allows PublicRetriever). Only for public data."
@@ -23,23 +29,39 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index directory."),
         as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     ) -> None:
-        """Encode a dataset and write DIR/embeddings.npy + DIR/manifest.json atomically."""
+        """Encode a dataset (or take precomputed embeddings) and write the index atomically."""
         import json
 
-        from privdiff.data import load_dataset
-        from privdiff.encoders import load_image_encoder
-        from privdiff.errors import InvalidParameter, check_int
-        from privdiff.retrieval import build_index_from_images
+        import numpy as np
+
+        from privdiff.errors import DataError, InvalidParameter, check_int
+        from privdiff.retrieval import build_index, build_index_from_images
 
         batch_size = check_int("batch-size", batch_size, minimum=1)
+        if (data is None) == (embeddings is None):
+            raise InvalidParameter("--data/--embeddings", (data, embeddings), "exactly one of them")
         if out.exists() and not overwrite:
             raise InvalidParameter("out", str(out), "a path that does not exist yet", hint="use --overwrite")
-        enc = load_image_encoder(encoder)
-        ds = load_dataset(data, progress=True)
-        idx = build_index_from_images(
-            out, ds.images, enc, source=data, visibility="public" if public else "private",
-            batch_size=batch_size, progress=True, overwrite=overwrite,
-        )
+        visibility = "public" if public else "private"
+        if embeddings is not None:
+            if not space_id:
+                raise InvalidParameter("--space-id", space_id, "the embedding space of --embeddings")
+            try:
+                emb = np.load(embeddings, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise DataError(f"cannot read embeddings {str(embeddings)!r}: {exc}") from None
+            idx = build_index(out, emb, space_id=space_id, source=f"npy:{embeddings}", visibility=visibility,
+                              overwrite=overwrite)
+        else:
+            from privdiff.data import load_dataset
+            from privdiff.encoders import load_image_encoder
+
+            enc = load_image_encoder(encoder)
+            ds = load_dataset(data, progress=True)
+            idx = build_index_from_images(
+                out, ds.images, enc, source=data, visibility=visibility,
+                batch_size=batch_size, progress=True, overwrite=overwrite,
+            )
         if as_json:
             typer.echo(json.dumps(idx.manifest.to_dict(), indent=2))
         else:

@@ -207,17 +207,22 @@ def _validated_unit_rows(embeddings: Any) -> np.ndarray:
         raise InvalidParameter("embeddings", f"array of shape {arr.shape}", "a non-empty 2-D array (N, d)")
     if not np.issubdtype(arr.dtype, np.floating):
         raise InvalidParameter("embeddings", f"dtype {arr.dtype}", "a floating-point array")
-    arr64 = arr.astype(np.float64, copy=False)
-    finite = np.isfinite(arr64).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise InvalidParameter("embeddings", f"row {bad} has NaN/inf", "finite values")
-    norms = np.linalg.norm(arr64, axis=1)
-    if (norms == 0).any():
-        bad = int(np.flatnonzero(norms == 0)[0])
-        raise InvalidParameter("embeddings", f"row {bad} is the zero vector", "non-zero rows (they are L2-normalised)")
-    out = (arr64 / norms[:, None]).astype(np.float32)
-    return np.ascontiguousarray(out)
+    out = np.empty(arr.shape, dtype=np.float32)
+    # Chunked so a memory-mapped (N, d) input never needs a full float64 copy.
+    for s in range(0, arr.shape[0], _HASH_CHUNK_ROWS):
+        block = np.asarray(arr[s : s + _HASH_CHUNK_ROWS], dtype=np.float64)
+        finite = np.isfinite(block).all(axis=1)
+        if not finite.all():
+            bad = s + int(np.flatnonzero(~finite)[0])
+            raise InvalidParameter("embeddings", f"row {bad} has NaN/inf", "finite values")
+        norms = np.linalg.norm(block, axis=1)
+        if (norms == 0).any():
+            bad = s + int(np.flatnonzero(norms == 0)[0])
+            raise InvalidParameter(
+                "embeddings", f"row {bad} is the zero vector", "non-zero rows (they are L2-normalised)"
+            )
+        out[s : s + block.shape[0]] = block / norms[:, None]
+    return out
 
 
 def _sha256_of_array(a: np.ndarray) -> str:
