@@ -136,3 +136,10 @@ def test_cli_fid_single_image_set_exits_2(tmp_path, rng, capsys):
     one = _npz(tmp_path / "one.npz", rng.integers(0, 256, (1, 8, 8, 1), dtype=np.uint8))
     assert main(["eval", "fid", one, one]) == 2
     assert "at least 2 images" in capsys.readouterr().err
+
+
+def test_cli_replication_validates_options_before_loading_any_images(tmp_path, capsys):
+    missing = str(tmp_path / "never-read.npz")
+    assert main(["eval", "replication", missing, missing, "--threshold", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "threshold" in err and "does not exist" not in err

@@ -77,13 +77,25 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """Fraction of GENERATED images whose nearest REFERENCE image has cosine similarity > τ."""
         import json
 
-        from privdiff.errors import check_int
+        from privdiff.errors import check_in_range, check_int
         from privdiff.evaluation.features import check_feature_space
         from privdiff.evaluation.io import load_source
-        from privdiff.evaluation.replication import replication_report, save_histogram, save_top_pairs
+        from privdiff.evaluation.replication import (
+            recommended_threshold,
+            replication_report,
+            save_histogram,
+            save_top_pairs,
+        )
 
+        # Validate every option before loading images, so a typo costs nothing.
         feature_space = check_feature_space(feature_space)
         top_n = check_int("top_n", top_n, minimum=1, maximum=256)
+        if threshold is None:
+            recommended_threshold(feature_space)  # raises with a remedy if the space is uncalibrated
+        else:
+            check_in_range("threshold", threshold, -1.0, 1.0, low_inclusive=True)
+        if batch_size is not None:
+            check_int("batch_size", batch_size, minimum=1, maximum=4096)
         gen, ref = load_source(generated), load_source(reference)
         report = replication_report(
             gen.images, ref.images, feature_space=feature_space, threshold=threshold, batch_size=batch_size,
@@ -132,7 +144,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.evaluation.io import load_source
         from privdiff.evaluation.replication import augment_copies, calibrate_threshold, save_calibration_plot
 
+        from privdiff.errors import check_in_range
+
         feature_space = check_feature_space(feature_space)
+        check_in_range("max_fpr", max_fpr, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
         ref, neg = load_source(reference), load_source(non_copies)
         copies, aug = augment_copies(ref.images, seed=seed, max_shift=max_shift, noise_std=noise_std, brightness=brightness)
         cal = calibrate_threshold(
