@@ -7,7 +7,7 @@ from scipy import stats
 from privdiff.errors import EncoderMismatch, InvalidParameter
 from privdiff.retrieval import DPRetriever, EmbeddingIndex, PublicEmbeddings
 from privdiff.retrieval.ivf import IVFLayout, PublicCoarseQuantizer, ivf_subsampled_topk
-from tests.retrieval.conftest import RecordingLedger, unit_rows
+from ._helpers import RecordingLedger, unit_rows
 
 SPACE = "s/v1"
 

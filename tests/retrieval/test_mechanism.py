@@ -9,7 +9,7 @@ from scipy import stats
 from privdiff.errors import EncoderMismatch, InvalidParameter, PrivacyBudgetExceeded
 from privdiff.retrieval import DPRetriever, EmbeddingIndex, PrivateRelease
 from privdiff.retrieval.mechanism import padded_topk_mean
-from tests.retrieval.conftest import RecordingLedger, unit_rows
+from ._helpers import RecordingLedger, unit_rows
 
 SPACE = "test-space/v1"
 

@@ -11,7 +11,7 @@ from privdiff.retrieval import (
     PublicRetriever,
     mix_context,
 )
-from tests.retrieval.conftest import RecordingLedger, unit_rows
+from ._helpers import RecordingLedger, unit_rows
 
 
 def test_public_retriever_returns_exact_neighbour_embeddings():
