@@ -5,12 +5,13 @@ for any rejection region, FPR and FNR (false positive / false negative rates) sa
 
     1 − δ − FNR ≤ e^ε · FPR   and   1 − δ − FPR ≤ e^ε · FNR,
 
-(Kairouz, Oh & Viswanath 2015, Thm 2.1; the hypothesis-testing view of DP). So, from observed
+(the hypothesis-testing characterisation of DP: Wasserman & Zhou 2010; Kairouz, Oh & Viswanath
+2015, "The composition theorem for differential privacy", ICML). So, from observed
 errors, ε ≥ log((1 − δ − FNR)/FPR). Auditing replaces the rates by one-sided Clopper-Pearson upper
 confidence bounds FPR_hi, FNR_hi, which gives a lower confidence bound ε̂ on the mechanism's true
 ε (Jagielski, Ullman & Oprea 2020, "Auditing differentially private machine learning: how private
-is private SGD?", NeurIPS, Alg. 2; Nasr, Song, Thakurta, Papernot & Carlini 2021, "Adversary
-instantiation: lower bounds for differentially private machine learning", IEEE S&P, §4):
+is private SGD?", NeurIPS; Nasr, Song, Thakurta, Papernot & Carlini 2021, "Adversary
+instantiation: lower bounds for differentially private machine learning", IEEE S&P):
 
     ε̂ = max( log((1 − δ − FNR_hi)/FPR_hi), log((1 − δ − FPR_hi)/FNR_hi) ).
 
