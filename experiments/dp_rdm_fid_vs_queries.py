@@ -123,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ref_stats = fid_stats(test.images[ref_idx], progress=True)
 
     names = prompt_names(private.class_names)
+    # A public yardstick for "did the image follow the prompt": nearest class centroid of the test
+    # set's embeddings (the test set is the public FID reference here).
+    test_emb = cached_embeddings(test, image_enc)
+    centroids = np.stack([test_emb[test.labels == c].mean(axis=0) for c in range(len(names))])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    footwear = [i for i, n in enumerate(private.class_names) if n in ("Sandal", "Sneaker", "Ankle boot")]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
@@ -132,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         path = work / f"{key}.json"
         if path.exists():
             rec = json.loads(path.read_text())
-            print(f"[cached] {key}: FID {rec['fid']:.2f}")
+            print(f"[cached] {key}: FID {rec['fid']:.2f}, class acc {rec['class_accuracy']:.2f}")
             return rec
         rng = np.random.default_rng(args.seed)
         classes = balanced_classes(n_ctx, len(names), rng)
@@ -154,12 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         images = np.concatenate(imgs)[: args.samples]
         labels = np.repeat(classes, per_ctx)[: args.samples]
         fid = compute_fid(images, ref_stats)
+        predicted = np.argmax(image_enc.encode_images(images) @ centroids.T, axis=1)
+        hit = predicted == labels
+        is_foot = np.isin(labels, footwear)
         order = np.argsort(labels, kind="stable")
         grid_sel = np.concatenate([order[labels[order] == c][:8] for c in range(len(names))])
         save_grid(images[grid_sel], out / "grids" / f"{key}.png", ncols=8, scale=2)
         rec = {
             "setting": key,
             "fid": fid.fid,
+            "class_accuracy": float(hit.mean()),
+            "footwear_class_accuracy": float(hit[is_foot].mean()) if is_foot.any() else None,
             "samples": int(images.shape[0]),
             "contexts": n_ctx,
             "images_per_context": per_ctx,
@@ -171,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "fid_warnings": fid.warnings,
         } | extra
         path.write_text(json.dumps(rec, indent=2) + "\n")
-        print(f"{key}: FID {fid.fid:.2f} ({rec['seconds']} s)")
+        print(f"{key}: FID {fid.fid:.2f}, class acc {rec['class_accuracy']:.2f} ({rec['seconds']} s)")
         return rec
 
     results = []
