@@ -40,7 +40,6 @@ only here; they are not options of the real retriever):
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

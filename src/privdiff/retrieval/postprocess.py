@@ -14,7 +14,6 @@ privacy and needs no ledger.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
