@@ -14,7 +14,6 @@ privacy and needs no ledger.
 
 from __future__ import annotations
 
-
 import numpy as np
 
 from privdiff.encoders.base import l2_normalize
