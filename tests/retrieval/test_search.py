@@ -138,3 +138,19 @@ def test_adding_one_record_to_the_subsample_changes_the_topk_by_at_most_one_swap
     assert len(a - b) <= 1  # and it displaces at most one record
     if extra not in b:
         assert a == b
+
+
+def test_sparse_and_dense_paths_select_records_with_the_same_frequencies():
+    """Both paths implement one distribution: compare per-record top-k selection counts."""
+    from scipy import stats
+
+    x, _ = _integer_data(n=40, d=4, seed=7)
+    q = np.tile(np.array([[1.0, 0.5, -0.25, 0.0]], dtype=np.float32), (4000, 1))
+    counts = []
+    for method, seed in (("sparse", 1), ("dense", 2)):
+        top = subsampled_topk(x, q, 5, 0.25, np.random.default_rng(seed), method=method)
+        counts.append(np.bincount(top[top >= 0], minlength=40))
+    table = np.array(counts)
+    table = table[:, table.sum(axis=0) >= 10]  # keep cells with enough mass for the chi-square
+    assert table.shape[1] >= 8
+    assert stats.chi2_contingency(table).pvalue > 1e-3
