@@ -20,13 +20,17 @@ queries may differ in σ, q and k. The three accountants bound the same history:
     dp-accounting's ``RdpAccountant`` over its default (wider) order grid, up to α = 1024, and its
     own RDP→(ε, δ) conversion ``rdp_privacy_accountant.compute_epsilon`` (Canonne, Kamath &
     Steinke 2020, Prop. 12 / Asoodeh et al. 2021). The accountant's one-query RDP curve is cached
-    and scaled by the count, which is what the accountant does for a self-composed event.
+    and scaled by the count, which is what the accountant does for a self-composed event. At
+    low fractional orders dp-accounting's one-query RDP is larger than Opacus's (9.9e-4 against
+    7.8e-4 at α = 1.1 for z = 0.575, q = 0.01), so when the optimal order is small (very many
+    queries) ``rdp`` reports a larger ε than ``paper`` (CIFAR-10 setting, T = 10⁵: 149.8 vs
+    131.6); at the paper's operating points they agree to < 0.3 %.
 ``pld``  (the default)
     dp-accounting's privacy loss distributions (Koskela et al. 2020; Doroshenko et al. 2022,
     "Connect the Dots"), composed exactly as its ``PLDAccountant`` composes a
     ``ComposedDpEvent`` of ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)))``
-    (``tests/accounting`` checks equality with ``PLDAccountant``); the single-query PLD is cached
-    so a sweep over T does not rebuild it. PLD is near-tight, so it answers more queries for the
+    (``tests/accounting`` checks agreement with ``PLDAccountant``); single-query PLDs and
+    composed sub-histories are cached, so a sweep over T or a ledger charge rebuilds little. PLD is near-tight, so it answers more queries for the
     same budget than the RDP bounds. It is discretised with the *pessimistic* estimate, so the ε
     it returns is a valid upper bound on the true ε, never an underestimate; a coarser grid only
     makes it more pessimistic. ``value_discretization_interval`` is :data:`PLD_DISCRETIZATION`
@@ -224,10 +228,7 @@ def compute_delta(
     if not scale <= PLD_MAX_EPSILON:
         return rdp_delta
     vdi = _pld_interval(pld_discretization, scale)
-    pld = None
-    for q, c in groups:
-        part = _single_query_pld(q.noise_multiplier, q.sample_rate, vdi).self_compose(c)
-        pld = part if pld is None else pld.compose(part)
+    pld = _composed_pld(tuple((q.noise_multiplier, q.sample_rate, c) for q, c in groups), vdi)
     return float(min(rdp_delta, pld.get_delta_for_epsilon(float(epsilon))))
 
 
@@ -316,10 +317,7 @@ def _epsilon_of_groups(
             fallback="rdp", **common,
         )
     vdi = _pld_interval(vdi, float(eps_rdp))
-    pld = None
-    for q, c in groups:
-        part = _single_query_pld(q.noise_multiplier, q.sample_rate, vdi).self_compose(c)
-        pld = part if pld is None else pld.compose(part)
+    pld = _composed_pld(tuple((q.noise_multiplier, q.sample_rate, c) for q, c in groups), vdi)
     # PLD and RDP are both valid upper bounds; keep the smaller one (PLD, bar discretisation).
     eps = min(float(pld.get_epsilon_for_delta(delta)), float(eps_rdp))
     return EpsilonReport(eps, order=None, order_on_edge=False, pld_discretization=vdi, **common)
@@ -355,6 +353,23 @@ def _single_query_pld(noise_multiplier: float, sample_rate: float, vdi: float):
         sampling_prob=sample_rate,
         neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _composed_pld(groups: tuple[tuple[float, float, int], ...], vdi: float):
+    """PLD of a grouped history ((z, q, count), ...), composed as a balanced tree of cached parts.
+
+    Composition is commutative, so the tree gives the same distribution as the accountant's
+    left-to-right fold up to truncation of negligible tail mass (pessimistically, so the bound
+    stays valid). Caching the subtrees is what keeps a ledger charge cheap: a charge changes one
+    group's count, so only that leaf and the log₂(groups) compositions above it are recomputed;
+    the cost depends on the number of distinct (σ, q, k), not on the number of queries.
+    """
+    if len(groups) == 1:
+        z, q, count = groups[0]
+        return _single_query_pld(z, q, vdi).self_compose(count)
+    mid = len(groups) // 2
+    return _composed_pld(groups[:mid], vdi).compose(_composed_pld(groups[mid:], vdi))
 
 
 def _rdp_report(eps: float, order, grid: tuple[float, ...], common: dict) -> EpsilonReport:
