@@ -125,9 +125,9 @@ def test_budget_errors_exit_codes(tmp_path, capsys):
 
 def test_demo_quick_writes_planner_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--quick"]) == 0
-    record = json.loads((out / "planner.json").read_text())
-    assert record["command"] == f"privdiff demo --out {out} --quick"
+    assert main(["demo", "--out", str(out), "--quick", "--only", "planner", "--cache-dir", str(tmp_path / "c")]) == 0
+    record = json.loads((out / "planner" / "planner.json").read_text())
+    assert record["command"] == f"privdiff demo --out {out} --cache-dir {tmp_path / 'c'} --quick --only planner"
     names = [s["name"] for s in record["settings"]]
     assert names == ["Shutterstock", "MS-COCO FB", "CIFAR-10"]
     for s in record["settings"]:
@@ -136,5 +136,5 @@ def test_demo_quick_writes_planner_outputs(tmp_path, capsys):
         assert ans["pld"]["queries"] > ans["paper"]["queries"] >= 1
         assert all(a["epsilon"] <= 10 for a in ans.values())
     for png in record["figures"]:
-        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+        assert (out / "planner" / png).read_bytes()[:4] == b"\x89PNG"
     assert "CIFAR-10" in capsys.readouterr().out

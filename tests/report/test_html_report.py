@@ -21,3 +21,18 @@ def test_report_embeds_images_escapes_text_and_formats_numbers(tmp_path):
     m = re.search(r'src="data:image/png;base64,([^"]+)"', doc)
     assert m and base64.b64decode(m.group(1))[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "r.html.tmp").exists()
+
+
+def test_image_table_embeds_image_cells_and_marks_header_classes(tmp_path):
+    rep = HtmlReport("t")
+    img = np.full((3, 5, 1), 200, dtype=np.uint8)
+    png = tmp_path / "x.png"
+    from privdiff.report.images import save_png
+
+    save_png(img, png)
+    rep.section("s").image_table([["a <b>", img, png, None, 0.5]], ["row", "array", "file", "none", "num"],
+                                 header_classes=[None, "bad"], width=40)
+    doc = rep.render()
+    assert '<th class="bad">array</th>' in doc and "<th>file</th>" in doc
+    assert doc.count('<td class="img"><img alt="" src="data:image/png;base64,') == 2 and 'width="40"' in doc
+    assert "a &lt;b&gt;" in doc and "<td>–</td>" in doc and '<td class="num">0.5</td>' in doc

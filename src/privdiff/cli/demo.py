@@ -1,9 +1,10 @@
-"""``privdiff demo``: the privacy planner for the paper's three figure settings (§4.6)."""
+"""``privdiff demo``: both methods end to end on the embedded data (thin over :mod:`privdiff.demo`)."""
 
 from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import Optional
 
 import typer
 
@@ -11,28 +12,39 @@ import typer
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
-        out: Path = typer.Option(Path("out/demo"), "--out", help="Output directory (PNGs + planner.json)."),
-        quick: bool = typer.Option(False, "--quick", help="Coarser grids, T up to 10⁴ (CI-size)."),
+        out: Path = typer.Option(Path("out/demo"), "--out", help="Output directory (report.html, summary.json...)."),
+        quick: bool = typer.Option(False, "--quick", help="CI size: small private slice, few images (~1 minute)."),
+        full: bool = typer.Option(False, "--full", help="More prompts, images and modes (several minutes)."),
+        cache_dir: Path = typer.Option(Path("out/cache"), "--cache-dir", help="Private index + embedding cache."),
+        rdm_model: Optional[Path] = typer.Option(None, "--rdm-model", help="RDM directory (default: the shipped one)."),
+        cpsample_model: Optional[Path] = typer.Option(
+            None, "--cpsample-model", help="Memorising diffusion model (default: checkpoints/cpsample/fmnist64)."),
+        cpsample_classifier: Optional[Path] = typer.Option(
+            None, "--cpsample-classifier", help="CPSample classifier (default: <cpsample-model>/classifier)."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the public sampler noise x_T (never of the DP noise)."),
+        only: Optional[str] = typer.Option(
+            None, "--only", help="Comma-separated sections to run: dprdm, cpsample, planner (default: all)."),
     ) -> None:
-        """Plan DP-RDM privacy: ε vs queries, queries at ε=10 (paper vs pld), concept density."""
-        from rich.console import Console
-        from rich.table import Table
+        """Run DP-RDM (with baselines and a refused over-budget request), CPSample and the privacy
+        planner; write out/demo/report.html and summary.json. The first run also builds the private
+        index (~2 minutes on 2 cores); later runs reuse it (default size: about 3 minutes)."""
+        from privdiff.demo import SECTIONS, demo_config, run_demo
+        from privdiff.errors import InvalidParameter
 
-        from privdiff.accounting.planner import run_planner
-
-        command = shlex.join(["privdiff", "demo", "--out", str(out)] + (["--quick"] if quick else []))
-        result = run_planner(out, quick=quick, command=command)
-        table = Table(title=f"DP-RDM privacy planner (δ = 1/N; budget ε = {result['target_epsilon']:g})")
-        for col in ("setting", "T", "ε paper", "ε pld", "T@ε≤10 paper", "T@ε≤10 pld", "pld/paper"):
-            table.add_column(col, justify="left" if col == "setting" else "right", no_wrap=col == "setting")
-        for s in result["settings"]:
-            at = s["epsilon_at_figure_queries"]
-            ans = s["queries_at_target"]
-            table.add_row(s["name"], str(s["figure_queries"]),
-                          f"{at['paper']['epsilon']:.4f}", f"{at['pld']['epsilon']:.4f}",
-                          f"{ans['paper']['queries']:,}", f"{ans['pld']['queries']:,}",
-                          f"{s['pld_over_paper_queries']:.2f}×")
-        Console().print(table)
-        for s in result["settings"]:
-            typer.echo(f"  {s['name']}: σ={s['sigma']:g}, q={s['sample_rate']:g}, k={s['k']}, N={s['dataset_size']:,}")
-        typer.echo(f"wrote {', '.join(result['figures'])} and planner.json to {out} ({result['seconds']:.1f} s)")
+        if quick and full:
+            raise InvalidParameter("--quick/--full", "both", "at most one of them")
+        size = "quick" if quick else "full" if full else "default"
+        args = ["privdiff", "demo", "--out", str(out), "--cache-dir", str(cache_dir)]
+        args += [f"--{size}"] if size != "default" else []
+        for flag, value in (("--rdm-model", rdm_model), ("--cpsample-model", cpsample_model),
+                            ("--cpsample-classifier", cpsample_classifier)):
+            args += [flag, str(value)] if value is not None else []
+        args += ["--seed", str(seed)] if seed else []
+        sections = SECTIONS if only is None else tuple(s.strip() for s in only.split(",") if s.strip())
+        args += ["--only", ",".join(sections)] if only is not None else []
+        config = demo_config(size, out=out, cache_dir=cache_dir, rdm_model=rdm_model, cpsample_model=cpsample_model,
+                             cpsample_classifier=cpsample_classifier, seed=seed, sections=sections)
+        summary = run_demo(config, command=shlex.join(args))
+        failed = [n for n, s in summary["sections"].items() if s["status"] == "failed"]
+        if failed:  # the report is written; the exit code still tells CI something broke
+            raise typer.Exit(1)

@@ -31,6 +31,9 @@ figcaption{font-size:.85em;color:#57606a;max-width:520px}
 .callout.warn{border-color:#bf8700;background:#fff8e5}
 .callout.bad{border-color:#cf222e;background:#ffefef}
 code{background:#f3f5f7;padding:.1em .3em;border-radius:3px}
+td.img{padding:.3em;vertical-align:middle} td.img img{image-rendering:pixelated;display:block}
+th.bad{background:#ffefef;color:#a40e26} th.good{background:#eaf6ec}
+caption{caption-side:bottom;text-align:left;font-size:.85em;color:#57606a;padding-top:.3em}
 """
 
 
@@ -104,6 +107,45 @@ class Section:
             for v in row:
                 s, num = _fmt(v)
                 cells.append(f'<td class="num">{s}</td>' if num else f"<td>{s}</td>")
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        out.append("</table>")
+        self.parts.append("".join(out))
+        return self
+
+    def image_table(
+        self,
+        rows: Sequence[Sequence[Any]],
+        headers: Sequence[str] | None = None,
+        *,
+        header_classes: Sequence[str | None] | None = None,
+        width: int | None = None,
+        caption: str | None = None,
+    ) -> "Section":
+        """A table whose cells may hold images: a path, PNG bytes or uint8 array is embedded (base64),
+        ``None`` is an empty cell and anything else is formatted like :meth:`table`.
+
+        ``header_classes`` gives each header cell an optional CSS class (``"bad"`` marks a column
+        that must stand out, e.g. a non-private baseline); ``width`` is the display width of images.
+        """
+        out = ["<table>"]
+        if caption:
+            out.append(f"<caption>{html.escape(caption)}</caption>")
+        if headers:
+            classes = list(header_classes or [])
+            classes += [None] * (len(headers) - len(classes))
+            ths = ((f'<th class="{html.escape(c)}">' if c else "<th>") + html.escape(str(h)) + "</th>"
+                   for h, c in zip(headers, classes))
+            out.append("<tr>" + "".join(ths) + "</tr>")
+        w = f' width="{int(width)}"' if width else ""
+        for row in rows:
+            cells = []
+            for v in row:
+                if isinstance(v, (bytes, Path, np.ndarray)):
+                    data = base64.b64encode(_png_bytes(v)).decode("ascii")
+                    cells.append(f'<td class="img"><img alt="" src="data:image/png;base64,{data}"{w}></td>')
+                else:
+                    s, num = _fmt(v)
+                    cells.append(f'<td class="num">{s}</td>' if num else f"<td>{s}</td>")
             out.append("<tr>" + "".join(cells) + "</tr>")
         out.append("</table>")
         self.parts.append("".join(out))

@@ -1,0 +1,741 @@
+"""The main job (``privdiff demo``, ``make demo``): both methods end to end, and a report people can read.
+
+Phases, each timed (the wall times go to the terminal, ``summary.json`` and the report):
+
+1. **planner** — :func:`privdiff.accounting.planner.run_planner`: ε against queries for the
+   DP-RDM paper's three figure settings (Lebensold et al., arXiv 2403.14421, §4.6 of the method
+   notes), written as PNG + ``planner.json``.
+2. **dp-rdm** — the DP-RDM pipeline (:mod:`privdiff.rdm.pipeline`) over the embedded
+   Fashion-MNIST private split: a private index (cached by spec + encoder), a *fresh* ledger with
+   budget ε = 10 and δ = 1/N, a handful of footwear-heavy prompts (the public split holds only 60
+   images per footwear class, so private retrieval is what helps there; ``privdiff.data``), each
+   answered in ``dp-rdm`` mode and by the baselines (``public-retrieval`` ε = 0, ``non-private``
+   ε = ∞, optionally ``no-retrieval``) from the same x_T, then a request larger than the remaining
+   budget, which the ledger refuses atomically.
+3. **cpsample** — CPSample (Kazdan et al., arXiv 2409.07025): n samples of a diffusion model that
+   memorised 64 training images, from the same x_T with and without classifier protection;
+   replication rates against the training set (calibrated pixel-space τ,
+   :func:`privdiff.evaluation.replication.recommended_threshold`), top-pair figures (the paper's
+   Fig. 1 layout) and the gate-firing rate.
+4. **report** — ``report.html`` (self-contained, :class:`privdiff.report.html.HtmlReport`) and
+   ``summary.json`` (settings, numbers, timings, the command).
+
+A missing checkpoint (the shipped RDM, the CPSample model or its classifier) skips its section
+with the reason written into the report and the summary; the demo never crashes for it. Any other
+privdiff error in a section marks that section *failed* (reason recorded) and the rest still run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from privdiff.errors import CheckpointError, InvalidParameter, PrivacyBudgetExceeded, PrivdiffError, check_int
+
+#: Demo sizes: ``quick`` (CI, the test), ``default`` (``make demo``), ``full`` (more of everything).
+SIZES = ("quick", "default", "full")
+SECTIONS = ("planner", "dprdm", "cpsample")
+
+#: Repository root (src/privdiff/demo.py → three levels up): where the shipped checkpoints live.
+_ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_CPSAMPLE_MODEL = Path("checkpoints") / "cpsample" / "fmnist64"
+#: Written into the output directory first, so a later run knows which files it may replace.
+MARKER = ".privdiff-demo"
+#: Outputs a demo run owns in its directory (replaced on the next run; nothing else is touched).
+_OWNED = ("planner", "rdm", "cpsample", "report.html", "summary.json")
+
+
+@dataclass(frozen=True)
+class DemoPrompt:
+    """One text prompt of the DP-RDM section.
+
+    Attributes:
+        text: what is typed.
+        concept: the Fashion-MNIST class it asks for (for the reader, never used in generation).
+        heldout: the phrasing is one of ``HELDOUT_PHRASINGS`` (never seen when the text projection
+            was trained; :mod:`privdiff.encoders.captions`).
+    """
+
+    text: str
+    concept: str
+    heldout: bool = False
+
+    @property
+    def footwear(self) -> bool:
+        from privdiff.data import FASHION_MNIST_CLASSES, FOOTWEAR_CLASSES
+
+        return self.concept in {FASHION_MNIST_CLASSES[c] for c in FOOTWEAR_CLASSES}
+
+
+def _prompt(text: str, concept: str) -> DemoPrompt:
+    # The held-out flag is looked up, not asserted, so it stays true to the captions module.
+    from privdiff.encoders.captions import HELDOUT_PHRASINGS
+
+    return DemoPrompt(text, concept, heldout=text in HELDOUT_PHRASINGS.get(concept, ()))
+
+
+def _prompts(size: str) -> tuple[DemoPrompt, ...]:
+    # Footwear first: the public split has 60 images per footwear class against 1,500 for the
+    # others, so these are the prompts where private retrieval should visibly help. One
+    # non-footwear prompt shows the public set alone already covers that part of the domain.
+    quick = (
+        _prompt("a pair of trainers", "Sneaker"),
+        _prompt("a photo of an ankle boot", "Ankle boot"),
+        _prompt("a photo of trousers", "Trouser"),
+    )
+    if size == "quick":
+        return quick
+    default = (
+        _prompt("a photo of a sneaker", "Sneaker"),
+        _prompt("a pair of trainers", "Sneaker"),
+        _prompt("a photo of an ankle boot", "Ankle boot"),
+        _prompt("a photo of a sandal", "Sandal"),
+        _prompt("a photo of trousers", "Trouser"),
+    )
+    if size == "default":
+        return default
+    return default[:4] + (
+        _prompt("combat boots", "Ankle boot"),
+        _prompt("gladiator sandals", "Sandal"),
+        _prompt("basketball shoes", "Sneaker"),
+        default[4],
+        _prompt("a handbag", "Bag"),
+        _prompt("a cosy hoodie", "Pullover"),
+    )
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything a demo run depends on (recorded in ``summary.json``).
+
+    Build one with :func:`demo_config`; the fields are the knobs, the presets pick their values.
+    ``rdm_steps``/``guidance_scale`` ``None`` mean the model's stored ``generation_defaults``.
+    """
+
+    size: str
+    out: Path
+    cache_dir: Path
+    private_data: str
+    public_data: str
+    prompts: tuple[DemoPrompt, ...]
+    modes: tuple[str, ...]
+    images_per_prompt: int
+    cpsample_n: int
+    cpsample_steps: int
+    planner_quick: bool
+    rdm_steps: int | None = None
+    guidance_scale: float | None = None
+    epsilon_budget: float = 10.0
+    rdm_model: Path | None = None
+    cpsample_model: Path | None = None
+    cpsample_classifier: Path | None = None
+    alpha: float = 0.001
+    scale: float = 1000.0
+    guidance_mode: str = "toward_opposite"
+    encoder: str = "default"
+    seed: int = 0
+    sections: tuple[str, ...] = SECTIONS
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["prompts"] = [asdict(p) for p in self.prompts]
+        for key in ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier"):
+            d[key] = None if d[key] is None else str(d[key])
+        return d
+
+
+def demo_config(
+    size: str = "default",
+    *,
+    out: str | os.PathLike = Path("out/demo"),
+    cache_dir: str | os.PathLike = Path("out/cache"),
+    **overrides: Any,
+) -> DemoConfig:
+    """The preset of ``size`` (``quick``, ``default`` or ``full``), with any field overridden.
+
+    Sizes (wall time on 2 CPU cores with the private index cached; the first run also encodes the
+    private set, ~49k images with EfficientNet-Lite0 at roughly 400 img/s, about 2 minutes):
+
+    * ``quick``: a 3,000-image private slice and a quarter of the public set, 3 prompts × 4
+      images × 3 modes at 15 DDIM steps, 16 CPSample images per condition at 20 steps, the
+      planner's quick grids. Used by the test; the images are rough at so few steps.
+    * ``default``: the full private split (49,320 images), 5 prompts × 4 images × 3 modes at the
+      model's DDIM steps, 64 CPSample images per condition. Targets ≤ 3 minutes warm.
+    * ``full``: 10 prompts × 8 images × 4 modes (with no-retrieval), 100 CPSample images each.
+    """
+    if size not in SIZES:
+        raise InvalidParameter("size", size, "one of " + ", ".join(SIZES))
+    presets: dict[str, dict[str, Any]] = {
+        "quick": dict(private_data="fashion-mnist:dprdm-private[:3000]", public_data="fashion-mnist:dprdm-public[::4]",
+                      modes=("dp-rdm", "public-retrieval", "non-private"), images_per_prompt=4, rdm_steps=15,
+                      cpsample_n=16, cpsample_steps=20, planner_quick=True),
+        "default": dict(private_data="fashion-mnist:dprdm-private", public_data="fashion-mnist:dprdm-public",
+                        modes=("dp-rdm", "public-retrieval", "non-private"), images_per_prompt=4,
+                        cpsample_n=64, cpsample_steps=50, planner_quick=False),
+        "full": dict(private_data="fashion-mnist:dprdm-private", public_data="fashion-mnist:dprdm-public",
+                     modes=("dp-rdm", "public-retrieval", "non-private", "no-retrieval"), images_per_prompt=8,
+                     cpsample_n=100, cpsample_steps=50, planner_quick=False),
+    }
+    values = presets[size] | {"prompts": _prompts(size)}
+    unknown = sorted(set(overrides) - set(DemoConfig.__dataclass_fields__))
+    if unknown:
+        raise InvalidParameter("overrides", unknown, "fields of DemoConfig")
+    cfg = DemoConfig(size=size, out=Path(out), cache_dir=Path(cache_dir), **(values | overrides))
+    return _validated(cfg)
+
+
+def _validated(cfg: DemoConfig) -> DemoConfig:
+    from privdiff.rdm.conditioning import MODES
+
+    path_fields = ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier")
+    paths = {k: Path(getattr(cfg, k)) for k in path_fields if getattr(cfg, k) is not None}
+    cfg = replace(cfg, **paths, prompts=tuple(cfg.prompts), modes=tuple(cfg.modes), sections=tuple(cfg.sections))
+    check_int("images_per_prompt", cfg.images_per_prompt, 1, 64)
+    check_int("cpsample_n", cfg.cpsample_n, 2, 1000)
+    check_int("cpsample_steps", cfg.cpsample_steps, 1, 1000)
+    if cfg.rdm_steps is not None:
+        check_int("rdm_steps", cfg.rdm_steps, 1, 1000)
+    if not cfg.prompts:
+        raise InvalidParameter("prompts", cfg.prompts, "at least one prompt")
+    if "dp-rdm" not in cfg.modes or any(m not in MODES for m in cfg.modes):
+        raise InvalidParameter("modes", cfg.modes, f"'dp-rdm' plus any of {', '.join(MODES[1:])}")
+    if any(s not in SECTIONS for s in cfg.sections):
+        raise InvalidParameter("sections", cfg.sections, "a subset of " + ", ".join(SECTIONS))
+    if not (cfg.epsilon_budget > 0 and math.isfinite(cfg.epsilon_budget)):
+        raise InvalidParameter("epsilon_budget", cfg.epsilon_budget, "a finite ε > 0")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers: phase timing, terminal output, output-directory hygiene
+# ---------------------------------------------------------------------------------------------
+
+
+class _Phases:
+    """Wall time and CPU time per named phase, printed as each one ends.
+
+    CPU time (``time.process_time``, all threads of this process) is recorded beside wall time:
+    on a machine shared with other jobs it says what the phase costs regardless of contention.
+    """
+
+    def __init__(self, console: Any):
+        self.console = console
+        self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, what: str) -> Iterator[None]:
+        self.console.print(f"[bold cyan]▶[/] {what}")
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
+            self.seconds[name] = self.seconds.get(name, 0.0) + dt
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + dc
+            self.console.print(f"  [dim]{name}: {dt:.1f} s wall, {dc:.1f} s CPU[/]")
+
+
+def _generation_progress(console: Any):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def _prepare_out(out: Path) -> None:
+    """Make ``out`` ready: empty or from an earlier demo (its own outputs are replaced).
+
+    Only the files a demo writes are removed, and only where the marker says a demo wrote them,
+    so pointing ``--out`` at a directory with other content cannot delete that content.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    owned = [out / name for name in _OWNED if (out / name).exists()]
+    if owned and not (out / MARKER).is_file():
+        raise InvalidParameter(
+            "out", str(out), "an empty directory or one written by an earlier `privdiff demo`",
+            hint=f"it holds {', '.join(p.name for p in owned)} but no {MARKER} marker; choose another --out",
+        )
+    for p in owned:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    (out / MARKER).write_text("written by `privdiff demo`; its outputs here are replaced on the next run\n")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "x"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.generic):
+        return _jsonable(v.item())
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+class _DedupTextEncoder:
+    """Encodes each distinct prompt once (a request repeating prompts costs one encoding each).
+
+    The refused request below is ~500-1,000 prompts cycling through a few phrasings; MiniLM on
+    2 cores would spend seconds on duplicates before the ledger gets to say no. Same outputs.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.space_id = inner.space_id
+        self.dim = inner.dim
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        unique, inverse = np.unique(np.asarray(list(texts), dtype=object).astype(str), return_inverse=True)
+        return np.asarray(self.inner.encode_text(list(unique)))[inverse]
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 1: the privacy planner
+# ---------------------------------------------------------------------------------------------
+
+
+def _section_planner(cfg: DemoConfig, phases: _Phases, command: str) -> dict[str, Any]:
+    from privdiff.accounting.planner import run_planner
+
+    out = cfg.out / "planner"
+    with phases("planner", f"privacy planner ({'quick' if cfg.planner_quick else 'full'} grids)"):
+        result = run_planner(out, quick=cfg.planner_quick, target_epsilon=cfg.epsilon_budget, command=command,
+                             show_progress=False)
+    rows = []
+    for s in result["settings"]:
+        rows.append({
+            "name": s["name"], "dataset_size": s["dataset_size"], "sigma": s["sigma"], "sample_rate": s["sample_rate"],
+            "k": s["k"], "figure_queries": s["figure_queries"],
+            "epsilon_at_figure_queries": {a: v["epsilon"] for a, v in s["epsilon_at_figure_queries"].items()},
+            "queries_at_target": {a: v["queries"] for a, v in s["queries_at_target"].items()},
+        })
+    return {"status": "ok", "dir": "planner", "figures": [f"planner/{f}" for f in result["figures"]],
+            "json": "planner/planner.json", "target_epsilon": result["target_epsilon"], "settings": rows}
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 2: DP-RDM
+# ---------------------------------------------------------------------------------------------
+
+
+def _index_dir(cache_dir: Path, spec: str, encoder: Any) -> Path:
+    """Cache key of a private index: the dataset spec and the exact encoder (space + fixed parts)."""
+    key = hashlib.sha256(f"{spec}|{encoder.space_id}|{encoder!r}".encode()).hexdigest()[:12]
+    return cache_dir / "indexes" / f"{_slug(spec)}-{key}"
+
+
+def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path, dict[str, Any]]:
+    """Reuse the cached private index of (spec, encoder), or encode the private set and build it."""
+    from privdiff.data import load_dataset
+    from privdiff.errors import IndexCorrupt
+    from privdiff.rdm.train import cached_embeddings
+    from privdiff.retrieval import build_index, read_manifest
+
+    path = _index_dir(cfg.cache_dir, cfg.private_data, encoder)
+    with phases("dprdm.index", f"private index over {cfg.private_data}"):
+        try:
+            m = read_manifest(path)
+            # Cheap check here; make_pipeline re-hashes the file before the first query.
+            if m.source == cfg.private_data and m.space_id == encoder.space_id and m.visibility == "private":
+                phases.console.print(f"  reusing cached index {path} ({m.count:,} × {m.dim})")
+                return path, {"path": str(path), "cached": True, "count": m.count, "dim": m.dim}
+        except IndexCorrupt:
+            pass  # missing or broken: rebuild below (build_index replaces it atomically)
+        ds = load_dataset(cfg.private_data)
+        phases.console.print(f"  encoding {len(ds):,} private images with {encoder.space_id} (cached afterwards)")
+        t0 = time.perf_counter()
+        emb = cached_embeddings(ds, encoder, cache_dir=cfg.cache_dir / "embeddings", progress=True)
+        encode_s = time.perf_counter() - t0
+        idx = build_index(path, emb, space_id=encoder.space_id, source=cfg.private_data, visibility="private",
+                          overwrite=True)
+        return path, {"path": str(path), "cached": False, "count": idx.count, "dim": idx.dim,
+                      "encode_seconds": round(encode_s, 2),
+                      "images_per_second": round(len(ds) / max(encode_s, 1e-9), 1)}
+
+
+def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
+    from privdiff.accounting import DPRDMQuery, Ledger, solve_queries
+    from privdiff.data import load_dataset
+    from privdiff.encoders import load_image_encoder
+    from privdiff.rdm.conditioning import NonPrivateRetrievalContext, PublicRetrievalContext, QueryOnlyContext
+    from privdiff.rdm.model import read_model_info
+    from privdiff.rdm.pipeline import DPRDMPipeline, generate_to_directory, make_pipeline, resolve_model_dir
+    from privdiff.rdm.train import cached_embeddings
+    from privdiff.retrieval import PublicEmbeddings, PublicRetriever
+
+    console = phases.console
+    # Fail (skip) on a missing model before the expensive index build.
+    model_dir = resolve_model_dir(cfg.rdm_model)
+    info = read_model_info(model_dir)
+    root = cfg.out / "rdm"
+    root.mkdir(parents=True, exist_ok=True)
+
+    with phases("dprdm.load", "loading the encoders"):
+        image_encoder = load_image_encoder(cfg.encoder)
+    index_path, index_info = _private_index(cfg, image_encoder, phases)
+    n_private = index_info["count"]
+
+    # A fresh ledger per demo run. Fine for a demo over a benchmark standing in for private data;
+    # a deployment keeps ONE ledger per dataset for its lifetime: a reset budget is no budget.
+    ledger_path = root / "ledger.sqlite"
+    delta = 1.0 / n_private  # the authors' default δ = 1/N (notes §4.5)
+    Ledger.create(ledger_path, epsilon=cfg.epsilon_budget, delta=delta, dataset=cfg.private_data).close()
+
+    with phases("dprdm.load", f"loading the RDM {model_dir} and the context sources"):
+        dp_pipe, defaults = make_pipeline(model_dir, mode="dp-rdm", index=index_path, ledger=ledger_path,
+                                          encoder=cfg.encoder)
+        text = _DedupTextEncoder(dp_pipe.text_encoder)
+        model, k = dp_pipe.model, dp_pipe.source.k
+        pipes = {"dp-rdm": DPRDMPipeline(model, dp_pipe.source, text)}
+        if "public-retrieval" in cfg.modes:
+            pub = load_dataset(cfg.public_data)
+            pub_emb = cached_embeddings(pub, image_encoder, cache_dir=cfg.cache_dir / "embeddings", progress=True)
+            public = PublicEmbeddings(pub_emb, space_id=image_encoder.space_id, source=cfg.public_data)
+            pipes["public-retrieval"] = DPRDMPipeline(model, PublicRetrievalContext(PublicRetriever(public, k)), text)
+        if "non-private" in cfg.modes:
+            # The ε = ∞ reference reads the private embeddings directly (that is what it is); it is
+            # a separate source that never sees the ledger and marks its outputs private=False.
+            priv = load_dataset(cfg.private_data)
+            priv_emb = cached_embeddings(priv, image_encoder, cache_dir=cfg.cache_dir / "embeddings", progress=True)
+            pipes["non-private"] = DPRDMPipeline(
+                model, NonPrivateRetrievalContext(priv_emb, k, space_id=image_encoder.space_id), text)
+        if "no-retrieval" in cfg.modes:
+            pipes["no-retrieval"] = DPRDMPipeline(model, QueryOnlyContext(k, model.embedding_dim, model.space_id), text)
+
+    sigma, q = float(defaults["sigma"]), float(defaults["sample_rate"])
+    guidance_scale = cfg.guidance_scale if cfg.guidance_scale is not None else float(defaults["guidance_scale"])
+    steps = cfg.rdm_steps if cfg.rdm_steps is not None else int(defaults["num_inference_steps"])
+    gen_kwargs = dict(images_per_prompt=cfg.images_per_prompt, guidance_scale=guidance_scale,
+                      num_inference_steps=steps)
+
+    prompts_out: list[dict[str, Any]] = []
+    mode_seconds = {m: 0.0 for m in cfg.modes}
+    with phases("dprdm.generate", f"answering {len(cfg.prompts)} prompts × {len(cfg.modes)} modes "
+                                  f"× {cfg.images_per_prompt} images ({steps} DDIM steps)"):
+        with _generation_progress(console) as progress:
+            task = progress.add_task("generate", total=len(cfg.prompts) * len(cfg.modes))
+            for i, p in enumerate(cfg.prompts):
+                row: dict[str, Any] = {**asdict(p), "footwear": p.footwear, "modes": {}}
+                for mode in cfg.modes:
+                    progress.update(task, description=f"[{mode}] {p.text!r}")
+                    rel = Path("rdm") / mode / f"prompt-{i:02d}"
+                    t0 = time.perf_counter()
+                    # Same seed for every mode of a prompt: same x_T, so only the context differs.
+                    record = generate_to_directory(pipes[mode], [p.text], cfg.out / rel, seed=cfg.seed + i,
+                                                   request_id=f"demo-prompt-{i}", **gen_kwargs)
+                    mode_seconds[mode] += time.perf_counter() - t0
+                    row["modes"][mode] = {"dir": str(rel), "grid": str(rel / "grid.png"), "private": record["private"],
+                                          "privacy": record["privacy"]}
+                    if mode == "dp-rdm":
+                        row["epsilon_spent_after"] = record["privacy"]["epsilon_spent"]
+                        row["epsilon_remaining_after"] = record["privacy"]["epsilon_remaining"]
+                    progress.advance(task)
+                prompts_out.append(row)
+                console.print(f"  {p.text!r}: ε spent {row['epsilon_spent_after']:.4g}, "
+                              f"left {row['epsilon_remaining_after']:.4g} of {cfg.epsilon_budget:g}")
+
+    with phases("dprdm.refusal", "a request larger than the remaining budget"):
+        refusal = _refused_request(cfg, pipes["dp-rdm"], ledger_path, DPRDMQuery(sigma, q, k), gen_kwargs,
+                                   solve_queries)
+
+    with Ledger.open(ledger_path) as led:
+        status = led.status()
+        history = [r.to_dict() for r in led.history()]
+    return {
+        "status": "ok",
+        "model": {"dir": str(model_dir), "space_id": model.space_id,
+                  "steps_done": (info.get("training") or {}).get("steps_done"),
+                  "training": {k_: info.get(k_) for k_ in ("data", "command") if k_ in info}},
+        "private_data": cfg.private_data,
+        "public_data": cfg.public_data,
+        "index": index_info,
+        "ledger": {"path": str(ledger_path.relative_to(cfg.out)), **status.to_dict(), "history": history},
+        "mechanism": {"sigma": sigma, "sample_rate": q, "k": k, "noise_multiplier": sigma * k / 2,
+                      "expected_subsample": q * n_private, "delta": delta, "lam": float(defaults.get("lam", 1.0))},
+        "generation": {"guidance_scale": guidance_scale, "num_inference_steps": steps,
+                       "images_per_prompt": cfg.images_per_prompt, "modes": list(cfg.modes), "seed": cfg.seed,
+                       "seconds_per_mode": {m: round(s, 2) for m, s in mode_seconds.items()}},
+        "prompts": prompts_out,
+        "refused_request": refusal,
+    }
+
+
+def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any, gen_kwargs: dict[str, Any],
+                     solve_queries: Any) -> dict[str, Any]:
+    """Ask for one prompt more than the budget allows; record that nothing was charged or written."""
+    from privdiff.accounting import Ledger
+    from privdiff.encoders.captions import HELDOUT_PHRASINGS
+    from privdiff.rdm.pipeline import generate_to_directory
+
+    with Ledger.open(ledger_path) as led:
+        before = led.status()
+        # Largest total T with ε ≤ budget for this (σ, q, k), minus what is already spent.
+        total = solve_queries(before.epsilon_budget, before.delta, sigma=query.sigma, sample_rate=query.sample_rate,
+                              k=query.k, accountant=before.accountant).value
+        fits = max(0, int(total) - before.queries)
+        # One prompt more than fits is already refused (recorded below), but its ε lands a hair
+        # above the budget; half as many again makes the point readable ("would bring ε to 13").
+        one_more = led.preview(query, fits + 1)
+        request = fits + 1 + fits // 2
+        would_be = led.preview(query, request)
+        while would_be <= before.epsilon_budget:  # calibration sits on the safe side; step past it
+            request += max(1, fits // 2)
+            would_be = led.preview(query, request)
+    phrasings = [p for ps in HELDOUT_PHRASINGS.values() for p in ps]
+    prompts = [phrasings[j % len(phrasings)] for j in range(request)]
+    target = cfg.out / "rdm" / "refused-request"
+    pngs_before = sorted(str(p) for p in (cfg.out / "rdm").rglob("*.png"))
+    error: str | None = None
+    refused = False
+    try:
+        generate_to_directory(pipe, prompts, target, seed=cfg.seed, request_id="demo-over-budget", **gen_kwargs)
+    except PrivacyBudgetExceeded as exc:
+        refused, error = True, str(exc)
+    with Ledger.open(ledger_path) as led:
+        after = led.status()
+    pngs_after = sorted(str(p) for p in (cfg.out / "rdm").rglob("*.png"))
+    return {
+        "prompts_requested": request,
+        "prompts_that_would_fit": fits,
+        "epsilon_if_answered": would_be,
+        "epsilon_with_one_prompt_more_than_fits": one_more,
+        "refused": refused,
+        "error": error,
+        "epsilon_spent_before": before.epsilon_spent,
+        "epsilon_spent_after": after.epsilon_spent,
+        "queries_before": before.queries,
+        "queries_after": after.queries,
+        "ledger_unchanged": after.epsilon_spent == before.epsilon_spent and after.queries == before.queries,
+        "images_written": len(pngs_after) - len(pngs_before),
+        "output_dir_exists": target.exists(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Phase 3: CPSample
+# ---------------------------------------------------------------------------------------------
+
+
+def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
+    import torch
+
+    from privdiff.cpsample import CPSampleGuidance, load_classifier
+    from privdiff.data import load_dataset
+    from privdiff.diffusion.generate import generate
+    from privdiff.diffusion.model import load_model
+    from privdiff.evaluation.replication import (
+        compare_rates,
+        recommended_threshold_info,
+        replication_report,
+        save_top_pairs,
+    )
+    from privdiff.report.images import save_grid
+
+    model_dir = cfg.cpsample_model if cfg.cpsample_model is not None else _ROOT / SHIPPED_CPSAMPLE_MODEL
+    clf_dir = cfg.cpsample_classifier if cfg.cpsample_classifier is not None else model_dir / "classifier"
+    if not (model_dir / "model.json").is_file():
+        raise CheckpointError(f"no CPSample diffusion model at {model_dir} (train one with `privdiff train diffusion "
+                              "--data 'fashion-mnist:train[:64]' --out DIR`)")
+    if not clf_dir.is_dir():
+        raise CheckpointError(f"no CPSample protection classifier at {clf_dir} (train one with `privdiff protect train "
+                              f"--data SPEC --model {model_dir} --out {clf_dir}`)")
+    # Validate α, s and the mode before loading anything.
+    CPSampleGuidance(lambda x, t: x, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode)  # type: ignore[arg-type]
+    with phases("cpsample.load", f"loading the memorising model {model_dir} and its classifier"):
+        model = load_model(model_dir)
+        protection = load_classifier(clf_dir)
+        data_spec = model.meta.get("data_spec")
+        if not data_spec:
+            raise CheckpointError(f"{model_dir}/model.json does not name its training set (data_spec)")
+        train = load_dataset(data_spec).images
+    clf_spec = protection.meta.get("data_spec")
+    out = cfg.out / "cpsample"
+    out.mkdir(parents=True, exist_ok=True)
+    conditions: dict[str, dict[str, Any]] = {}
+    images: dict[str, np.ndarray] = {}
+    for name, label in (("ddim", "plain DDIM"), ("cpsample", "CPSample")):
+        guidance = None
+        if name == "cpsample":
+            guidance = CPSampleGuidance(protection.classifier, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode)
+        with phases(f"cpsample.sample_{name}", f"{label}: {cfg.cpsample_n} samples, {cfg.cpsample_steps} DDIM steps"):
+            with phases.console.status(f"sampling ({label})"):
+                # Same seed → same x_T for both conditions: differences come from the guidance alone.
+                imgs, sinfo = generate(model, cfg.cpsample_n, num_inference_steps=cfg.cpsample_steps,
+                                       seed=cfg.seed, guidance=guidance, batch_size=cfg.cpsample_n, progress=False)
+        images[name] = imgs
+        conditions[name] = {"label": label, "sample_seconds": round(sinfo["wall_seconds"], 2),
+                            "gate": None if guidance is None else
+                            {k: v for k, v in guidance.stats.summary().items() if k != "per_step"},
+                            "cpsample": None if guidance is None else guidance.settings()}
+    with phases("cpsample.replication", "replication rates against the training set"):
+        reports = {n: replication_report(images[n], train, feature_space="pixel") for n in images}
+        for n, rep in reports.items():
+            save_grid(images[n], out / f"samples_{n}.png", ncols=min(16, cfg.cpsample_n), scale=2)
+            save_top_pairs(rep, images[n], train, out / f"top_pairs_{n}.png", n=4)
+            d = rep.to_dict(include_arrays=False, top_n=4)
+            conditions[n] |= {"replication_rate": d["rate"], "n_replicated": d["n_replicated"],
+                              "n_generated": d["n_generated"], "similarity": d["similarity_summary"],
+                              "top_pairs": d["top_pairs"], "samples_png": f"cpsample/samples_{n}.png",
+                              "top_pairs_png": f"cpsample/top_pairs_{n}.png"}
+        save_grid(train, out / "training_images.png", ncols=16, scale=2)
+        fisher = compare_rates(reports["ddim"], reports["cpsample"])
+    tau = recommended_threshold_info("pixel")
+    torch_threads = torch.get_num_threads()
+    return {
+        "status": "ok",
+        "model": {"dir": str(model_dir), "data_spec": data_spec, "steps_done": model.meta.get("steps_done"),
+                  "num_train_images": int(len(train))},
+        "classifier": {"dir": str(clf_dir), "data_spec": clf_spec,
+                       "matches_model_data": clf_spec in (None, data_spec)},
+        "settings": {"n": cfg.cpsample_n, "num_inference_steps": cfg.cpsample_steps, "eta": 0.0, "seed": cfg.seed,
+                     "alpha": cfg.alpha, "scale": cfg.scale, "mode": cfg.guidance_mode, "torch_threads": torch_threads},
+        "threshold": {"feature_space": "pixel", "tau": tau["threshold"], "fpr": tau.get("fpr"), "tpr": tau.get("tpr"),
+                      "provenance": tau.get("provenance")},
+        "conditions": conditions,
+        "fisher_exact": fisher,
+        "training_png": "cpsample/training_images.png",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+
+def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = None) -> dict[str, Any]:
+    """Run every section of ``config``, write ``report.html`` + ``summary.json``; return the summary.
+
+    Sections skip (missing checkpoint) or fail (another privdiff error) on their own; the summary
+    says which and why, and the report is written in every case.
+    """
+    from rich.console import Console
+
+    cfg = _validated(config)
+    console = console if console is not None else Console()
+    command = command or "privdiff demo"
+    _prepare_out(cfg.out)
+    phases = _Phases(console)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    console.rule(f"[bold]privdiff demo[/] ({cfg.size}) → {cfg.out}")
+
+    sections: dict[str, dict[str, Any]] = {}
+    runners = {"planner": lambda: _section_planner(cfg, phases, command),
+               "dprdm": lambda: _section_dprdm(cfg, phases),
+               "cpsample": lambda: _section_cpsample(cfg, phases)}
+    order = ("dprdm", "cpsample", "planner")  # the two methods first: they are the point
+    for name in order:
+        if name not in cfg.sections:
+            sections[name] = {"status": "not run", "reason": "not selected"}
+            continue
+        console.rule(f"[bold]{_TITLES[name]}")
+        try:
+            sections[name] = runners[name]()
+        except CheckpointError as exc:
+            sections[name] = {"status": "skipped", "reason": str(exc)}
+            console.print(f"[bold yellow]skipped {_TITLES[name]}:[/] {exc}")
+        except PrivdiffError as exc:
+            sections[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            console.print(f"[bold red]{_TITLES[name]} failed:[/] {type(exc).__name__}: {exc}")
+
+    summary: dict[str, Any] = {
+        "kind": "privdiff-demo",
+        "format_version": 1,
+        "command": command,
+        "started_utc": started_utc,
+        "size": cfg.size,
+        "settings": cfg.to_dict(),
+        "sections": sections,
+        "skipped": {n: s["reason"] for n, s in sections.items() if s["status"] in ("skipped", "failed")},
+        "timings": {},
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
+    }
+    with phases("report", "writing report.html and summary.json"):
+        from privdiff.report.demo_report import write_report
+
+        _record_times(summary, phases, started, cpu_started)
+        write_report(summary, cfg.out)
+    _record_times(summary, phases, started, cpu_started)
+    summary["outputs"] = {"report": "report.html", "summary": "summary.json"}
+    _write_json(cfg.out / "summary.json", summary)
+    print_summary(summary, console)
+    return summary
+
+
+def _record_times(summary: dict[str, Any], phases: _Phases, started: float, cpu_started: float) -> None:
+    summary["timings"] = {k: round(v, 2) for k, v in phases.seconds.items()}
+    summary["cpu_timings"] = {k: round(v, 2) for k, v in phases.cpu_seconds.items()}
+    summary["total_seconds"] = round(time.perf_counter() - started, 2)
+    summary["total_cpu_seconds"] = round(time.process_time() - cpu_started, 2)
+
+
+_TITLES = {"planner": "Privacy planner", "dprdm": "DP-RDM", "cpsample": "CPSample"}
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def print_summary(summary: dict[str, Any], console: Any) -> None:
+    """The closing terminal tables: headline numbers and the wall time of each phase."""
+    from rich.table import Table
+
+    table = Table(title="privdiff demo: summary", show_header=True)
+    table.add_column("section")
+    table.add_column("result")
+    for name, s in summary["sections"].items():
+        table.add_row(_TITLES[name], *_headline(name, s))
+    console.print(table)
+    times = Table(title="time per phase")
+    times.add_column("phase")
+    times.add_column("wall s", justify="right")
+    times.add_column("CPU s", justify="right")
+    for k, v in summary["timings"].items():
+        times.add_row(k, f"{v:.1f}", f"{summary['cpu_timings'][k]:.1f}")
+    times.add_row("[bold]total", f"[bold]{summary['total_seconds']:.1f}", f"[bold]{summary['total_cpu_seconds']:.1f}")
+    console.print(times)
+    console.print(f"report: {Path(summary['settings']['out']) / 'report.html'}")
+
+
+def _headline(name: str, s: dict[str, Any]) -> tuple[str]:
+    if s["status"] != "ok":
+        return (f"[yellow]{s['status']}[/]: {s.get('reason', '')}",)
+    if name == "dprdm":
+        led, r = s["ledger"], s["refused_request"]
+        cached = "cached index" if s["index"]["cached"] else "index built"
+        return (f"{len(s['prompts'])} prompts answered, ε spent {led['epsilon_spent']:.3g} of "
+                f"{led['epsilon_budget']:g} (δ={led['delta']:.2g}); request of {r['prompts_requested']} prompts "
+                + ("[green]refused[/], ledger unchanged" if r["refused"] and r["ledger_unchanged"]
+                   else "[red]NOT refused[/]") + f"; {cached}",)
+    if name == "cpsample":
+        c = s["conditions"]
+        return (f"replication {c['ddim']['replication_rate']:.0%} (DDIM) → {c['cpsample']['replication_rate']:.0%} "
+                f"(CPSample), gate fired on {c['cpsample']['gate']['firing_rate']:.1%} of steps; "
+                f"Fisher p={s['fisher_exact']['p_value']:.2g}",)
+    best = {r["name"]: r["queries_at_target"]["pld"] for r in s["settings"]}
+    return ("queries at ε ≤ 10 (pld): " + ", ".join(f"{n} {v:,}" for n, v in best.items()),)
+
+
+__all__ = ["SIZES", "DemoConfig", "DemoPrompt", "demo_config", "print_summary", "run_demo"]
