@@ -52,6 +52,8 @@ SECTIONS = ("planner", "dprdm", "cpsample")
 #: Repository root (src/privdiff/demo.py → three levels up): where the shipped checkpoints live.
 _ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CPSAMPLE_MODEL = Path("checkpoints") / "cpsample" / "fmnist64"
+#: Overrides the shipped CPSample model, as ``PRIVDIFF_RDM_MODEL`` does for the RDM.
+CPSAMPLE_ENV_VAR = "PRIVDIFF_CPSAMPLE_MODEL"
 #: Written into the output directory first, so a later run knows which files it may replace.
 MARKER = ".privdiff-demo"
 #: Outputs a demo run owns in its directory (replaced on the next run; nothing else is touched).
@@ -551,7 +553,7 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     )
     from privdiff.report.images import save_grid
 
-    model_dir = cfg.cpsample_model if cfg.cpsample_model is not None else _ROOT / SHIPPED_CPSAMPLE_MODEL
+    model_dir = cfg.cpsample_model or Path(os.environ.get(CPSAMPLE_ENV_VAR) or _ROOT / SHIPPED_CPSAMPLE_MODEL)
     clf_dir = cfg.cpsample_classifier if cfg.cpsample_classifier is not None else model_dir / "classifier"
     if not (model_dir / "model.json").is_file():
         raise CheckpointError(f"no CPSample diffusion model at {model_dir} (train one with `privdiff train diffusion "
