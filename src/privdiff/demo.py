@@ -125,6 +125,9 @@ class DemoConfig:
 
     Build one with :func:`demo_config`; the fields are the knobs, the presets pick their values.
     ``rdm_steps``/``guidance_scale`` ``None`` mean the model's stored ``generation_defaults``.
+    ``cache_dir`` holds the demo's private indexes; image embeddings go to ``embedding_cache``,
+    by default privdiff's shared cache (``$PRIVDIFF_CACHE_DIR`` or ``~/.cache/privdiff``), so
+    the demo reuses what training, experiments and ``privdiff generate`` already encoded.
     """
 
     size: str
@@ -150,11 +153,12 @@ class DemoConfig:
     encoder: str = "default"
     seed: int = 0
     sections: tuple[str, ...] = SECTIONS
+    embedding_cache: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["prompts"] = [asdict(p) for p in self.prompts]
-        for key in ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier"):
+        for key in ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier", "embedding_cache"):
             d[key] = None if d[key] is None else str(d[key])
         return d
 
@@ -202,7 +206,7 @@ def demo_config(
 def _validated(cfg: DemoConfig) -> DemoConfig:
     from privdiff.rdm.conditioning import MODES
 
-    path_fields = ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier")
+    path_fields = ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier", "embedding_cache")
     paths = {k: Path(getattr(cfg, k)) for k in path_fields if getattr(cfg, k) is not None}
     cfg = replace(cfg, **paths, prompts=tuple(cfg.prompts), modes=tuple(cfg.modes), sections=tuple(cfg.sections))
     check_int("images_per_prompt", cfg.images_per_prompt, 1, 64)
@@ -340,6 +344,30 @@ def _section_planner(cfg: DemoConfig, phases: _Phases, command: str) -> dict[str
 # ---------------------------------------------------------------------------------------------
 
 
+class _WatchedEncoder:
+    """The image encoder, noting whether it had to encode (or the embedding cache answered).
+
+    ``cached_embeddings`` keys its cache on ``space_id`` and ``repr(encoder)``; both are passed
+    through, so the proxy hits exactly the cache entries of the encoder itself.
+    """
+
+    def __init__(self, inner: Any):
+        self.inner, self.space_id, self.dim, self.encoded = inner, inner.space_id, inner.dim, False
+
+    def __repr__(self) -> str:
+        return repr(self.inner)
+
+    def encode_images(self, images: np.ndarray, **kwargs: Any) -> np.ndarray:
+        self.encoded = True
+        return self.inner.encode_images(images, **kwargs)
+
+
+def _embeddings(cfg: DemoConfig, dataset: Any, encoder: Any) -> np.ndarray:
+    from privdiff.rdm.train import cached_embeddings
+
+    return cached_embeddings(dataset, encoder, cache_dir=cfg.embedding_cache, progress=True)
+
+
 def _index_dir(cache_dir: Path, spec: str, encoder: Any) -> Path:
     """Cache key of a private index: the dataset spec and the exact encoder (space + fixed parts)."""
     key = hashlib.sha256(f"{spec}|{encoder.space_id}|{encoder!r}".encode()).hexdigest()[:12]
@@ -350,7 +378,6 @@ def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path
     """Reuse the cached private index of (spec, encoder), or encode the private set and build it."""
     from privdiff.data import load_dataset
     from privdiff.errors import IndexCorrupt
-    from privdiff.rdm.train import cached_embeddings
     from privdiff.retrieval import build_index, read_manifest
 
     path = _index_dir(cfg.cache_dir, cfg.private_data, encoder)
@@ -364,25 +391,27 @@ def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path
         except IndexCorrupt:
             pass  # missing or broken: rebuild below (build_index replaces it atomically)
         ds = load_dataset(cfg.private_data)
-        phases.console.print(f"  encoding {len(ds):,} private images with {encoder.space_id} (cached afterwards)")
+        phases.console.print(f"  embedding {len(ds):,} private images with {encoder.space_id}")
+        watched = _WatchedEncoder(encoder)
         t0 = time.perf_counter()
-        emb = cached_embeddings(ds, encoder, cache_dir=cfg.cache_dir / "embeddings", progress=True)
+        emb = _embeddings(cfg, ds, watched)
         encode_s = time.perf_counter() - t0
         idx = build_index(path, emb, space_id=encoder.space_id, source=cfg.private_data, visibility="private",
                           overwrite=True)
-        return path, {"path": str(path), "cached": False, "count": idx.count, "dim": idx.dim,
-                      "encode_seconds": round(encode_s, 2),
-                      "images_per_second": round(len(ds) / max(encode_s, 1e-9), 1)}
+        info: dict[str, Any] = {"path": str(path), "cached": False, "count": idx.count, "dim": idx.dim,
+                                "embeddings_from_cache": not watched.encoded, "embed_seconds": round(encode_s, 2)}
+        if watched.encoded:
+            info["images_per_second"] = round(len(ds) / max(encode_s, 1e-9), 1)
+        return path, info
 
 
 def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
-    from privdiff.accounting import DPRDMQuery, Ledger, solve_queries
+    from privdiff.accounting import DPRDMQuery, Ledger
     from privdiff.data import load_dataset
     from privdiff.encoders import load_image_encoder
     from privdiff.rdm.conditioning import NonPrivateRetrievalContext, PublicRetrievalContext, QueryOnlyContext
     from privdiff.rdm.model import read_model_info
     from privdiff.rdm.pipeline import DPRDMPipeline, generate_to_directory, make_pipeline, resolve_model_dir
-    from privdiff.rdm.train import cached_embeddings
     from privdiff.retrieval import PublicEmbeddings, PublicRetriever
 
     console = phases.console
@@ -411,20 +440,21 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
         pipes = {"dp-rdm": DPRDMPipeline(model, dp_pipe.source, text)}
         if "public-retrieval" in cfg.modes:
             pub = load_dataset(cfg.public_data)
-            pub_emb = cached_embeddings(pub, image_encoder, cache_dir=cfg.cache_dir / "embeddings", progress=True)
+            pub_emb = _embeddings(cfg, pub, image_encoder)
             public = PublicEmbeddings(pub_emb, space_id=image_encoder.space_id, source=cfg.public_data)
             pipes["public-retrieval"] = DPRDMPipeline(model, PublicRetrievalContext(PublicRetriever(public, k)), text)
         if "non-private" in cfg.modes:
             # The ε = ∞ reference reads the private embeddings directly (that is what it is); it is
             # a separate source that never sees the ledger and marks its outputs private=False.
             priv = load_dataset(cfg.private_data)
-            priv_emb = cached_embeddings(priv, image_encoder, cache_dir=cfg.cache_dir / "embeddings", progress=True)
+            priv_emb = _embeddings(cfg, priv, image_encoder)
             pipes["non-private"] = DPRDMPipeline(
                 model, NonPrivateRetrievalContext(priv_emb, k, space_id=image_encoder.space_id), text)
         if "no-retrieval" in cfg.modes:
             pipes["no-retrieval"] = DPRDMPipeline(model, QueryOnlyContext(k, model.embedding_dim, model.space_id), text)
 
     sigma, q = float(defaults["sigma"]), float(defaults["sample_rate"])
+    query = DPRDMQuery(sigma, q, k)  # what each prompt is charged as (the retriever's own query)
     guidance_scale = cfg.guidance_scale if cfg.guidance_scale is not None else float(defaults["guidance_scale"])
     steps = cfg.rdm_steps if cfg.rdm_steps is not None else int(defaults["num_inference_steps"])
     gen_kwargs = dict(images_per_prompt=cfg.images_per_prompt, guidance_scale=guidance_scale,
@@ -457,8 +487,7 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
                               f"left {row['epsilon_remaining_after']:.4g} of {cfg.epsilon_budget:g}")
 
     with phases("dprdm.refusal", "a request larger than the remaining budget"):
-        refusal = _refused_request(cfg, pipes["dp-rdm"], ledger_path, DPRDMQuery(sigma, q, k), gen_kwargs,
-                                   solve_queries)
+        refusal = _refused_request(cfg, pipes["dp-rdm"], ledger_path, query, gen_kwargs)
 
     with Ledger.open(ledger_path) as led:
         status = led.status()
@@ -472,7 +501,7 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
         "public_data": cfg.public_data,
         "index": index_info,
         "ledger": {"path": str(ledger_path.relative_to(cfg.out)), **status.to_dict(), "history": history},
-        "mechanism": {"sigma": sigma, "sample_rate": q, "k": k, "noise_multiplier": sigma * k / 2,
+        "mechanism": {"sigma": sigma, "sample_rate": q, "k": k, "noise_multiplier": query.noise_multiplier,
                       "expected_subsample": q * n_private, "delta": delta, "lam": float(defaults.get("lam", 1.0))},
         "generation": {"guidance_scale": guidance_scale, "num_inference_steps": steps,
                        "images_per_prompt": cfg.images_per_prompt, "modes": list(cfg.modes), "seed": cfg.seed,
@@ -482,10 +511,10 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     }
 
 
-def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any, gen_kwargs: dict[str, Any],
-                     solve_queries: Any) -> dict[str, Any]:
-    """Ask for one prompt more than the budget allows; record that nothing was charged or written."""
-    from privdiff.accounting import Ledger
+def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any,
+                     gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Ask for more prompts than the budget allows; record that nothing was charged or written."""
+    from privdiff.accounting import Ledger, solve_queries
     from privdiff.encoders.captions import HELDOUT_PHRASINGS
     from privdiff.rdm.pipeline import generate_to_directory
 
@@ -592,7 +621,8 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     with phases("cpsample.replication", "replication rates against the training set"):
         reports = {n: replication_report(images[n], train, feature_space="pixel") for n in images}
         for n, rep in reports.items():
-            save_grid(images[n], out / f"samples_{n}.png", ncols=min(16, cfg.cpsample_n), scale=2)
+            # 8 wide (10 beyond 64 images) so the two grids fit side by side in the report.
+            save_grid(images[n], out / f"samples_{n}.png", ncols=8 if cfg.cpsample_n <= 64 else 10, scale=2)
             save_top_pairs(rep, images[n], train, out / f"top_pairs_{n}.png", n=4)
             d = rep.to_dict(include_arrays=False, top_n=4)
             conditions[n] |= {"replication_rate": d["rate"], "n_replicated": d["n_replicated"],
@@ -670,7 +700,9 @@ def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = N
         "sections": sections,
         "skipped": {n: s["reason"] for n, s in sections.items() if s["status"] in ("skipped", "failed")},
         "timings": {},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine()},
+        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
+                        # Variables that change what the command above does, so they belong to it.
+                        "variables": {v: os.environ[v] for v in _ENV_VARS if os.environ.get(v)}},
     }
     with phases("report", "writing report.html and summary.json"):
         from privdiff.report.demo_report import write_report
@@ -691,6 +723,7 @@ def _record_times(summary: dict[str, Any], phases: _Phases, started: float, cpu_
     summary["total_cpu_seconds"] = round(time.process_time() - cpu_started, 2)
 
 
+_ENV_VARS = ("PRIVDIFF_RDM_MODEL", CPSAMPLE_ENV_VAR, "PRIVDIFF_CACHE_DIR", "OMP_NUM_THREADS")
 _TITLES = {"planner": "Privacy planner", "dprdm": "DP-RDM", "cpsample": "CPSample"}
 
 

@@ -191,7 +191,7 @@ def _dprdm(rep: HtmlReport, d: dict[str, Any], out: Path, settings: dict[str, An
         ["accountant", led["accountant"]],
         ["σ (noise std) / q (subsample rate) / k", f"{m['sigma']:g} / {m['sample_rate']:g} / {m['k']}"],
         ["noise multiplier z = σk/2", m["noise_multiplier"]],
-        ["expected subsample size q·N", m["expected_subsample"]],
+        ["expected subsample size q·N", f"{m['expected_subsample']:,.0f}"],
         ["classifier-free guidance w / DDIM steps", f"{gen['guidance_scale']:g} / {gen['num_inference_steps']}"],
         ["images per prompt and mode (same x_T in every mode)", gen["images_per_prompt"]],
         ["RDM checkpoint", f"{d['model']['dir']} ({d['model'].get('steps_done') or '?'} training steps)"],
@@ -204,6 +204,14 @@ def _dprdm(rep: HtmlReport, d: dict[str, Any], out: Path, settings: dict[str, An
             "then less specific than with the full private set (run without --quick).", "warn")
 
     s.parts.append("<h3>Budget after each prompt</h3>")
+    eps = [p["epsilon_spent_after"] for p in d["prompts"]]
+    if len(eps) > 1:
+        s.text(
+            f"ε does not add up prompt by prompt: the first prompt brought it to {eps[0]:.3g}, the other "
+            f"{len(eps) - 1} together added {eps[-1] - eps[0]:.3g}. Each query sees a small random subsample and "
+            "noise, and the accountant bounds the whole history at once, so the privacy loss of many queries "
+            "grows far more slowly than their number."
+        )
     s.table([[p["text"], p["concept"], "yes" if p["heldout"] else "no", p["epsilon_spent_after"],
               p["epsilon_remaining_after"]] for p in d["prompts"]],
             headers=["prompt", "asks for", "phrasing unseen in training", "ε spent after", "ε left"])
@@ -270,12 +278,12 @@ def _cpsample(rep: HtmlReport, c: dict[str, Any], out: Path) -> None:
     if not c["classifier"]["matches_model_data"]:
         s.callout(f"The classifier was trained on {c['classifier']['data_spec']}, not on the model's training set "
                   f"{c['model']['data_spec']}; the protection does not target these images.", "bad")
-    for n in ("ddim", "cpsample"):
-        s.image(out / cd[n]["samples_png"], caption=f"{cd[n]['label']}: all {st['n']} samples")
+    for n in ("ddim", "cpsample"):  # side by side: the same x_T sits at the same place in both grids
+        s.image(out / cd[n]["samples_png"], caption=f"{cd[n]['label']}: all {st['n']} samples", width=480)
     s.parts.append("<h3>The four samples closest to a training image</h3>")
     for n in ("ddim", "cpsample"):
         s.image(out / cd[n]["top_pairs_png"], caption=f"{cd[n]['label']}: left the sample, right its nearest "
-                                                     "training image (CPSample paper, Fig. 1 layout)", width=380)
+                                                     "training image (CPSample paper, Fig. 1 layout)", width=320)
 
 
 def _planner(rep: HtmlReport, p: dict[str, Any], out: Path) -> None:
@@ -317,9 +325,12 @@ def _timings(rep: HtmlReport, summary: dict[str, Any]) -> None:
                    "EfficientNet-Lite0 (about 400 images per second on 2 CPU cores: some 2 minutes for the "
                    "49,320-image private split).")
         else:
-            s.text(f"The private index was built in this run: {idx['count']:,} images encoded at "
-                   f"{idx.get('images_per_second', 0):.0f} images per second. Later runs reuse it from the cache.")
+            how = ("their embeddings came from privdiff's embedding cache" if idx.get("embeddings_from_cache")
+                   else f"encoded at {idx.get('images_per_second', 0):.0f} images per second")
+            s.text(f"The private index was built in this run from {idx['count']:,} images ({how}). "
+                   "Later runs reuse it from the cache.")
     env = summary["environment"]
+    variables = " ".join(f"{k}={v}" for k, v in env.get("variables", {}).items())
     s.text(f"Run on Python {env['python']}, {env['cpus']} CPUs ({env['machine']}). "
-           f"Reproduce with `{summary['command']}`. "
+           f"Reproduce with `{(variables + ' ' if variables else '') + summary['command']}`. "
            "Every number on this page is in summary.json next to this file.")
