@@ -179,11 +179,18 @@ def _dprdm(rep: HtmlReport, d: dict[str, Any], out: Path, settings: dict[str, An
     if _skip(s, d):
         return
     m, led, idx, gen = d["mechanism"], d["ledger"], d["index"], d["generation"]
+    from privdiff.data import DPRDM_PUBLIC_PER_CLASS, FOOTWEAR_CLASSES
+
+    trained_on = (d["model"].get("training") or {}).get("data") or "the public split"
+    shoes = {DPRDM_PUBLIC_PER_CLASS[c] for c in FOOTWEAR_CLASSES}
+    others = {v for c, v in DPRDM_PUBLIC_PER_CLASS.items() if c not in FOOTWEAR_CLASSES}
+    split = (f", where each footwear class has {min(shoes):,} images against {max(others):,} for every other class"
+             if "dprdm-public" in trained_on else "")
     s.text(
-        f"The private collection is {d['private_data']} ({idx['count']:,} images); the public set the "
-        f"model was trained on ({d['public_data']} here for the public-retrieval baseline) has only 60 "
-        "images of each footwear class against 1,500 of every other class. Footwear prompts are where "
-        "private retrieval should help; the last prompt is a control the public data already covers."
+        f"The private collection is {d['private_data']} ({idx['count']:,} images). The model was trained on "
+        f"public images only ({trained_on}){split}, so footwear prompts are where private retrieval should help; "
+        f"the last prompt is a control the public data already covers. The public-retrieval baseline searches "
+        f"{d['public_data']}."
     )
     _kv(s, [
         ["private images N", idx["count"]],
@@ -268,10 +275,13 @@ def _cpsample(rep: HtmlReport, c: dict[str, Any], out: Path) -> None:
     ], headers=["sampler", "replication rate", "near-copies", "median NN similarity", "max NN similarity",
                 "gate fired (sample·steps)", "seconds"])
     f = c["fisher_exact"]
+    calibration = ""
+    if tau.get("fpr") is not None and tau.get("tpr") is not None:
+        calibration = (f" (calibrated so that {tau['fpr']:.0%} of unrelated test images exceed it and "
+                       f"{tau['tpr']:.0%} of lightly noised copies do)")
     s.text(
         f"A sample counts as a near-copy when its cosine similarity to the nearest training image in pixel space "
-        f"exceeds τ = {tau['tau']:.3f} (calibrated so that 1% of unrelated test images exceed it and 99% of "
-        f"lightly noised copies do). Two-sided Fisher exact test of the difference: p = {f['p_value']:.2g}. "
+        f"exceeds τ = {tau['tau']:.3f}{calibration}. Two-sided Fisher exact test of the difference: p = {f['p_value']:.2g}. "
         f"CPSample settings: α = {st['alpha']:g} (the gate fires where the classifier's confidence exceeds "
         f"1 − α), guidance scale s = {st['scale']:g}, {st['mode']}, {st['num_inference_steps']} DDIM steps."
     )
