@@ -15,7 +15,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         out: Path = typer.Option(Path("out/demo"), "--out", help="Output directory (report.html, summary.json...)."),
         quick: bool = typer.Option(False, "--quick", help="CI size: small private slice, few images (~1 minute)."),
         full: bool = typer.Option(False, "--full", help="More prompts, images and modes (several minutes)."),
-        cache_dir: Path = typer.Option(Path("out/cache"), "--cache-dir", help="Private index + embedding cache."),
+        cache_dir: Path = typer.Option(
+            Path("out/cache"), "--cache-dir",
+            help="Private index cache (image embeddings use privdiff's shared cache, $PRIVDIFF_CACHE_DIR)."),
         rdm_model: Optional[Path] = typer.Option(None, "--rdm-model", help="RDM directory (default: the shipped one)."),
         cpsample_model: Optional[Path] = typer.Option(
             None, "--cpsample-model",
