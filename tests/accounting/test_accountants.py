@@ -8,7 +8,7 @@ import warnings
 import dp_accounting
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from privdiff.accounting import (
@@ -276,6 +276,7 @@ def test_heterogeneous_rdp_composition_adds_rdp_curves():
 @_fast
 @given(q=st.tuples(_sigmas, _rates, _ks), na=st.integers(1, 800), nb=st.integers(1, 800),
        acc=st.sampled_from(["rdp", "pld"]))
+@example(q=(0.5, 0.001953125, 26), na=1, nb=129, acc="pld")  # tiny ε: library rounds twice
 def test_split_homogeneous_history_equals_library_composition(q, na, nb, acc):
     """Equal queries charged in two batches cost the same as dp-accounting composing them apart."""
     query = DPRDMQuery(*q)
@@ -284,5 +285,14 @@ def test_split_homogeneous_history_equals_library_composition(q, na, nb, acc):
     lib.compose(dp_accounting.ComposedDpEvent([query.dp_event(na), query.dp_event(nb)]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OrderOnEdgeWarning)
-        ours = compute_epsilon([(query, na), (query, nb)], 1e-6, acc).epsilon
-    assert ours == pytest.approx(lib.get_epsilon(1e-6), rel=2e-3, abs=2e-3)
+        rep = compute_epsilon([(query, na), (query, nb)], 1e-6, acc)
+    ours, expected = rep.epsilon, lib.get_epsilon(1e-6)
+    if acc == "rdp":
+        assert ours == pytest.approx(expected, rel=2e-3, abs=2e-3)
+        return
+    # Both are pessimistic PLD bounds. We merge equal queries into one group and self-compose it
+    # once; the library rounds each of the two events separately, so at tiny ε its bound can sit
+    # a few grid steps higher (seen: 0.0160 vs 0.0180 at q=0.002, z=6.5, 1+129 queries, while a
+    # 1e-4 grid gives 0.0110). Ours may be lower by that rounding, never higher than the library.
+    assert ours <= expected * (1 + 2e-3) + 2e-3
+    assert ours >= expected * (1 - 2e-3) - 4 * rep.pld_discretization
