@@ -72,6 +72,12 @@ def _fmt(v: Any) -> tuple[str, bool]:
     return html.escape(str(v)), False
 
 
+
+def _text_cell(v: Any) -> str:
+    """A <td> for a formatted value; numbers are right-aligned."""
+    text, numeric = _fmt(v)
+    return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
+
 @dataclass
 class Section:
     title: str
@@ -97,20 +103,7 @@ class Section:
         return self
 
     def table(self, rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None, caption: str | None = None) -> "Section":
-        out = ["<table>"]
-        if caption:
-            out.append(f"<caption>{html.escape(caption)}</caption>")
-        if headers:
-            out.append("<tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in headers) + "</tr>")
-        for row in rows:
-            cells = []
-            for v in row:
-                s, num = _fmt(v)
-                cells.append(f'<td class="num">{s}</td>' if num else f"<td>{s}</td>")
-            out.append("<tr>" + "".join(cells) + "</tr>")
-        out.append("</table>")
-        self.parts.append("".join(out))
-        return self
+        return self._table(rows, headers, None, caption, _text_cell)
 
     def image_table(
         self,
@@ -127,6 +120,18 @@ class Section:
         ``header_classes`` gives each header cell an optional CSS class (``"bad"`` marks a column
         that must stand out, e.g. a non-private baseline); ``width`` is the display width of images.
         """
+        w = f' width="{int(width)}"' if width else ""
+
+        def cell(v: Any) -> str:
+            if isinstance(v, (bytes, Path, np.ndarray)):
+                data = base64.b64encode(_png_bytes(v)).decode("ascii")
+                return f'<td class="img"><img alt="" src="data:image/png;base64,{data}"{w}></td>'
+            return _text_cell(v)
+
+        return self._table(rows, headers, header_classes, caption, cell)
+
+    def _table(self, rows, headers, header_classes, caption, cell) -> "Section":
+        """The one table writer behind :meth:`table` and :meth:`image_table`; ``cell`` draws a <td>."""
         out = ["<table>"]
         if caption:
             out.append(f"<caption>{html.escape(caption)}</caption>")
@@ -136,17 +141,8 @@ class Section:
             ths = ((f'<th class="{html.escape(c)}">' if c else "<th>") + html.escape(str(h)) + "</th>"
                    for h, c in zip(headers, classes))
             out.append("<tr>" + "".join(ths) + "</tr>")
-        w = f' width="{int(width)}"' if width else ""
         for row in rows:
-            cells = []
-            for v in row:
-                if isinstance(v, (bytes, Path, np.ndarray)):
-                    data = base64.b64encode(_png_bytes(v)).decode("ascii")
-                    cells.append(f'<td class="img"><img alt="" src="data:image/png;base64,{data}"{w}></td>')
-                else:
-                    s, num = _fmt(v)
-                    cells.append(f'<td class="num">{s}</td>' if num else f"<td>{s}</td>")
-            out.append("<tr>" + "".join(cells) + "</tr>")
+            out.append("<tr>" + "".join(cell(v) for v in row) + "</tr>")
         out.append("</table>")
         self.parts.append("".join(out))
         return self
