@@ -758,9 +758,9 @@ def print_summary(summary: dict[str, Any], console: Any) -> None:
     if d.get("status") == "ok":
         idx = d["index"]
         if idx["cached"]:
-            console.print("private index: reused from the cache. Cold, the full private split (49,320 images) is first "
-                          "embedded with EfficientNet-Lite0: ~2 minutes at ~400 img/s on 2 cores, unless privdiff's "
-                          "embedding cache already holds it.")
+            from privdiff.report.demo_report import COLD_INDEX_NOTE
+
+            console.print("private index: reused from the cache. " + COLD_INDEX_NOTE)
         else:
             how = "embeddings from the cache" if idx.get("embeddings_from_cache") else (
                 f"encoded at {idx.get('images_per_second', 0):.0f} img/s")

@@ -19,6 +19,11 @@ import numpy as np
 
 from privdiff.report.html import HtmlReport, Section
 
+#: What a cold run adds, said once for the terminal and the report. The throughput is the one
+#: ../shared/RESOURCES.md measured on an idle 2-core machine; a loaded machine is several times slower.
+COLD_INDEX_NOTE = ("A cold run first embeds the private split (49,320 images) with EfficientNet-Lite0: about "
+                   "2 minutes at ~400 images/s on 2 idle cores, unless privdiff's embedding cache already holds it.")
+
 _MODE_LABELS = {
     "dp-rdm": "DP-RDM (private, ε charged)",
     "public-retrieval": "public retrieval (ε = 0)",
@@ -331,9 +336,7 @@ def _timings(rep: HtmlReport, summary: dict[str, Any]) -> None:
     if d.get("status") == "ok":
         idx = d["index"]
         if idx["cached"]:
-            s.text("The private index came from the cache. A cold run also encodes the private images with "
-                   "EfficientNet-Lite0 (about 400 images per second on 2 CPU cores: some 2 minutes for the "
-                   "49,320-image private split).")
+            s.text("The private index came from the cache. " + COLD_INDEX_NOTE)
         else:
             how = ("their embeddings came from privdiff's embedding cache" if idx.get("embeddings_from_cache")
                    else f"encoded at {idx.get('images_per_second', 0):.0f} images per second")
