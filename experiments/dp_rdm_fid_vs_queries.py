@@ -34,12 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-FASHION_PROMPT = "a photo of a {}"
-
-
-def prompt_names(class_names: list[str]) -> list[str]:
-    # "T-shirt/top" reads badly in a prompt; the text projection was trained on plain words.
-    return [n.split("/")[0].lower() for n in class_names]
+# One prompt per class from privdiff's captions. The earlier "a photo of a {class name}" turned
+# "Trouser" into "a photo of a trouser", which retrieves T-shirts (tests/encoders/
+# test_class_prompts.py checks every canonical prompt retrieves its own class from public data).
+from privdiff.encoders.captions import CANONICAL_PROMPTS
 
 
 def calibrate_sample_rate(sigma: float, k: int, queries: int, epsilon: float, delta: float, accountant: str) -> float:
@@ -122,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     ref_idx = np.sort(ref_rng.choice(len(test), size=min(args.reference, len(test)), replace=False))
     ref_stats = fid_stats(test.images[ref_idx], progress=True)
 
-    names = prompt_names(private.class_names)
+    names = list(private.class_names)
     # A public yardstick for "did the image follow the prompt": nearest class centroid of the test
     # set's embeddings (the test set is the public FID reference here).
     test_emb = cached_embeddings(test, image_enc)
@@ -142,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             return rec
         rng = np.random.default_rng(args.seed)
         classes = balanced_classes(n_ctx, len(names), rng)
-        prompts = [FASHION_PROMPT.format(names[c]) for c in classes]
+        prompts = [CANONICAL_PROMPTS[c] for c in classes]
         per_ctx = args.samples // n_ctx
         source = make_source()
         pipe = DPRDMPipeline(model, source, text)
@@ -232,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "samples_per_setting": args.samples,
         "target_epsilon": args.epsilon, "accountant": args.accountant,
         "sigma": sigma, "k": k, "guidance_scale": w, "ddim_steps": steps, "seed": args.seed,
-        "prompts": "a photo of a {class}, classes balanced-uniform over 10, seeded",
+        "prompts": "privdiff.encoders.captions.CANONICAL_PROMPTS, classes balanced-uniform over 10, seeded",
         "dp_rdm": results, "baselines": baselines,
     }
     (out / "fid_vs_queries.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -41,6 +41,7 @@ _COMMAND_MODULES = (
     "rdm",
     "diffusion",
     "cpsample",
+    "yardstick",
     "demo",
 )
 

@@ -1,0 +1,53 @@
+"""Every canonical class prompt retrieves its own class from *public* data.
+
+The DP-RDM experiment once wrote "a photo of a trouser", which retrieves 20/20 T-shirts, so ~10 %
+of its prompts were wrong in every mode. The experiments now take CANONICAL_PROMPTS; this test
+guards that each of them lands on its class in the retrieval space.
+"""
+
+import numpy as np
+import pytest
+
+from privdiff.encoders.captions import CANONICAL_PROMPTS
+
+K = 20
+
+
+@pytest.fixture(scope="module")
+def public_subset():
+    from privdiff.data import load_dataset
+    from privdiff.errors import DataError
+
+    try:
+        return load_dataset("fashion-mnist:dprdm-public[:3000]")
+    except DataError as exc:
+        pytest.skip(f"Fashion-MNIST not available ({exc})")
+
+
+def _own_class_fraction(dataset, prompts, classes):
+    from privdiff.encoders import load_image_encoder, load_text_encoder
+
+    emb = np.asarray(load_image_encoder("default").encode_images(dataset.images), dtype=np.float32)
+    q = np.asarray(load_text_encoder("default").encode_text(list(prompts)), dtype=np.float32)
+    top = np.argsort(-(q @ emb.T), axis=1)[:, :K]
+    return (dataset.labels[top] == np.asarray(classes)[:, None]).mean(axis=1)
+
+
+def test_each_canonical_prompt_retrieves_its_own_class(public_subset):
+    # The old phrasing of class 1 is in the batch as a negative control: the check must catch it.
+    prompts = [*CANONICAL_PROMPTS, "a photo of a trouser"]
+    own = _own_class_fraction(public_subset, prompts, [*range(len(CANONICAL_PROMPTS)), 1])
+    assert own[-1] <= 0.5, "the negative control passed: this check cannot see a wrong prompt"
+    bad = {p: float(f) for p, f in zip(CANONICAL_PROMPTS, own[:-1]) if f <= 0.5}
+    assert not bad, f"prompts whose top-{K} public neighbours are mostly another class: {bad}"
+
+
+def test_experiment_uses_the_canonical_prompts():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / "dp_rdm_fid_vs_queries.py"
+    spec = importlib.util.spec_from_file_location("fidq", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.CANONICAL_PROMPTS is CANONICAL_PROMPTS
