@@ -62,7 +62,7 @@ class PrivacyBudgetExceeded(PrivdiffError):
         fit = ""
         if queries_remaining is not None:
             fit = (f" {queries_remaining} quer{'y' if queries_remaining == 1 else 'ies'} of this setting "
-                   "still fit.")
+                   f"still fit{'s' if queries_remaining == 1 else ''}.")
         super().__init__(
             f"privacy budget exceeded: answering {queries_requested} more quer"
             f"{'y' if queries_requested == 1 else 'ies'} would bring ε to {epsilon_would_be:.4g} "
