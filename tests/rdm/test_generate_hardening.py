@@ -336,3 +336,14 @@ def test_generate_output_folder_is_read_by_eval_as_its_images_only(env, tmp_path
     assert main(["eval", "replication", str(out), str(out), "--feature-space", "pixel", "--threshold", "0.99",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_generated"] == 4
+
+
+def test_labelled_grid_size_is_capped():
+    from privdiff.report.images import GRID_MAX_COLS, GRID_MAX_ROWS, make_labelled_grid
+
+    many = [np.zeros((GRID_MAX_COLS + 40, 4, 4, 1), dtype=np.uint8)] * (GRID_MAX_ROWS + 30)
+    capped = make_labelled_grid(many, [str(i) for i in range(len(many))], title="t")
+    exact = make_labelled_grid(
+        [np.zeros((GRID_MAX_COLS, 4, 4, 1), dtype=np.uint8)] * GRID_MAX_ROWS, [str(i) for i in range(GRID_MAX_ROWS)]
+    )
+    assert capped.shape[0] <= exact.shape[0] + 20 and capped.shape[1] <= max(exact.shape[1], 600)

@@ -65,6 +65,11 @@ def save_grid(images: np.ndarray, path: str | Path, ncols: int | None = None, sc
     return save_png(make_grid(images, ncols=ncols, pad=pad), path, scale=scale)
 
 
+#: Largest labelled grid: rows and images per row shown (the rest are only in the image files).
+GRID_MAX_ROWS = 64
+GRID_MAX_COLS = 16
+
+
 def make_labelled_grid(
     rows: list[np.ndarray],
     labels: list[str],
@@ -85,6 +90,13 @@ def make_labelled_grid(
 
     if len(rows) != len(labels) or not rows:
         raise ValueError(f"need one label per row (got {len(rows)} rows, {len(labels)} labels)")
+    # An overview, not an archive: cap its size so a large request cannot fail here, after the
+    # (possibly charged) images exist. Every image is saved separately anyway.
+    shown = f" (showing {min(len(rows), GRID_MAX_ROWS)} of {len(rows)} rows, ≤ {GRID_MAX_COLS} per row)"
+    if len(rows) > GRID_MAX_ROWS or any(len(r) > GRID_MAX_COLS for r in rows):
+        title = (title or "") + shown
+    rows = [np.asarray(r)[:GRID_MAX_COLS] for r in rows[:GRID_MAX_ROWS]]
+    labels = labels[:GRID_MAX_ROWS]
     font = ImageFont.load_default()
     tiles = []
     for r in rows:
