@@ -50,18 +50,30 @@ class PrivacyBudgetExceeded(PrivdiffError):
         epsilon_budget: float,
         delta: float,
         queries_requested: int = 1,
+        queries_remaining: int | None = None,
     ):
         self.epsilon_spent = epsilon_spent
         self.epsilon_would_be = epsilon_would_be
         self.epsilon_budget = epsilon_budget
         self.delta = delta
         self.queries_requested = queries_requested
+        #: How many queries of the same setting would still fit (None when not computed).
+        self.queries_remaining = queries_remaining
+        fit = ""
+        if queries_remaining is not None:
+            fit = (f" {queries_remaining} quer{'y' if queries_remaining == 1 else 'ies'} of this setting "
+                   f"still fit{'s' if queries_remaining == 1 else ''}.")
         super().__init__(
             f"privacy budget exceeded: answering {queries_requested} more quer"
             f"{'y' if queries_requested == 1 else 'ies'} would bring ε to {epsilon_would_be:.4g} "
-            f"> budget {epsilon_budget:.4g} (δ={delta:.3g}); ε spent so far {epsilon_spent:.4g}. "
-            "Nothing was charged or released."
+            f"> budget {epsilon_budget:.4g} (δ={delta:.3g}); ε spent so far {epsilon_spent:.4g}."
+            f"{fit} Nothing was charged or released."
         )
+
+
+class PrivdiffWarning(UserWarning):
+    """A request privdiff will carry out although its output is likely meaningless (context mostly
+    padding, δ ≥ 1/N, private data far outside the model's domain). Emitted before any charge."""
 
 
 class LedgerError(PrivdiffError):

@@ -38,7 +38,7 @@ def test_sample_with_protection_writes_pngs_grid_and_json(tmp_path, tiny_model_d
     code = main(["sample", "--model", str(tiny_model_dir), "--protect", str(tiny_classifier_dir), "--alpha", "0.5",
                  "--scale", "10", "-n", "3", "--steps", "4", "--out", str(out), "--seed", "1"])
     assert code == 0
-    assert sorted(p.name for p in out.glob("0*.png")) == ["00000.png", "00001.png", "00002.png"]
+    assert sorted(p.name for p in (out / "images").glob("0*.png")) == ["00000.png", "00001.png", "00002.png"]
     assert (out / "grid.png").stat().st_size > 0
     record = json.loads((out / "sample.json").read_text())
     assert record["cpsample"] == {"alpha": 0.5, "scale": 10.0, "mode": "toward_opposite"}
@@ -53,8 +53,8 @@ def test_sample_without_protection_is_plain_ddim_and_seeded(tmp_path, tiny_model
     for name in ("a", "b"):
         assert main(["sample", "--model", str(tiny_model_dir), "-n", "2", "--steps", "3", "--out",
                      str(tmp_path / name), "--seed", "4"]) == 0
-    a = np.asarray(Image.open(tmp_path / "a" / "00001.png"))
-    b = np.asarray(Image.open(tmp_path / "b" / "00001.png"))
+    a = np.asarray(Image.open(tmp_path / "a" / "images" / "00001.png"))
+    b = np.asarray(Image.open(tmp_path / "b" / "images" / "00001.png"))
     assert np.array_equal(a, b)
     assert json.loads((tmp_path / "a" / "sample.json").read_text())["gate"] is None
 

@@ -143,3 +143,20 @@ def test_cli_replication_validates_options_before_loading_any_images(tmp_path, c
     assert main(["eval", "replication", missing, missing, "--threshold", "3"]) == 2
     err = capsys.readouterr().err
     assert "threshold" in err and "does not exist" not in err
+
+
+def test_an_output_folder_of_generate_or_sample_is_read_through_its_npz_or_images_dir(tmp_path, rng):
+    """OUT/images.npz (else OUT/images/) is the sample set; grid.png and the JSON are never read."""
+    images = rng.integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    out = tmp_path / "out"
+    out.mkdir()
+    _folder(out / "images", images)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((40, 90), dtype=np.uint8)).save(out / "grid.png")
+    (out / "sample.json").write_text("{}")
+    assert source_to_spec(out) == f"folder:{(out / 'images').resolve()}"
+    assert load_images(out).shape == (5, 8, 8, 1)
+    _npz(out / "images.npz", images)
+    assert source_to_spec(out) == f"npz:{(out / 'images.npz').resolve()}"
+    assert np.array_equal(load_images(out), images)

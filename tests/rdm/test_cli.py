@@ -66,7 +66,7 @@ def test_generate_dp_writes_images_record_and_charges_one_query_per_prompt(setup
     assert _generate(model, index, ledger, tmp_path / "g") == 0
     rec = json.loads((tmp_path / "g" / "generation.json").read_text())
     assert rec["mode"] == "dp-rdm" and rec["images_shape"] == [2, 2, 28, 28, 1]
-    assert (tmp_path / "g" / "grid.png").exists() and (tmp_path / "g" / "p01_001.png").exists()
+    assert (tmp_path / "g" / "grid.png").exists() and (tmp_path / "g" / "images" / "p01_001.png").exists()
     assert Ledger.open(ledger).status().queries == 2
     assert rec["privacy"]["epsilon_remaining"] == pytest.approx(Ledger.open(ledger).status().epsilon_remaining)
 

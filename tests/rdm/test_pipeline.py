@@ -165,7 +165,8 @@ def test_generate_to_directory_writes_pngs_grid_and_record(model, private_index,
     pipe = _dp_pipeline(model, private_index, ledger)
     rec = generate_to_directory(pipe, PROMPTS[:2], tmp_path / "g", images_per_prompt=3, **FAST)
     files = sorted(p.name for p in (tmp_path / "g").iterdir())
-    assert "grid.png" in files and "generation.json" in files and "p01_002.png" in files
+    assert files == ["generation.json", "grid.png", "images", "images.npz"]
+    assert (tmp_path / "g" / "images" / "p01_002.png").is_file()
     saved = json.loads((tmp_path / "g" / "generation.json").read_text())
     assert saved == rec and saved["privacy"]["epsilon_spent"] == pytest.approx(ledger.status().epsilon_spent)
     assert saved["settings"]["images_per_prompt"] == 3

@@ -82,7 +82,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def sample_cmd(
         model: Path = typer.Option(..., "--model", help="Diffusion model directory (privdiff train diffusion)."),
         n: int = typer.Option(16, "-n", "--n", help="Number of images."),
-        out: Path = typer.Option(..., "--out", help="Output directory (PNGs, grid.png, sample.json)."),
+        out: Path = typer.Option(
+            ..., "--out", help="Output directory: images/*.png, images.npz (key 'images'), grid.png, sample.json."
+        ),
         protect: Path | None = typer.Option(None, "--protect", help="CPSample classifier directory (privdiff protect train)."),
         alpha: float = typer.Option(0.001, "--alpha", help="CPSample confidence threshold α ∈ (0, 0.5]."),
         scale: float = typer.Option(1000.0, "--scale", help="CPSample guidance scale s ≥ 0."),
@@ -92,35 +94,52 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         batch_size: int = typer.Option(100, "--batch-size"),
         seed: int = typer.Option(0, "--seed", help="Seed of x_T (same seed, same x_T with or without --protect)."),
         json_out: bool = typer.Option(False, "--json", help="Print the result JSON."),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Sample images with DDIM, optionally protected by CPSample (writes PNGs, a grid and a JSON)."""
         from privdiff.cpsample.guidance import CPSampleGuidance
         from privdiff.cpsample.training import load_classifier
-        from privdiff.diffusion.generate import generate
+        from privdiff.diffusion.generate import MAX_SEED, check_sampling, generate
         from privdiff.diffusion.model import load_model
-        from privdiff.report.images import save_grid, save_png
+        from privdiff.errors import check_int
+        from privdiff.report.images import save_labelled_grid
+        from privdiff.report.outputs import OutputDir, files_record
 
         guidance = None
         if protect is not None:
             # Validate α, s and the mode before loading anything heavy or writing anything.
             CPSampleGuidance(lambda x, t: x, alpha=alpha, scale=scale, mode=mode)  # type: ignore[arg-type]
-        diffusion = load_model(model)
-        if protect is not None:
-            pc = load_classifier(protect)
-            guidance = CPSampleGuidance(pc.classifier, alpha=alpha, scale=scale, mode=mode)
-        images, info = generate(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, guidance=guidance,
-                                batch_size=batch_size)
-        out.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            save_png(img, out / f"{i:05d}.png")
-        save_grid(images, out / "grid.png", ncols=min(10, n), scale=3 if images.shape[1] <= 64 else 1)
-        result = {
-            "model": str(model), "protect": str(protect) if protect else None,
-            "cpsample": guidance.settings() if guidance else None, **info,
-            "seconds_per_image": info["wall_seconds"] / n,
-            "gate": guidance.stats.summary() if guidance else None,
-        }
-        (out / "sample.json").write_text(json.dumps(result, indent=2))
+        check_int("n", n, 1)
+        check_int("seed", seed, 0, MAX_SEED)
+        # The output folder is created and write-tested before the (long) sampling run.
+        target = OutputDir.prepare(out, record="sample.json")
+        try:
+            diffusion = load_model(model)
+            check_sampling(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, batch_size=batch_size)
+            if protect is not None:
+                pc = load_classifier(protect)
+                guidance = CPSampleGuidance(pc.classifier, alpha=alpha, scale=scale, mode=mode)
+            images, info = generate(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, guidance=guidance,
+                                    batch_size=batch_size, progress=not quiet)
+            target.write_images(images, [f"{i:05d}" for i in range(n)])
+            ncols = min(10, n)
+            rows = [images[i : i + ncols] for i in range(0, n, ncols)]
+            setting = (f"CPSample alpha={alpha:g} s={scale:g} {mode}" if guidance else "unprotected") + \
+                f"  steps={steps} eta={eta:g} seed={seed}"
+            target.write_grid(lambda path: save_labelled_grid(
+                rows, [f"#{i}-{i + len(r) - 1}" for i, r in zip(range(0, n, ncols), rows)], path, title=setting,
+                scale=3 if images.shape[1] <= 64 else 1))
+            result = {
+                "model": str(model), "protect": str(protect) if protect else None,
+                "cpsample": guidance.settings() if guidance else None, **info,
+                "seconds_per_image": info["wall_seconds"] / n,
+                "gate": guidance.stats.summary() if guidance else None,
+                "files": files_record("<index:05d>.png", "sample.json"),
+            }
+            target.commit(json.dumps(result, indent=2))
+        except BaseException:
+            target.abort()
+            raise
         if json_out:
             typer.echo(json.dumps({k: v for k, v in result.items() if k != "gate"} | (
                 {"gate_firing_rate": guidance.stats.firing_rate} if guidance else {}), indent=2))

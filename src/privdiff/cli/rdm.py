@@ -61,6 +61,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             dataset.images, emb, space_id=enc.space_id, out_dir=out, config=config, resume=resume, progress=True,
             extra_info={"data": public, "encoder": encoder, "command": command, "generation_defaults": dict(DEFAULT_GENERATION)},
         )
+        from privdiff.rdm.pipeline import write_domain_reference
+
+        # Public reference for generate's "private data outside the model's domain" warning.
+        write_domain_reference(result.out_dir, emb, enc.space_id)
         typer.echo(
             f"trained {result.steps_done} steps ({result.num_parameters / 1e6:.2f} M params), "
             f"final loss {result.final_loss:.4f}; model -> {result.out_dir}"
@@ -68,7 +72,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
     @app.command("generate")
     def generate_cmd(
-        prompt: list[str] = typer.Option(..., "--prompt", help="Text prompt (repeat for several; one private query each)."),
+        prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text prompt (repeat for several; one private query each)."),
+        prompts_file: Optional[Path] = typer.Option(
+            None, "--prompts", help="File with one prompt per line (blank lines and # comments ignored); combines with --prompt."
+        ),
         n: int = typer.Option(16, "-n", "--images-per-prompt", help="Images per prompt (free: one context each)."),
         model: Optional[Path] = typer.Option(None, "--model", help="RDM directory (default: the shipped checkpoint)."),
         mode: str = typer.Option("dp-rdm", "--mode", help=f"One of {', '.join(_MODES)} (the last three are baselines)."),
@@ -85,32 +92,75 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="w of classifier-free guidance."),
         steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps."),
         seed: int = typer.Option(0, "--seed", help="Seed of the public sampler noise x_T (not of the DP noise)."),
-        out: Path = typer.Option(..., "--out", help="Output directory (PNGs, grid.png, generation.json)."),
+        out: Path = typer.Option(
+            ..., "--out", help="Output directory: images/*.png, images.npz (key 'images'), grid.png, generation.json."
+        ),
+        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the JSON record."),
     ) -> None:
-        """Generate images; in dp-rdm mode each prompt is one charged private query."""
-        import json
+        """Generate images; in dp-rdm mode each prompt is one charged private query.
 
-        from privdiff.errors import InvalidParameter, check_int
-        from privdiff.rdm.pipeline import generate_to_directory, make_pipeline, resolve_model_dir
+        Everything is checked before the ledger is charged (and the budget before any model
+        loads); warnings about a meaningless setting go to stderr first.
+        """
+        import json
+        import warnings
+
+        from privdiff.errors import InvalidParameter, PrivdiffWarning, check_int
+        from privdiff.rdm.pipeline import (
+            check_budget,
+            check_seed,
+            generate_to_directory,
+            generation_defaults,
+            make_pipeline,
+            resolve_model_dir,
+        )
+        from privdiff.report.outputs import OutputDir
 
         if mode not in _MODES:
             raise InvalidParameter("mode", mode, "one of " + ", ".join(_MODES))
         check_int("n", n, 1, 4096)
+        check_seed(seed)
+        prompt_list = list(prompt or []) + (read_prompts(prompts_file) if prompts_file is not None else [])
+        if not prompt_list:
+            raise InvalidParameter("prompt", None, "at least one prompt (--prompt TEXT or --prompts FILE)")
+        if any(not p.strip() for p in prompt_list):
+            raise InvalidParameter("prompt", "", "non-empty text")
         out = Path(out)
-        if (out / "generation.json").exists():
-            raise InvalidParameter("out", str(out), "a directory without an earlier generation.json")
-        pipe, defaults = make_pipeline(
-            resolve_model_dir(model), mode=mode, index=index, ledger=ledger, k=k, sigma=sigma,
-            sample_rate=sample_rate, lam=lam, mix_with=mix_with, public_data=public_data,
-            private_data=private_data, encoder=encoder,
-        )
-        record = generate_to_directory(
-            pipe, prompt, out, images_per_prompt=n,
-            guidance_scale=guidance_scale if guidance_scale is not None else defaults["guidance_scale"],
-            num_inference_steps=steps if steps is not None else defaults["num_inference_steps"],
-            seed=seed, progress=True,
-        )
+        # The folder is created and write-tested (then removed) before anything loads or is
+        # charged; generate_to_directory repeats this for real right before the charge.
+        OutputDir.prepare(out, record="generation.json").abort()
+        model_dir = resolve_model_dir(model)
+
+        def show(message, category, filename, lineno, file=None, line=None):  # one line per warning
+            typer.secho(f"warning: {message}", err=True, fg=typer.colors.YELLOW)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PrivdiffWarning)
+            warnings.showwarning = show
+            if mode == "dp-rdm":
+                if index is None or ledger is None:
+                    raise InvalidParameter("index/ledger", (index, ledger), "both given in dp-rdm mode (--index DIR --ledger FILE)")
+                defaults = generation_defaults(model_dir)
+                # Cheap refusal: the ledger alone decides, before the model and encoders load.
+                check_budget(
+                    ledger,
+                    sigma=sigma if sigma is not None else defaults["sigma"],
+                    sample_rate=sample_rate if sample_rate is not None else defaults["sample_rate"],
+                    k=check_int("k", k if k is not None else defaults["k"], 1),
+                    count=len(prompt_list),
+                )
+            pipe, defaults = make_pipeline(
+                model_dir, mode=mode, index=index, ledger=ledger, k=k, sigma=sigma,
+                sample_rate=sample_rate, lam=lam, mix_with=mix_with, public_data=public_data,
+                private_data=private_data, encoder=encoder,
+            )
+            record = generate_to_directory(
+                pipe, prompt_list, out, images_per_prompt=n,
+                guidance_scale=guidance_scale if guidance_scale is not None else defaults["guidance_scale"],
+                num_inference_steps=steps if steps is not None else defaults["num_inference_steps"],
+                seed=seed, progress=not quiet,
+            )
         if as_json:
             typer.echo(json.dumps(record, indent=2))
             return
@@ -125,3 +175,18 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             typer.secho("NON-PRIVATE baseline (ε = ∞): do not release these images.", fg=typer.colors.RED)
         else:
             typer.echo("baseline with ε = 0 (no private data used)")
+
+
+def read_prompts(path: Path) -> list[str]:
+    """Prompts from a text file: one per line; blank lines and lines starting with ``#`` skipped."""
+    from privdiff.errors import DataError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read prompts file {str(path)!r}: {exc}") from None
+    prompts = [line.strip() for line in text.splitlines()]
+    prompts = [p for p in prompts if p and not p.startswith("#")]
+    if not prompts:
+        raise DataError(f"prompts file {str(path)!r} holds no prompts (only blank lines or # comments)")
+    return prompts

@@ -35,25 +35,61 @@ def generate(
     batch_size: int = 100,
     progress: bool = True,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Sample ``n`` images; returns ``(uint8 (n, H, W, C), info)`` with ``info["wall_seconds"]``."""
+    """Sample ``n`` images; returns ``(uint8 (n, H, W, C), info)`` with ``info["wall_seconds"]``.
+
+    ``progress`` shows one bar over every DDIM step of every batch (on stderr, and only when it is
+    a terminal).
+    """
     from tqdm.auto import tqdm
 
     from privdiff.report.images import to_uint8
 
-    n = check_int("n", n, minimum=1)
-    num_inference_steps = check_int("steps", num_inference_steps, minimum=1, maximum=model.schedule["num_train_timesteps"])
-    eta = check_nonnegative("eta", eta)
-    batch_size = check_int("batch_size", batch_size, minimum=1)
+    n, num_inference_steps, eta, batch_size, seed = check_sampling(
+        model, n, num_inference_steps=num_inference_steps, eta=eta, seed=seed, batch_size=batch_size
+    )
     x_T = initial_noise(n, model.image_shape, seed)
     g = torch.Generator().manual_seed(int(seed) + 1)
     denoiser, scheduler = model.denoiser(), model.ddim_scheduler()
     out = []
     t0 = time.perf_counter()
-    for s in tqdm(range(0, n, batch_size), desc="sampling", disable=not progress or n <= batch_size):
-        x0 = ddim_sample(denoiser, scheduler, x_T[s : s + batch_size], num_inference_steps=num_inference_steps,
-                         eta=eta, guidance=guidance, generator=g, progress=progress and n <= batch_size)
-        out.append(to_uint8(x0.clamp(-1, 1)))
+    n_batches = -(-n // batch_size)
+    bar = tqdm(total=n_batches * num_inference_steps, desc="sampling", unit="step",
+               disable=None if progress else True)  # None: off when stderr is not a terminal
+    try:
+        for s in range(0, n, batch_size):
+            x0 = ddim_sample(denoiser, scheduler, x_T[s : s + batch_size], num_inference_steps=num_inference_steps,
+                             eta=eta, guidance=guidance, generator=g, callback=lambda *a: bar.update(1))
+            out.append(to_uint8(x0.clamp(-1, 1)))
+    finally:
+        bar.close()
     wall = time.perf_counter() - t0
     info = {"n": n, "num_inference_steps": num_inference_steps, "eta": eta, "seed": seed, "batch_size": batch_size,
             "wall_seconds": wall}
     return np.concatenate(out), info
+
+
+#: Largest seed: x_T uses ``seed`` and the η-noise generator ``seed + 1``; both must fit
+#: torch.Generator (unsigned 64-bit) and the signed 64-bit range of JSON/SQLite consumers.
+MAX_SEED = 2**63 - 2
+
+#: Memory one ``generate`` call may plan for: x_T (float32) and the uint8 output twice per image.
+MAX_SAMPLE_BYTES = 8 * 2**30
+
+
+def check_sampling(
+    model: DiffusionModel, n: int, *, num_inference_steps: int = 50, eta: float = 0.0, seed: int = 0,
+    batch_size: int = 100,
+) -> tuple[int, int, float, int, int]:
+    """Validate a sampling request before any work: (n, steps, η, batch size, seed).
+
+    ``n`` is bounded by a memory estimate (:data:`MAX_SAMPLE_BYTES`), so a huge request fails
+    here with the allowed maximum rather than as an allocation error later.
+    """
+    c, h, w = model.image_shape
+    per_image = 6 * c * h * w
+    n = check_int("n", n, minimum=1, maximum=max(1, MAX_SAMPLE_BYTES // per_image))
+    num_inference_steps = check_int("steps", num_inference_steps, minimum=1, maximum=model.schedule["num_train_timesteps"])
+    eta = check_nonnegative("eta", eta)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
+    seed = check_int("seed", seed, 0, MAX_SEED)
+    return n, num_inference_steps, eta, batch_size, seed

@@ -26,7 +26,10 @@ class ImageSource:
 def source_to_spec(source: str | Path) -> str:
     """Map a user-typed source to a :func:`privdiff.data.load_dataset` spec.
 
-    * an existing directory → ``folder:<dir>``
+    * an output folder of ``privdiff generate`` / ``privdiff sample`` (it holds ``images.npz`` or
+      ``images/``, :mod:`privdiff.report.outputs`) → its ``images.npz`` (else ``images/``); the
+      grid and the JSON beside them are never read as samples
+    * any other existing directory → ``folder:<dir>``
     * an existing file ending in ``.npz`` (optionally followed by a ``[a:b]`` slice) → ``npz:<file>``
     * anything else is taken to be a dataset spec (``fashion-mnist:test[:500]``, ``folder:...``).
     """
@@ -35,6 +38,12 @@ def source_to_spec(source: str | Path) -> str:
         raise DataError("empty image source: give a dataset spec, an image folder or an .npz file")
     path = Path(text).expanduser()
     if path.is_dir():
+        from privdiff.report.outputs import IMAGES_DIR, IMAGES_NPZ
+
+        if (path / IMAGES_NPZ).is_file():
+            return f"npz:{(path / IMAGES_NPZ).resolve()}"
+        if (path / IMAGES_DIR).is_dir():
+            return f"folder:{(path / IMAGES_DIR).resolve()}"
         return f"folder:{path.resolve()}"
     base, sep, rest = text.partition("[")
     base_path = Path(base).expanduser()

@@ -46,7 +46,9 @@ def _cell_image(directory: Path, n: int) -> np.ndarray | str:
 
     from privdiff.report.images import make_grid
 
-    files = [directory / f"p00_{j:03d}.png" for j in range(n)]
+    # generate_to_directory writes the PNGs under images/ (older runs: beside the grid).
+    where = directory / "images" if (directory / "images").is_dir() else directory
+    files = [where / f"p00_{j:03d}.png" for j in range(n)]
     if not all(f.is_file() for f in files):
         return "images missing"
     imgs = np.stack([np.asarray(Image.open(f)) for f in files])

@@ -63,3 +63,80 @@ def save_png(image: np.ndarray, path: str | Path, scale: int = 1) -> Path:
 def save_grid(images: np.ndarray, path: str | Path, ncols: int | None = None, scale: int = 1, pad: int = 2) -> Path:
     """Tile and save uint8 images (N, H, W, C) as one PNG."""
     return save_png(make_grid(images, ncols=ncols, pad=pad), path, scale=scale)
+
+
+#: Largest labelled grid: rows and images per row shown (the rest are only in the image files).
+GRID_MAX_ROWS = 64
+GRID_MAX_COLS = 16
+
+
+def make_labelled_grid(
+    rows: list[np.ndarray],
+    labels: list[str],
+    *,
+    title: str | None = None,
+    scale: int = 1,
+    pad: int = 2,
+    label_width: int | None = None,
+) -> np.ndarray:
+    """Tile one row of uint8 images (n_i, H, W, C) per entry of ``rows``, each with a text label
+    on its left and an optional ``title`` line on top; returns an RGB uint8 (H', W', 3) array.
+
+    The tiles are enlarged by ``scale`` (nearest neighbour) *before* the text is drawn, so the
+    label stays legible on 28-px images. PIL's built-in bitmap font is used: no font file is
+    needed. Use :func:`make_grid` / :func:`save_grid` when a caller needs the bare tiles.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    if len(rows) != len(labels) or not rows:
+        raise ValueError(f"need one label per row (got {len(rows)} rows, {len(labels)} labels)")
+    # An overview, not an archive: cap its size so a large request cannot fail here, after the
+    # (possibly charged) images exist. Every image is saved separately anyway.
+    shown = f" (showing {min(len(rows), GRID_MAX_ROWS)} of {len(rows)} rows, ≤ {GRID_MAX_COLS} per row)"
+    if len(rows) > GRID_MAX_ROWS or any(len(r) > GRID_MAX_COLS for r in rows):
+        title = (title or "") + shown
+    rows = [np.asarray(r)[:GRID_MAX_COLS] for r in rows[:GRID_MAX_ROWS]]
+    labels = labels[:GRID_MAX_ROWS]
+    font = ImageFont.load_default()
+    tiles = []
+    for r in rows:
+        g = make_grid(np.asarray(r), ncols=len(r), pad=pad)
+        if g.shape[2] == 1:
+            g = np.repeat(g, 3, axis=2)
+        img = Image.fromarray(g[..., :3])
+        if scale > 1:
+            img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        tiles.append(img)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_size(text: str) -> tuple[int, int]:
+        left, top, right, bottom = probe.textbbox((0, 0), text, font=font)
+        return right - left, bottom - top
+
+    # Long prompts are cut so one label never dwarfs the images (the full text is in the JSON).
+    labels = [lab if len(lab) <= 48 else lab[:47] + "…" for lab in labels]
+    width_needed = max(text_size(lab)[0] for lab in labels) + 8
+    label_w = label_width if label_width is not None else width_needed
+    line_h = max(text_size("Ag")[1] + 6, 12)
+    title_h = line_h if title else 0
+    grid_w = label_w + max(t.width for t in tiles)
+    if title:
+        grid_w = max(grid_w, text_size(title)[0] + 8)
+    grid_h = title_h + sum(t.height for t in tiles)
+    canvas = Image.new("RGB", (grid_w, grid_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((4, 3), title, fill=(0, 0, 0), font=font)
+    y = title_h
+    for tile, lab in zip(tiles, labels):
+        canvas.paste(tile, (label_w, y))
+        draw.text((4, y + max(0, (tile.height - text_size(lab)[1]) // 2)), lab, fill=(0, 0, 0), font=font)
+        y += tile.height
+    return np.asarray(canvas)
+
+
+def save_labelled_grid(
+    rows: list[np.ndarray], labels: list[str], path: str | Path, *, title: str | None = None, scale: int = 1
+) -> Path:
+    """:func:`make_labelled_grid` saved as one PNG (already scaled)."""
+    return save_png(make_labelled_grid(rows, labels, title=title, scale=scale), path)

@@ -11,6 +11,7 @@ post-processing over public data and the release, and cost no privacy.
 >>> context = mix_context(release, text_embeddings, lam=0.5, k=20)     # doctest: +SKIP
 """
 
+from privdiff.retrieval.domain import domain_similarity
 from privdiff.retrieval.index import (
     EmbeddingIndex,
     IndexManifest,
@@ -34,6 +35,7 @@ __all__ = [
     "PublicEmbeddings",
     "PublicRetriever",
     "build_index",
+    "domain_similarity",
     "build_index_from_images",
     "load_index",
     "mix_context",
