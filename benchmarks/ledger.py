@@ -10,6 +10,13 @@
    CIFAR-10 setting of the paper's figure (σ = 0.05, q = 0.01, k = 23, δ = 1/50,000) under the
    ``paper`` accountant (Opacus 1.4 RDP, what the authors used) and under ``pld``; the ratio
    pld / paper is how many more queries the tighter accountant answers for the same guarantee.
+3. **Concurrent chargers.** ``--chargers`` processes each charge ``--charges-each`` single queries
+   on one ledger at once, twice in the same run: the way ``Ledger.charge`` works now (ε of the
+   candidate computed outside the write lock, the history version re-checked under it) and the
+   old way (ε computed while holding the lock: ``optimistic=0``). Reports the longest and the
+   95th-percentile duration of a charge (lock wait + accounting) per mode and the ratio old / new
+   of the longest; the lock timeout is 60 s. Both modes end with the same ε (checked). On a
+   machine with fewer cores than chargers the accounting cannot overlap, so the gain shrinks.
 
 Usage::
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import random
 import statistics
@@ -45,12 +53,75 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--accountant", default="pld", choices=["pld", "rdp", "paper"])
     p.add_argument("--target-epsilon", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="CI size: 1,000 queries of history, 3 repeats")
+    p.add_argument("--chargers", type=int, default=32, help="concurrent charging processes")
+    p.add_argument("--charges-each", type=int, default=5, help="charges per process")
+    p.add_argument("--quick", action="store_true",
+                   help="CI size: 1,000 queries of history, 3 repeats, 4 chargers × 3 charges")
     p.add_argument("--out", default="out/benchmarks/ledger.json")
     args = p.parse_args(argv)
     if args.quick:
         args.history, args.batch, args.repeats = 1000, 250, 3
+        args.chargers, args.charges_each = 4, 3
     return args
+
+
+def _charger(path: str, n: int, optimistic: bool, start, out) -> None:
+    """Child process: wait for the common start, then time each of n single-query charges."""
+    from privdiff.accounting import DPRDMQuery, Ledger
+
+    query = DPRDMQuery(*GROUPS[0])
+    ledger = Ledger.open(path)
+    start.wait()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        if optimistic:
+            ledger.charge(query)
+        else:  # the old critical section: accounting while holding the write lock
+            ledger._charge_groups({query: 1}, None, optimistic=0)
+        times.append(time.perf_counter() - t0)
+    ledger.close()
+    out.put(times)
+
+
+def _concurrent(tmp: Path, args: argparse.Namespace) -> dict:
+    import multiprocessing as mp
+
+    from privdiff.accounting import DPRDMQuery, Ledger
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    result = {}
+    for mode in ("old", "new"):
+        path = tmp / f"concurrent-{mode}.sqlite"
+        led = Ledger.create(path, epsilon=1e9, delta=1e-6, accountant=args.accountant, dataset="benchmark")
+        led.charge_many([DPRDMQuery(*g) for g in GROUPS])  # a history of several groups
+        led.close()
+        start, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_charger, args=(str(path), args.charges_each, mode == "new", start, out))
+                 for _ in range(args.chargers)]
+        for p in procs:
+            p.start()
+        time.sleep(0.5)  # let every child open the ledger
+        t0 = time.perf_counter()
+        start.set()
+        times = [t for _ in procs for t in out.get(timeout=600)]
+        wall = time.perf_counter() - t0
+        for p in procs:
+            p.join()
+            if p.exitcode != 0:
+                raise SystemExit(f"a charger exited with {p.exitcode}")
+        with Ledger.open(path) as led:
+            st = led.status()
+        times.sort()
+        result[mode] = {"max_s": times[-1], "p95_s": times[int(0.95 * (len(times) - 1))],
+                        "median_s": statistics.median(times), "wall_s": wall, "queries": st.queries,
+                        "epsilon_spent": st.epsilon_spent}
+    if result["old"]["queries"] != result["new"]["queries"] or not math.isclose(
+        result["old"]["epsilon_spent"], result["new"]["epsilon_spent"], rel_tol=1e-9
+    ):
+        raise SystemExit(f"old and new charging disagree: {result}")
+    result["ratio_max_old_over_new"] = result["old"]["max_s"] / result["new"]["max_s"]
+    return result
 
 
 def _fill(ledger, history: int, batch: int, seed: int) -> float:
@@ -105,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = len(big.history())
         big.close()
         empty.close()
+        concurrent = _concurrent(Path(tmp), args)
 
     full_ms, empty_ms = 1e3 * statistics.median(full_t), 1e3 * statistics.median(empty_t)
     cifar = dict(sigma=0.05, sample_rate=0.01, k=23)
@@ -129,6 +201,14 @@ def main(argv: list[str] | None = None) -> dict:
         t2.add_row(acc, f"{cal.value:,}", f"{cal.epsilon:.4f}")
     console.print(t2)
     console.print(f"ratio pld / paper: [bold]{ratio_q:.2f}×[/bold]")
+    t3 = Table(title=f"{args.chargers} concurrent chargers × {args.charges_each} charges ({args.accountant})")
+    for col in ("accounting", "longest charge (s)", "p95 (s)", "median (s)", "wall (s)"):
+        t3.add_column(col, justify="right")
+    for mode, label in (("old", "under the write lock (old)"), ("new", "outside, version re-checked")):
+        c = concurrent[mode]
+        t3.add_row(label, f"{c['max_s']:.3f}", f"{c['p95_s']:.3f}", f"{c['median_s']:.3f}", f"{c['wall_s']:.2f}")
+    console.print(t3)
+    console.print(f"ratio longest charge old / new: [bold]{concurrent['ratio_max_old_over_new']:.2f}×[/bold]")
 
     result = {
         "settings": {k: v for k, v in vars(args).items()},
@@ -140,6 +220,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "epsilon_spent": status.epsilon_spent, "fill_seconds": fill_s},
         "queries_at_target": {acc: cal.to_dict() for acc, cal in answerable.items()},
         "ratio_pld_over_paper_queries": ratio_q,
+        "concurrent_chargers": concurrent,
         "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
     }
     out = Path(args.out)

@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     n_private = len(private)
     delta = 1.0 / n_private
     print(f"private N={n_private} (δ=1/N={delta:.3g}); public N={len(public)}; σ={sigma} k={k} w={w} steps={steps}")
-    priv_emb = cached_embeddings(private, image_enc)
-    pub_emb = cached_embeddings(public, image_enc)
+    priv_emb = cached_embeddings(private, image_enc, private=True)
+    pub_emb = cached_embeddings(public, image_enc, private=False)
     private_index = EmbeddingIndex.from_embeddings(priv_emb, space_id=image_enc.space_id, source=private.name)
     public_retriever = PublicRetriever(PublicEmbeddings(pub_emb, space_id=image_enc.space_id, source=public.name), k)
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     names = list(private.class_names)
     # A public yardstick for "did the image follow the prompt": nearest class centroid of the test
     # set's embeddings (the test set is the public FID reference here).
-    test_emb = cached_embeddings(test, image_enc)
+    test_emb = cached_embeddings(test, image_enc, private=False)
     centroids = np.stack([test_emb[test.labels == c].mean(axis=0) for c in range(len(names))])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
     footwear = [i for i, n in enumerate(private.class_names) if n in ("Sandal", "Sneaker", "Ankle boot")]

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = load_image_encoder("default")
     model.check_space(enc.space_id)
     test = load_dataset("fashion-mnist:test")
-    emb = cached_embeddings(test, enc)
+    emb = cached_embeddings(test, enc, private=False)
     n_cls = len(test.class_names)
     centroids = np.stack([emb[test.labels == c].mean(axis=0) for c in range(n_cls)])
     centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)

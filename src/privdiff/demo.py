@@ -365,10 +365,10 @@ class _WatchedEncoder:
         return self.inner.encode_images(images, **kwargs)
 
 
-def _embeddings(cfg: DemoConfig, dataset: Any, encoder: Any) -> np.ndarray:
+def _embeddings(cfg: DemoConfig, dataset: Any, encoder: Any, *, private: bool) -> np.ndarray:
     from privdiff.rdm.train import cached_embeddings
 
-    return cached_embeddings(dataset, encoder, cache_dir=cfg.embedding_cache, progress=True)
+    return cached_embeddings(dataset, encoder, private=private, cache_dir=cfg.embedding_cache, progress=True)
 
 
 def _index_dir(cache_dir: Path, spec: str, encoder: Any) -> Path:
@@ -397,10 +397,10 @@ def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path
         phases.console.print(f"  embedding {len(ds):,} private images with {encoder.space_id}")
         watched = _WatchedEncoder(encoder)
         t0 = time.perf_counter()
-        emb = _embeddings(cfg, ds, watched)
+        emb = _embeddings(cfg, ds, watched, private=True)
         encode_s = time.perf_counter() - t0
         idx = build_index(path, emb, space_id=encoder.space_id, source=cfg.private_data, visibility="private",
-                          overwrite=True)
+                          overwrite=True, source_images=ds.images)
         info: dict[str, Any] = {"path": str(path), "cached": False, "count": idx.count, "dim": idx.dim,
                                 "embeddings_from_cache": not watched.encoded, "embed_seconds": round(encode_s, 2)}
         if watched.encoded:
@@ -443,14 +443,17 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
         pipes = {"dp-rdm": DPRDMPipeline(model, dp_pipe.source, text)}
         if "public-retrieval" in cfg.modes:
             pub = load_dataset(cfg.public_data)
-            pub_emb = _embeddings(cfg, pub, image_encoder)
+            from privdiff.retrieval import check_public_disjoint, load_index
+
+            check_public_disjoint(load_index(index_path, verify="size"), pub.images, name=cfg.public_data)
+            pub_emb = _embeddings(cfg, pub, image_encoder, private=False)
             public = PublicEmbeddings(pub_emb, space_id=image_encoder.space_id, source=cfg.public_data)
             pipes["public-retrieval"] = DPRDMPipeline(model, PublicRetrievalContext(PublicRetriever(public, k)), text)
         if "non-private" in cfg.modes:
             # The ε = ∞ reference reads the private embeddings directly (that is what it is); it is
             # a separate source that never sees the ledger and marks its outputs private=False.
             priv = load_dataset(cfg.private_data)
-            priv_emb = _embeddings(cfg, priv, image_encoder)
+            priv_emb = _embeddings(cfg, priv, image_encoder, private=True)
             pipes["non-private"] = DPRDMPipeline(
                 model, NonPrivateRetrievalContext(priv_emb, k, space_id=image_encoder.space_id), text)
         if "no-retrieval" in cfg.modes:

@@ -80,6 +80,15 @@ class LedgerError(PrivdiffError):
     """The ledger file cannot be used (corrupt, foreign, wrong schema, missing)."""
 
 
+class LedgerCorrupt(LedgerError):
+    """The ledger's contents contradict themselves (e.g. its grouped history disagrees with its
+    per-charge records, or its metadata fails its checksum): its ε cannot be trusted."""
+
+
+class LedgerIndexMismatch(LedgerError):
+    """A ledger is bound to one private index and was used with another (budgets would mix)."""
+
+
 class DataError(PrivdiffError):
     """A dataset cannot be loaded: unknown spec, missing files, corrupt or unreadable images."""
 

@@ -29,3 +29,17 @@ def test_ledger_benchmark_quick_runs_and_writes_json(tmp_path):
     assert answered["pld"]["value"] > answered["paper"]["value"] > 1000  # paper's figure used T = 1000
     assert all(a["epsilon"] <= 10 for a in answered.values())
     assert result["ratio_pld_over_paper_queries"] == answered["pld"]["value"] / answered["paper"]["value"]
+
+
+def test_ledger_benchmark_compares_concurrent_charging_old_and_new(tmp_path):
+    out = tmp_path / "ledger.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ledger.py"), "--quick", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "ratio longest charge old / new" in proc.stdout
+    conc = json.loads(out.read_text())["concurrent_chargers"]
+    n = 4 * 3 + 8  # 4 chargers × 3 charges on top of one query per group
+    assert conc["old"]["queries"] == conc["new"]["queries"] == n
+    assert conc["ratio_max_old_over_new"] == conc["old"]["max_s"] / conc["new"]["max_s"]

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -100,3 +102,56 @@ def test_folder_slice_decodes_only_the_slice(tmp_path):
     (tmp_path / "9_bad.png").write_bytes(b"junk")  # sorts last, outside the slice
     ds = load_dataset(f"folder:{tmp_path}[1:3]")
     assert ds.images[:, 0, 0, 0].tolist() == [10, 20] and ds.labels is None
+
+
+def test_decompression_bombs_are_listed_as_unreadable_files(tmp_path, monkeypatch):
+    import PIL.Image
+
+    for i in range(25):
+        _save(tmp_path / f"big{i:02d}.png", np.zeros((40, 40), dtype=np.uint8))
+    _save(tmp_path / "small.png", np.zeros((40, 40), dtype=np.uint8)[:10, :10])
+    # PIL refuses images over 2 × MAX_IMAGE_PIXELS with DecompressionBombError (not an OSError).
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(DataError) as info:
+        load_dataset(f"folder:{tmp_path}")
+    msg = str(info.value)
+    assert "25 unreadable" in msg and "DecompressionBombError" in msg and "big00.png" in msg
+    assert "... and 5 more" in msg  # the first few, then a count
+    ds = load_dataset(f"folder:{tmp_path}", skip_corrupt=True)
+    assert len(ds) == 1 and ds.metadata["n_skipped"] == 25
+
+
+def test_unreadable_directories_are_a_data_error_listing_them(tmp_path, monkeypatch):
+    import os
+
+    for cls in ("a", "b", "c"):
+        _save(tmp_path / cls / "x.png", np.zeros((5, 5), dtype=np.uint8))
+    _save(tmp_path / "b" / "deeper" / "y.png", np.zeros((5, 5), dtype=np.uint8))
+    real_scandir = os.scandir
+    locked = {str(tmp_path / "b" / "deeper"), str(tmp_path / "c")}
+
+    def scandir(path="."):
+        if str(path) in locked:  # as chmod 000 would for a non-root user
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    for skip in (False, True):  # skipping cannot count what cannot be listed
+        with pytest.raises(DataError) as info:
+            load_dataset(f"folder:{tmp_path}", skip_corrupt=skip)
+        msg = str(info.value)
+        assert "2 directories" in msg and "deeper" in msg and str(tmp_path / "c") in msg
+    locked.clear()
+    assert len(load_dataset(f"folder:{tmp_path}")) == 4
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads 0o000 directories")
+def test_a_real_unreadable_directory_is_a_data_error(tmp_path):
+    _save(tmp_path / "a" / "x.png", np.zeros((5, 5), dtype=np.uint8))
+    _save(tmp_path / "b" / "y.png", np.zeros((5, 5), dtype=np.uint8))
+    (tmp_path / "b").chmod(0)
+    try:
+        with pytest.raises(DataError, match="cannot be read"):
+            load_dataset(f"folder:{tmp_path}")
+    finally:
+        (tmp_path / "b").chmod(0o755)

@@ -129,6 +129,6 @@ def test_cached_embeddings_encode_once(tmp_path, tiny_data):
             return super().encode_images(images)
 
     ds = ImageDataset(images=images, name="tiny")
-    a = cached_embeddings(ds, Counting(), cache_dir=tmp_path, progress=False)
-    b = cached_embeddings(ds, Counting(), cache_dir=tmp_path, progress=False)
+    a = cached_embeddings(ds, Counting(), private=False, cache_dir=tmp_path, progress=False)
+    b = cached_embeddings(ds, Counting(), private=False, cache_dir=tmp_path, progress=False)
     assert calls == [32] and np.array_equal(a, b)

@@ -41,8 +41,37 @@ def test_index_build_then_info_shows_manifest_without_labels(tmp_path, npz_datas
     assert (built["count"], built["dim"], built["space_id"], built["visibility"]) == (20, 4, "tiny-mean/v1", "private")
     assert main(["index", "info", str(out), "--verify", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["verified"] == "full" and info["sha256"] == built["sha256"]
+    assert info["verified"] == "full" and info["fingerprint"] == built["fingerprint"]
     assert "labels" not in info and "class_names" not in info
+
+
+def test_index_info_shows_a_short_manifest_fingerprint_never_the_vectors_hash(
+    tmp_path, npz_dataset, tiny_encoder, capsys
+):
+    import hashlib
+
+    from privdiff.retrieval import read_manifest
+
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--data", f"npz:{npz_dataset}", "--out", str(out), "--json"]) == 0
+    built = capsys.readouterr().out
+    vectors_sha = read_manifest(out).sha256
+    manifest_sha = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    for argv in (["index", "info", str(out)], ["index", "info", str(out), "--json"],
+                 ["index", "info", str(out), "--verify"]):
+        assert main(argv) == 0
+        shown = capsys.readouterr().out
+        assert manifest_sha[:12] in shown and manifest_sha not in shown
+        assert vectors_sha[:12] not in shown
+    assert vectors_sha[:12] not in built and json.loads(built)["fingerprint"] == manifest_sha[:12]
+    # Error messages name the index the same way, never by its vectors' hash.
+    vec = out / "embeddings.npy"
+    data = bytearray(vec.read_bytes())
+    data[-1] ^= 0xFF
+    vec.write_bytes(bytes(data))
+    assert main(["index", "info", str(out), "--verify"]) != 0
+    err = capsys.readouterr().err
+    assert manifest_sha[:12] in err and vectors_sha[:12] not in err
 
 
 def test_index_build_refuses_existing_output_with_exit_code_2(tmp_path, npz_dataset, tiny_encoder, capsys):

@@ -16,10 +16,30 @@ release can only over-count privacy loss, never under-count it. Many processes m
 file at once: the write lock serialises them, ``busy_timeout`` plus a retry loop waits out the
 others, and each sees the history committed before it.
 
+Step 3's accounting (the slow part) runs *outside* the write lock when it can: the charge reads
+the history and its version (the largest charge id; rows are only ever appended), composes ε of
+history + candidate unlocked, then under the lock re-reads the version and inserts only if no one
+committed in between; otherwise it retries, and after :data:`OPTIMISTIC_ATTEMPTS` tries it
+computes under the lock as before. Either way the ε checked against the budget is that of exactly
+the history the insert extends, so the budget invariant is the same as with one long critical
+section. A refusal needs no re-check: the history only grows and ε grows with it.
+
 The file identifies itself with SQLite's ``application_id`` (:data:`APPLICATION_ID`, "PDVL") and
 ``user_version`` (:data:`SCHEMA_VERSION`). :meth:`Ledger.open` refuses anything else — a missing
 file, garbage bytes, a truncated file, another program's SQLite database, a newer schema — with
 :class:`~privdiff.errors.LedgerError`, and never rewrites or resets it.
+
+Corruption that SQLite's own checks miss (a flipped byte inside a record) must never lower the
+reported ε silently. Two cross-checks catch it, on open and on every :meth:`Ledger.status`:
+the metadata (budget, δ, accountant, bound index) carries a sha256 checksum, and the grouped
+history ``query_groups`` (what ε is computed from) must equal the per-charge records ``charges``
+summed by (σ, q, k). A disagreement raises :class:`~privdiff.errors.LedgerCorrupt`.
+
+A ledger may be *bound* to one private index by the index's manifest fingerprint (sha256 of its
+``manifest.json``, which covers the vectors' hash; ``privdiff budget init --index DIR``);
+:class:`~privdiff.retrieval.DPRetriever` then refuses any other index with
+:class:`~privdiff.errors.LedgerIndexMismatch`, whatever path it was opened by. Schema 1 files
+(no checksum, no binding) still open; :meth:`Ledger.bind_index` upgrades one to schema 2.
 
 ``request_id`` is an audit label, not an idempotency key: two charges with the same id are two
 releases with fresh noise, so both are charged.
@@ -28,10 +48,14 @@ releases with fresh noise, so both are charged.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import os
 import random
+import re
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -41,14 +65,37 @@ from pathlib import Path
 
 from privdiff.accounting.accountants import DEFAULT_ACCOUNTANT, check_accountant, compute_epsilon
 from privdiff.accounting.query import DPRDMQuery, check_delta, check_epsilon
-from privdiff.errors import InvalidParameter, LedgerError, PrivacyBudgetExceeded, check_int
+from privdiff.errors import (
+    InvalidParameter,
+    LedgerCorrupt,
+    LedgerError,
+    PrivacyBudgetExceeded,
+    PrivdiffError,
+    check_int,
+)
+
+try:  # POSIX: the creator of a temporary file holds an flock on it (see _remove_stale_temps)
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 #: SQLite ``PRAGMA application_id`` of a privdiff ledger: the bytes "PDVL".
 APPLICATION_ID = int.from_bytes(b"PDVL", "big")
-#: ``PRAGMA user_version``; bump with a migration when the tables change.
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version``; bump with a migration when the tables change. Version 2 added the
+#: metadata checksum and the optional index binding (no table changed).
+SCHEMA_VERSION = 2
+#: Versions :meth:`Ledger.open` reads (1: no checksum, no binding; see :meth:`Ledger.bind_index`).
+READABLE_VERSIONS = (1, 2)
 #: Seconds a charge waits for other writers before giving up with LedgerError.
 LOCK_TIMEOUT_S = 60.0
+#: Tries at accounting outside the write lock before a charge computes ε under it. Each lost race
+#: costs one wasted accounting, and commits are serialised by the accounting time anyway (each
+#: must extend the exact history it was checked on), so more tries only burn CPU under contention.
+OPTIMISTIC_ATTEMPTS = 2
+#: A creator's temporary file older than this (and not flock'ed by a live creator) is stale.
+STALE_TMP_S = LOCK_TIMEOUT_S
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -132,6 +179,8 @@ class LedgerStatus:
     groups: int = 0
     path: str = ""
     created: float = 0.0
+    #: Short fingerprint (12 hex) of the manifest of the index this ledger is bound to; "" if none.
+    index: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,11 +199,14 @@ class Ledger:
         self._conn = conn
         # One connection per Ledger, shared by threads under this lock; processes use SQLite's.
         self._lock = threading.RLock()
+        # `meta` was validated by open() (_parse_meta), so these conversions cannot fail.
         self.epsilon_budget = float(meta["epsilon"])
         self.delta = float(meta["delta"])
         self.accountant = meta["accountant"]
         self.dataset = meta.get("dataset", "")
         self.created = float(meta.get("created", "0"))
+        #: sha256 of the bound index's manifest (``EmbeddingIndex.fingerprint``), or "" if unbound.
+        self.index_fingerprint = meta.get("index", "")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -166,25 +218,42 @@ class Ledger:
         delta: float,
         accountant: str = DEFAULT_ACCOUNTANT,
         dataset: str = "",
+        index_fingerprint: str = "",
     ) -> Ledger:
         """Create a new ledger file with budget (ε, δ). Refuses to overwrite an existing file.
 
+        ``dataset`` is a free label. ``index_fingerprint`` (the full sha256 of an index's
+        manifest, :attr:`privdiff.retrieval.EmbeddingIndex.fingerprint`) binds the ledger to that
+        index: :class:`~privdiff.retrieval.DPRetriever` then refuses every other index.
+
         The file is built under a temporary name and linked into place atomically, so a crash
-        leaves either no ledger or a complete one, and two creators cannot both succeed.
+        leaves either no ledger or a complete one, and two creators cannot both succeed. A
+        temporary file left by a creator that was killed is removed by the next create/open.
         """
         epsilon = check_epsilon("epsilon", epsilon)
         delta = check_delta(delta)
         check_accountant(accountant)
         if not isinstance(dataset, str):
             raise InvalidParameter("dataset", dataset, "a string")
+        if not isinstance(index_fingerprint, str) or (index_fingerprint and not _HEX64.fullmatch(index_fingerprint)):
+            raise InvalidParameter(
+                "index_fingerprint", index_fingerprint, "'' or 64 lowercase hex digits (an index manifest's sha256)"
+            )
         path = Path(path)
         if path.exists() or path.is_symlink():
             raise LedgerError(f"ledger {path} already exists; refusing to overwrite it")
         if not path.parent.is_dir():
             raise LedgerError(f"cannot create ledger {path}: directory {path.parent} does not exist")
+        _remove_stale_temps(path)
 
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        owner = -1
         try:
+            # Created empty (SQLite treats an empty file as a new database) and flock'ed for its
+            # whole life, so a concurrent create/open never removes a live creator's file.
+            owner = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            if fcntl is not None:
+                fcntl.flock(owner, fcntl.LOCK_EX)
             conn = sqlite3.connect(tmp, isolation_level=None)
             try:
                 conn.execute("PRAGMA journal_mode=DELETE")  # single file while it is built
@@ -198,22 +267,27 @@ class Ledger:
                     "dataset": dataset,
                     "created": repr(time.time()),
                     "schema_version": str(SCHEMA_VERSION),
+                    "index": index_fingerprint,
                 }
+                meta["checksum"] = _meta_checksum(meta)
                 with conn:
                     conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", meta.items())
             finally:
                 conn.close()
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
+            os.fsync(owner)
             try:
                 os.link(tmp, path)  # atomic and fails if `path` appeared meanwhile
             except FileExistsError:
                 raise LedgerError(f"ledger {path} already exists; refusing to overwrite it") from None
             except OSError as exc:
                 raise LedgerError(f"cannot create ledger {path}: {exc}") from exc
+        except (OSError, sqlite3.Error) as exc:
+            raise LedgerError(f"cannot create ledger {path}: {exc}") from exc
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            if owner >= 0:
+                os.close(owner)
         _fsync_dir(path.parent)
         ledger = cls.open(path)
         # WAL from here on: readers never block the writer, and commits append (crash-safe).
@@ -225,10 +299,12 @@ class Ledger:
         """Open an existing ledger; anything that is not an intact privdiff ledger → LedgerError.
 
         The file is inspected read-only before SQLite opens it for writing, so a foreign or
-        corrupt file is left byte-for-byte unchanged.
+        corrupt file is left byte-for-byte unchanged. Contents that contradict themselves (see
+        the module docstring) raise :class:`~privdiff.errors.LedgerCorrupt`.
         """
         path = Path(path)
         _check_header(path)
+        _remove_stale_temps(path)
         try:
             conn = sqlite3.connect(
                 f"file:{path}?mode=rw",
@@ -249,25 +325,17 @@ class Ledger:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if app_id != APPLICATION_ID:
                 raise LedgerError(f"{path} is an SQLite database but not a privdiff ledger")
-            if version != SCHEMA_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise LedgerError(
-                    f"ledger {path} has schema version {version}; this privdiff reads version "
-                    f"{SCHEMA_VERSION} (upgrade privdiff, or migrate the file)"
+                    f"ledger {path} has schema version {version}; this privdiff reads versions "
+                    f"{', '.join(map(str, READABLE_VERSIONS))} (upgrade privdiff, or migrate the file)"
                 )
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             if not _TABLES <= tables:
                 raise LedgerError(f"ledger {path} lacks tables {sorted(_TABLES - tables)}")
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            for key in ("epsilon", "delta", "accountant"):
-                if key not in meta:
-                    raise LedgerError(f"ledger {path} has no {key!r} in its metadata")
-            try:
-                check_epsilon("epsilon", float(meta["epsilon"]))
-                check_delta(float(meta["delta"]))
-                check_accountant(meta["accountant"])
-            except (InvalidParameter, ValueError) as exc:
-                raise LedgerError(f"ledger {path} has invalid metadata: {exc}") from exc
-        except sqlite3.Error as exc:
+            meta = _parse_meta(conn.execute("SELECT key, value FROM meta").fetchall(), version, path)
+            _check_history_consistent(conn, path)
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
             conn.close()
             raise LedgerError(f"ledger {path} is unreadable: {exc}") from exc
         except LedgerError:
@@ -291,8 +359,44 @@ class Ledger:
     def __repr__(self) -> str:
         return (
             f"Ledger({str(self._path)!r}, epsilon={self.epsilon_budget:g}, delta={self.delta:g}, "
-            f"accountant={self.accountant!r}, dataset={self.dataset!r})"
+            f"accountant={self.accountant!r}, dataset={self.dataset!r}, "
+            f"index={self.index_fingerprint[:12]!r})"
         )
+
+    def bind_index(self, index_fingerprint: str) -> None:
+        """Bind an unbound ledger to an index (upgrading a schema-1 file to schema 2).
+
+        Binding only ever narrows what the ledger may be used with, so it needs no budget
+        check; re-binding a bound ledger to a *different* index raises
+        :class:`~privdiff.errors.LedgerIndexMismatch` (that would let two datasets share one budget).
+        """
+        from privdiff.errors import LedgerIndexMismatch
+
+        if not isinstance(index_fingerprint, str) or not _HEX64.fullmatch(index_fingerprint):
+            raise InvalidParameter(
+                "index_fingerprint", index_fingerprint, "64 lowercase hex digits (an index manifest's sha256)"
+            )
+        with self._write_transaction() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            meta = _parse_meta(conn.execute("SELECT key, value FROM meta").fetchall(), version, self._path)
+            bound = meta.get("index", "")
+            if bound == index_fingerprint:
+                return
+            if bound:
+                raise LedgerIndexMismatch(
+                    f"ledger {self._path} is already bound to index {bound[:12]}; refusing to re-bind it "
+                    f"to {index_fingerprint[:12]} (one ledger per private dataset)"
+                )
+            meta = {k: v for k, v in meta.items() if k != "checksum"}
+            meta["index"] = index_fingerprint
+            meta["schema_version"] = str(SCHEMA_VERSION)
+            meta["checksum"] = _meta_checksum(meta)
+            conn.executemany(
+                "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                meta.items(),
+            )
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.index_fingerprint = index_fingerprint
 
     # ------------------------------------------------------------------ charging
     def charge(self, query: DPRDMQuery, count: int = 1, request_id: str | None = None) -> Charge:
@@ -326,7 +430,9 @@ class Ledger:
         count = check_int("count", count, minimum=1)
         return self._epsilon(self._grouped() + [(query, count)])
 
-    def _charge_groups(self, groups: dict[DPRDMQuery, int], request_id: str | None) -> Charge:
+    def _charge_groups(
+        self, groups: dict[DPRDMQuery, int], request_id: str | None, *, optimistic: int = OPTIMISTIC_ATTEMPTS
+    ) -> Charge:
         if request_id is None:
             request_id = uuid.uuid4().hex
         elif not isinstance(request_id, str) or not request_id:
@@ -334,29 +440,56 @@ class Ledger:
         new = sorted(groups.items(), key=lambda qc: (qc[0].sigma, qc[0].sample_rate, qc[0].k))
         n_new = sum(groups.values())
 
+        # Optimistic: account outside the write lock, insert only if the history is unchanged.
+        for _ in range(optimistic):
+            version, history = self._snapshot()
+            eps_after = self._epsilon(history + new)
+            if eps_after > self.epsilon_budget:
+                # The history only grows, and ε with it: refusing on this snapshot is final.
+                self._refuse(history, eps_after, n_new)
+            with self._write_transaction() as conn:
+                if self._version(conn) == version:
+                    return self._record(conn, history, new, eps_after, request_id)
+            # Someone committed in between; the empty transaction above committed nothing.
+        # Fallback (heavy contention): the accountant runs under the lock, as it always could.
         with self._write_transaction() as conn:
             history = self._grouped(conn)
             eps_after = self._epsilon(history + new)
             if eps_after > self.epsilon_budget:
-                raise PrivacyBudgetExceeded(
-                    epsilon_spent=self._epsilon(history),
-                    epsilon_would_be=eps_after,
-                    epsilon_budget=self.epsilon_budget,
-                    delta=self.delta,
-                    queries_requested=n_new,
-                )
-            now = time.time()
-            conn.executemany(
-                "INSERT INTO charges(time, request_id, sigma, sample_rate, k, count, epsilon_after)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(now, request_id, q.sigma, q.sample_rate, q.k, c, eps_after) for q, c in new],
-            )
-            conn.executemany(
-                "INSERT INTO query_groups(sigma, sample_rate, k, count) VALUES (?, ?, ?, ?)"
-                " ON CONFLICT(sigma, sample_rate, k) DO UPDATE SET count = count + excluded.count",
-                [(q.sigma, q.sample_rate, q.k, c) for q, c in new],
-            )
-            total = sum(c for _, c in history) + n_new
+                self._refuse(history, eps_after, n_new)
+            return self._record(conn, history, new, eps_after, request_id)
+
+    def _refuse(self, history: list[tuple[DPRDMQuery, int]], eps_after: float, n_new: int) -> None:
+        raise PrivacyBudgetExceeded(
+            epsilon_spent=self._epsilon(history),
+            epsilon_would_be=eps_after,
+            epsilon_budget=self.epsilon_budget,
+            delta=self.delta,
+            queries_requested=n_new,
+        )
+
+    def _record(
+        self,
+        conn: sqlite3.Connection,
+        history: list[tuple[DPRDMQuery, int]],
+        new: list[tuple[DPRDMQuery, int]],
+        eps_after: float,
+        request_id: str,
+    ) -> Charge:
+        """Insert one charge (inside the caller's write transaction) whose ε was checked."""
+        now = time.time()
+        conn.executemany(
+            "INSERT INTO charges(time, request_id, sigma, sample_rate, k, count, epsilon_after)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(now, request_id, q.sigma, q.sample_rate, q.k, c, eps_after) for q, c in new],
+        )
+        conn.executemany(
+            "INSERT INTO query_groups(sigma, sample_rate, k, count) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(sigma, sample_rate, k) DO UPDATE SET count = count + excluded.count",
+            [(q.sigma, q.sample_rate, q.k, c) for q, c in new],
+        )
+        n_new = sum(c for _, c in new)
+        total = sum(c for _, c in history) + n_new
         return Charge(
             epsilon_spent=eps_after,
             epsilon_budget=self.epsilon_budget,
@@ -397,8 +530,10 @@ class Ledger:
                 time.sleep(random.uniform(0.005, 0.05))
         try:
             yield conn
-        except BaseException:
+        except BaseException as exc:
             conn.execute("ROLLBACK")
+            if isinstance(exc, (sqlite3.Error, UnicodeDecodeError)):
+                raise LedgerError(f"cannot write ledger {self._path}: {exc}") from exc
             raise
         try:
             conn.execute("COMMIT")
@@ -408,20 +543,60 @@ class Ledger:
             raise LedgerError(f"could not commit to ledger {self._path}: {exc}") from exc
 
     # ------------------------------------------------------------------ reading
+    @contextlib.contextmanager
+    def _read_transaction(self) -> Iterator[sqlite3.Connection]:
+        """One consistent read snapshot (WAL: never blocks, nor is blocked by, the writer)."""
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot read ledger {self._path}: {exc}") from exc
+            try:
+                yield conn
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise LedgerError(f"ledger {self._path} is unreadable: {exc}") from exc
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("COMMIT")
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection) -> int:
+        """The largest charge id: rows are only appended (AUTOINCREMENT never reuses an id), so
+        an unchanged value means an unchanged history."""
+        return int(conn.execute("SELECT coalesce(max(id), 0) FROM charges").fetchone()[0])
+
+    def _snapshot(self) -> tuple[int, list[tuple[DPRDMQuery, int]]]:
+        with self._read_transaction() as conn:
+            return self._version(conn), self._grouped(conn)
+
     def _grouped(self, conn: sqlite3.Connection | None = None) -> list[tuple[DPRDMQuery, int]]:
         with self._lock:
-            rows = (conn or self._conn).execute(
-                "SELECT sigma, sample_rate, k, count FROM query_groups ORDER BY sigma, sample_rate, k"
-            ).fetchall()
-        return [(DPRDMQuery(s, q, k), c) for s, q, k, c in rows]
+            try:
+                # NOT INDEXED: read the table itself, never a (possibly stale) copy in its index.
+                rows = (conn or self._conn).execute(
+                    "SELECT sigma, sample_rate, k, count FROM query_groups NOT INDEXED"
+                ).fetchall()
+            except (sqlite3.Error, UnicodeDecodeError) as exc:
+                raise LedgerError(f"ledger {self._path} is unreadable: {exc}") from exc
+        try:
+            return sorted(((DPRDMQuery(s, q, k), int(c)) for s, q, k, c in rows), key=_group_key)
+        except (PrivdiffError, TypeError, ValueError) as exc:
+            raise LedgerCorrupt(f"ledger {self._path} holds an invalid query group: {exc}") from exc
 
     def _epsilon(self, history: list[tuple[DPRDMQuery, int]]) -> float:
         eps = compute_epsilon(history, self.delta, self.accountant, warn_on_edge=False).epsilon
         return eps if math.isfinite(eps) else math.inf
 
     def status(self) -> LedgerStatus:
-        """Budget, ε spent so far (re-accounted from the grouped history) and query count."""
-        history = self._grouped()
+        """Budget, ε spent so far (re-accounted from the grouped history) and query count.
+
+        The grouped history is first cross-checked against the per-charge records
+        (:class:`~privdiff.errors.LedgerCorrupt` if they disagree).
+        """
+        with self._read_transaction() as conn:
+            _check_history_consistent(conn, self._path)
+            history = self._grouped(conn)
         spent = self._epsilon(history)
         return LedgerStatus(
             epsilon_budget=self.epsilon_budget,
@@ -434,6 +609,7 @@ class Ledger:
             groups=len(history),
             path=str(self._path),
             created=self.created,
+            index=self.index_fingerprint[:12],
         )
 
     def history(self, limit: int | None = None) -> list[ChargeRecord]:
@@ -441,15 +617,122 @@ class Ledger:
         sql = "SELECT id, time, request_id, sigma, sample_rate, k, count, epsilon_after FROM charges"
         if limit is not None:
             limit = check_int("limit", limit, minimum=1)
-        with self._lock:
+        with self._read_transaction() as conn:
             if limit is None:
-                rows = self._conn.execute(sql + " ORDER BY id").fetchall()
+                rows = conn.execute(sql + " ORDER BY id").fetchall()
             else:
-                rows = self._conn.execute(sql + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()[::-1]
+                rows = conn.execute(sql + " ORDER BY id DESC LIMIT ?", (limit,)).fetchall()[::-1]
         return [ChargeRecord(*row) for row in rows]
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _group_key(qc: tuple[DPRDMQuery, int]) -> tuple[float, float, int]:
+    return (qc[0].sigma, qc[0].sample_rate, qc[0].k)
+
+
+def _meta_checksum(meta: dict[str, str]) -> str:
+    """sha256 over every metadata entry but the checksum itself (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _parse_meta(rows: list[tuple], version: int, path: Path) -> dict[str, str]:
+    """Validate the metadata rows; any inconsistency → LedgerError/LedgerCorrupt, never a raw one."""
+    meta: dict[str, str] = {}
+    for key, value in rows:
+        if not isinstance(key, str) or not isinstance(value, str) or key in meta:
+            raise LedgerCorrupt(f"ledger {path} has a malformed metadata entry {key!r}")
+        meta[key] = value
+    for key in ("epsilon", "delta", "accountant"):
+        if key not in meta:
+            raise LedgerError(f"ledger {path} has no {key!r} in its metadata")
+    if "checksum" in meta or version >= 2:
+        if meta.get("checksum") != _meta_checksum(meta):
+            raise LedgerCorrupt(
+                f"ledger {path} is corrupt: its metadata (budget, δ, accountant, index) fails its checksum"
+            )
+    try:
+        check_epsilon("epsilon", float(meta["epsilon"]))
+        check_delta(float(meta["delta"]))
+        check_accountant(meta["accountant"])
+        created = float(meta.get("created", "0"))
+        if not math.isfinite(created):
+            raise ValueError(f"created={meta['created']!r}")
+    except (PrivdiffError, ValueError) as exc:
+        raise LedgerError(f"ledger {path} has invalid metadata: {exc}") from exc
+    if meta.get("index") and not _HEX64.fullmatch(meta["index"]):
+        raise LedgerCorrupt(f"ledger {path} has a malformed index fingerprint")
+    return meta
+
+
+def _check_history_consistent(conn: sqlite3.Connection, path: Path) -> None:
+    """``query_groups`` (what ε is computed from) must equal ``charges`` summed by (σ, q, k).
+
+    Both tables are written in one transaction, so they always agree on an intact file; a
+    corrupted record in either (which SQLite's quick_check does not look inside) shows up here
+    instead of silently changing ε.
+    """
+
+    def table(sql: str) -> list[tuple]:
+        rows = conn.execute(sql).fetchall()
+        try:
+            return sorted(rows)
+        except TypeError:  # a record whose column changed type: not comparable
+            raise LedgerCorrupt(f"ledger {path} is corrupt: a history record has the wrong type") from None
+
+    groups = table(
+        "SELECT sigma, sample_rate, k, sum(count) FROM query_groups NOT INDEXED GROUP BY sigma, sample_rate, k"
+    )
+    charges = table(
+        "SELECT sigma, sample_rate, k, sum(count) FROM charges NOT INDEXED GROUP BY sigma, sample_rate, k"
+    )
+    if groups != charges:
+        raise LedgerCorrupt(
+            f"ledger {path} is corrupt: its grouped history ({len(groups)} (σ, q, k) groups, "
+            f"{sum(_as_count(r[3]) for r in groups)} queries) disagrees with its per-charge records "
+            f"({len(charges)} groups, {sum(_as_count(r[3]) for r in charges)} queries); its ε cannot be "
+            "trusted. Restore the file from a backup; do not delete it (that would reset the budget)"
+        )
+
+
+def _as_count(v: object) -> int:
+    return v if isinstance(v, int) else 0
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temporary files left by a :meth:`Ledger.create` of ``path`` that was killed.
+
+    Only this ledger's own pattern (``.<name>.<32 hex>.tmp`` and SQLite's ``-journal`` of it),
+    only regular files older than :data:`STALE_TMP_S`, and only when no live creator holds the
+    flock every creator keeps on its file. Best effort: anything unexpected leaves the file.
+    """
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{32}}\.tmp(-journal)?")
+    try:
+        entries = [e for e in os.scandir(path.parent) if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    now = time.time()
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            st = entry.stat(follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or now - st.st_mtime < STALE_TMP_S:
+                continue
+            owner_file = entry.path[: -len("-journal")] if entry.name.endswith("-journal") else entry.path
+            fd = -1
+            try:
+                if os.path.exists(owner_file):
+                    fd = os.open(owner_file, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+                    if fcntl is not None:
+                        try:
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        except BlockingIOError:
+                            continue  # a live creator owns it
+                os.unlink(entry.path)
+            finally:
+                if fd >= 0:
+                    os.close(fd)
 
 
 def _check_header(path: Path) -> None:

@@ -24,19 +24,53 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         epsilon: float = typer.Option(..., "--epsilon", help="ε budget of the dataset."),
         delta: float = typer.Option(..., "--delta", help="δ of the budget (the authors use 1/N)."),
         accountant: str = typer.Option("pld", "--accountant", help="pld (default), rdp or paper."),
-        dataset: str = typer.Option("", "--dataset", help="A label for the private dataset."),
+        dataset: str = typer.Option(
+            "", "--dataset",
+            help="A free-text label shown by `budget status` (it binds nothing; --index does).",
+        ),
+        index: Optional[Path] = typer.Option(
+            None, "--index",
+            help="Bind the ledger to this private index (by its manifest's fingerprint, not its path): "
+            "queries on any other index are refused.",
+        ),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """Create a new ledger with budget (ε, δ)."""
+        """Create a new ledger with budget (ε, δ), optionally bound to one private index."""
         from privdiff.accounting import Ledger
 
-        with Ledger.create(ledger, epsilon=epsilon, delta=delta, accountant=accountant, dataset=dataset) as led:
+        fingerprint = ""
+        if index is not None:
+            from privdiff.retrieval import read_manifest
+
+            fingerprint = read_manifest(index).fingerprint  # IndexCorrupt before anything is created
+        with Ledger.create(ledger, epsilon=epsilon, delta=delta, accountant=accountant, dataset=dataset,
+                           index_fingerprint=fingerprint) as led:
             status = led.status()
         if as_json:
             typer.echo(json.dumps(status.to_dict()))
         else:
             typer.echo(f"created ledger {ledger}: ε={status.epsilon_budget:g}, δ={status.delta:.3g}, "
-                       f"accountant {status.accountant}" + (f", dataset {dataset!r}" if dataset else ""))
+                       f"accountant {status.accountant}" + (f", dataset {dataset!r}" if dataset else "")
+                       + (f", bound to index {status.index}" if status.index else ""))
+
+    @budget_app.command("bind")
+    def bind_cmd(
+        ledger: Path = typer.Argument(..., help="Existing ledger file (keeps its history and budget)."),
+        index: Path = typer.Option(..., "--index", help="The private index this ledger's budget is for."),
+        as_json: bool = typer.Option(False, "--json"),
+    ) -> None:
+        """Bind an existing (unbound, or older) ledger to its private index; refuses to re-bind."""
+        from privdiff.accounting import Ledger
+        from privdiff.retrieval import read_manifest
+
+        fingerprint = read_manifest(index).fingerprint
+        with Ledger.open(ledger) as led:
+            led.bind_index(fingerprint)
+            status = led.status()
+        if as_json:
+            typer.echo(json.dumps(status.to_dict()))
+        else:
+            typer.echo(f"ledger {ledger} is bound to index {status.index} ({index})")
 
     @budget_app.command("status")
     def status_cmd(
@@ -58,7 +92,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         table.add_column("field")
         table.add_column("value", justify="right")
         for key, value in [
-            ("dataset", st.dataset or "-"), ("accountant", st.accountant), ("ε budget", f"{st.epsilon_budget:g}"),
+            ("dataset", st.dataset or "-"), ("index", st.index or "- (not bound)"), ("accountant", st.accountant), ("ε budget", f"{st.epsilon_budget:g}"),
             ("δ", f"{st.delta:.3g}"), ("ε spent", f"{st.epsilon_spent:.6g}"),
             ("ε remaining", f"{st.epsilon_remaining:.6g}"), ("queries charged", f"{st.queries:,}"),
             ("distinct (σ, q, k)", str(st.groups)), ("created", _when(st.created)),

@@ -63,7 +63,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 batch_size=batch_size, progress=True, overwrite=overwrite,
             )
         if as_json:
-            typer.echo(json.dumps(idx.manifest.to_dict(), indent=2))
+            typer.echo(json.dumps(idx.manifest.shown(), indent=2))
         else:
             typer.echo(f"index: {idx.count} × {idx.dim} ({idx.space_id}, {idx.visibility}) -> {out}")
 
@@ -75,7 +75,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     ) -> None:
-        """Show an index's manifest (never its vectors); --verify checks it like a load does."""
+        """Show an index's manifest (never its vectors, nor their hash: the index is named by a short
+        fingerprint of its manifest); --verify checks it like a load does."""
         import json
 
         from privdiff.retrieval import load_index, read_manifest
@@ -84,7 +85,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             manifest = load_index(index_dir, verify="full", progress=not as_json).manifest
         else:
             manifest = read_manifest(index_dir)
-        d = manifest.to_dict() | {"verified": "full" if verify else "manifest only"}
+        d = manifest.shown() | {"verified": "full" if verify else "manifest only"}
         if as_json:
             typer.echo(json.dumps(d, indent=2))
             return

@@ -56,7 +56,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         dataset = load_dataset(public)
         enc = load_image_encoder(encoder)
         typer.echo(f"public set {dataset.name}: {len(dataset)} images; encoder {enc.space_id} (d={enc.dim})")
-        emb = cached_embeddings(dataset, enc, progress=True)
+        emb = cached_embeddings(dataset, enc, private=False, progress=True)
         result = train_rdm(
             dataset.images, emb, space_id=enc.space_id, out_dir=out, config=config, resume=resume, progress=True,
             extra_info={"data": public, "encoder": encoder, "command": command, "generation_defaults": dict(DEFAULT_GENERATION)},

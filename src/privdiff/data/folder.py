@@ -12,13 +12,19 @@ Layout rules (deterministic, explicit):
   composited on white, because dropping alpha would reveal arbitrary RGB under it.
 * ``size``: every image is centre-cropped to a square (shorter side) and resized to size×size with
   Lanczos filtering. Without ``size`` all images must already share one shape.
-* An unreadable or corrupt file raises :class:`DataError` listing them all, unless
-  ``skip_corrupt=True``; skipped files are then listed in ``metadata["skipped_files"]`` and counted
-  in ``metadata["n_skipped"]`` - the dataset is never silently short.
+* An unreadable or corrupt file (including one PIL refuses as a decompression bomb: more than
+  twice ``PIL.Image.MAX_IMAGE_PIXELS``) raises :class:`DataError` listing them (the first 20 and a
+  count), unless ``skip_corrupt=True``; skipped files are then listed in
+  ``metadata["skipped_files"]`` and counted in ``metadata["n_skipped"]`` - the dataset is never
+  silently short.
+* A directory that cannot be listed (permissions, I/O error) raises :class:`DataError` listing
+  them, with or without ``skip_corrupt``: its images are unknown, so neither could they be counted.
 """
 
 from __future__ import annotations
 
+import os
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +36,57 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"}
 
 
+#: How many offending paths an error message lists before it only counts the rest.
+_SHOWN = 20
+
+
+def _listing(paths: list[tuple[str, str]]) -> str:
+    shown = "\n  ".join(f"{p} ({why})" for p, why in paths[:_SHOWN])
+    more = f"\n  ... and {len(paths) - _SHOWN} more" if len(paths) > _SHOWN else ""
+    return f"\n  {shown}{more}"
+
+
 def _is_image_file(p: Path) -> bool:
     return p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _scan(root: Path, recursive: bool) -> list[Path]:
-    it = root.rglob("*") if recursive else root.iterdir()
-    return sorted(
-        p
-        for p in it
-        if _is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+def _scan(root: Path, recursive: bool, unreadable: list[tuple[str, str]]) -> list[Path]:
+    """Image files under ``root`` (hidden files and folders skipped). Directories that cannot be
+    listed are appended to ``unreadable`` instead of being skipped silently (``Path.rglob`` would)."""
+
+    def note(exc: OSError) -> None:
+        unreadable.append((str(exc.filename or root), f"{type(exc).__name__}: {exc.strerror or exc}"))
+
+    found: list[Path] = []
+    if not recursive:
+        try:
+            entries = [Path(e.path) for e in os.scandir(root)]
+        except OSError as exc:
+            note(exc)
+            return []
+        return sorted(p for p in entries if _is_image_file(p))
+    for dirpath, dirnames, filenames in os.walk(root, onerror=note):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(p for p in (Path(dirpath) / f for f in filenames) if _is_image_file(p))
+    return sorted(found)
 
 
 def list_folder(root: Path) -> tuple[list[Path], np.ndarray | None, list[str] | None]:
     """(files, labels or None, class names or None) following the layout rules above."""
     if not root.is_dir():
         raise DataError(f"folder dataset path {str(root)!r} is not a directory")
-    top_files = _scan(root, recursive=False)
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = [(d.name, _scan(d, recursive=True)) for d in class_dirs]
+    unreadable: list[tuple[str, str]] = []
+    top_files = _scan(root, recursive=False, unreadable=unreadable)
+    try:
+        class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError:
+        class_dirs = []  # already recorded by _scan
+    per_class = [(d.name, _scan(d, recursive=True, unreadable=unreadable)) for d in class_dirs]
+    if unreadable:
+        raise DataError(
+            f"{len(unreadable)} director{'y' if len(unreadable) == 1 else 'ies'} in {str(root)!r} cannot be "
+            f"read, so the dataset would be silently incomplete (fix their permissions):{_listing(unreadable)}"
+        )
     per_class = [(name, files) for name, files in per_class if files]
     if per_class and top_files:
         raise DataError(
@@ -136,14 +173,14 @@ def load_folder(
                 im.load()
                 decoded.append(im.copy())
             kept.append(i)
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError,
+                EOFError, IndexError, TypeError, struct.error, MemoryError) as exc:
+            # Decoders of untrusted files fail in many ways; each is "this file is unreadable".
             bad.append((str(f), f"{type(exc).__name__}: {exc}"))
     if bad and not skip_corrupt:
-        shown = "\n  ".join(f"{p} ({why})" for p, why in bad[:20])
-        more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
         raise DataError(
             f"{len(bad)} unreadable image file(s) in {str(root)!r} (pass skip_corrupt=True / "
-            f"--skip-corrupt to skip and count them):\n  {shown}{more}"
+            f"--skip-corrupt to skip and count them):{_listing(bad)}"
         )
     if not decoded:
         raise DataError(f"folder {str(root)!r}: no readable images (skipped {len(bad)})")

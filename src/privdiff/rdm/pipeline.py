@@ -382,14 +382,19 @@ def generation_defaults(model_dir: str | os.PathLike) -> dict[str, Any]:
     return DEFAULT_GENERATION | dict(read_model_info(model_dir).get("generation_defaults", {}))
 
 
-def public_embeddings_for(spec: str, image_encoder: Any) -> Any:
-    """:class:`~privdiff.retrieval.PublicEmbeddings` of a public dataset spec (cached encoding)."""
+def public_embeddings_for(spec: str, image_encoder: Any, private_index: Any = None) -> Any:
+    """:class:`~privdiff.retrieval.PublicEmbeddings` of a public dataset spec (cached encoding).
+
+    With ``private_index``, a set sharing any image with it is refused before encoding."""
     from privdiff.data import load_dataset
     from privdiff.rdm.train import cached_embeddings
-    from privdiff.retrieval import PublicEmbeddings
+    from privdiff.retrieval import PublicEmbeddings, check_public_disjoint
 
     ds = load_dataset(spec)
-    return PublicEmbeddings(cached_embeddings(ds, image_encoder), space_id=image_encoder.space_id, source=spec)
+    if private_index is not None:
+        check_public_disjoint(private_index, ds.images, name=spec)
+    emb = cached_embeddings(ds, image_encoder, private=False)
+    return PublicEmbeddings(emb, space_id=image_encoder.space_id, source=spec)
 
 
 def make_pipeline(
@@ -449,12 +454,14 @@ def make_pipeline(
             warnings.warn(message, PrivdiffWarning, stacklevel=2)
         public = None
         if mix_with == "public" and lam < 1.0:
-            public = PublicRetriever(public_embeddings_for(public_data, image_encoder()), k)
+            public = PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx), k)
         source: Any = DPRetrievalContext(retriever, lam=lam, mix_with=mix_with, public_retriever=public)
     elif mode == "public-retrieval":
-        from privdiff.retrieval import PublicRetriever
+        from privdiff.retrieval import PublicRetriever, load_index
 
-        source = PublicRetrievalContext(PublicRetriever(public_embeddings_for(public_data, image_encoder()), k))
+        # With --index, the "public" set is checked to share no image with the private one.
+        idx = None if index is None else load_index(index, expected_space=model.space_id, verify="size")
+        source = PublicRetrievalContext(PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx), k))
     elif mode == "non-private":
         from privdiff.data import load_dataset
         from privdiff.rdm.train import cached_embeddings
@@ -462,7 +469,7 @@ def make_pipeline(
         if private_data is None:
             raise InvalidParameter("private_data", None, "a dataset spec for the non-private baseline (--private-data)")
         enc = image_encoder()
-        emb = cached_embeddings(load_dataset(private_data), enc)
+        emb = cached_embeddings(load_dataset(private_data), enc, private=True)
         source = NonPrivateRetrievalContext(emb, k, space_id=enc.space_id)
     elif mode == "no-retrieval":
         source = QueryOnlyContext(k, model.embedding_dim, model.space_id)

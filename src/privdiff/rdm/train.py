@@ -162,12 +162,45 @@ def drop_context(context, p_uncond: float, generator=None):
 
 
 def default_cache_dir() -> Path:
+    """The shared embedding cache (public data only; files are written with the usual umask)."""
     return Path(os.environ.get("PRIVDIFF_CACHE_DIR", Path.home() / ".cache" / "privdiff")) / "embeddings"
 
 
-def cached_embeddings(dataset, encoder, *, cache_dir: str | os.PathLike | None = None, progress: bool = True) -> np.ndarray:
-    """``encoder.encode_images(dataset.images)``, cached on disk by (space, dataset, content hash)."""
+#: Sub-directory of an embedding cache that holds embeddings of private data (mode 0700, files 0600).
+PRIVATE_CACHE_SUBDIR = "private"
+
+
+def _private_cache_dir(base: Path) -> Path:
+    """``base/private``, created 0700 (or tightened to it): raw private embeddings are as
+    sensitive as the images, so they never sit in the world-readable shared cache."""
+    d = base / PRIVATE_CACHE_SUBDIR
+    try:
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if d.is_symlink() or not d.is_dir():
+            raise DataError(f"private embedding cache {d} is not a plain directory")
+        if d.stat().st_mode & 0o077:
+            os.chmod(d, 0o700)
+    except OSError as exc:
+        raise DataError(f"cannot make the private embedding cache {d} owner-only (0700): {exc}") from None
+    return d
+
+
+def cached_embeddings(
+    dataset, encoder, *, private: bool, cache_dir: str | os.PathLike | None = None, progress: bool = True
+) -> np.ndarray:
+    """``encoder.encode_images(dataset.images)``, cached on disk by (space, dataset, content hash).
+
+    Args:
+        private: whether ``dataset`` is private data. Required, so every caller says which:
+            public embeddings go to the shared cache (``cache_dir``, default
+            :func:`default_cache_dir`); private ones only to ``<cache_dir>/private``, a 0700
+            directory of 0600 files, never to the shared one.
+    """
+    if not isinstance(private, bool):
+        raise InvalidParameter("private", private, "True (private data) or False (public data)")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if private:
+        cache_dir = _private_cache_dir(cache_dir)
     digest = hashlib.sha256(np.ascontiguousarray(dataset.images).tobytes()).hexdigest()[:16]
     # repr(encoder) names its fixed parts (e.g. the centring vector's id), so a changed mapping
     # under an unchanged space_id still misses the cache.
@@ -180,7 +213,13 @@ def cached_embeddings(dataset, encoder, *, cache_dir: str | os.PathLike | None =
     emb = np.asarray(encoder.encode_images(dataset.images, progress=progress), dtype=np.float32)
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, emb)
+    # Explicit mode: a private file is 0600 from its first byte, whatever the umask (the chmod
+    # covers a leftover temporary file of a killed run, which keeps its old mode).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        np.save(fh, emb)
+    if private:
+        os.chmod(tmp, 0o600)
     os.replace(tmp, path)
     return emb
 

@@ -19,11 +19,12 @@ from privdiff.retrieval.index import (
     build_index_from_images,
     load_index,
     read_manifest,
+    shared_source_rows,
 )
 from privdiff.retrieval.ivf import IVFLayout, PublicCoarseQuantizer
 from privdiff.retrieval.mechanism import DPRetriever, PrivateRelease
 from privdiff.retrieval.postprocess import mix_context
-from privdiff.retrieval.public import PublicEmbeddings, PublicRetriever
+from privdiff.retrieval.public import PublicEmbeddings, PublicRetriever, check_public_disjoint
 
 __all__ = [
     "DPRetriever",
@@ -37,7 +38,9 @@ __all__ = [
     "build_index",
     "domain_similarity",
     "build_index_from_images",
+    "check_public_disjoint",
     "load_index",
     "mix_context",
     "read_manifest",
+    "shared_source_rows",
 ]

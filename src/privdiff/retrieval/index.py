@@ -4,7 +4,18 @@ Layout of an index directory::
 
     DIR/embeddings.npy   (N, d) float32, L2-normalised rows (numpy .npy, loaded with mmap)
     DIR/manifest.json    format version, encoder space_id, dim, N, sha256 + byte size of the
-                         vector file, creation time, source spec, visibility (private/public)
+                         vector file, creation time, source spec, visibility (private/public),
+                         and (when built from images) the sha256 of source_rows.npy
+    DIR/source_rows.npy  (only when built from images) sorted unique uint64: a 64-bit hash of
+                         each source image, so a "public" set can be checked for overlap with
+                         the private one (:func:`shared_source_rows`); mode 0600
+
+The *fingerprint* of an index is the sha256 of its manifest (canonical JSON, identical to the
+bytes privdiff writes). The manifest records the vectors' sha256, so the fingerprint pins the
+content; it also records the creation time, so unlike the vectors' hash it cannot be recomputed
+from a guess at the private data. It is what a ledger binds to and, shortened to 12 hex digits
+(:attr:`EmbeddingIndex.short_fingerprint`), what privdiff shows; the vectors' own sha256 is never
+printed.
 
 The manifest holds nothing private beyond what an index inherently reveals (its size N, which
 the DP-RDM accountant's default δ = 1/N already treats as public): no labels, no file names, no
@@ -45,14 +56,20 @@ __all__ = [
     "IndexManifest",
     "build_index",
     "build_index_from_images",
+    "image_row_hashes",
     "load_index",
+    "manifest_fingerprint",
     "read_manifest",
+    "shared_source_rows",
 ]
 
 FORMAT_NAME = "privdiff-embedding-index"
 FORMAT_VERSION = 1
 VECTORS_FILE = "embeddings.npy"
 MANIFEST_FILE = "manifest.json"
+SOURCE_ROWS_FILE = "source_rows.npy"
+#: Hex digits of the manifest's sha256 that privdiff shows (48 bits: collisions need ~10^7 indexes).
+SHORT_FINGERPRINT = 12
 VISIBILITIES = ("private", "public")
 
 #: Stored rows must satisfy | ‖e‖₂ − 1 | ≤ this. float32 normalisation lands within ~1e-6; the
@@ -78,9 +95,26 @@ class IndexManifest:
     created_utc: str
     source: str
     visibility: str
+    #: sha256 of ``source_rows.npy`` (hashes of the source images); "" when the index was built
+    #: from embeddings, or by a privdiff that did not record them.
+    source_rows_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not d["source_rows_sha256"]:
+            # Omitted when empty: older manifests (and their fingerprints) stay byte-identical.
+            del d["source_rows_sha256"]
+        return d
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of this manifest (see the module docstring); what a ledger binds to."""
+        return manifest_fingerprint(self)
+
+    def shown(self) -> dict[str, Any]:
+        """The manifest as privdiff displays it: hashes replaced by the short fingerprint."""
+        d = {k: v for k, v in self.to_dict().items() if k not in ("sha256", "source_rows_sha256")}
+        return {"fingerprint": self.fingerprint[:SHORT_FINGERPRINT], **d}
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "manifest") -> "IndexManifest":
@@ -94,13 +128,14 @@ class IndexManifest:
                 f"(this privdiff reads version {FORMAT_VERSION})"
             )
         fields = cls.__dataclass_fields__
-        missing = sorted(set(fields) - set(raw))
+        optional = {"source_rows_sha256"}
+        missing = sorted(set(fields) - set(raw) - optional)
         if missing:
             raise IndexCorrupt(f"{where}: missing field(s) {', '.join(missing)}")
         extra = sorted(set(raw) - set(fields))
         if extra:
             raise IndexCorrupt(f"{where}: unexpected field(s) {', '.join(extra)}")
-        m = cls(**{f: raw[f] for f in fields})
+        m = cls(**{f: raw[f] for f in fields if f in raw})
         ints = {"dim": m.dim, "count": m.count, "vectors_bytes": m.vectors_bytes}
         for name, v in ints.items():
             if not isinstance(v, int) or isinstance(v, bool) or v < (1 if name == "dim" else 0):
@@ -115,7 +150,18 @@ class IndexManifest:
             raise IndexCorrupt(f"{where}: malformed sha256 {m.sha256!r}")
         if not isinstance(m.space_id, str) or not m.space_id:
             raise IndexCorrupt(f"{where}: empty space_id")
+        if not isinstance(m.source_rows_sha256, str) or len(m.source_rows_sha256) not in (0, 64):
+            raise IndexCorrupt(f"{where}: malformed source_rows_sha256")
         return m
+
+
+def manifest_fingerprint(manifest: IndexManifest) -> str:
+    """sha256 of the manifest's canonical JSON, byte-identical to the ``manifest.json`` privdiff writes."""
+    return hashlib.sha256(_manifest_bytes(manifest)).hexdigest()
+
+
+def _manifest_bytes(manifest: IndexManifest) -> bytes:
+    return (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
 class EmbeddingIndex:
@@ -153,6 +199,16 @@ class EmbeddingIndex:
     @property
     def manifest(self) -> IndexManifest:
         return self._manifest
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the manifest: the index's identity for ledgers (module docstring)."""
+        return self._manifest.fingerprint
+
+    @property
+    def short_fingerprint(self) -> str:
+        """The first 12 hex digits of :attr:`fingerprint`: what messages and ``index info`` show."""
+        return self._manifest.fingerprint[:SHORT_FINGERPRINT]
 
     @property
     def space_id(self) -> str:
@@ -312,6 +368,7 @@ def build_index(
     source: str = "",
     visibility: str = "private",
     overwrite: bool = False,
+    source_images: np.ndarray | None = None,
 ) -> EmbeddingIndex:
     """Write an index directory from embeddings (rows are L2-normalised) and return it loaded.
 
@@ -323,6 +380,8 @@ def build_index(
         visibility: ``"private"`` (default) or ``"public"``.
         overwrite: replace an existing index directory (the old one is removed only after the
             new one is complete).
+        source_images: the images the rows were encoded from, if known: their 64-bit hashes
+            go to ``source_rows.npy`` (for :func:`shared_source_rows`), nothing else of them.
 
     All validation happens before anything is written. The files are written into a temporary
     sibling directory, fsync'ed, and renamed to ``out_dir`` in one step.
@@ -331,6 +390,7 @@ def build_index(
     vectors = _validated_unit_rows(embeddings)
     header = _npy_header_bytes(vectors)
     manifest = _make_manifest(vectors, space_id, source, visibility, sha256="0" * 64)
+    row_hashes = None if source_images is None else image_row_hashes(source_images)
     if out.exists() and not overwrite:
         raise InvalidParameter("out", str(out), "a path that does not exist yet", hint="pass overwrite to replace it")
     if out.exists() and not out.is_dir():
@@ -340,7 +400,9 @@ def build_index(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         h = hashlib.sha256()
-        with open(tmp / VECTORS_FILE, "wb") as f:
+        # Private rows are readable by their owner only (the directory from mkdtemp is 0700 too).
+        mode = 0o600 if visibility == "private" else 0o644
+        with os.fdopen(os.open(tmp / VECTORS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(header)
             h.update(header)
             for s in range(0, vectors.shape[0], _HASH_CHUNK_ROWS):
@@ -349,7 +411,10 @@ def build_index(
                 h.update(block)
             f.flush()
             os.fsync(f.fileno())
-        manifest = IndexManifest(**{**manifest.to_dict(), "sha256": h.hexdigest()})
+        rows_sha = ""
+        if row_hashes is not None:
+            rows_sha = _write_private_npy(tmp / SOURCE_ROWS_FILE, row_hashes)
+        manifest = IndexManifest(**{**manifest.to_dict(), "sha256": h.hexdigest(), "source_rows_sha256": rows_sha})
         with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
             json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
             f.write("\n")
@@ -401,8 +466,71 @@ def build_index_from_images(
             "encoder output", f"shape {emb.shape}", f"({imgs.shape[0]}, {encoder.dim}) for {encoder.space_id!r}"
         )
     return build_index(
-        out_dir, emb, space_id=encoder.space_id, source=source, visibility=visibility, overwrite=overwrite
+        out_dir, emb, space_id=encoder.space_id, source=source, visibility=visibility, overwrite=overwrite,
+        source_images=imgs,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Source-image hashes: is a "public" set really disjoint from the private one?
+# ---------------------------------------------------------------------------------------------
+
+
+def image_row_hashes(images: Any) -> np.ndarray:
+    """Sorted unique 64-bit hashes (uint64) of each image's bytes, shape and dtype.
+
+    blake2b with an 8-byte digest: two *different* images collide with probability ~N·M/2^64
+    (about 2e-10 for 60,000 × 60,000), so "no shared hash" means "no shared image". Only exact
+    copies match: a resized, re-encoded or cropped copy of a private image does not.
+    """
+    arr = np.asarray(images)
+    if arr.ndim < 2 or arr.shape[0] < 1:
+        raise InvalidParameter("images", f"array of shape {arr.shape}", "a non-empty array of images (N, ...)")
+    prefix = f"{arr.dtype.str}|{arr.shape[1:]}|".encode()
+    out = np.empty(arr.shape[0], dtype=np.uint64)
+    for i in range(arr.shape[0]):
+        h = hashlib.blake2b(prefix, digest_size=8, person=b"privdiff-rows")
+        h.update(np.ascontiguousarray(arr[i]).tobytes())
+        out[i] = int.from_bytes(h.digest(), "little")
+    return np.unique(out)
+
+
+def _write_private_npy(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` as .npy with mode 0600 (whatever the umask); return its sha256."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o600)
+    return _sha256_of_file(path)
+
+
+def shared_source_rows(index: EmbeddingIndex, images: Any) -> int | None:
+    """How many of ``images`` are exact copies of images the index was built from.
+
+    Returns only a count (no hash, id or position leaves the retrieval package), or ``None`` when
+    the index recorded no source hashes (built from precomputed embeddings, in memory, or by an
+    older privdiff): then nothing can be said. A corrupt or altered ``source_rows.npy`` raises
+    :class:`~privdiff.errors.IndexCorrupt`.
+    """
+    if not isinstance(index, EmbeddingIndex):
+        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
+    m = index.manifest
+    if not m.source_rows_sha256 or index.path is None:
+        return None
+    path = index.path / SOURCE_ROWS_FILE
+    if not path.is_file():
+        raise IndexCorrupt(f"{str(index.path)!r}: {SOURCE_ROWS_FILE} is missing (index {index.short_fingerprint})")
+    if _sha256_of_file(path) != m.source_rows_sha256:
+        raise IndexCorrupt(f"{path}: altered or corrupt (index {index.short_fingerprint})")
+    try:
+        private = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise IndexCorrupt(f"{path}: not a readable .npy file ({exc})") from None
+    if private.dtype != np.uint64 or private.ndim != 1:
+        raise IndexCorrupt(f"{path}: holds {private.dtype} {private.shape}, expected uint64 (N,)")
+    return int(np.isin(image_row_hashes(images), private, assume_unique=True).sum())
 
 
 def read_manifest(index_dir: str | os.PathLike) -> IndexManifest:
@@ -461,7 +589,11 @@ def load_index(
     if verify == "full":
         digest = _sha256_of_file(vp, progress=progress)
         if digest != m.sha256:
-            raise IndexCorrupt(f"{vp}: sha256 mismatch (file altered or corrupt): {digest} != manifest {m.sha256}")
+            # The hashes themselves are not shown (module docstring): the fingerprint names the index.
+            raise IndexCorrupt(
+                f"{vp}: its sha256 differs from the one its manifest records (file altered or corrupt; "
+                f"index {manifest_fingerprint(m)[:SHORT_FINGERPRINT]})"
+            )
     try:
         vectors = np.load(vp, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:

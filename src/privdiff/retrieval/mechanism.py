@@ -47,6 +47,7 @@ defended against.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -183,7 +184,8 @@ class DPRetriever:
         sigma: σ > 0, noise std per coordinate (absolute, not a multiplier; z = σk/2).
         sample_rate: q ∈ (0, 1], Poisson subsampling rate (1 = no subsampling).
         ledger: a :class:`privdiff.accounting.Ledger` (or an object with the same ``charge``). If
-            it names a dataset, that must be this index (source spec, directory or sha256).
+            it is bound to an index, that must be this one (same manifest fingerprint); an
+            unbound ledger that names a dataset must name this index (source spec or directory).
         query_space: optional encoder ``space_id`` of the queries; must equal the index's.
         ivf: optional :class:`~privdiff.retrieval.ivf.IVFLayout` (coarse centroids trained on
             public data only) for approximate search over the ``nprobe`` nearest lists; the
@@ -341,14 +343,25 @@ class DPRetriever:
 
 
 def _check_ledger_names_index(ledger: Any, index: EmbeddingIndex) -> None:
-    """A ledger that names its dataset must name this index, or budgets get mixed up.
+    """A ledger bound to an index must be used with that index only, or budgets get mixed up.
 
     One private dataset has one budget: charging queries on index B to the ledger of dataset A
-    would leave B's spending unrecorded. A ledger with an empty ``dataset`` is not checked.
-    Accepted names: the index's source spec, its directory (as given or resolved), its sha256.
+    would leave B's spending unrecorded. A ledger created with ``budget init --index DIR`` is
+    bound to the index's fingerprint (the sha256 of its manifest), so the path the index is
+    opened by does not matter. A ledger from before binding existed may instead name its
+    dataset (the index's source spec, its directory or its vectors' sha256); that is still
+    enforced. A ledger that is neither bound nor named is not checked.
     """
-    from privdiff.errors import LedgerError
+    from privdiff.errors import LedgerError, LedgerIndexMismatch
 
+    bound = getattr(ledger, "index_fingerprint", "") or ""
+    if isinstance(bound, str) and bound:
+        if bound != index.fingerprint:
+            raise LedgerIndexMismatch(
+                f"ledger is bound to index {bound[:12]}, but this index is {index.short_fingerprint} "
+                f"({index.manifest.source or index.path or 'in memory'}): use this index's own ledger"
+            )
+        return
     name = getattr(ledger, "dataset", "") or ""
     if not isinstance(name, str) or not name:
         return
@@ -356,12 +369,18 @@ def _check_ledger_names_index(ledger: Any, index: EmbeddingIndex) -> None:
     if index.path is not None:
         accepted |= {str(index.path), str(index.path.resolve())}
     accepted.discard("")
-    if name not in accepted:
+    same_dir = False
+    if index.path is not None:
+        try:  # the same directory by another spelling (relative vs absolute, a symlink)
+            same_dir = Path(name).resolve() == index.path.resolve()
+        except (OSError, ValueError):
+            same_dir = False
+    if name not in accepted and not same_dir:
         raise LedgerError(
             f"ledger is for dataset {name!r}, but this index is {index.manifest.source or index.path!s} "
-            f"(sha256 {index.manifest.sha256[:12]}…): use this dataset's ledger. A ledger's dataset "
-            f"must be empty or name the index: its source spec ({index.manifest.source!r}), its "
-            "directory, or its sha256"
+            f"(index {index.short_fingerprint}): use this dataset's ledger. An unbound ledger's dataset must "
+            f"be empty or name the index (its source spec {index.manifest.source!r} or its directory); "
+            "bind a ledger to an index with `privdiff budget init LEDGER --index DIR ...`"
         )
 
 
