@@ -75,6 +75,8 @@ def _root(
     ),
 ) -> None:
     """Generate images with diffusion models without leaking the images behind them."""
+
+
 train_app = typer.Typer(help="Train models (RDM on public data, plain diffusion models).", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 

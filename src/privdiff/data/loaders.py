@@ -106,7 +106,7 @@ def parse_spec(spec: str) -> DatasetSpec:
             raise _bad_spec(spec, "slice step cannot be 0")
         base, index = m.group("base"), slice(_int(m.group("start")), _int(m.group("stop")), step)
         if _statically_empty(index):
-            raise _bad_spec(spec, f"the slice [{m.group('start')}:{m.group('stop')}] selects no images")
+            raise _bad_spec(spec, f"the slice {text[len(m.group('base')):]} selects no images")
     elif "[" in text or "]" in text:
         raise _bad_spec(spec, "a slice suffix must look like [start:stop] or [start:stop:step]")
 
