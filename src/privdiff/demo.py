@@ -23,6 +23,8 @@ Phases, each timed (the wall times go to the terminal, ``summary.json`` and the 
 A missing checkpoint (the shipped RDM, the CPSample model or its classifier) skips its section
 with the reason written into the report and the summary; the demo never crashes for it. Any other
 privdiff error in a section marks that section *failed* (reason recorded) and the rest still run.
+A demo with a skipped or failed section did not do what it says, so :func:`check_complete` turns
+it into an error once the report is written (``privdiff demo`` exits non-zero).
 """
 
 from __future__ import annotations
@@ -658,6 +660,26 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
+
+
+def check_complete(summary: dict[str, Any]) -> None:
+    """Raise if a selected section was skipped or failed (one line naming each and its reason).
+
+    Raises:
+        CheckpointError: only skips (a missing checkpoint), so the remedy is the checkpoint.
+        PrivdiffError: at least one section failed.
+    """
+    sections = summary["sections"]
+    bad = {n: s for n, s in sections.items() if s["status"] in ("skipped", "failed")}
+    if not bad:
+        return
+    where = summary.get("settings", {}).get("out")
+    report = f"; report written to {Path(where) / 'report.html'}" if where else ""
+    msg = "demo incomplete: " + "; ".join(f"{_TITLES.get(n, n)} {s['status']} ({s.get('reason', '')})"
+                                          for n, s in bad.items()) + report
+    if all(s["status"] == "skipped" for s in bad.values()):
+        raise CheckpointError(msg)
+    raise PrivdiffError(msg)
 
 
 def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = None) -> dict[str, Any]:

@@ -115,11 +115,12 @@ def test_budget_errors_exit_codes(tmp_path, capsys):
     assert main(["budget", "init", str(path), "--epsilon", "-1", "--delta", "1e-5"]) == 2
     assert not path.exists()
     assert main(["budget", "init", str(path), "--epsilon", "1", "--delta", "1e-5"]) == 0
-    assert main(["budget", "init", str(path), "--epsilon", "1", "--delta", "1e-5"]) == 1  # exists
-    assert main(["budget", "status", str(tmp_path / "missing.sqlite")]) == 1
+    # LedgerError (exists, missing, not a ledger) has its own exit code, 4 (privdiff.cli docstring).
+    assert main(["budget", "init", str(path), "--epsilon", "1", "--delta", "1e-5"]) == 4  # exists
+    assert main(["budget", "status", str(tmp_path / "missing.sqlite")]) == 4
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"not a ledger" * 20)
-    assert main(["budget", "history", str(garbage)]) == 1
+    assert main(["budget", "history", str(garbage)]) == 4
     assert "not a privdiff ledger" in capsys.readouterr().err
 
 

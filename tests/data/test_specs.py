@@ -142,7 +142,36 @@ def test_slice_suffix_equals_python_slicing_for_any_bounds(start, stop, step):
     text = f"{'' if start is None else start}:{'' if stop is None else stop}"
     if step is not None:
         text += f":{step}"
-    ds = load_dataset(f"digits[{text}]")
     sl = slice(start, stop, step)
+    if _DIGITS.images[sl].shape[0] == 0:  # an empty selection is an error, never an empty dataset
+        with pytest.raises(DataError, match="selects no images"):
+            load_dataset(f"digits[{text}]")
+        return
+    ds = load_dataset(f"digits[{text}]")
     np.testing.assert_array_equal(ds.images, _DIGITS.images[sl])
     np.testing.assert_array_equal(ds.labels, _DIGITS.labels[sl])
+
+
+@pytest.mark.parametrize("spec", ["fashion-mnist:train[5:2]", "fashion-mnist:train[0:0]", "digits[-1:-5]",
+                                  "digits[3:3:2]", "digits[0:5:-1]",
+                                  "npz:/nowhere.npz[4:1]"])
+def test_statically_empty_slice_is_refused_when_parsed(spec):
+    # Refused by the parser, before any file is looked for or decoded.
+    with pytest.raises(DataError, match="selects no images"):
+        parse_spec(spec)
+
+
+@pytest.mark.parametrize("spec", ["digits[5000:]", "digits[:0]", "digits[-5000:-4000]", "digits[:-5000]"])
+def test_slice_empty_for_this_dataset_is_refused_when_loaded(spec):
+    with pytest.raises(DataError, match="selects no images.*of 1797 images"):
+        load_dataset(spec)
+
+
+def test_empty_slice_of_a_folder_is_refused(tmp_path):
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((4, 4), i, dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    with pytest.raises(DataError, match="selects no images"):
+        load_dataset(f"folder:{tmp_path}[2:1]")
+    assert len(load_dataset(f"folder:{tmp_path}[1:]")) == 2

@@ -83,7 +83,7 @@ def test_generate_over_budget_exits_3_and_writes_nothing(setup, tmp_path, capsys
 
 def test_generate_needs_an_existing_ledger(setup, tmp_path):
     _, model, index = setup
-    assert _generate(model, index, tmp_path / "missing.db", tmp_path / "g") == 1
+    assert _generate(model, index, tmp_path / "missing.db", tmp_path / "g") == 4  # LedgerError: exit 4
     assert not (tmp_path / "g").exists()
 
 
@@ -102,7 +102,7 @@ def test_generate_refuses_an_index_of_another_space(setup, tmp_path):
     _, model, _ = setup
     rng = np.random.default_rng(0)
     other = build_index(tmp_path / "idx", rng.normal(size=(10, 1280)), space_id="effnet-lite0-64px/v1")
-    assert _generate(model, other.path, _ledger(tmp_path / "b.db", 100.0), tmp_path / "g") == 1
+    assert _generate(model, other.path, _ledger(tmp_path / "b.db", 100.0), tmp_path / "g") == 4  # EncoderMismatch
     assert not (tmp_path / "g").exists()
 
 

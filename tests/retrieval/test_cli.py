@@ -81,13 +81,13 @@ def test_index_build_refuses_existing_output_with_exit_code_2(tmp_path, npz_data
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_index_info_on_corrupt_index_exits_1_naming_the_problem(tmp_path, npz_dataset, tiny_encoder, capsys):
+def test_index_info_on_corrupt_index_exits_4_naming_the_problem(tmp_path, npz_dataset, tiny_encoder, capsys):
     out = tmp_path / "idx"
     assert main(["index", "build", "--data", f"npz:{npz_dataset}", "--out", str(out)]) == 0
     vec = out / "embeddings.npy"
     vec.write_bytes(vec.read_bytes()[:-8])
     capsys.readouterr()
-    assert main(["index", "info", str(out), "--verify"]) == 1
+    assert main(["index", "info", str(out), "--verify"]) == 4  # IndexCorrupt: exit code 4
     assert "truncated" in capsys.readouterr().err
 
 

@@ -121,6 +121,18 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             bounds = (defaults[name][0] if low is None else low, defaults[name][1] if high is None else high)
         cal = calibrate(name, target_epsilon=target_epsilon, delta=_delta(delta, dataset_size), sigma=sigma,
                         sample_rate=sample_rate, k=k, queries=queries, accountant=accountant, bounds=bounds)
+        if name == "queries" and cal.queries == 0:
+            # T = 0 is the library's correct answer, but as a plan it is a refusal: say so (exit 2)
+            # with the price of the first query, rather than print a table of zeros.
+            from privdiff.accounting import compute_epsilon
+
+            one = compute_epsilon([(cal.query, 1)], cal.delta, cal.accountant).epsilon
+            raise InvalidParameter(
+                "target_epsilon", target_epsilon,
+                f"at least ε of one query ({one:.4g} with σ={cal.sigma:g}, q={cal.sample_rate:g}, k={cal.k}, "
+                f"δ={cal.delta:.3g}, {cal.accountant})",
+                hint="no query fits: T = 0; raise the target, σ or k, or lower q",
+            )
         if as_json:
             typer.echo(json.dumps({**cal.to_dict(), "noise_multiplier": cal.query.noise_multiplier}, default=float))
             return

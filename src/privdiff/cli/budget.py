@@ -128,15 +128,29 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @budget_app.command("preview")
     def preview_cmd(
         ledger: Path = typer.Argument(..., help="Ledger file."),
-        sigma: float = typer.Option(..., "--sigma"),
-        sample_rate: float = typer.Option(..., "--sample-rate"),
-        k: int = typer.Option(..., "--k"),
+        sigma: Optional[float] = typer.Option(None, "--sigma", help="σ (default: the model's generation default)."),
+        sample_rate: Optional[float] = typer.Option(
+            None, "--sample-rate", help="q (default: the model's generation default)."),
+        k: Optional[int] = typer.Option(None, "--k", help="k (default: the model's generation default)."),
+        model: Optional[Path] = typer.Option(
+            None, "--model", help="RDM directory whose generation defaults fill in σ, q, k (default: the shipped one)."),
         queries: int = typer.Option(1, "--queries", help="How many such queries."),
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
-        """ε the ledger would reach after T more queries (charges nothing)."""
+        """ε the ledger would reach after T more queries (charges nothing).
+
+        σ, q and k default to what `privdiff generate` would use with the same model, so the
+        preview is of the query that would actually be charged.
+        """
         from privdiff.accounting import DPRDMQuery, Ledger
 
+        if None in (sigma, sample_rate, k):
+            from privdiff.rdm.pipeline import generation_defaults, resolve_model_dir
+
+            defaults = generation_defaults(resolve_model_dir(model))
+            sigma = defaults["sigma"] if sigma is None else sigma
+            sample_rate = defaults["sample_rate"] if sample_rate is None else sample_rate
+            k = defaults["k"] if k is None else k
         query = DPRDMQuery(sigma, sample_rate, k)
         with Ledger.open(ledger) as led:
             eps = led.preview(query, queries)

@@ -9,6 +9,8 @@ from typing import Any
 
 import typer
 
+from privdiff.cli._options import size_option
+
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     protect_app = typer.Typer(help="CPSample: protect a diffusion model's training images.", no_args_is_help=True)
@@ -17,6 +19,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @protect_app.command("train")
     def protect_train_cmd(
         data: str = typer.Option(..., "--data", help="The model's training set (spec), e.g. fashion-mnist:train[:128]."),
+        size: int | None = size_option(),
         model: Path = typer.Option(..., "--model", help="Diffusion model directory (its noise schedule is used)."),
         out: Path = typer.Option(..., "--out", help="Where to write the classifier directory."),
         holdout: str | None = typer.Option(None, "--holdout", help="Held-out images (spec) for the report; never trained on."),
@@ -39,17 +42,18 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             train_classifier,
             training_config_dict,
         )
-        from privdiff.data import load_dataset
+        from privdiff.data import check_size, load_dataset
         from privdiff.diffusion.model import load_model
         from privdiff.report.images import to_model_space
 
+        size = check_size(size)
         config = ClassifierTrainConfig(steps=steps, batch_size=batch_size, lr=lr, small_t_fraction=small_t_fraction,
                                        small_t_max=small_t_max, label_seed=label_seed, seed=seed,
                                        calibration_batch_size=calibration_batch_size).validate()
         diffusion = load_model(model)
-        ds = load_dataset(data)
-        held = load_dataset(holdout) if holdout else None
-        calib = to_model_space(load_dataset(calibration).images) if calibration else None
+        ds = load_dataset(data, size=size)
+        held = load_dataset(holdout, size=size) if holdout else None
+        calib = to_model_space(load_dataset(calibration, size=size).images) if calibration else None
         acp = diffusion.alphas_cumprod()
         x0 = to_model_space(ds.images)
         clf, labels, log = train_classifier(x0, alphas_cumprod=acp, config=config, calibration=calib)
@@ -59,7 +63,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         args = ["--data", data, "--model", str(model), "--out", str(out), *(["--holdout", holdout] if holdout else []),
                 "--steps", str(steps), "--batch-size", str(batch_size), "--lr", repr(lr),
                 "--small-t-fraction", repr(small_t_fraction), "--small-t-max", str(small_t_max),
-                "--label-seed", str(label_seed), "--seed", str(seed),
+                "--label-seed", str(label_seed), "--seed", str(seed), *(["--size", str(size)] if size is not None else []),
                 *(["--calibration", calibration, "--calibration-batch-size", str(calibration_batch_size)] if calibration else [])]
         meta = {
             "data_spec": data, "holdout_spec": holdout, "calibration_spec": calibration, "model": str(model), "num_train_images": int(len(ds.images)),
@@ -76,6 +80,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         else:
             print_classifier_report(report)
             typer.echo(f"saved {out} ({log['parameters'] / 1e6:.2f} M params, {log['train_wall_seconds']:.0f} s)")
+        _warn_about_classifier(meta, alpha=None)
 
 
     @app.command("sample")
@@ -118,6 +123,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             check_sampling(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, batch_size=batch_size)
             if protect is not None:
                 pc = load_classifier(protect)
+                _warn_about_classifier(pc.meta, alpha=alpha)
                 guidance = CPSampleGuidance(pc.classifier, alpha=alpha, scale=scale, mode=mode)
             images, info = generate(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, guidance=guidance,
                                     batch_size=batch_size, progress=not quiet)
@@ -150,29 +156,46 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             typer.echo(msg)
 
 
+def _warn_about_classifier(meta: dict[str, Any], alpha: float | None) -> None:
+    """Print (stderr, one line each) why this classifier's gate would do little or too much."""
+    from privdiff.cpsample.diagnostics import classifier_warnings
+
+    for msg in classifier_warnings(meta, alpha=alpha):
+        typer.secho(f"warning: {msg}", err=True, fg=typer.colors.YELLOW)
+
+
 def print_classifier_report(report: dict[str, Any]) -> None:
-    """A rich table: one row per timestep band, train and held-out side by side."""
+    """A table of one row per timestep band, train and held-out side by side, that fits 80 columns.
+
+    Thresholds are shown as 1 − α (">0.999" is α = 0.001) so every header is a few characters; the
+    held-out accuracy is left out because held-out images have no labels (it is 0.5 by construction,
+    see :func:`privdiff.cpsample.training.evaluate_classifier`): their confidence is what matters.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="CPSample classifier: accuracy / mean confidence max(p,1−p) per timestep band")
-    table.add_column("t band")
-    table.add_column("train acc", justify="right")
-    table.add_column("train conf", justify="right")
     alphas = list(report["train"][0]["fraction_above_1_minus_alpha"])
-    for a in alphas:
-        table.add_column(f"train >1−{a}", justify="right")
+    thresholds = {a: f">{1 - float(a):.6g}" for a in alphas}
     has_holdout = "holdout" in report
+    table = Table(
+        title="CPSample classifier per timestep band",
+        caption="conf: mean max(p, 1−p); >c: share of images with conf > c (c = 1 − α)",
+        box=box.SIMPLE_HEAD, caption_justify="left",
+    )
+    table.add_column("t", no_wrap=True)
+    table.add_column("train\nacc", justify="right", no_wrap=True)
+    table.add_column("train\nconf", justify="right", no_wrap=True)
+    for a in alphas:
+        table.add_column(f"train\n{thresholds[a]}", justify="right", no_wrap=True)
     if has_holdout:
-        table.add_column("held-out acc", justify="right")
-        table.add_column("held-out conf", justify="right")
-        table.add_column(f"held-out >1−{alphas[-1]}", justify="right")
+        table.add_column("held-out\nconf", justify="right", no_wrap=True)
+        table.add_column(f"held-out\n{thresholds[alphas[-1]]}", justify="right", no_wrap=True)
     for i, row in enumerate(report["train"]):
-        cells = [f"[{row['band'][0]}, {row['band'][1]})", f"{row['accuracy']:.3f}", f"{row['mean_confidence']:.3f}"]
+        cells = [f"{row['band'][0]}-{row['band'][1]}", f"{row['accuracy']:.3f}", f"{row['mean_confidence']:.3f}"]
         cells += [f"{row['fraction_above_1_minus_alpha'][a]:.3f}" for a in alphas]
         if has_holdout:
             h = report["holdout"][i]
-            cells += [f"{h['accuracy']:.3f}", f"{h['mean_confidence']:.3f}",
-                      f"{h['fraction_above_1_minus_alpha'][alphas[-1]]:.3f}"]
+            cells += [f"{h['mean_confidence']:.3f}", f"{h['fraction_above_1_minus_alpha'][alphas[-1]]:.3f}"]
         table.add_row(*cells)
     Console().print(table)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from privdiff.cli._options import size_option
+
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     data_app = typer.Typer(
@@ -25,7 +27,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         scale: int = typer.Option(
             3, "--scale", help="Integer upscaling of the grid (nearest neighbour)."
         ),
-        size: int | None = typer.Option(None, "--size", help="Resize every image to size×size."),
+        size: int | None = size_option(),
         skip_corrupt: bool = typer.Option(
             False, "--skip-corrupt", help="Folders: skip unreadable files (counted)."
         ),
@@ -35,12 +37,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         import json
         import re
 
-        from privdiff.data import load_dataset
+        from privdiff.data import check_size, load_dataset
         from privdiff.errors import check_int
         from privdiff.report.images import save_grid
 
         n = check_int("n", n, minimum=1, maximum=4096)
         scale = check_int("scale", scale, minimum=1, maximum=32)
+        size = check_size(size)
         ds = load_dataset(spec, size=size, skip_corrupt=skip_corrupt)
         if out is None:
             out = (

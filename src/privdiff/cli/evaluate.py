@@ -11,6 +11,29 @@ from pathlib import Path
 
 import typer
 
+from privdiff.cli._options import size_option
+
+
+def _load(source: str, size: int | None):
+    """:func:`privdiff.evaluation.io.load_source`, resized to ``size``×``size`` when asked.
+
+    With ``--size`` the images are resized while they are decoded (so a folder of mixed sizes
+    loads), through the same spec mapping and the same empty-source check as ``load_source``.
+    """
+    from privdiff.evaluation.io import load_source
+
+    if size is None:
+        return load_source(source)
+    from privdiff.data import load_dataset
+    from privdiff.errors import DataError
+    from privdiff.evaluation.io import ImageSource, source_to_spec
+
+    spec = source_to_spec(source)
+    dataset = load_dataset(spec, size=size)
+    if len(dataset) == 0:
+        raise DataError(f"image source {str(source)!r} holds no images")
+    return ImageSource(images=dataset.images, spec=f"{spec} (resized to {size}×{size})")
+
 
 def _write_json(payload: dict, path: Path) -> Path:
     import json
@@ -29,6 +52,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         a: str = typer.Argument(..., help="First image set: dataset spec, image folder or .npz."),
         b: str = typer.Argument(..., help="Second image set: dataset spec, image folder or .npz."),
         batch_size: int = typer.Option(50, "--batch-size", help="Images per Inception forward pass."),
+        size: int | None = size_option(),
         out: Path = typer.Option(None, "--out", help="Write the result JSON to this file."),
         no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write cached statistics."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -37,12 +61,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         """FID between A and B with the standard FID Inception-v3 (statistics cached by content)."""
         import warnings
 
+        from privdiff.data import check_size
         from privdiff.errors import check_int
         from privdiff.evaluation.fid import FIDSampleSizeWarning, compute_fid
-        from privdiff.evaluation.io import load_source
 
         batch_size = check_int("batch_size", batch_size, minimum=1, maximum=4096)
-        src_a, src_b = load_source(a), load_source(b)
+        size = check_size(size)
+        src_a, src_b = _load(a, size), _load(b, size)
         with warnings.catch_warnings():
             # The same messages are in result.warnings and printed below; avoid printing them twice.
             warnings.simplefilter("ignore", FIDSampleSizeWarning)
@@ -72,14 +97,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         out: Path = typer.Option(None, "--out", help="Directory for replication.json, top_pairs.png, histogram.png."),
         top_n: int = typer.Option(4, "--top-n", help="Number of most-similar pairs in the grid."),
         batch_size: int = typer.Option(None, "--batch-size", help="Batch size of the feature extractor."),
+        size: int | None = size_option(),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (without per-image arrays)."),
     ) -> None:
         """Fraction of GENERATED images whose nearest REFERENCE image has cosine similarity > τ."""
         import json
 
+        from privdiff.data import check_size
         from privdiff.errors import check_in_range, check_int
         from privdiff.evaluation.features import check_feature_space
-        from privdiff.evaluation.io import load_source
         from privdiff.evaluation.replication import (
             recommended_threshold,
             replication_report,
@@ -96,7 +122,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             check_in_range("threshold", threshold, -1.0, 1.0, low_inclusive=True)
         if batch_size is not None:
             check_int("batch_size", batch_size, minimum=1, maximum=4096)
-        gen, ref = load_source(generated), load_source(reference)
+        size = check_size(size)
+        gen, ref = _load(generated, size), _load(reference, size)
         report = replication_report(
             gen.images, ref.images, feature_space=feature_space, threshold=threshold, batch_size=batch_size,
             settings={"generated": gen.spec, "reference": ref.spec},
@@ -132,6 +159,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         noise_std: float = typer.Option(8.0, "--noise-std", help="Copies: Gaussian pixel noise std (0-255 scale)."),
         brightness: float = typer.Option(0.1, "--brightness", help="Copies: additive brightness jitter, fraction of 255."),
         seed: int = typer.Option(0, "--seed", help="Seed of the copy augmentations."),
+        size: int | None = size_option(),
         out: Path = typer.Option(None, "--out", help="Directory for calibration.json and calibration.png."),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
@@ -140,15 +168,15 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         import numpy as np
 
-        from privdiff.evaluation.features import check_feature_space
-        from privdiff.evaluation.io import load_source
-        from privdiff.evaluation.replication import augment_copies, calibrate_threshold, save_calibration_plot
-
+        from privdiff.data import check_size
         from privdiff.errors import check_in_range
+        from privdiff.evaluation.features import check_feature_space
+        from privdiff.evaluation.replication import augment_copies, calibrate_threshold, save_calibration_plot
 
         feature_space = check_feature_space(feature_space)
         check_in_range("max_fpr", max_fpr, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
-        ref, neg = load_source(reference), load_source(non_copies)
+        size = check_size(size)
+        ref, neg = _load(reference, size), _load(non_copies, size)
         copies, aug = augment_copies(ref.images, seed=seed, max_shift=max_shift, noise_std=noise_std, brightness=brightness)
         cal = calibrate_threshold(
             ref.images, copies, neg.images, feature_space=feature_space, max_fpr=max_fpr,

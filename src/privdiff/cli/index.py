@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from privdiff.cli._options import size_option
+
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     index_app = typer.Typer(help="Build and inspect embedding indexes (private retrieval sets).", no_args_is_help=True)
@@ -23,6 +25,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         ),
         space_id: str = typer.Option(None, "--space-id", help="Embedding space of --embeddings (e.g. 'metaclip-b16/v1')."),
         batch_size: int = typer.Option(256, "--batch-size", help="Images per encoder batch."),
+        size: int = size_option(),
         public: bool = typer.Option(
             False, "--public", help="Mark the index public (allows PublicRetriever). Only for public data."
         ),
@@ -34,10 +37,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         import numpy as np
 
+        from privdiff.data import check_size
         from privdiff.errors import DataError, InvalidParameter, check_int
         from privdiff.retrieval import build_index, build_index_from_images
 
         batch_size = check_int("batch-size", batch_size, minimum=1)
+        size = check_size(size)
+        if size is not None and embeddings is not None:
+            raise InvalidParameter("--size", size, "used with --data only (--embeddings are not images)")
         if (data is None) == (embeddings is None):
             raise InvalidParameter("--data/--embeddings", (data, embeddings), "exactly one of them")
         if out.exists() and not overwrite:
@@ -57,7 +64,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             from privdiff.encoders import load_image_encoder
 
             enc = load_image_encoder(encoder)
-            ds = load_dataset(data, progress=True)
+            ds = load_dataset(data, size=size, progress=True)
             idx = build_index_from_images(
                 out, ds.images, enc, source=data, visibility=visibility,
                 batch_size=batch_size, progress=True, overwrite=overwrite,

@@ -15,6 +15,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @train_app.command("rdm")
     def train_rdm_cmd(
         public: str = typer.Option("fashion-mnist:dprdm-public", "--public", help="Public training set (dataset spec)."),
+        size: Optional[int] = typer.Option(
+            None, "--size", metavar="N",
+            help="Resize every image to N×N, N in [8, 1024] (Lanczos; folders are centre-cropped first).",
+        ),
         encoder: str = typer.Option("default", "--encoder", help="Image encoder name (privdiff.encoders)."),
         out: Path = typer.Option(..., "--out", help="Model directory to write (config.json + model.safetensors)."),
         steps: int = typer.Option(3000, "--steps", help="Total optimiser steps."),
@@ -30,12 +34,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     ) -> None:
         """Adapt-train the RDM on public images (context = noisy mean of k public neighbours)."""
-        from privdiff.data import load_dataset
+        from privdiff.data import check_size, load_dataset
         from privdiff.encoders import load_image_encoder
         from privdiff.errors import InvalidParameter, check_int
         from privdiff.rdm.pipeline import DEFAULT_GENERATION
         from privdiff.rdm.train import TrainConfig, cached_embeddings, train_rdm
 
+        size = check_size(size)
         try:
             block_out_channels = tuple(int(c) for c in channels.split(","))
         except ValueError:
@@ -52,8 +57,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             ["privdiff", "train", "rdm", "--public", public, "--encoder", encoder, "--out", str(out),
              "--steps", str(steps), "--batch-size", str(batch_size), "--k", str(k), "--s-max", str(s_max),
              "--p-uncond", str(p_uncond), "--lr", str(lr), "--channels", channels, "--seed", str(seed)]
+            + (["--size", str(size)] if size is not None else [])
         )
-        dataset = load_dataset(public)
+        dataset = load_dataset(public, size=size)
         enc = load_image_encoder(encoder)
         typer.echo(f"public set {dataset.name}: {len(dataset)} images; encoder {enc.space_id} (d={enc.dim})")
         emb = cached_embeddings(dataset, enc, private=False, progress=True)

@@ -35,6 +35,9 @@ KIND = "privdiff.cpsample.classifier"
 DEFAULT_BANDS: tuple[tuple[int, int], ...] = ((0, 50), (50, 100), (100, 200), (200, 300), (300, 500), (500, 1000))
 #: α values of the paper's MIA table (methods/cpsample.md §5.3).
 PAPER_ALPHAS: tuple[float, ...] = (0.5, 0.25, 0.001)
+#: Quantiles of the confidence recorded per band: 0.01 gives the α that fires on 99 % of the images
+#: (:func:`privdiff.cpsample.diagnostics.alpha_to_fire`), 0.5 whether most images are confident.
+CONFIDENCE_QUANTILES: tuple[float, ...] = (0.01, 0.5, 0.99)
 
 
 @dataclass
@@ -207,7 +210,7 @@ def evaluate_classifier(
     seed: int = 0,
     batch_size: int = 256,
 ) -> list[dict[str, Any]]:
-    """Per-band accuracy, mean confidence and fraction above 1 − α, averaged over ``draws`` draws of (t, ε).
+    """Per-band accuracy, mean confidence, confidence quantiles and fraction above 1 − α, over ``draws`` draws of (t, ε).
 
     ``labels`` may be ``None`` for held-out images, which have no label: their "accuracy" is then
     measured against fresh Bernoulli(1/2) labels drawn from ``seed`` (expected 0.5 whatever the
@@ -220,6 +223,7 @@ def evaluate_classifier(
     for lo, hi in bands:
         correct, conf_sum, count = 0.0, 0.0, 0
         above = {a: 0 for a in alphas}
+        confs: list[torch.Tensor] = []
         for _ in range(draws):
             for start in range(0, x0.shape[0], batch_size):
                 xb, yb = x0[start : start + batch_size], labels[start : start + batch_size]
@@ -228,6 +232,7 @@ def evaluate_classifier(
                 correct += float(((z >= 0).float() == yb).sum())
                 conf = confidence(z)
                 conf_sum += float(conf.sum())
+                confs.append(conf.detach().reshape(-1).double())
                 for a in alphas:
                     above[a] += int((conf > 1 - a).sum())
                 count += xb.shape[0]
@@ -236,6 +241,9 @@ def evaluate_classifier(
             "accuracy": correct / count,
             "mean_confidence": conf_sum / count,
             "fraction_above_1_minus_alpha": {str(a): above[a] / count for a in alphas},
+            "confidence_quantiles": {
+                str(q): float(torch.quantile(torch.cat(confs), q)) for q in CONFIDENCE_QUANTILES
+            },
             "evaluations": count,
         })
     return rows

@@ -17,7 +17,14 @@ from privdiff.data.fashion_mnist import (
     dprdm_split_indices,
     load_fashion_mnist_arrays,
 )
-from privdiff.data.loaders import VALID_SPECS, DatasetSpec, load_dataset, parse_spec, resize_images
+from privdiff.data.loaders import (
+    VALID_SPECS,
+    DatasetSpec,
+    check_size,
+    load_dataset,
+    parse_spec,
+    resize_images,
+)
 
 __all__ = [
     "DPRDM_PUBLIC_PER_CLASS",
@@ -26,6 +33,7 @@ __all__ = [
     "VALID_SPECS",
     "DatasetSpec",
     "ImageDataset",
+    "check_size",
     "dprdm_split_indices",
     "load_dataset",
     "load_fashion_mnist_arrays",

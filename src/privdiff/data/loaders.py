@@ -66,6 +66,29 @@ def _bad_spec(spec: str, why: str) -> DataError:
     )
 
 
+def _statically_empty(index: slice) -> bool:
+    """True if ``index`` selects nothing whatever the dataset's length (e.g. ``[5:2]``, ``[0:0]``).
+
+    Only bounds of the same sign can be compared without the length; the rest is checked after
+    loading (:func:`_check_not_empty`).
+    """
+    start, stop, step = index.start, index.stop, index.step or 1
+    if start is None or stop is None or (start < 0) != (stop < 0):
+        return False
+    return start >= stop if step > 0 else start <= stop
+
+
+def _check_not_empty(parsed: DatasetSpec, n_rows: int, n_total: int | None) -> None:
+    """An empty selection is an error, never an empty dataset downstream (a blank grid, exit 0)."""
+    if n_rows == 0 and parsed.index is not None:
+        of = f" of {n_total} images" if n_total is not None else ""
+        raise DataError(
+            f"dataset spec {parsed.text!r} selects no images: the slice "
+            f"[{'' if parsed.index.start is None else parsed.index.start}:"
+            f"{'' if parsed.index.stop is None else parsed.index.stop}] is empty{of}"
+        )
+
+
 def parse_spec(spec: str) -> DatasetSpec:
     """Split a spec string into its parts, raising :class:`DataError` for malformed ones."""
     if not isinstance(spec, str) or not spec.strip():
@@ -82,6 +105,8 @@ def parse_spec(spec: str) -> DatasetSpec:
         if step == 0:
             raise _bad_spec(spec, "slice step cannot be 0")
         base, index = m.group("base"), slice(_int(m.group("start")), _int(m.group("stop")), step)
+        if _statically_empty(index):
+            raise _bad_spec(spec, f"the slice {text[len(m.group('base')):]} selects no images")
     elif "[" in text or "]" in text:
         raise _bad_spec(spec, "a slice suffix must look like [start:stop] or [start:stop:step]")
 
@@ -105,6 +130,18 @@ def parse_spec(spec: str) -> DatasetSpec:
             raise _bad_spec(spec, f"{kind} takes no argument")
         return DatasetSpec(kind, None, None, index, text)
     raise _bad_spec(spec, f"unknown dataset kind {kind!r}")
+
+
+#: ``--size`` on the command line: 8 px is the smallest bundled dataset (``digits``); above 1024 px
+#: the uint8 copy of even 1,000 RGB images is 3 GB, beyond what these models are built for.
+CLI_SIZE_RANGE = (8, 1024)
+
+
+def check_size(size: int | None) -> int | None:
+    """Validate a ``--size`` value (``None`` = keep the images' own size) before any loading."""
+    if size is None:
+        return None
+    return check_int("size", size, minimum=CLI_SIZE_RANGE[0], maximum=CLI_SIZE_RANGE[1])
 
 
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
@@ -263,6 +300,7 @@ def load_dataset(
             index=parsed.index,
             progress=progress,
         )
+        _check_not_empty(parsed, int(images.shape[0]), None)
         return ImageDataset(images, labels, class_names, parsed.text, meta | {"size": size})
 
     if parsed.kind == "fashion-mnist":
@@ -274,6 +312,7 @@ def load_dataset(
 
     if parsed.index is not None:
         rows = np.arange(images.shape[0])[parsed.index]
+        _check_not_empty(parsed, int(rows.size), int(images.shape[0]))
         images = images[rows]
         labels = None if labels is None else labels[rows]
         if "train_indices" in meta:
