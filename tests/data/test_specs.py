@@ -175,3 +175,77 @@ def test_empty_slice_of_a_folder_is_refused(tmp_path):
     with pytest.raises(DataError, match="selects no images"):
         load_dataset(f"folder:{tmp_path}[2:1]")
     assert len(load_dataset(f"folder:{tmp_path}[1:]")) == 2
+
+
+# --- class filter: a private collection that is a domain ------------------------------------------
+
+
+def _labelled_npz(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 2, 1, 0, 2, 2, 1])
+    images = rng.integers(0, 255, size=(8, 4, 4), dtype=np.uint8)
+    path = tmp_path / "lab.npz"
+    np.savez(path, images=images, labels=labels, class_names=np.array(["cat", "Ankle boot", "dog"]))
+    return path, images, labels
+
+
+def test_class_filter_by_id_and_name_keeps_labels_then_slices(tmp_path):
+    import numpy as np
+
+    from privdiff.data import load_dataset
+
+    path, images, labels = _labelled_npz(tmp_path)
+    ds = load_dataset(f"npz:{path}{{classes=2,ankle BOOT}}")
+    keep = np.flatnonzero(np.isin(labels, [1, 2]))
+    assert ds.labels.tolist() == labels[keep].tolist()  # original ids, not re-numbered
+    assert np.array_equal(ds.images[..., 0], images[keep])
+    assert ds.class_names == ["cat", "Ankle boot", "dog"]
+    # The slice applies to the filtered rows.
+    assert load_dataset(f"npz:{path}{{classes=dog}}[1:]").labels.tolist() == [2, 2]
+
+
+@pytest.mark.parametrize(
+    "suffix, match",
+    [
+        ("{classes=7}", "class id 7 is not in"),
+        ("{classes=horse}", "unknown class 'horse'"),
+        ("{colour=1}", "unknown filter"),
+        ("{classes=}", "comma-separated"),
+        ("{classes=1", "class filter must look like"),
+    ],
+)
+def test_class_filter_errors_are_typed(tmp_path, suffix, match):
+    from privdiff.data import load_dataset
+    from privdiff.errors import DataError
+
+    path, _, _ = _labelled_npz(tmp_path)
+    with pytest.raises(DataError, match=match):
+        load_dataset(f"npz:{path}{suffix}")
+
+
+def test_class_filter_needs_labels(tmp_path):
+    import numpy as np
+
+    from privdiff.data import load_dataset
+    from privdiff.errors import DataError
+
+    np.savez(tmp_path / "u.npz", images=np.zeros((3, 4, 4), np.uint8))
+    with pytest.raises(DataError, match="needs labelled data"):
+        load_dataset(f"npz:{tmp_path / 'u.npz'}{{classes=0}}")
+
+
+def test_class_filter_on_a_folder_of_class_subdirectories(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from privdiff.data import load_dataset
+
+    for cls, n in (("boots", 3), ("coats", 2)):
+        (tmp_path / "f" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((6, 6), 40 * i, np.uint8)).save(tmp_path / "f" / cls / f"{i}.png")
+    ds = load_dataset(f"folder:{tmp_path / 'f'}{{classes=coats}}", size=4)
+    assert len(ds) == 2 and ds.images.shape[1:3] == (4, 4)
+    assert {ds.class_names[i] for i in ds.labels} == {"coats"}

@@ -1,8 +1,15 @@
 """``load_dataset(spec)``: one spec string for every dataset privdiff can read.
 
-Grammar: ``KIND[:ARG][@DIR][[start:stop[:step]]]``. The optional trailing slice uses Python
-semantics and is applied to the dataset in its natural order (before any resize), e.g.
-``fashion-mnist:train[:256]`` or ``fashion-mnist:test[1000:2000]``.
+Grammar: ``KIND[:ARG][@DIR][{classes=A,B,...}][[start:stop[:step]]]``.
+
+- The optional class filter keeps only images whose label is one of the listed classes, given
+  by id or by name (case-insensitive), e.g. ``fashion-mnist:dprdm-private{classes=2,4}`` or
+  ``fashion-mnist:test{classes=Sandal,Sneaker,Ankle boot}``. It is how a private collection that
+  *is* a domain is declared (DP-RDM's question: adapting a public model to a private domain).
+  Labels keep their original ids and class names, so a classifier's predictions compare directly.
+- The optional trailing slice uses Python semantics and is applied after the class filter, in
+  the dataset's natural order (before any resize), e.g. ``fashion-mnist:train[:256]`` or
+  ``fashion-mnist:test{classes=5,7,9}[:1000]``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ VALID_SPECS = (
     "lfw-nonfaces",
     "folder:/path/to/images",
     "npz:/path/to/file.npz",
+    "<any of these>{classes=2,4}",
     "<any of these>[start:stop]",
 )
 FASHION_SPLITS = ("train", "test", "dprdm-public", "dprdm-private")
@@ -47,6 +55,7 @@ LFW_CLASSES = ["face", "non-face"]
 _SLICE_RE = re.compile(
     r"^(?P<base>.*)\[(?P<start>[+-]?\d*):(?P<stop>[+-]?\d*)(?::(?P<step>[+-]?\d*))?\]$"
 )
+_FILTER_RE = re.compile(r"^(?P<base>.*)\{(?P<opts>[^{}]*)\}$")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,7 @@ class DatasetSpec:
     directory: str | None
     index: slice | None
     text: str
+    classes: tuple[str, ...] | None = None
 
 
 def _bad_spec(spec: str, why: str) -> DataError:
@@ -109,13 +119,14 @@ def parse_spec(spec: str) -> DatasetSpec:
             raise _bad_spec(spec, f"the slice {text[len(m.group('base')):]} selects no images")
     elif "[" in text or "]" in text:
         raise _bad_spec(spec, "a slice suffix must look like [start:stop] or [start:stop:step]")
+    base, classes = _parse_filter(spec, base)
 
     kind, sep, rest = base.partition(":")
     kind = kind.strip().lower()
     if kind in ("folder", "npz"):
         if not rest:
             raise _bad_spec(spec, f"{kind}: needs a path")
-        return DatasetSpec(kind, rest, None, index, text)
+        return DatasetSpec(kind, rest, None, index, text, classes)
     directory = None
     if "@" in rest:
         rest, _, directory = rest.partition("@")
@@ -124,12 +135,49 @@ def parse_spec(spec: str) -> DatasetSpec:
     if kind == "fashion-mnist":
         if rest not in FASHION_SPLITS:
             raise _bad_spec(spec, f"fashion-mnist split must be one of {list(FASHION_SPLITS)}")
-        return DatasetSpec(kind, rest, directory, index, text)
+        return DatasetSpec(kind, rest, directory, index, text, classes)
     if kind in ("mnist5k", "digits", "lfw", "lfw-faces", "lfw-nonfaces"):
         if sep or directory:
             raise _bad_spec(spec, f"{kind} takes no argument")
-        return DatasetSpec(kind, None, None, index, text)
+        return DatasetSpec(kind, None, None, index, text, classes)
     raise _bad_spec(spec, f"unknown dataset kind {kind!r}")
+
+
+def _parse_filter(spec: str, base: str) -> tuple[str, tuple[str, ...] | None]:
+    """Split a trailing ``{classes=...}`` off ``base``; the only filter key is ``classes``."""
+    m = _FILTER_RE.match(base)
+    if not m:
+        if "{" in base or "}" in base:
+            raise _bad_spec(spec, "a class filter must look like {classes=2,4} (ids or names)")
+        return base, None
+    key, eq, value = m.group("opts").partition("=")
+    if key.strip().lower() != "classes" or not eq:
+        raise _bad_spec(spec, f"unknown filter {m.group('opts')!r} (only {{classes=2,4}})")
+    tokens = tuple(t.strip() for t in value.split(","))
+    if not tokens or any(not t for t in tokens):
+        raise _bad_spec(spec, "{classes=...} needs a comma-separated list of class ids or names")
+    return m.group("base"), tokens
+
+
+def _class_ids(parsed: DatasetSpec, labels: np.ndarray | None, class_names: list[str] | None) -> np.ndarray:
+    """Resolve the filter's ids/names against the dataset's classes (typed error if unknown)."""
+    if labels is None:
+        raise DataError(f"dataset spec {parsed.text!r}: a class filter needs labelled data, and this dataset has none")
+    names = list(class_names) if class_names is not None else [str(i) for i in range(int(labels.max()) + 1)]
+    lowered = {n.lower(): i for i, n in enumerate(names)}
+    ids = []
+    for tok in parsed.classes or ():
+        if tok.lstrip("+-").isdigit():
+            i = int(tok)
+            if not 0 <= i < len(names):
+                raise DataError(f"dataset spec {parsed.text!r}: class id {i} is not in [0, {len(names) - 1}]")
+        elif tok.lower() in lowered:
+            i = lowered[tok.lower()]
+        else:
+            raise DataError(f"dataset spec {parsed.text!r}: unknown class {tok!r}; classes are "
+                            + ", ".join(f"{j}={n}" for j, n in enumerate(names)))
+        ids.append(i)
+    return np.unique(np.asarray(ids, dtype=np.int64))
 
 
 #: ``--size`` on the command line: 8 px is the smallest bundled dataset (``digits``); above 1024 px
@@ -291,7 +339,7 @@ def load_dataset(
             f"channels/skip_corrupt apply to folder: datasets only, not {parsed.text!r}"
         )
 
-    if parsed.kind == "folder":
+    if parsed.kind == "folder" and parsed.classes is None:
         images, labels, class_names, meta = load_folder(
             parsed.arg,
             size=size,
@@ -302,14 +350,28 @@ def load_dataset(
         )
         _check_not_empty(parsed, int(images.shape[0]), None)
         return ImageDataset(images, labels, class_names, parsed.text, meta | {"size": size})
+    if parsed.kind == "folder":  # a class filter must see every file's label before the slice
+        images, labels, class_names, meta = load_folder(
+            parsed.arg, size=size, channels=channels, skip_corrupt=skip_corrupt, index=None, progress=progress
+        )
+        size = None  # already resized by the folder loader
 
-    if parsed.kind == "fashion-mnist":
+    elif parsed.kind == "fashion-mnist":
         images, labels, class_names, meta = _fashion(parsed)
     elif parsed.kind == "npz":
         images, labels, class_names, meta = _npz(parsed.arg)
     else:
         images, labels, class_names, meta = _bundled(parsed.kind)
 
+    if parsed.classes is not None:
+        ids = _class_ids(parsed, labels, class_names)
+        keep = np.flatnonzero(np.isin(labels, ids))
+        if keep.size == 0:
+            raise DataError(f"dataset spec {parsed.text!r} selects no images: no image has class {ids.tolist()}")
+        images, labels = images[keep], labels[keep]
+        if "train_indices" in meta:
+            meta["train_indices"] = meta["train_indices"][keep]
+        meta["classes"] = ids.tolist()
     if parsed.index is not None:
         rows = np.arange(images.shape[0])[parsed.index]
         _check_not_empty(parsed, int(rows.size), int(images.shape[0]))
