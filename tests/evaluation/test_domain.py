@@ -121,3 +121,32 @@ def test_centred_interval_covers_the_expected_distance_at_this_sample_size(metri
     truth = np.mean([fn(*draw()) for _ in range(300)])  # E[metric_n] by Monte Carlo
     hits = [distance_with_ci(*draw(), metric=metric, n_boot=100, seed=i).excludes(truth) is False for i in range(60)]
     assert 0.85 <= np.mean(hits) <= 1.0
+
+
+def test_cli_eval_domain_reads_a_generate_folder_and_reports_intervals(tmp_path, capsys):
+    import json
+
+    from privdiff.cli import main
+    from privdiff.data import load_dataset
+    from privdiff.errors import DataError
+
+    try:
+        tops = load_dataset("fashion-mnist:test{classes=2,4}[:120]")
+        shoes = load_dataset("fashion-mnist:test{classes=5,7,9}[:40]")
+    except DataError as exc:
+        pytest.skip(f"Fashion-MNIST not available ({exc})")
+    folder = tmp_path / "gen"
+    folder.mkdir()
+    # A generate-style folder: 80 winter tops + 40 shoes in images.npz; the grid beside it is not a sample.
+    np.savez(folder / "images.npz", images=np.concatenate([tops.images[:80], shoes.images]))
+    (folder / "grid.png").write_bytes(b"not read")
+    rc = main(["eval", "domain", str(folder), "fashion-mnist:test{classes=2,4}[200:500]", "--classes", "Pullover,4",
+               "--n-boot", "20", "--json", "--out", str(tmp_path / "r.json")])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n_generated"] == 120 and res["n_reference"] == 300
+    rate = res["in_domain_rate"]
+    assert 0.55 <= rate["value"] <= 0.72  # 80/120 are winter tops; the yardstick is ~93 % right on them
+    assert rate["low"] < rate["value"] < rate["high"]
+    assert json.loads((tmp_path / "r.json").read_text()) == res
+    assert main(["eval", "domain", str(folder), "fashion-mnist:test[:10]", "--classes", "hat"]) == 2

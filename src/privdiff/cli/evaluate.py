@@ -194,3 +194,68 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             return
         typer.echo(f"τ = {cal.threshold:.4f} ({feature_space}): FPR {cal.fpr:.4f} on {neg.spec}, TPR {cal.tpr:.4f} on "
                    f"augmented copies, AUC {cal.auc:.4f}")
+
+    @eval_app.command("domain")
+    def domain(
+        generated: str = typer.Argument(..., help="Generated images: a generate/sample output folder, folder, .npz or spec."),
+        reference: str = typer.Argument(..., help="Real images of the domain, e.g. 'fashion-mnist:test{classes=2,4}'."),
+        classes: str = typer.Option(..., "--classes", help="The domain's classes, ids or names, e.g. 2,4 or Pullover,Coat."),
+        yardstick: str = typer.Option("fashion-mnist", "--yardstick", help="Shipped yardstick name or a directory."),
+        n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap replicates for the FID/KID intervals."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (evaluation randomness only)."),
+        size: int | None = size_option(),
+        out: Path = typer.Option(None, "--out", help="Write the result JSON to this file."),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """In-domain rate, predicted classes and domain FID/KID (95 % intervals) in a yardstick's feature space."""
+        import json
+
+        import numpy as np
+
+        from privdiff.data import check_size
+        from privdiff.errors import InvalidParameter, check_int
+        from privdiff.evaluation.domain import distance_with_ci, in_domain_rate
+        from privdiff.evaluation.yardstick import load_yardstick
+
+        n_boot = check_int("n_boot", n_boot, 10, 100_000)
+        size = check_size(size)
+        yard = load_yardstick(yardstick)
+        names = list(yard.config.class_names)
+        lowered = {n.lower(): i for i, n in enumerate(names)}
+        ids = []
+        for tok in (t.strip() for t in classes.split(",")):
+            if tok.isdigit() and int(tok) < len(names):
+                ids.append(int(tok))
+            elif tok.lower() in lowered:
+                ids.append(lowered[tok.lower()])
+            else:
+                raise InvalidParameter("classes", tok, "class ids in [0, %d] or names: %s" % (len(names) - 1, ", ".join(names)))
+        gen, ref = _load(generated, size), _load(reference, size)
+        pred = yard.predict(gen.images)
+        rate = in_domain_rate(pred, ids)
+        fg, fr = yard.features(gen.images), yard.features(ref.images)
+        fid_e = distance_with_ci(fg, fr, metric="fid", n_boot=n_boot, seed=seed)
+        kid_e = distance_with_ci(fg, fr, metric="kid", n_boot=n_boot, seed=seed)
+        counts = np.bincount(pred, minlength=len(names))
+        payload = {
+            "generated": gen.spec, "reference": ref.spec, "n_generated": int(len(pred)), "n_reference": int(len(fr)),
+            "yardstick": yardstick, "yardstick_test_accuracy": yard.config.report.get("test_accuracy"),
+            "domain_classes": [names[i] for i in sorted(set(ids))],
+            "in_domain_rate": rate.to_dict(), "domain_fid": fid_e.to_dict(), "domain_kid": kid_e.to_dict(),
+            "predicted_classes": {names[i]: int(c) for i, c in enumerate(counts)},
+            "interval": "95 %: Wilson for the rate; centred bootstrap for FID/KID (privdiff.evaluation.domain)",
+        }
+        if out is not None:
+            _write_json(payload, out)
+        if as_json:
+            typer.echo(json.dumps(payload, indent=2))
+            return
+        typer.echo(f"in-domain rate {rate}  ({int(round(rate.value * rate.n))}/{rate.n} in {', '.join(payload['domain_classes'])})")
+        typer.echo(f"domain FID {fid_e}   domain KID {kid_e}   (n={len(pred)} vs {len(fr)} reference)")
+        top = sorted(payload["predicted_classes"].items(), key=lambda kv: -kv[1])[:5]
+        typer.echo("predicted: " + ", ".join(f"{k} {v}" for k, v in top if v))
+        if len(pred) < 1000:
+            typer.secho(f"warning: {len(pred)} generated images; FID differences of a few points need >= 1,000 "
+                        "(compare only equal n)", err=True, fg=typer.colors.YELLOW)
+        if out is not None:
+            typer.echo(f"result -> {out}")
