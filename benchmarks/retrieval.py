@@ -6,7 +6,7 @@ same data:
 
 * **authors**: ``torch.rand(N) < q`` → ids → ``faiss.IDSelectorBatch`` → ``IndexFlatIP.search``
   with ``SearchParameters(sel=...)``, one faiss call per query (the authors' code path).
-* **privdiff**: ``privdiff.retrieval.search.subsampled_topk``: Binomial size + uniform subset
+* **privdiff**: ``privdiff.retrieval.private.search.subsampled_topk``: Binomial size + uniform subset
   (O(qN)), then faiss' ``fvec_inner_products_by_idx`` over only the sampled rows, batched across
   queries, and an exact tie-aware top-k. The subsample draw is included in the time.
 * **floor**: one GEMV per query over qN *contiguous* rows (no sampling, no gather): the memory /
@@ -94,8 +94,8 @@ def _agreement(index, vectors, queries, k, q, seed):
     """Same subsample through both paths → same top-k ids (as sets)."""
     import faiss
 
-    from privdiff.retrieval.search import sparse_topk_from_subsets
-    from privdiff.retrieval.subsample import padded_poisson_subsamples
+    from privdiff.retrieval.private.search import sparse_topk_from_subsets
+    from privdiff.retrieval.private.subsample import padded_poisson_subsamples
 
     nq = min(8, queries.shape[0])
     subsets, sizes = padded_poisson_subsamples(vectors.shape[0], q, nq, np.random.default_rng(seed))
@@ -109,7 +109,7 @@ def _agreement(index, vectors, queries, k, q, seed):
 
 
 def run(args: argparse.Namespace) -> dict:
-    from privdiff.retrieval.search import DENSE_SAMPLE_RATE_THRESHOLD, subsampled_topk
+    from privdiff.retrieval.private.search import DENSE_SAMPLE_RATE_THRESHOLD, subsampled_topk
 
     t0 = time.perf_counter()
     index, vectors = _make_index(args.n, args.d, args.seed)
@@ -164,7 +164,7 @@ def _faiss_threads() -> int:
 
 
 def _crossover(vectors, queries, args):
-    from privdiff.retrieval.search import subsampled_topk
+    from privdiff.retrieval.private.search import subsampled_topk
 
     out = []
     for q in args.crossover_rates:

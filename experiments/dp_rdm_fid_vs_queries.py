@@ -82,12 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from privdiff.data import load_dataset
     from privdiff.encoders import load_image_encoder, load_text_encoder
     from privdiff.evaluation.fid import compute_fid, fid_stats
-    from privdiff.rdm.conditioning import (
-        DPRetrievalContext,
-        NonPrivateRetrievalContext,
-        PublicRetrievalContext,
-        QueryOnlyContext,
-    )
+    from privdiff.evaluation.baselines import NonPrivateRetrievalContext
+    from privdiff.rdm.conditioning import DPRetrievalContext, PublicRetrievalContext, QueryOnlyContext
     from privdiff.rdm.model import RDMModel, read_model_info
     from privdiff.rdm.pipeline import DPRDMPipeline, generation_defaults, resolve_model_dir
     from privdiff.rdm.train import cached_embeddings

@@ -9,7 +9,8 @@ Two methods, one toolkit:
   sampling away from training images (:mod:`privdiff.cpsample`).
 
 The privacy maths lives in :mod:`privdiff.accounting`; the only code that reads private embeddings
-is :mod:`privdiff.retrieval.mechanism`.
+is the package :mod:`privdiff.retrieval.private` (the privacy boundary, checked by
+``tests/test_privacy_boundary.py``).
 """
 
 __version__ = "0.1.0"

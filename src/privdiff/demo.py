@@ -414,7 +414,8 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     from privdiff.accounting import DPRDMQuery, Ledger
     from privdiff.data import load_dataset
     from privdiff.encoders import load_image_encoder
-    from privdiff.rdm.conditioning import NonPrivateRetrievalContext, PublicRetrievalContext, QueryOnlyContext
+    from privdiff.evaluation.baselines import NonPrivateRetrievalContext
+    from privdiff.rdm.conditioning import PublicRetrievalContext, QueryOnlyContext
     from privdiff.rdm.model import read_model_info
     from privdiff.rdm.pipeline import DPRDMPipeline, generate_to_directory, make_pipeline, resolve_model_dir
     from privdiff.retrieval import PublicEmbeddings, PublicRetriever

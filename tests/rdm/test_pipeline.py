@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from privdiff.errors import EncoderMismatch, InvalidParameter, PrivacyBudgetExceeded
-from privdiff.rdm.conditioning import (
-    DPRetrievalContext,
-    NonPrivateRetrievalContext,
-    PublicRetrievalContext,
-    QueryOnlyContext,
-)
+from privdiff.evaluation.baselines import NonPrivateRetrievalContext
+from privdiff.rdm.conditioning import DPRetrievalContext, PublicRetrievalContext, QueryOnlyContext
 from privdiff.rdm.model import RDMModel
 from privdiff.rdm.pipeline import DPRDMPipeline, generate_to_directory
 
@@ -125,6 +121,24 @@ def test_non_private_baseline_is_flagged_and_uses_exact_neighbour_mean(model, ti
     assert out.mode == "non-private" and not out.private
     assert out.record()["privacy"]["epsilon"] == "inf"
     assert "NOT PRIVATE" in repr(source)
+
+
+def test_non_private_baseline_over_an_index_reads_it_through_the_escape_hatch(private_index, tiny_data, monkeypatch):
+    import privdiff.evaluation.baselines as baselines
+
+    _, emb, enc = tiny_data
+    reasons = []
+    real = baselines.unsafe_nonprivate_rows
+    monkeypatch.setattr(baselines, "unsafe_nonprivate_rows", lambda idx, reason: reasons.append(reason) or real(idx, reason=reason))
+    q = enc.encode_text(PROMPTS)
+    from_index = NonPrivateRetrievalContext(private_index, k=3).condition(q)
+    from_array = NonPrivateRetrievalContext(emb, k=3, space_id=enc.space_id).condition(q)
+    np.testing.assert_allclose(from_index.contexts, from_array.contexts, atol=1e-6)
+    assert len(reasons) == 2 and all("non-private" in r for r in reasons)
+    with pytest.raises(InvalidParameter, match="space_id"):
+        NonPrivateRetrievalContext(private_index, k=3, space_id="other/v1")
+    with pytest.raises(InvalidParameter, match="space_id"):
+        NonPrivateRetrievalContext(emb, k=3)
 
 
 def test_query_only_context_is_the_query_replicated():

@@ -13,12 +13,14 @@ import pytest
 from privdiff.errors import InvalidParameter
 from privdiff.evaluation.audit import (
     MECHANISMS,
+    HalfNoise,
     audit_retrieval,
     clopper_pearson_upper,
     epsilon_lower_bound,
     write_audit_report,
 )
-from privdiff.retrieval import DPRetriever
+from privdiff.retrieval import DPRetriever, ExactTopK
+from privdiff.retrieval.private import PadWithLastRecord
 
 
 def test_clopper_pearson_upper_bound_matches_closed_forms():
@@ -83,13 +85,33 @@ def test_audit_flags_a_mechanism_that_adds_half_the_noise():
     assert not res.passed
 
 
-def test_broken_variants_are_not_options_of_the_real_retriever():
+def test_broken_variants_are_composed_from_the_real_retriever_not_subclasses_of_it():
     assert set(MECHANISMS) == {"dp", "broken-pad-last-record", "broken-half-noise"}
-    assert MECHANISMS["dp"] is DPRetriever
+    assert MECHANISMS["dp"] == {}  # the real mechanism: DPRetriever with its default strategies
+    assert isinstance(MECHANISMS["broken-half-noise"]["noise"], HalfNoise)
+    assert isinstance(MECHANISMS["broken-pad-last-record"]["padding"], PadWithLastRecord)
     import inspect
 
-    params = set(inspect.signature(DPRetriever.__init__).parameters)
-    assert params == {"self", "index", "k", "sigma", "sample_rate", "ledger", "query_space", "ivf", "nprobe"}
+    # No seed, no mechanism-name switch: the steps are objects, and the defaults are the real ones.
+    params = inspect.signature(DPRetriever.__init__).parameters
+    assert set(params) == {
+        "self", "backend", "k", "sigma", "sample_rate", "ledger", "query_space", "noise", "padding",
+    }
+    assert params["noise"].default is None and params["padding"].default is None
+
+
+def test_broken_strategies_do_what_their_names_say(recording_ledger):
+    from privdiff.retrieval import EmbeddingIndex
+
+    assert np.allclose(np.std(HalfNoise().sample((200000,), 0.3, np.random.default_rng(0))), 0.15, rtol=0.01)
+    # N = 3 records, q = 1, k = 5: 2 empty slots, filled with the last record by the broken padding.
+    rows = np.eye(4, dtype=np.float32)[:3]
+    index = EmbeddingIndex.from_embeddings(rows, space_id="s/v1")
+    sums = np.tile(rows.sum(axis=0, dtype=np.float64), (2, 1))
+    padded = PadWithLastRecord().complete(sums, np.array([3, 3]), 5, ExactTopK(index))
+    np.testing.assert_allclose(padded, np.tile(rows.sum(axis=0) + 2 * rows[-1], (2, 1)))
+    r = DPRetriever(index, k=5, sigma=0.1, sample_rate=1.0, ledger=recording_ledger, **MECHANISMS["broken-pad-last-record"])
+    assert "PadWithLastRecord(BROKEN)" in repr(r)
 
 
 @pytest.mark.parametrize(

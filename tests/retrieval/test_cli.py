@@ -136,8 +136,9 @@ def test_index_build_from_precomputed_embeddings(tmp_path, capsys):
     m = json.loads(capsys.readouterr().out)
     assert (m["count"], m["dim"], m["space_id"]) == (30, 6, "metaclip-b16/v1")
     from privdiff.retrieval import load_index
+    from privdiff.retrieval.private import unsafe_nonprivate_rows
 
-    rows = np.asarray(load_index(out)._vectors)
+    rows = np.asarray(unsafe_nonprivate_rows(load_index(out), reason="test: what the CLI stored"))
     np.testing.assert_allclose(rows, emb / np.linalg.norm(emb, axis=1, keepdims=True), rtol=1e-6)
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
 from privdiff.retrieval import EmbeddingIndex, build_index, build_index_from_images, load_index, read_manifest
-from privdiff.retrieval.index import MANIFEST_FILE, VECTORS_FILE
+from privdiff.retrieval.private import unsafe_nonprivate_rows
+from privdiff.retrieval.private.index import MANIFEST_FILE, VECTORS_FILE
 
 SPACE = "test-space/v1"
 
@@ -21,7 +22,7 @@ def test_build_then_load_round_trips_normalised_float32_rows(tmp_path):
     raw = _emb()
     build_index(tmp_path / "idx", raw, space_id=SPACE, source="fashion-mnist:train[:50]")
     idx = load_index(tmp_path / "idx", expected_space=SPACE)
-    rows = idx._vectors
+    rows = unsafe_nonprivate_rows(idx, reason="test: what load_index maps")
     assert isinstance(rows, np.memmap) and not rows.flags.writeable
     assert rows.dtype == np.float32 and rows.shape == (50, 8)
     np.testing.assert_allclose(rows, raw / np.linalg.norm(raw, axis=1, keepdims=True), rtol=1e-6)
@@ -148,7 +149,7 @@ def test_existing_directory_is_not_overwritten_unless_asked(tmp_path):
 
 
 def test_crash_mid_write_leaves_no_index_and_no_temp_files(tmp_path, monkeypatch):
-    import privdiff.retrieval.index as index_mod
+    import privdiff.retrieval.private.index as index_mod
 
     def boom(*a, **k):
         raise OSError("disk full")
@@ -160,7 +161,7 @@ def test_crash_mid_write_leaves_no_index_and_no_temp_files(tmp_path, monkeypatch
 
 
 def test_crash_during_overwrite_keeps_the_old_index_intact(tmp_path, monkeypatch):
-    import privdiff.retrieval.index as index_mod
+    import privdiff.retrieval.private.index as index_mod
 
     build_index(tmp_path / "idx", _emb(n=5), space_id=SPACE)
     monkeypatch.setattr(index_mod.json, "dump", lambda *a, **k: (_ for _ in ()).throw(OSError("boom")))
@@ -192,13 +193,13 @@ def test_private_index_refuses_to_hand_out_rows_and_repr_has_no_data(tmp_path):
     with pytest.raises(PrivdiffError, match="private"):
         idx.public_vectors()
     text = repr(idx)
-    assert all(f"{v:.4f}" not in text for v in np.asarray(idx._vectors[:3]).ravel())
+    assert all(f"{v:.4f}" not in text for v in np.asarray(unsafe_nonprivate_rows(idx, reason="test: rows must not be in the repr")[:3]).ravel())
     pub = build_index(tmp_path / "pub", _emb(), space_id=SPACE, visibility="public")
     assert pub.public_vectors().shape == (50, 8)
 
 
 def test_bad_row_in_a_later_chunk_is_reported_with_its_global_index(tmp_path, monkeypatch):
-    import privdiff.retrieval.index as index_mod
+    import privdiff.retrieval.private.index as index_mod
 
     monkeypatch.setattr(index_mod, "_HASH_CHUNK_ROWS", 4)
     emb = _emb(n=10)
@@ -206,5 +207,5 @@ def test_bad_row_in_a_later_chunk_is_reported_with_its_global_index(tmp_path, mo
     with pytest.raises(InvalidParameter, match="row 9 is the zero vector"):
         build_index(tmp_path / "idx", emb, space_id=SPACE)
     ok = build_index(tmp_path / "idx", _emb(n=10), space_id=SPACE)  # chunked path gives unit rows
-    np.testing.assert_allclose(np.linalg.norm(ok._vectors, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(unsafe_nonprivate_rows(ok, reason="test: stored rows are unit"), axis=1), 1.0, rtol=1e-6)
     load_index(tmp_path / "idx")  # full verification, also chunked

@@ -7,8 +7,9 @@ import pytest
 from scipy import stats
 
 from privdiff.errors import EncoderMismatch, InvalidParameter, PrivacyBudgetExceeded
-from privdiff.retrieval import DPRetriever, EmbeddingIndex, PrivateRelease
-from privdiff.retrieval.mechanism import padded_topk_mean
+from privdiff.retrieval import DPRetriever, EmbeddingIndex, ExactTopK, PrivateRelease
+from privdiff.retrieval.private import GaussianNoise, ZeroPadding
+from privdiff.retrieval.private.backends import padded_topk_sums
 from ._helpers import RecordingLedger, unit_rows
 
 SPACE = "test-space/v1"
@@ -20,6 +21,19 @@ def _index(n=40, d=8, seed=0):
 
 def _retriever(ledger, n=40, d=8, k=5, sigma=0.1, q=0.5, **kw):
     return DPRetriever(_index(n, d), k=k, sigma=sigma, sample_rate=q, ledger=ledger, **kw)
+
+
+def padded_topk_mean(vectors, ids, k):
+    sums, counts = padded_topk_sums(vectors, ids)
+    assert counts.tolist() == (ids >= 0).sum(axis=1).tolist()
+    return sums / k
+
+
+def _pre_noise_aggregate(rows, queries, k, q, rng):
+    """What the mechanism adds noise to: the default backend's padded top-k sum over k."""
+    sums, counts = ExactTopK(EmbeddingIndex.from_embeddings(rows, space_id=SPACE)).topk_sums(queries, k, q, rng)
+    assert ((counts >= 0) & (counts <= k)).all()
+    return ZeroPadding().complete(sums, counts, k, None) / k
 
 
 # --- the aggregate ------------------------------------------------------------------------
@@ -35,12 +49,12 @@ def test_padded_mean_divides_found_neighbours_by_k_not_by_found():
 
 
 def test_padded_mean_is_the_same_when_computed_in_chunks(monkeypatch):
-    import privdiff.retrieval.mechanism as mech
+    import privdiff.retrieval.private.backends as backends
 
     v = unit_rows(50, 6, seed=8)
     ids = np.random.default_rng(0).integers(-1, 50, size=(23, 4))
     whole = padded_topk_mean(v, ids, k=4)
-    monkeypatch.setattr(mech, "_AGGREGATE_CELLS", 30)  # 1 query row per chunk
+    monkeypatch.setattr(backends, "_AGGREGATE_CELLS", 30)  # 1 query row per chunk
     np.testing.assert_array_equal(padded_topk_mean(v, ids, k=4), whole)
 
 
@@ -53,9 +67,7 @@ def test_padded_mean_bounds_row_norms_whatever_the_storage_holds():
 def test_pre_noise_aggregate_in_padding_regime_is_sum_of_all_records_over_k(recording_ledger):
     # q = 1 and N = 3 < k = 8: every record is found, 5 pad slots are the zero vector.
     v = unit_rows(3, 4, seed=1)
-    r = DPRetriever(EmbeddingIndex.from_embeddings(v, space_id=SPACE), k=8, sigma=0.1, sample_rate=1.0,
-                    ledger=recording_ledger)
-    agg = r._pre_noise_aggregate(unit_rows(2, 4, seed=2), np.random.default_rng(0))
+    agg = _pre_noise_aggregate(v, unit_rows(2, 4, seed=2), 8, 1.0, np.random.default_rng(0))
     np.testing.assert_allclose(agg, np.tile(v.sum(axis=0) / 8, (2, 1)), rtol=1e-6)
 
 
@@ -63,9 +75,7 @@ def test_pre_noise_aggregate_in_padding_regime_is_sum_of_all_records_over_k(reco
 def test_subsampled_padding_regime_scales_found_records_by_found_over_k(recording_ledger, q):
     # N = 5 identical records, k = 20: the aggregate is v·|S|/k with |S| ~ Binomial(5, q).
     v = unit_rows(1, 4, seed=1)
-    r = DPRetriever(EmbeddingIndex.from_embeddings(np.repeat(v, 5, axis=0), space_id=SPACE), k=20,
-                    sigma=0.1, sample_rate=q, ledger=recording_ledger)
-    agg = r._pre_noise_aggregate(np.repeat(v, 2000, axis=0), np.random.default_rng(3))
+    agg = _pre_noise_aggregate(np.repeat(v, 5, axis=0), np.repeat(v, 2000, axis=0), 20, q, np.random.default_rng(3))
     found = agg @ v[0] * 20  # = |S| for every row
     np.testing.assert_allclose(found, np.round(found), atol=1e-4)
     np.testing.assert_allclose(agg, np.round(found)[:, None] * v / 20, atol=1e-6)
@@ -84,9 +94,7 @@ def test_subsampled_padding_regime_scales_found_records_by_found_over_k(recordin
 def test_pre_noise_aggregate_is_mean_of_exact_topk_when_q_is_one(recording_ledger):
     v = unit_rows(30, 6, seed=4)
     q = unit_rows(3, 6, seed=5)
-    r = DPRetriever(EmbeddingIndex.from_embeddings(v, space_id=SPACE), k=4, sigma=0.1, sample_rate=1.0,
-                    ledger=recording_ledger)
-    agg = r._pre_noise_aggregate(q, np.random.default_rng(0))
+    agg = _pre_noise_aggregate(v, q, 4, 1.0, np.random.default_rng(0))
     for b in range(3):
         top = np.argsort(-(v @ q[b]))[:4]
         np.testing.assert_allclose(agg[b], v[top].mean(axis=0), rtol=1e-5, atol=1e-7)
@@ -136,33 +144,36 @@ def test_retriever_exposes_no_index_ids_or_rows(recording_ledger):
 # --- charging -------------------------------------------------------------------------------
 
 
+class _SpyBackend:
+    """A top-k backend wrapping the real one, recording the ledger's state when search starts."""
+
+    def __init__(self, index, ledger, fail=False):
+        self.inner, self.ledger, self.fail, self.seen = ExactTopK(index), ledger, fail, []
+        self.manifest, self.path = index.manifest, index.path
+
+    def topk_sums(self, queries, k, sample_rate, rng):
+        if self.fail:
+            pytest.fail("computed over budget")
+        self.seen.append(list(self.ledger.calls))
+        return self.inner.topk_sums(queries, k, sample_rate, rng)
+
+
 def test_one_ledger_call_charges_all_rows_before_anything_is_computed():
     ledger = RecordingLedger()
-    r = _retriever(ledger, k=5, sigma=0.1, q=0.5)
-    seen = []
-    original = r._pre_noise_aggregate
-
-    class Spy(DPRetriever):
-        def _pre_noise_aggregate(self, queries, rng):
-            seen.append(list(ledger.calls))  # state of the ledger when computing starts
-            return original(queries, rng)
-
-    spy = Spy(_index(), k=5, sigma=0.1, sample_rate=0.5, ledger=ledger)
-    spy.query(unit_rows(7, 8, seed=2), request_id="req-1")
+    spy = _SpyBackend(_index(), ledger)
+    r = DPRetriever(spy, k=5, sigma=0.1, sample_rate=0.5, ledger=ledger)
+    r.query(unit_rows(7, 8, seed=2), request_id="req-1")
     assert len(ledger.calls) == 1
     query, count, request_id = ledger.calls[0]
     assert (count, request_id) == (7, "req-1")
     assert (query.sigma, query.sample_rate, query.k) == (0.1, 0.5, 5)
-    assert seen == [ledger.calls]
+    assert spy.seen == [ledger.calls]
 
 
-def test_over_budget_batch_is_refused_whole_and_nothing_is_computed(monkeypatch):
-    import privdiff.retrieval.mechanism as mech
-
+def test_over_budget_batch_is_refused_whole_and_nothing_is_computed():
     ledger = RecordingLedger(max_queries=5)
-    r = _retriever(ledger)
-    r.query(unit_rows(3, 8))
-    monkeypatch.setattr(mech, "subsampled_topk", lambda *a, **k: pytest.fail("computed over budget"))
+    _retriever(ledger).query(unit_rows(3, 8))
+    r = DPRetriever(_SpyBackend(_index(), ledger, fail=True), k=5, sigma=0.1, sample_rate=0.5, ledger=ledger)
     with pytest.raises(PrivacyBudgetExceeded):
         r.query(unit_rows(3, 8))  # 3 + 3 > 5: all-or-nothing
     assert ledger.charged == 3
@@ -304,3 +315,86 @@ def test_release_is_refused_if_the_ledger_did_not_charge_every_row():
     r = _retriever(Idempotent())
     with pytest.raises(LedgerError, match="charged 0 queries for a batch of 2"):
         r.query(unit_rows(2, 8))
+
+
+# --- the backend and strategy seams -------------------------------------------------------------
+
+
+class _FixedBackend:
+    """A top-k backend returning given sums/counts: the mechanism only ever sees these."""
+
+    def __init__(self, sums, counts, index=None):
+        index = index or _index(d=sums.shape[1])
+        self.manifest, self.path = index.manifest, index.path
+        self.sums, self.counts, self.calls = sums, counts, []
+
+    def topk_sums(self, queries, k, sample_rate, rng):
+        self.calls.append((queries.shape, k, sample_rate))
+        return self.sums.copy(), self.counts.copy()
+
+
+class _ConstantNoise:
+    def __init__(self, value):
+        self.value, self.calls = value, []
+
+    def sample(self, shape, sigma, rng):
+        self.calls.append((shape, sigma))
+        return np.full(shape, self.value)
+
+
+def test_release_is_backend_sum_over_k_plus_the_noise_strategy(recording_ledger):
+    v = unit_rows(2, 8, seed=3).astype(np.float64)
+    sums = np.stack([v[0] + v[1], v[1] * 0.5])
+    backend = _FixedBackend(sums, np.array([2, 1]))
+    noise = _ConstantNoise(0.25)
+    r = DPRetriever(backend, k=4, sigma=0.3, sample_rate=0.2, ledger=recording_ledger, noise=noise)
+    rel = r.query(unit_rows(2, 8, seed=4))
+    np.testing.assert_allclose(rel.vectors, (sums / 4 + 0.25).astype(np.float32), rtol=1e-6)
+    assert backend.calls == [((2, 8), 4, 0.2)] and noise.calls == [((2, 8), 0.3)]
+    assert "backend=" in repr(r) and "noise=" in repr(r) and "padding=" not in repr(r)
+
+
+@pytest.mark.parametrize(
+    "sums, counts",
+    [
+        (np.full((2, 8), 1.0), np.array([1, 1])),  # ‖sum‖ = √8 > count: rows not projected
+        (np.zeros((2, 8)), np.array([6, 0])),  # more than k records
+        (np.zeros((2, 8)), np.array([-1, 0])),
+        (np.zeros((3, 8)), np.array([0, 0, 0])),  # wrong batch size
+        (np.full((2, 8), np.nan), np.array([5, 5])),
+        (np.zeros((2, 8)), np.array([0.5, 0.0])),  # counts must be integers
+    ],
+)
+def test_backend_breaking_the_sensitivity_bound_releases_nothing(sums, counts):
+    from privdiff.errors import PrivdiffError
+
+    ledger = RecordingLedger()
+    r = DPRetriever(_FixedBackend(sums, counts), k=5, sigma=0.1, sample_rate=0.5, ledger=ledger)
+    with pytest.raises(PrivdiffError, match="sensitivity bound"):
+        r.query(unit_rows(2, 8))
+    assert ledger.charged == 2  # the charge stands; spending without releasing is the safe side
+
+
+def test_an_index_is_served_by_the_exact_backend_and_strategies_default_to_the_real_ones(recording_ledger):
+    index = _index()
+    a = DPRetriever(index, k=5, sigma=0.1, sample_rate=0.5, ledger=recording_ledger)
+    b = DPRetriever(ExactTopK(index), k=5, sigma=0.1, sample_rate=0.5, ledger=recording_ledger,
+                    noise=GaussianNoise(), padding=ZeroPadding())
+    assert repr(a) == repr(b) == (
+        "DPRetriever(k=5, sigma=0.1, sample_rate=0.5, noise_multiplier=0.25, space_id='test-space/v1')"
+    )
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"backend": "an index"}, "backend"),
+        ({"backend": np.zeros((4, 8))}, "backend"),
+        ({"noise": 0.5}, "noise"),
+        ({"padding": "zero"}, "padding"),
+    ],
+)
+def test_what_is_not_a_backend_or_a_strategy_is_refused(kw, name):
+    args = {"backend": _index(), "k": 5, "sigma": 0.1, "sample_rate": 0.5, "ledger": RecordingLedger()} | kw
+    with pytest.raises(InvalidParameter, match=name):
+        DPRetriever(**args)

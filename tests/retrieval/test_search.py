@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from privdiff.errors import InvalidParameter
-from privdiff.retrieval.search import select_topk, sparse_topk_from_subsets, subsampled_topk
+from privdiff.retrieval.private.search import select_topk, sparse_topk_from_subsets, subsampled_topk
 
 
 def _brute_topk(scores_row, ids_row, k):
@@ -73,7 +73,7 @@ def test_full_sample_rate_returns_exact_global_topk(method):
 
 
 def test_dense_path_merges_blocks_exactly(monkeypatch):
-    import privdiff.retrieval.search as search
+    import privdiff.retrieval.private.search as search
 
     monkeypatch.setattr(search, "_DENSE_ROW_BLOCK", 37)  # many blocks, ragged last one
     x, q = _integer_data(n=400, B=5)

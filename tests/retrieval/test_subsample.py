@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from privdiff.errors import InvalidParameter
-from privdiff.retrieval.search import subsampled_topk
-from privdiff.retrieval.subsample import (
+from privdiff.retrieval.private.search import subsampled_topk
+from privdiff.retrieval.private.subsample import (
     padded_poisson_subsamples,
     poisson_pairs,
     poisson_subsample,
@@ -125,7 +125,7 @@ def test_pairs_are_distinct_in_range_and_record_major(n, count, q, seed):
 
 
 def test_pairs_stitched_from_many_small_geometric_blocks_keep_the_distribution(monkeypatch):
-    import privdiff.retrieval.subsample as sub
+    import privdiff.retrieval.private.subsample as sub
 
     monkeypatch.setattr(sub, "_geometric_block_size", lambda expected: 7)
     n, q, runs = 30, 0.3, 3000

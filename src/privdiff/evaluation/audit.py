@@ -29,12 +29,16 @@ including the canary moves the mean by exactly 2/k (or 1/k when it fills a pad s
 distinguisher is the projection ⟨r̃, c⟩ of the release on the canary direction, which is the
 likelihood-ratio statistic for the Gaussian part of the mechanism (isotropic noise).
 
-For a demonstration that the audit has teeth, two deliberately broken mechanisms live here (and
-only here; they are not options of the real retriever):
+For a demonstration that the audit has teeth, two deliberately broken mechanisms are composed
+here from the real retriever with one of its steps swapped (its ``noise`` / ``padding`` strategy
+objects; the defaults are the analysed mechanism and nothing else in privdiff passes others):
 
-* ``broken-pad-last-record``: pads short subsamples with the dataset's last record, reproducing
-  the authors' faiss ``-1`` bug (gotcha (a) in §3); the canary is the last record of D'.
-* ``broken-half-noise``: adds noise with std σ/2 while the ledger is charged for σ.
+* ``broken-pad-last-record``: pads short subsamples with the dataset's last record
+  (:class:`~privdiff.retrieval.private.PadWithLastRecord`, which lives in the boundary because it
+  reads a private row), reproducing the authors' faiss ``-1`` bug (gotcha (a) in §3); the canary
+  is the last record of D'.
+* ``broken-half-noise``: adds noise with std σ/2 while the ledger is charged for σ
+  (:class:`HalfNoise`).
 """
 
 from __future__ import annotations
@@ -48,15 +52,14 @@ from typing import Any
 import numpy as np
 
 from privdiff.errors import InvalidParameter, check_in_range, check_int, check_positive
-from privdiff.retrieval.index import EmbeddingIndex
-from privdiff.retrieval.mechanism import DPRetriever, padded_topk_mean
-from privdiff.retrieval.search import subsampled_topk
+from privdiff.retrieval.private import DPRetriever, EmbeddingIndex, PadWithLastRecord
 
 __all__ = [
     "MECHANISMS",
     "STANDARD_SUITE",
     "run_suite",
     "AuditResult",
+    "HalfNoise",
     "audit_retrieval",
     "clopper_pearson_upper",
     "epsilon_lower_bound",
@@ -70,27 +73,24 @@ _CHUNK_ROWS = 20000  # query rows per mechanism call; bounds the (B, k, d) float
 _AUDIT_BUDGET = 1e12
 
 
-class _PadWithLastRecordRetriever(DPRetriever):
-    """BROKEN on purpose: the authors' padding bug (faiss id −1 read as ``embedding[-1]``)."""
+class HalfNoise:
+    """BROKEN on purpose: noise std σ/2 while the ledger is charged for σ (a noise strategy)."""
 
-    def _pre_noise_aggregate(self, queries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        ids = subsampled_topk(self._vectors, queries, self._k, self._sample_rate, rng)
-        ids = np.where(ids >= 0, ids, self._vectors.shape[0] - 1)
-        return padded_topk_mean(self._vectors, ids, self._k)
+    __slots__ = ()
 
+    def sample(self, shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
+        return (sigma / 2.0) * rng.standard_normal(shape)
 
-class _HalfNoiseRetriever(DPRetriever):
-    """BROKEN on purpose: noise std σ/2 while the ledger is charged for σ."""
-
-    def _noise_std(self) -> float:
-        return self._sigma / 2.0
+    def __repr__(self) -> str:
+        return "HalfNoise(BROKEN)"
 
 
-#: Mechanisms the audit can run: the real one and two broken controls.
-MECHANISMS: dict[str, type[DPRetriever]] = {
-    "dp": DPRetriever,
-    "broken-pad-last-record": _PadWithLastRecordRetriever,
-    "broken-half-noise": _HalfNoiseRetriever,
+#: Mechanisms the audit can run, as the keyword arguments that compose them from the real
+#: :class:`DPRetriever`: the real one (its default strategies) and two broken controls.
+MECHANISMS: dict[str, dict[str, Any]] = {
+    "dp": {},
+    "broken-pad-last-record": {"padding": PadWithLastRecord()},
+    "broken-half-noise": {"noise": HalfNoise()},
 }
 
 
@@ -251,7 +251,7 @@ def audit_retrieval(
     eps_paper = epsilon_for(query, 1, delta, "paper", warn_on_edge=False).epsilon
 
     base, with_canary, canary = _canary_datasets(dim, n_records)
-    cls = MECHANISMS[mechanism]
+    parts = MECHANISMS[mechanism]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -266,7 +266,7 @@ def audit_retrieval(
             with Ledger.create(ledger_path, epsilon=_AUDIT_BUDGET, delta=delta, accountant="paper",
                                dataset=f"audit:{name}") as ledger:
                 index = EmbeddingIndex.from_embeddings(rows, space_id=_AUDIT_SPACE, source=f"audit:{name}")
-                retriever = cls(index, k=k, sigma=sigma, sample_rate=sample_rate, ledger=ledger)
+                retriever = DPRetriever(index, k=k, sigma=sigma, sample_rate=sample_rate, ledger=ledger, **parts)
                 scores[name] = _release_scores(retriever, canary, runs, bar)
                 charged[name] = ledger.status().queries
     if bar is not None:

@@ -19,15 +19,15 @@ The public-retrieval baseline uses the same transform the model was adapt-traine
 normalised neighbours, replicated), with neighbours from the public set; the paper's public
 baseline uses RDM-fb with k separate tokens instead, which our single adapt model does not have.
 
-Only :class:`DPRetrievalContext` touches the private set through the DP mechanism. The
-non-private baseline reads private embeddings directly; it exists to draw the ε = ∞ line of the
-paper's figure, is a separate class that never takes a ledger, and marks everything it produces
-``private=False``.
+Only :class:`DPRetrievalContext` touches the private set, through the DP mechanism. The
+non-private baseline is not here: it reads private rows (through the boundary's one named escape
+hatch), so it lives with the evaluation baselines, :class:`privdiff.evaluation.baselines.NonPrivateRetrievalContext`;
+it exists to draw the ε = ∞ line of the paper's figure, never takes a ledger, and marks everything
+it produces ``private=False``. This module reads no private data.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -68,7 +68,8 @@ class ContextSource(Protocol):
         ...
 
 
-def _queries(queries: Any, dim: int) -> np.ndarray:
+def check_queries(queries: Any, dim: int) -> np.ndarray:
+    """(B, d) finite non-zero public query embeddings → L2-normalised float32; else InvalidParameter."""
     q = np.asarray(queries, dtype=np.float32)
     if q.ndim != 2 or q.shape[0] < 1 or q.shape[1] != dim:
         raise InvalidParameter("query_embeddings", f"array of shape {q.shape}", f"(B >= 1, {dim})")
@@ -77,7 +78,8 @@ def _queries(queries: Any, dim: int) -> np.ndarray:
     return l2_normalize(q)
 
 
-def _replicate(v: np.ndarray, k: int) -> np.ndarray:
+def replicate_context(v: np.ndarray, k: int) -> np.ndarray:
+    """(B, d) → (B, k, d) float32: one vector as k identical context tokens."""
     return np.ascontiguousarray(np.broadcast_to(v[:, None, :], (v.shape[0], k, v.shape[1])), dtype=np.float32)
 
 
@@ -120,7 +122,7 @@ class DPRetrievalContext:
     def condition(self, queries: np.ndarray, *, request_id: str | None = None) -> Conditioning:
         from privdiff.retrieval import mix_context
 
-        q = _queries(queries, self.retriever.dim)
+        q = check_queries(queries, self.retriever.dim)
         # Public neighbours are looked up before the charge: if that fails, nothing is spent.
         public = self.public_retriever.search(q) if (self.mix_with == "public" and self.lam < 1.0) else q
         release = self.retriever.query(q, request_id=request_id)  # the one charged step
@@ -162,9 +164,9 @@ class PublicRetrievalContext:
         return self.public_retriever.space_id
 
     def condition(self, queries: np.ndarray, *, request_id: str | None = None) -> Conditioning:
-        q = _queries(queries, self.public_retriever.dim)
+        q = check_queries(queries, self.public_retriever.dim)
         neigh = l2_normalize(self.public_retriever.search(q))
-        contexts = _replicate(neigh.mean(axis=1), self.k)
+        contexts = replicate_context(neigh.mean(axis=1), self.k)
         return Conditioning(contexts, self.mode, True, {"epsilon": 0.0, "k": self.k, "queries_charged": 0})
 
 
@@ -180,46 +182,5 @@ class QueryOnlyContext:
         self.space_id = space_id
 
     def condition(self, queries: np.ndarray, *, request_id: str | None = None) -> Conditioning:
-        q = _queries(queries, self.dim)
-        return Conditioning(_replicate(q, self.k), self.mode, True, {"epsilon": 0.0, "k": self.k, "queries_charged": 0})
-
-
-class NonPrivateRetrievalContext:
-    """Baseline "non-private retrieval" (σ = 0, q = 1, **ε = ∞**): NOT differentially private.
-
-    The exact mean of the k nearest private neighbours with no subsampling and no noise: the
-    upper reference line of the paper's FID-vs-queries figure. It takes the private embeddings
-    explicitly (the caller states they are reading private data), never takes a ledger, and marks
-    every output ``private=False`` with ε = ∞. Never use it to serve users.
-    """
-
-    mode = "non-private"
-    private = False
-
-    def __init__(self, private_embeddings: np.ndarray, k: int, *, space_id: str):
-        import faiss
-
-        x = l2_normalize(np.asarray(private_embeddings, dtype=np.float32))
-        if x.ndim != 2 or x.shape[0] < 1:
-            raise InvalidParameter("private_embeddings", f"array of shape {x.shape}", "(N >= 1, d)")
-        self.k = check_int("k", k, 1, maximum=x.shape[0])
-        self.dim = int(x.shape[1])
-        self.space_id = space_id
-        self._index = faiss.IndexFlatIP(self.dim)
-        self._index.add(x)
-        self._rows = x
-
-    def __repr__(self) -> str:
-        return f"NonPrivateRetrievalContext(NOT PRIVATE, k={self.k}, n={self._rows.shape[0]}, space_id={self.space_id!r})"
-
-    def condition(self, queries: np.ndarray, *, request_id: str | None = None) -> Conditioning:
-        q = _queries(queries, self.dim)
-        _, ids = self._index.search(q, self.k)
-        contexts = _replicate(self._rows[ids].mean(axis=1), self.k)
-        return Conditioning(
-            contexts,
-            self.mode,
-            False,
-            {"epsilon": math.inf, "sigma": 0.0, "sample_rate": 1.0, "k": self.k, "queries_charged": 0,
-             "warning": "non-private baseline: outputs carry no privacy guarantee"},
-        )
+        q = check_queries(queries, self.dim)
+        return Conditioning(replicate_context(q, self.k), self.mode, True, {"epsilon": 0.0, "k": self.k, "queries_charged": 0})

@@ -418,12 +418,8 @@ def make_pipeline(
     before any query is charged.
     """
     from privdiff.encoders import load_image_encoder, load_text_encoder
-    from privdiff.rdm.conditioning import (
-        DPRetrievalContext,
-        NonPrivateRetrievalContext,
-        PublicRetrievalContext,
-        QueryOnlyContext,
-    )
+    from privdiff.evaluation.baselines import NonPrivateRetrievalContext
+    from privdiff.rdm.conditioning import DPRetrievalContext, PublicRetrievalContext, QueryOnlyContext
 
     defaults = generation_defaults(model_dir)
     k = check_int("k", k if k is not None else defaults["k"], 1)
@@ -632,7 +628,7 @@ DOMAIN_RATIO_THRESHOLD = 0.95
 def write_domain_reference(model_dir: str | os.PathLike, public_embeddings: np.ndarray, space_id: str) -> Path:
     """Store :data:`DOMAIN_REFERENCE_ROWS` evenly spaced public embeddings (float16) and the public
     set's own mean max-similarity to them (measured on other public rows) in ``model_dir``."""
-    from privdiff.retrieval.domain import mean_max_similarity
+    from privdiff.retrieval.private import mean_max_similarity
 
     emb = np.asarray(public_embeddings, dtype=np.float32)
     n = emb.shape[0]
@@ -657,7 +653,7 @@ def domain_warning(model_dir: str | os.PathLike, index: Any) -> str | None:
     Needs the model's :data:`DOMAIN_REFERENCE_FILE` (written by ``privdiff train rdm``, or by
     :func:`write_domain_reference`); without it the check is skipped.
     """
-    from privdiff.retrieval.domain import domain_similarity
+    from privdiff.retrieval.private import domain_similarity
 
     path = Path(model_dir) / DOMAIN_REFERENCE_FILE
     if not path.is_file():

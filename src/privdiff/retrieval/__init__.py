@@ -1,9 +1,11 @@
-"""Private retrieval for DP-RDM: the embedding index, subsampled search and the DP mechanism.
+"""Retrieval for DP-RDM: the private boundary package, public retrieval and λ-mixing.
 
-The privacy boundary (``DESIGN.md``): :class:`DPRetriever` is the only reader of private
-embeddings; it charges the ledger before computing and releases a :class:`PrivateRelease` (noisy
-vectors and public parameters only). :class:`PublicRetriever` and :func:`mix_context` are
-post-processing over public data and the release, and cost no privacy.
+The privacy boundary (``DESIGN.md``) is the package :mod:`privdiff.retrieval.private`: the index,
+the subsampled search and :class:`DPRetriever`, the only reader of private embeddings; it charges
+the ledger before computing and releases a :class:`PrivateRelease` (noisy vectors and public
+parameters only). This package re-exports what the boundary exports, so callers can keep
+importing from ``privdiff.retrieval``. :class:`PublicRetriever` and :func:`mix_context` live
+outside the boundary: post-processing over public data and the release, costing no privacy.
 
 >>> from privdiff.retrieval import load_index, DPRetriever, mix_context   # doctest: +SKIP
 >>> release = DPRetriever(load_index("idx"), k=20, sigma=0.05, sample_rate=0.01,
@@ -11,30 +13,39 @@ post-processing over public data and the release, and cost no privacy.
 >>> context = mix_context(release, text_embeddings, lam=0.5, k=20)     # doctest: +SKIP
 """
 
-from privdiff.retrieval.domain import domain_similarity
-from privdiff.retrieval.index import (
+from privdiff.retrieval.postprocess import mix_context
+from privdiff.retrieval.private import (
+    DPRetriever,
     EmbeddingIndex,
+    ExactTopK,
     IndexManifest,
+    IVFLayout,
+    IVFTopK,
+    PrivateRelease,
+    PublicCoarseQuantizer,
+    TopKBackend,
     build_index,
     build_index_from_images,
+    check_public_disjoint,
+    domain_similarity,
     load_index,
     read_manifest,
     shared_source_rows,
 )
-from privdiff.retrieval.ivf import IVFLayout, PublicCoarseQuantizer
-from privdiff.retrieval.mechanism import DPRetriever, PrivateRelease
-from privdiff.retrieval.postprocess import mix_context
-from privdiff.retrieval.public import PublicEmbeddings, PublicRetriever, check_public_disjoint
+from privdiff.retrieval.public import PublicEmbeddings, PublicRetriever
 
 __all__ = [
     "DPRetriever",
     "EmbeddingIndex",
+    "ExactTopK",
     "IVFLayout",
+    "IVFTopK",
     "IndexManifest",
     "PrivateRelease",
     "PublicCoarseQuantizer",
     "PublicEmbeddings",
     "PublicRetriever",
+    "TopKBackend",
     "build_index",
     "domain_similarity",
     "build_index_from_images",

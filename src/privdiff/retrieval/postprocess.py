@@ -18,7 +18,7 @@ import numpy as np
 
 from privdiff.encoders.base import l2_normalize
 from privdiff.errors import InvalidParameter, check_in_range, check_int
-from privdiff.retrieval.mechanism import PrivateRelease
+from privdiff.retrieval.private import PrivateRelease
 
 __all__ = ["mix_context"]
 

@@ -6,13 +6,13 @@ no privacy budget, so its neighbours are returned as they are, and nothing is ch
 
 Because this class returns raw neighbour vectors, it must never see private rows: it accepts a
 plain array the caller declares public, a :class:`PublicEmbeddings`, or an
-:class:`~privdiff.retrieval.index.EmbeddingIndex` whose manifest says ``visibility: public``, and
+:class:`~privdiff.retrieval.private.EmbeddingIndex` whose manifest says ``visibility: public``, and
 it refuses a private index.
 
 A set *declared* public may still be the private data (e.g. the private split passed as
 ``--public-data``), and its neighbours would then go out raw, labelled ε = 0.
 :func:`check_public_disjoint` refuses a public image set that shares any image with a private
-index (by the per-image hashes the index records; :func:`~privdiff.retrieval.index.shared_source_rows`).
+index (by the per-image hashes the index records; :func:`~privdiff.retrieval.private.shared_source_rows`).
 It needs the index: where none is given (the public-retrieval baseline run without ``--index``)
 there is nothing to compare against, and the caller's declaration is all there is.
 """
@@ -22,49 +22,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import warnings
-
 import numpy as np
 
 from privdiff.encoders.base import l2_normalize
 from privdiff.errors import EncoderMismatch, InvalidParameter, PrivdiffError, check_int
-from privdiff.retrieval.index import EmbeddingIndex, _validated_unit_rows, shared_source_rows
+# check_public_disjoint lives in the boundary (it reads the private index's source hashes); it is
+# re-exported here because this module is where callers of public data look for it.
+from privdiff.retrieval.private import EmbeddingIndex, check_public_disjoint, validated_unit_rows
 
 __all__ = ["PublicEmbeddings", "PublicRetriever", "check_public_disjoint"]
-
-
-def check_public_disjoint(private_index: EmbeddingIndex, public_images: Any, *, name: str) -> int | None:
-    """Refuse a "public" image set that shares any image with the private index.
-
-    Args:
-        private_index: the private :class:`EmbeddingIndex` the run retrieves from.
-        public_images: the images of the set declared public (as loaded, before encoding).
-        name: how the user named the public set (its spec), for the message.
-
-    Returns 0 when the sets are disjoint, or ``None`` (with a warning) when the index recorded
-    no source-image hashes (built from precomputed embeddings or by an older privdiff), so the
-    check could not run. Only the count of shared images is ever computed; no hash leaves the
-    retrieval package.
-
-    Raises:
-        InvalidParameter: ``public_data`` named by ``name`` overlaps the private index.
-    """
-    shared = shared_source_rows(private_index, public_images)
-    if shared is None:
-        warnings.warn(
-            f"cannot check that public data {name!r} is disjoint from private index "
-            f"{private_index.short_fingerprint}: the index records no source-image hashes (built from "
-            "embeddings, or by an older privdiff; rebuild it from the images to enable the check)",
-            stacklevel=2,
-        )
-        return None
-    if shared:
-        raise InvalidParameter(
-            "public_data", name, "a data set with no image in common with the private index",
-            hint=f"{shared} of its {len(public_images)} images are private images of index "
-            f"{private_index.short_fingerprint}; their neighbours would be released without noise as ε = 0",
-        )
-    return 0
 
 
 @dataclass(frozen=True)
@@ -81,7 +47,7 @@ class PublicEmbeddings:
     source: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "vectors", _validated_unit_rows(self.vectors))
+        object.__setattr__(self, "vectors", validated_unit_rows(self.vectors))
         self.vectors.setflags(write=False)
 
 
@@ -95,7 +61,7 @@ def _public_rows(public_embeddings: Any) -> tuple[np.ndarray, str]:
         return np.asarray(public_embeddings.public_vectors(), dtype=np.float32), public_embeddings.space_id
     if isinstance(public_embeddings, PublicEmbeddings):
         return public_embeddings.vectors, public_embeddings.space_id
-    return _validated_unit_rows(public_embeddings), ""
+    return validated_unit_rows(public_embeddings), ""
 
 
 class PublicRetriever:

@@ -3,7 +3,7 @@
 DP-RDM retrieves private neighbours of a public text query; if the private set has nothing in
 common with what the model was trained on, every context is noise around unrelated images and
 the output is meaningless, however much ε it costs. :func:`domain_similarity` measures this
-inside the retrieval package (the privacy boundary): it reads a fixed, evenly spaced sample of
+inside the privacy boundary (``privdiff.retrieval.private``): it reads a fixed, evenly spaced sample of
 private rows and returns only the mean over them of the largest cosine similarity to a *public*
 reference set. No row, id or per-row value leaves; the scalar goes to the operator running the
 command (who holds the index anyway) as a warning, and is not written into released outputs.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from privdiff.errors import InvalidParameter, check_int
-from privdiff.retrieval.index import EmbeddingIndex
+from privdiff.retrieval.private.index import EmbeddingIndex, rows_for_mechanism
 
 #: Private rows read for the statistic: 1,000 × 1,000 references × d = 1280 is ~1.3 GFLOP,
 #: well under a second on two cores.
@@ -38,5 +38,5 @@ def domain_similarity(index: EmbeddingIndex, reference: np.ndarray, *, sample: i
         raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
     sample = check_int("sample", sample, 1)
     rows_idx = np.unique(np.linspace(0, index.count - 1, num=min(sample, index.count)).round().astype(np.int64))
-    rows = np.asarray(index._vectors[rows_idx], dtype=np.float32)  # read stays inside retrieval
+    rows = np.asarray(rows_for_mechanism(index)[rows_idx], dtype=np.float32)  # read stays inside the boundary
     return mean_max_similarity(rows, reference)

@@ -7,7 +7,8 @@ coarse centroids can only be trained from :class:`~privdiff.retrieval.public.Pub
 (an explicit "this is public" wrapper); passing an array or a private index is refused, so
 private training cannot happen by accident.
 
-How the mechanism uses it (``DPRetriever(..., ivf=layout, nprobe=p)``): for a query q̂, the p
+How the mechanism uses it (``DPRetriever(IVFTopK(index, layout, nprobe=p), ...)``, see
+``backends``): for a query q̂, the p
 public centroids with the largest inner product are probed (a function of public data only);
 the candidates are the private records assigned to those lists; each candidate is included
 with probability q (Binomial size + uniform subset, as in ``subsample.py``) and the exact top-k
@@ -24,9 +25,8 @@ from __future__ import annotations
 import numpy as np
 
 from privdiff.errors import EncoderMismatch, InvalidParameter, check_int
-from privdiff.retrieval.index import EmbeddingIndex
-from privdiff.retrieval.public import PublicEmbeddings
-from privdiff.retrieval.search import sparse_topk_from_subsets
+from privdiff.retrieval.private.index import EmbeddingIndex, rows_for_mechanism
+from privdiff.retrieval.private.search import sparse_topk_from_subsets
 
 __all__ = ["IVFLayout", "PublicCoarseQuantizer", "ivf_subsampled_topk"]
 
@@ -49,6 +49,9 @@ class PublicCoarseQuantizer:
     ) -> "PublicCoarseQuantizer":
         """Spherical k-means (faiss ``Kmeans``) on public embeddings; the seed is public too."""
         import faiss
+
+        # Imported here, not at the top: privdiff.retrieval.public imports this package (a cycle).
+        from privdiff.retrieval.public import PublicEmbeddings
 
         if not isinstance(public, PublicEmbeddings):
             raise InvalidParameter(
@@ -89,7 +92,7 @@ class IVFLayout:
     """Private records grouped by their nearest public centroid (inverted lists of ids).
 
     Built from a private index; the lists are private (they hold record ids) and, like the
-    index, are read only by :class:`~privdiff.retrieval.mechanism.DPRetriever`.
+    index, are read only inside the boundary (by :class:`~privdiff.retrieval.private.backends.IVFTopK`).
     """
 
     __slots__ = ("quantizer", "_ids", "_offsets", "_count")
@@ -101,7 +104,7 @@ class IVFLayout:
             raise EncoderMismatch(expected=index.space_id, found=quantizer.space_id, what="coarse quantizer")
         if quantizer.dim != index.dim:
             raise InvalidParameter("quantizer", f"dimension {quantizer.dim}", f"dimension {index.dim}")
-        vectors = index._vectors
+        vectors = rows_for_mechanism(index)
         assign = np.empty(index.count, dtype=np.int64)
         for s in range(0, index.count, 65536):
             assign[s : s + 65536] = quantizer.nearest(vectors[s : s + 65536], 1)[:, 0]

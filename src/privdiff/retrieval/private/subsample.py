@@ -33,9 +33,9 @@ Exactness note: numpy draws binomial and geometric variates with floating-point 
 sums) are exact. The tests check the resulting distribution statistically.
 
 Everything here is a pure function of the ``rng`` it is given: the DP mechanism passes an
-OS-seeded generator (``mechanism.DPRetriever``), tests pass a seeded one to check the
+OS-seeded generator (``mechanism.DPRetriever``, through a top-k backend), tests pass a seeded one to check the
 distribution. The functions return *indices into the private set* and are therefore internal to
-the private boundary: only ``privdiff.retrieval.mechanism`` (and tests/benchmarks) call them.
+the private boundary: only ``privdiff.retrieval.private.search`` (and tests/benchmarks) call them.
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ scores closer than ~1 ulp could then be ordered differently than in the sparse p
 record never moves existing rows, so neighbouring datasets in the add/remove sense share every
 row's position.)
 
-The returned *indices* are private. These functions are internal to the private boundary:
-``privdiff.retrieval.mechanism.DPRetriever`` (directly, or through ``retrieval.ivf``) is their
-only library caller.
+The returned *indices* are private. These functions are internal to the private boundary: the
+top-k backends (``privdiff.retrieval.private.backends``, directly or through ``ivf``) are their
+only library callers.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from privdiff.errors import InvalidParameter, check_in_range, check_int
-from privdiff.retrieval.subsample import poisson_pairs
+from privdiff.retrieval.private.subsample import poisson_pairs
 
 __all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "sparse_topk_from_subsets", "subsampled_topk"]
 

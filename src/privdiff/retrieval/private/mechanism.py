@@ -1,4 +1,4 @@
-"""The DP-RDM private retrieval mechanism: the only code in privdiff that reads private embeddings.
+"""The DP-RDM private retrieval mechanism: the only way privdiff releases anything about private rows.
 
 For every query row q̂ (Lebensold et al. 2024, arXiv 2403.14421; ``methods/dp-rdm.md`` §3 steps
 2-6 and §4.1)::
@@ -18,8 +18,9 @@ Order of operations per call of :meth:`DPRetriever.query`:
 
 1. validate everything (typed errors; nothing charged on bad input);
 2. charge the ledger for all B rows in one atomic call (over budget → nothing computed);
-3. subsample → exact top-k → pad → sum/k → + Gaussian noise, with DP randomness drawn from a
-   generator freshly seeded from OS entropy;
+3. the top-k backend (``backends``: exact or IVF) draws the subsample and returns the padded
+   top-k sum of each query (never ids); → sum/k → + Gaussian noise (``strategies``), with DP
+   randomness drawn from a generator freshly seeded from OS entropy;
 4. return a :class:`PrivateRelease` holding only the noisy vectors and public parameters.
 
 If step 3 fails after the charge (e.g. out of memory), the charge stands and nothing is
@@ -38,8 +39,8 @@ We follow the paper and the field's libraries (Opacus, TF-Privacy) in not using 
 snapping mechanism; the float32 rounding of the release is post-processing.
 
 **The boundary is a code convention, not a sandbox.** The index and its rows live in private
-attributes, the class exposes no method returning ids, distances or neighbours, and its ``repr``
-shows parameters only. Code in the same process can still reach private attributes; reviews and
+attributes of the backend, the class exposes no method returning ids, distances or neighbours,
+and its ``repr`` shows parameters only. Code in the same process can still reach private attributes; reviews and
 tests keep the rest of privdiff outside. Timing side channels (how long a query takes) are not
 defended against.
 """
@@ -52,9 +53,10 @@ from typing import Any
 
 import numpy as np
 
-from privdiff.errors import EncoderMismatch, InvalidParameter, check_in_range, check_int, check_positive
-from privdiff.retrieval.index import EmbeddingIndex
-from privdiff.retrieval.search import subsampled_topk
+from privdiff.errors import EncoderMismatch, InvalidParameter, PrivdiffError, check_in_range, check_int, check_positive
+from privdiff.retrieval.private.backends import ExactTopK, TopKBackend
+from privdiff.retrieval.private.index import SHORT_FINGERPRINT, EmbeddingIndex, IndexManifest
+from privdiff.retrieval.private.strategies import GaussianNoise, NoiseStrategy, PaddingStrategy, ZeroPadding
 
 __all__ = ["QUERY_NORM_TOLERANCE", "DPRetriever", "PrivateRelease"]
 
@@ -64,8 +66,8 @@ __all__ = ["QUERY_NORM_TOLERANCE", "DPRetriever", "PrivateRelease"]
 #: for float16 encoders.
 QUERY_NORM_TOLERANCE = 1e-2
 
-# The (rows, k, d) float64 temporary of the aggregate is chunked to this many cells (32 MiB).
-_AGGREGATE_CELLS = 4 * 1024 * 1024
+#: A backend's sums must satisfy ‖sum_b‖ ≤ count_b · (1 + this) (each summed row has norm ≤ 1).
+_SUM_NORM_SLACK = 1e-6
 
 
 @dataclass(frozen=True)
@@ -140,35 +142,6 @@ def _validate_queries(embeddings: Any, dim: int) -> np.ndarray:
     return np.ascontiguousarray(a64 / norms[:, None], dtype=np.float32)
 
 
-def padded_topk_mean(vectors: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
-    """Pre-noise aggregate r̄ = (1/k) Σ_j r_j with -1 ids replaced by the zero vector (§3 step 5).
-
-    Args:
-        vectors: (N, d) index rows.
-        ids: (B, k) selected ids, -1 where fewer than k records were sampled.
-        k: the divisor, always the requested k (never the number found).
-
-    Returns (B, d) float64. Fetched rows are projected onto the unit ball and non-finite rows
-    are zeroed, so ‖r_j‖ ≤ 1 holds, and with it Δ₂ ≤ 2/k, whatever the file on disk contains
-    (``load_index`` reports corruption; this only guarantees the bound).
-    """
-    B, width = ids.shape
-    d = vectors.shape[1]
-    out = np.empty((B, d), dtype=np.float64)
-    step = max(1, _AGGREGATE_CELLS // max(1, width * d))
-    for s in range(0, B, step):
-        chunk = ids[s : s + step]
-        found = chunk >= 0
-        rows = np.zeros((chunk.shape[0], width, d), dtype=np.float64)
-        if found.any():
-            rows[found] = np.asarray(vectors[chunk[found]], dtype=np.float64)
-        rows[~np.isfinite(rows).all(axis=2)] = 0.0
-        norms = np.linalg.norm(rows, axis=2, keepdims=True)
-        rows /= np.maximum(norms, 1.0)
-        out[s : s + step] = rows.sum(axis=1) / float(k)
-    return out
-
-
 def _fresh_dp_rng() -> np.random.Generator:
     # default_rng() with no seed draws 128 bits from the OS via SeedSequence (secrets.randbits);
     # creating it per call makes it independent of np.random's global state and fork-safe.
@@ -179,7 +152,11 @@ class DPRetriever:
     """DP-RDM's private retrieval: charge → Poisson subsample → top-k → pad → mean → + N(0, σ²I).
 
     Args:
-        index: the private :class:`~privdiff.retrieval.index.EmbeddingIndex` (unit rows).
+        backend: a top-k backend (:class:`~privdiff.retrieval.private.backends.ExactTopK`,
+            :class:`~privdiff.retrieval.private.backends.IVFTopK`, or any
+            :class:`~privdiff.retrieval.private.backends.TopKBackend`), or an
+            :class:`~privdiff.retrieval.private.index.EmbeddingIndex` (unit rows), which is
+            served by ``ExactTopK`` (the default, exact search).
         k: κ, neighbours averaged per query (≥ 1; k > N is allowed: the zero padding covers it).
         sigma: σ > 0, noise std per coordinate (absolute, not a multiplier; z = σk/2).
         sample_rate: q ∈ (0, 1], Poisson subsampling rate (1 = no subsampling).
@@ -187,53 +164,56 @@ class DPRetriever:
             it is bound to an index, that must be this one (same manifest fingerprint); an
             unbound ledger that names a dataset must name this index (source spec or directory).
         query_space: optional encoder ``space_id`` of the queries; must equal the index's.
-        ivf: optional :class:`~privdiff.retrieval.ivf.IVFLayout` (coarse centroids trained on
-            public data only) for approximate search over the ``nprobe`` nearest lists; the
-            privacy analysis is unchanged (see ``privdiff.retrieval.ivf``). ``None``: exact.
-        nprobe: lists probed per query when ``ivf`` is given.
+        noise, padding: the mechanism's noise and padding steps (``strategies``); the defaults,
+            :class:`GaussianNoise` and :class:`ZeroPadding`, are the analysed mechanism. Other
+            values exist for the audit's broken controls only and show in the ``repr``.
 
     The constructor takes no seed on purpose (module docstring, "Randomness").
     """
 
-    __slots__ = (
-        "_index", "_vectors", "_k", "_sigma", "_sample_rate", "_ledger", "_query", "_query_space", "_ivf", "_nprobe",
-    )
+    __slots__ = ("_backend", "_manifest", "_k", "_sigma", "_sample_rate", "_ledger", "_query", "_query_space",
+                 "_noise", "_padding")
 
     def __init__(
         self,
-        index: EmbeddingIndex,
+        backend: TopKBackend | EmbeddingIndex,
         k: int,
         sigma: float,
         sample_rate: float,
         ledger: Any,
         *,
         query_space: str | None = None,
-        ivf: Any = None,
-        nprobe: int = 8,
+        noise: NoiseStrategy | None = None,
+        padding: PaddingStrategy | None = None,
     ):
         from privdiff.accounting import DPRDMQuery
-        from privdiff.retrieval.ivf import IVFLayout
 
-        if not isinstance(index, EmbeddingIndex):
-            raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex (see privdiff.retrieval.load_index)")
+        if isinstance(backend, EmbeddingIndex):
+            backend = ExactTopK(backend)  # the convenience: an index means exact search
+        if not isinstance(backend, TopKBackend) or not isinstance(backend.manifest, IndexManifest):
+            raise InvalidParameter(
+                "backend", type(backend).__name__,
+                "an EmbeddingIndex (see privdiff.retrieval.load_index) or a top-k backend (ExactTopK, IVFTopK)",
+            )
+        noise = GaussianNoise() if noise is None else noise
+        padding = ZeroPadding() if padding is None else padding
+        if not isinstance(noise, NoiseStrategy):
+            raise InvalidParameter("noise", type(noise).__name__, "a noise strategy (default GaussianNoise())")
+        if not isinstance(padding, PaddingStrategy):
+            raise InvalidParameter("padding", type(padding).__name__, "a padding strategy (default ZeroPadding())")
+        manifest = backend.manifest
         self._k = check_int("k", k, minimum=1)
         self._sigma = check_positive("sigma", sigma)
         self._sample_rate = check_in_range("sample_rate", sample_rate, 0.0, 1.0)
         if ledger is None or not callable(getattr(ledger, "charge", None)):
             raise InvalidParameter("ledger", type(ledger).__name__, "a privdiff.accounting.Ledger")
-        if query_space is not None and query_space != index.space_id:
-            raise EncoderMismatch(expected=index.space_id, found=query_space, what="query encoder")
-        _check_ledger_names_index(ledger, index)
-        if ivf is not None:
-            if not isinstance(ivf, IVFLayout):
-                raise InvalidParameter("ivf", type(ivf).__name__, "an IVFLayout (public centroids) or None")
-            if ivf.count != index.count:
-                raise InvalidParameter("ivf", repr(ivf), f"a layout built from this index ({index.count} records)")
-            nprobe = check_int("nprobe", nprobe, minimum=1, maximum=ivf.quantizer.nlist)
-        self._ivf = ivf
-        self._nprobe = nprobe
-        self._index = index
-        self._vectors = index._vectors  # the single read of private rows in privdiff
+        if query_space is not None and query_space != manifest.space_id:
+            raise EncoderMismatch(expected=manifest.space_id, found=query_space, what="query encoder")
+        _check_ledger_names_index(ledger, manifest, backend.path)
+        self._backend = backend
+        self._manifest = manifest
+        self._noise = noise
+        self._padding = padding
         self._ledger = ledger
         self._query_space = query_space
         self._query = DPRDMQuery(sigma=self._sigma, sample_rate=self._sample_rate, k=self._k)
@@ -263,17 +243,23 @@ class DPRetriever:
 
     @property
     def space_id(self) -> str:
-        return self._index.space_id
+        return self._manifest.space_id
 
     @property
     def dim(self) -> int:
-        return self._index.dim
+        return self._manifest.dim
 
     def __repr__(self) -> str:
-        search = "" if self._ivf is None else f", ivf_nlist={self._ivf.quantizer.nlist}, nprobe={self._nprobe}"
+        extra = ""
+        if not isinstance(self._backend, ExactTopK):
+            extra += f", backend={self._backend!r}"
+        if not isinstance(self._noise, GaussianNoise):
+            extra += f", noise={self._noise!r}"
+        if not isinstance(self._padding, ZeroPadding):
+            extra += f", padding={self._padding!r}"
         return (
             f"DPRetriever(k={self._k}, sigma={self._sigma:g}, sample_rate={self._sample_rate:g}, "
-            f"noise_multiplier={self.noise_multiplier:g}, space_id={self.space_id!r}{search})"
+            f"noise_multiplier={self.noise_multiplier:g}, space_id={self.space_id!r}{extra})"
         )
 
     # --- the mechanism ----------------------------------------------------------------------
@@ -292,9 +278,9 @@ class DPRetriever:
             PrivacyBudgetExceeded: the B queries do not fit in the budget; nothing charged,
                 nothing computed.
         """
-        if space_id is not None and space_id != self._index.space_id:
-            raise EncoderMismatch(expected=self._index.space_id, found=space_id, what="query embeddings")
-        queries = _validate_queries(embeddings, self._index.dim)
+        if space_id is not None and space_id != self._manifest.space_id:
+            raise EncoderMismatch(expected=self._manifest.space_id, found=space_id, what="query embeddings")
+        queries = _validate_queries(embeddings, self._manifest.dim)
         if request_id is not None and not isinstance(request_id, str):
             raise InvalidParameter("request_id", request_id, "a string or None")
         charge = self._ledger.charge(self._query, count=queries.shape[0], request_id=request_id)
@@ -308,8 +294,10 @@ class DPRetriever:
                 f"ledger charged {charged} queries for a batch of {queries.shape[0]}; nothing released"
             )
         rng = _fresh_dp_rng()
-        aggregate = self._pre_noise_aggregate(queries, rng)
-        noisy = aggregate + self._noise_std() * rng.standard_normal(aggregate.shape)
+        sums, counts = self._backend.topk_sums(queries, self._k, self._sample_rate, rng)
+        _check_backend_sums(sums, counts, queries.shape, self._k, self._backend)
+        aggregate = self._padding.complete(sums, counts, self._k, self._backend) / float(self._k)
+        noisy = aggregate + self._noise.sample(aggregate.shape, self._sigma, rng)
         vectors = noisy.astype(np.float32)
         vectors.setflags(write=False)
         spent, remaining, delta = _budget_after(charge)
@@ -322,27 +310,34 @@ class DPRetriever:
             delta=delta,
             epsilon_spent=spent,
             epsilon_remaining=remaining,
-            space_id=self._index.space_id,
+            space_id=self._manifest.space_id,
         )
 
-    # Internal steps, separated so the audit's deliberately broken variants
-    # (privdiff.evaluation.audit) can override exactly one of them. Not part of the API.
-    def _pre_noise_aggregate(self, queries: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self._ivf is None:
-            ids = subsampled_topk(self._vectors, queries, self._k, self._sample_rate, rng)
-        else:
-            from privdiff.retrieval.ivf import ivf_subsampled_topk
 
-            ids = ivf_subsampled_topk(
-                self._vectors, self._ivf, queries, self._k, self._sample_rate, self._nprobe, rng
-            )
-        return padded_topk_mean(self._vectors, ids, self._k)
+def _check_backend_sums(sums: Any, counts: Any, shape: tuple[int, int], k: int, backend: Any) -> None:
+    """Refuse a backend result that breaks what Δ₂ = 2/k needs (after the charge: nothing released).
 
-    def _noise_std(self) -> float:
-        return self._sigma
+    The mechanism cannot check that selection was top-k over a Poisson subsample, but it can check
+    the shape, 0 ≤ count ≤ k, and ‖sum‖ ≤ count (each summed row has norm ≤ 1): a backend that
+    skipped the unit-ball projection or returned more than k records is caught here.
+    """
+    B, d = shape
+    ok = (
+        isinstance(sums, np.ndarray) and isinstance(counts, np.ndarray)
+        and sums.shape == (B, d) and counts.shape == (B,)
+        and np.issubdtype(counts.dtype, np.integer) and np.isfinite(sums).all()
+    )
+    if ok:
+        norms = np.linalg.norm(np.asarray(sums, dtype=np.float64), axis=1)
+        ok = bool(((counts >= 0) & (counts <= k)).all() and (norms <= counts * (1.0 + _SUM_NORM_SLACK) + 1e-9).all())
+    if not ok:
+        raise PrivdiffError(
+            f"top-k backend {type(backend).__name__} returned sums/counts that break the sensitivity bound "
+            f"(expected (B, d) = {shape} finite sums with norm <= count and counts in [0, {k}]); nothing released"
+        )
 
 
-def _check_ledger_names_index(ledger: Any, index: EmbeddingIndex) -> None:
+def _check_ledger_names_index(ledger: Any, manifest: IndexManifest, path: Path | None) -> None:
     """A ledger bound to an index must be used with that index only, or budgets get mixed up.
 
     One private dataset has one budget: charging queries on index B to the ledger of dataset A
@@ -354,32 +349,33 @@ def _check_ledger_names_index(ledger: Any, index: EmbeddingIndex) -> None:
     """
     from privdiff.errors import LedgerError, LedgerIndexMismatch
 
+    short = manifest.fingerprint[:SHORT_FINGERPRINT]
     bound = getattr(ledger, "index_fingerprint", "") or ""
     if isinstance(bound, str) and bound:
-        if bound != index.fingerprint:
+        if bound != manifest.fingerprint:
             raise LedgerIndexMismatch(
-                f"ledger is bound to index {bound[:12]}, but this index is {index.short_fingerprint} "
-                f"({index.manifest.source or index.path or 'in memory'}): use this index's own ledger"
+                f"ledger is bound to index {bound[:12]}, but this index is {short} "
+                f"({manifest.source or path or 'in memory'}): use this index's own ledger"
             )
         return
     name = getattr(ledger, "dataset", "") or ""
     if not isinstance(name, str) or not name:
         return
-    accepted = {index.manifest.source, index.manifest.sha256}
-    if index.path is not None:
-        accepted |= {str(index.path), str(index.path.resolve())}
+    accepted = {manifest.source, manifest.sha256}
+    if path is not None:
+        accepted |= {str(path), str(path.resolve())}
     accepted.discard("")
     same_dir = False
-    if index.path is not None:
+    if path is not None:
         try:  # the same directory by another spelling (relative vs absolute, a symlink)
-            same_dir = Path(name).resolve() == index.path.resolve()
+            same_dir = Path(name).resolve() == path.resolve()
         except (OSError, ValueError):
             same_dir = False
     if name not in accepted and not same_dir:
         raise LedgerError(
-            f"ledger is for dataset {name!r}, but this index is {index.manifest.source or index.path!s} "
-            f"(index {index.short_fingerprint}): use this dataset's ledger. An unbound ledger's dataset must "
-            f"be empty or name the index (its source spec {index.manifest.source!r} or its directory); "
+            f"ledger is for dataset {name!r}, but this index is {manifest.source or path!s} "
+            f"(index {short}): use this dataset's ledger. An unbound ledger's dataset must "
+            f"be empty or name the index (its source spec {manifest.source!r} or its directory); "
             "bind a ledger to an index with `privdiff budget init LEDGER --index DIR ...`"
         )
 

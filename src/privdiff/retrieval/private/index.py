@@ -20,7 +20,7 @@ printed.
 The manifest holds nothing private beyond what an index inherently reveals (its size N, which
 the DP-RDM accountant's default δ = 1/N already treats as public): no labels, no file names, no
 per-record data. An index built from a private collection is marked ``"visibility": "private"``;
-only :class:`~privdiff.retrieval.mechanism.DPRetriever` may read its rows. A ``public`` index
+only :class:`~privdiff.retrieval.private.mechanism.DPRetriever` (through a top-k backend) may read its rows. A ``public`` index
 (e.g. embeddings of a public image set) can also feed
 :class:`~privdiff.retrieval.public.PublicRetriever`.
 
@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -56,11 +57,15 @@ __all__ = [
     "IndexManifest",
     "build_index",
     "build_index_from_images",
+    "check_public_disjoint",
     "image_row_hashes",
     "load_index",
     "manifest_fingerprint",
     "read_manifest",
+    "rows_for_mechanism",
     "shared_source_rows",
+    "unsafe_nonprivate_rows",
+    "validated_unit_rows",
 ]
 
 FORMAT_NAME = "privdiff-embedding-index"
@@ -167,10 +172,13 @@ def _manifest_bytes(manifest: IndexManifest) -> bytes:
 class EmbeddingIndex:
     """N private (or public) unit vectors in one encoder's embedding space.
 
-    The rows are deliberately not a public attribute: for a private index the only reader is
-    :class:`~privdiff.retrieval.mechanism.DPRetriever`. That boundary is a code convention
-    (Python has no access control), kept visible by naming and checked in review and tests; it is
-    not a sandbox against code running in the same process.
+    The rows are deliberately not a public attribute: for a private index the only readers are the
+    modules of :mod:`privdiff.retrieval.private` (the DP mechanism's top-k backends, the IVF
+    layout and the domain statistic), through :func:`rows_for_mechanism`. Code outside that
+    package has exactly one way in, :func:`unsafe_nonprivate_rows`, which names itself. That
+    boundary is a code convention (Python has no access control), kept visible by the package
+    layout and checked by ``tests/test_privacy_boundary.py``; it is not a sandbox against code
+    running in the same process.
     """
 
     __slots__ = ("_manifest", "_path", "_vectors")
@@ -190,7 +198,7 @@ class EmbeddingIndex:
         visibility: str = "private",
     ) -> "EmbeddingIndex":
         """An in-memory index (normalised float32 copy); nothing is written to disk."""
-        vectors = _validated_unit_rows(embeddings)
+        vectors = validated_unit_rows(embeddings)
         vectors.setflags(write=False)
         manifest = _make_manifest(vectors, space_id, source, visibility, sha256=_sha256_of_array(vectors))
         return cls(vectors, manifest, None)
@@ -251,12 +259,53 @@ class EmbeddingIndex:
         )
 
 
+def rows_for_mechanism(index: EmbeddingIndex) -> np.ndarray:
+    """The (N, d) float32 rows of ``index`` (a read-only memmap or array), for the boundary only.
+
+    The one accessor the modules of :mod:`privdiff.retrieval.private` use to read private rows
+    (top-k backends, the IVF layout, the domain statistic). It is deliberately not exported by
+    the package: code outside it imports only ``privdiff.retrieval.private`` itself (checked by
+    ``tests/test_privacy_boundary.py``) and has :func:`unsafe_nonprivate_rows` as its only way in.
+    """
+    if not isinstance(index, EmbeddingIndex):
+        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
+    return index._vectors
+
+
+def unsafe_nonprivate_rows(index: EmbeddingIndex, *, reason: str) -> np.ndarray:
+    """ESCAPE HATCH: the raw rows of a (private) index, with **no** privacy protection at all.
+
+    Why it exists: DP-RDM's evaluation draws an ε = ∞ reference line (the exact mean of the k
+    nearest private neighbours, no subsampling, no noise: the paper's non-private baseline,
+    :class:`privdiff.evaluation.baselines.NonPrivateRetrievalContext`), and that baseline is by
+    definition a direct read of private rows. Rather than let it reach into the index's internals,
+    the read goes through this one named function, so every use is visible to ``grep`` and to
+    ``tests/test_privacy_boundary.py``, which refuses calls outside an explicit allow-list (the
+    evaluation baselines; tests may use it to check what an index stores).
+
+    Args:
+        index: the index whose rows are returned.
+        reason: why the caller may see private rows without noise (non-empty). It is not
+            recorded anywhere; it exists so the call site documents itself.
+
+    Returns the (N, d) float32 rows, read-only. Never release anything computed from them as
+    private: outputs built on them carry ε = ∞.
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        raise InvalidParameter("reason", reason, "a non-empty string saying why private rows are read without DP")
+    rows = rows_for_mechanism(index)
+    if rows.flags.writeable:  # from_embeddings arrays are already read-only; never hand out a writable view
+        rows = rows.view()
+        rows.setflags(write=False)
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation and hashing
 # ---------------------------------------------------------------------------------------------
 
 
-def _validated_unit_rows(embeddings: Any) -> np.ndarray:
+def validated_unit_rows(embeddings: Any) -> np.ndarray:
     """Finite, non-zero rows → float32 unit rows (a new array). DP-RDM normalises at index time (§2)."""
     arr = np.asarray(embeddings)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
@@ -387,7 +436,7 @@ def build_index(
     sibling directory, fsync'ed, and renamed to ``out_dir`` in one step.
     """
     out = Path(out_dir)
-    vectors = _validated_unit_rows(embeddings)
+    vectors = validated_unit_rows(embeddings)
     header = _npy_header_bytes(vectors)
     manifest = _make_manifest(vectors, space_id, source, visibility, sha256="0" * 64)
     row_hashes = None if source_images is None else image_row_hashes(source_images)
@@ -531,6 +580,40 @@ def shared_source_rows(index: EmbeddingIndex, images: Any) -> int | None:
     if private.dtype != np.uint64 or private.ndim != 1:
         raise IndexCorrupt(f"{path}: holds {private.dtype} {private.shape}, expected uint64 (N,)")
     return int(np.isin(image_row_hashes(images), private, assume_unique=True).sum())
+
+
+def check_public_disjoint(private_index: EmbeddingIndex, public_images: Any, *, name: str) -> int | None:
+    """Refuse a "public" image set that shares any image with the private index.
+
+    Args:
+        private_index: the private :class:`EmbeddingIndex` the run retrieves from.
+        public_images: the images of the set declared public (as loaded, before encoding).
+        name: how the user named the public set (its spec), for the message.
+
+    Returns 0 when the sets are disjoint, or ``None`` (with a warning) when the index recorded
+    no source-image hashes (built from precomputed embeddings or by an older privdiff), so the
+    check could not run. Only the count of shared images is ever computed; no hash leaves the
+    retrieval package.
+
+    Raises:
+        InvalidParameter: ``public_data`` named by ``name`` overlaps the private index.
+    """
+    shared = shared_source_rows(private_index, public_images)
+    if shared is None:
+        warnings.warn(
+            f"cannot check that public data {name!r} is disjoint from private index "
+            f"{private_index.short_fingerprint}: the index records no source-image hashes (built from "
+            "embeddings, or by an older privdiff; rebuild it from the images to enable the check)",
+            stacklevel=2,
+        )
+        return None
+    if shared:
+        raise InvalidParameter(
+            "public_data", name, "a data set with no image in common with the private index",
+            hint=f"{shared} of its {len(public_images)} images are private images of index "
+            f"{private_index.short_fingerprint}; their neighbours would be released without noise as ε = 0",
+        )
+    return 0
 
 
 def read_manifest(index_dir: str | os.PathLike) -> IndexManifest:
