@@ -2,7 +2,7 @@
 
 Phases, each timed (the wall times go to the terminal, ``summary.json`` and the report):
 
-1. **planner** — :func:`privdiff.accounting.planner.run_planner`: ε against queries for the
+1. **planner** — :func:`privdiff.report.accounting_plots.run_planner`: ε against queries for the
    DP-RDM paper's three figure settings (Lebensold et al., arXiv 2403.14421, §4.6 of the method
    notes), written as PNG + ``planner.json``.
 2. **dp-rdm** — the DP-RDM pipeline (:mod:`privdiff.rdm.pipeline`) over the embedded
@@ -326,7 +326,7 @@ class _DedupTextEncoder:
 
 
 def _section_planner(cfg: DemoConfig, phases: _Phases, command: str) -> dict[str, Any]:
-    from privdiff.accounting.planner import run_planner
+    from privdiff.report.accounting_plots import run_planner
 
     out = cfg.out / "planner"
     with phases("planner", f"privacy planner ({'quick' if cfg.planner_quick else 'full'} grids)"):

@@ -9,9 +9,9 @@ from privdiff.accounting.planner import (
     FIGURE_SETTINGS,
     concept_density_curve,
     epsilon_curve,
-    plot_epsilon_curves,
     query_grid,
 )
+from privdiff.report.accounting_plots import plot_epsilon_curves
 
 
 def test_concept_density_reproduces_method_note_cells():

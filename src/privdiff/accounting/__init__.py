@@ -4,6 +4,9 @@ Public API (others call exactly these):
 
 * :class:`DPRDMQuery` (σ, q, k) with ``.noise_multiplier`` z = σk/2 and ``.sensitivity`` 2/k.
 * :func:`compute_epsilon` (history, δ, accountant) → :class:`EpsilonReport`; :func:`compute_delta`.
+* :class:`Accountant` (``epsilon(history, δ)``, ``delta(history, ε)``), :func:`register_accountant`,
+  :func:`get_accountant`, :func:`accountant_names`; :func:`to_dp_event` (history → dp-accounting
+  ``DpEvent``; also ``Ledger.dp_event()``).
 * :func:`calibrate` (solve="sigma"|"sample_rate"|"k"|"queries", target_epsilon=, delta=, ...)
   → :class:`Calibration` (value and the ε it achieves, never above the target); shortcuts
   :func:`solve_sigma`, :func:`solve_sample_rate`, :func:`solve_k`, :func:`solve_queries`.
@@ -16,6 +19,7 @@ Public API (others call exactly these):
 from privdiff.accounting.accountants import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
+    Accountant,
     PAPER_ORDERS,
     PLD_DISCRETIZATION,
     RDP_ORDERS,
@@ -24,8 +28,11 @@ from privdiff.accounting.accountants import (
     compute_delta,
     compute_epsilon,
     epsilon_for,
+    accountant_names,
+    get_accountant,
     group_history,
-    history_event,
+    register_accountant,
+    to_dp_event,
 )
 from privdiff.accounting.calibrate import (
     Calibration,
@@ -65,5 +72,9 @@ __all__ = [
     "default_delta",
     "epsilon_for",
     "group_history",
-    "history_event",
+    "Accountant",
+    "accountant_names",
+    "get_accountant",
+    "register_accountant",
+    "to_dp_event",
 ]

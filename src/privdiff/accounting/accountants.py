@@ -1,4 +1,10 @@
-"""(ε, δ) of a history of DP-RDM queries, under three accountants.
+"""(ε, δ) of a history of DP-RDM queries, under three accountants behind one registry.
+
+Every accountant implements :class:`Accountant` (``epsilon(history, δ)``, ``delta(history, ε)``)
+and is registered once under its name (:func:`register_accountant`); :func:`compute_epsilon`,
+:func:`compute_delta`, the calibrator, the ledger and the CLI look names up in the registry and
+never switch on them. :func:`to_dp_event` exports a history as a dp-accounting ``DpEvent`` so any
+dp-accounting accountant can bound it too.
 
 Every query is a Poisson-subsampled Gaussian mechanism with sample rate q and noise multiplier
 z = σ·k/2 (:mod:`privdiff.accounting.query`). A history is a sequence of ``(query, count)`` pairs;
@@ -44,20 +50,22 @@ All three use add/remove-one adjacency, the relation under which Δ₂ = 2/k hol
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol, runtime_checkable
 
 import dp_accounting
 import numpy as np
+from dp_accounting.pld import privacy_loss_distribution
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from privdiff.accounting.query import DPRDMQuery, check_delta
 from privdiff.errors import InvalidParameter, check_int, check_positive
 
-ACCOUNTANTS: tuple[str, ...] = ("paper", "rdp", "pld")
 DEFAULT_ACCOUNTANT = "pld"
 
 #: The authors' RDP orders (methods note §4.5): 1.1…10.9 step 0.1, then 11…63. Opacus's own
@@ -76,6 +84,7 @@ PLD_RELATIVE_DISCRETIZATION = 1e-5
 PLD_MAX_EPSILON = 1e4
 
 History = Sequence[tuple[DPRDMQuery, int]]
+Groups = tuple[tuple[DPRDMQuery, int], ...]
 
 
 class OrderOnEdgeWarning(UserWarning):
@@ -113,13 +122,7 @@ class EpsilonReport:
         return asdict(self)
 
 
-def check_accountant(accountant: str) -> str:
-    if accountant not in ACCOUNTANTS:
-        raise InvalidParameter("accountant", accountant, "one of " + ", ".join(ACCOUNTANTS))
-    return accountant
-
-
-def group_history(history: History) -> tuple[tuple[DPRDMQuery, int], ...]:
+def group_history(history: History) -> Groups:
     """Merge equal queries, drop zero counts, and order groups deterministically.
 
     Composition is commutative for all three accountants, so a grouped history has the same ε as
@@ -139,10 +142,100 @@ def group_history(history: History) -> tuple[tuple[DPRDMQuery, int], ...]:
     return tuple(sorted(totals.items(), key=lambda qc: (qc[0].sigma, qc[0].sample_rate, qc[0].k)))
 
 
-def history_event(history: History) -> dp_accounting.DpEvent:
-    """The whole history as one dp-accounting event: a composition of self-composed groups."""
-    groups = group_history(history)
-    return dp_accounting.ComposedDpEvent([q.dp_event(c) for q, c in groups])
+def to_dp_event(history: History) -> dp_accounting.DpEvent:
+    """The history as one dp-accounting ``DpEvent``, for any dp-accounting accountant.
+
+    ``ComposedDpEvent([SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)), T), ...])``
+    with one self-composed event per distinct (σ, q, k) (:meth:`DPRDMQuery.dp_event`). It is the
+    event the ``rdp`` and ``pld`` accountants bound: ``RdpAccountant`` / ``PLDAccountant`` built
+    with ``NeighboringRelation.ADD_OR_REMOVE_ONE`` (the relation under which Δ₂ = 2/k holds)
+    report the same ε for it (``tests/accounting/test_dp_event_export.py``). An empty history is
+    an empty composition (ε = 0).
+    """
+    return dp_accounting.ComposedDpEvent([q.dp_event(c) for q, c in group_history(history)])
+
+
+def check_epsilon_value(epsilon: float) -> float:
+    """An ε to convert to δ: a finite number ≥ 0 (0 is allowed here, unlike a budget)."""
+    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)) or not (
+        math.isfinite(float(epsilon)) and float(epsilon) >= 0
+    ):
+        raise InvalidParameter("epsilon", epsilon, "a finite number >= 0")
+    return float(epsilon)
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol and the registry
+# ---------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Accountant(Protocol):
+    """What every accountant provides; register one with :func:`register_accountant`.
+
+    ``name`` is the key users pass (``--accountant``, ``Ledger.create(accountant=...)``) and is
+    stored in ledgers, so it must never change meaning; ``label`` is one line for tables and
+    plot legends. Both methods take a history of ``(DPRDMQuery, count)`` pairs; ``epsilon``
+    never warns (the report's ``order_on_edge`` says it), :func:`compute_epsilon` does.
+    """
+
+    name: str
+    label: str
+
+    def epsilon(self, history: History, delta: float) -> EpsilonReport: ...
+
+    def delta(self, history: History, epsilon: float) -> float: ...
+
+    def configured(self, *, pld_discretization: float) -> Accountant:
+        """This accountant with the shared options applied (those it does not use are ignored)."""
+        ...
+
+
+_REGISTRY: dict[str, Accountant] = {}
+
+
+def register_accountant(accountant: Accountant, *, replace: bool = False) -> Accountant:
+    """Add ``accountant`` under ``accountant.name``; every entry point then accepts the name.
+
+    Refuses to rebind a registered name unless ``replace=True``: a ledger stores the name, so
+    silently changing what it means would change the ε of every existing ledger.
+    """
+    if not isinstance(accountant, Accountant):
+        raise InvalidParameter(
+            "accountant", accountant, "an object with name, label, epsilon(), delta(), configured()"
+        )
+    name = accountant.name
+    if not isinstance(name, str) or not name or name == "all":
+        raise InvalidParameter("accountant.name", name, "a non-empty string other than 'all'")
+    if name in _REGISTRY and not replace:
+        raise InvalidParameter(
+            "accountant.name", name, "a name not yet registered (pass replace=True to rebind)"
+        )
+    _REGISTRY[name] = accountant
+    _cached_epsilon.cache_clear()
+    return accountant
+
+
+def accountant_names() -> tuple[str, ...]:
+    """The registered names, in registration order (the built-in three first)."""
+    return tuple(_REGISTRY)
+
+
+def get_accountant(name: str) -> Accountant:
+    """The registered accountant called ``name`` (:class:`InvalidParameter` names the choices)."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise InvalidParameter("accountant", name, "one of " + ", ".join(_REGISTRY)) from None
+
+
+def check_accountant(accountant: str) -> str:
+    return get_accountant(accountant).name
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry points (dispatch through the registry)
+# ---------------------------------------------------------------------------------------------
 
 
 def compute_epsilon(
@@ -158,8 +251,8 @@ def compute_epsilon(
     Args:
         history: ``(query, count)`` pairs; counts ≥ 0. An empty history (T = 0) has ε = 0.
         delta: δ in (0, 1); the authors use δ = 1/N.
-        accountant: ``paper`` (Opacus 1.4 RDP, the authors' numbers), ``rdp`` (dp-accounting RDP)
-            or ``pld`` (dp-accounting PLD, the default and tightest).
+        accountant: a registered name: ``paper`` (Opacus 1.4 RDP, the authors' numbers), ``rdp``
+            (dp-accounting RDP) or ``pld`` (dp-accounting PLD, the default and tightest).
         pld_discretization: PLD ``value_discretization_interval`` (smaller: tighter and slower).
         warn_on_edge: emit :class:`OrderOnEdgeWarning` when the optimal order is on the grid edge
             (the report's ``order_on_edge`` is set either way).
@@ -169,15 +262,13 @@ def compute_epsilon(
         unchanged ledger costs nothing.
     """
     delta = check_delta(delta)
-    check_accountant(accountant)
+    acc = get_accountant(accountant)
     pld_discretization = check_positive("pld_discretization", pld_discretization)
-    groups = group_history(history)
-    key = tuple((q.sigma, q.sample_rate, q.k, c) for q, c in groups)
-    report = _epsilon_of_groups(key, delta, accountant, pld_discretization)
+    report = acc.configured(pld_discretization=pld_discretization).epsilon(history, delta)
     if report.order_on_edge and warn_on_edge:
         warnings.warn(
-            f"{accountant} accountant: the optimal RDP order α={report.order:g} is on the edge of "
-            "the order grid; the bound may be loose (ε could be smaller with a wider grid)",
+            f"{report.accountant} accountant: the optimal RDP order α={report.order:g} is on the edge "
+            "of the order grid; the bound may be loose (ε could be smaller with a wider grid)",
             OrderOnEdgeWarning,
             stacklevel=2,
         )
@@ -200,38 +291,167 @@ def compute_delta(
 ) -> float:
     """δ(ε): the smallest δ the accountant certifies for this ε (the inverse direction).
 
-    For ``paper`` the Opacus 1.4 conversion is inverted order by order:
-    log δ = (α − 1)(ε_RDP(α) − ε + log((α − 1)/α)) − log α, minimised over the grid
-    (Balle et al. 2020, Thm 21, solved for δ). ``rdp`` and ``pld`` use the libraries'
-    ``get_delta``.
+    See each accountant's ``delta`` for the conversion it uses.
     """
-    check_accountant(accountant)
-    if not (isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool)) or not (
-        math.isfinite(float(epsilon)) and float(epsilon) >= 0
-    ):
-        raise InvalidParameter("epsilon", epsilon, "a finite number >= 0")
-    groups = group_history(history)
+    acc = get_accountant(accountant)
+    epsilon = check_epsilon_value(epsilon)
+    pld_discretization = check_positive("pld_discretization", pld_discretization)
+    return acc.configured(pld_discretization=pld_discretization).delta(history, epsilon)
+
+
+# ---------------------------------------------------------------------------------------------
+# The built-in accountants
+# ---------------------------------------------------------------------------------------------
+
+
+class GroupedAccountant:
+    """Base of the built-in accountants: validates, groups the history and caches per group key.
+
+    Subclasses implement :meth:`epsilon_of_groups` and :meth:`delta_of_groups` on a grouped,
+    non-empty history. They are frozen dataclasses, so an instance (with its options) is a
+    cache key.
+    """
+
+    name: str = ""
+    label: str = ""
+
+    def configured(self, *, pld_discretization: float) -> Accountant:
+        return self
+
+    @property
+    def pld_discretization(self) -> float | None:
+        return None
+
+    def epsilon(self, history: History, delta: float) -> EpsilonReport:
+        delta = check_delta(delta)
+        groups = group_history(history)
+        key = tuple((q.sigma, q.sample_rate, q.k, c) for q, c in groups)
+        return _cached_epsilon(self, key, delta)
+
+    def delta(self, history: History, epsilon: float) -> float:
+        epsilon = check_epsilon_value(epsilon)
+        groups = group_history(history)
+        return self.delta_of_groups(groups, epsilon) if groups else 0.0
+
+    def common(self, groups: Groups, delta: float) -> dict:
+        return dict(delta=delta, accountant=self.name, queries=sum(c for _, c in groups), groups=len(groups))
+
+    def epsilon_of_groups(self, groups: Groups, delta: float) -> EpsilonReport:
+        raise NotImplementedError
+
+    def delta_of_groups(self, groups: Groups, epsilon: float) -> float:
+        raise NotImplementedError
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_epsilon(
+    accountant: GroupedAccountant, key: tuple[tuple[float, float, int, int], ...], delta: float
+) -> EpsilonReport:
+    groups = tuple((DPRDMQuery(s, q, k), c) for s, q, k, c in key)
     if not groups:
-        return 0.0
-    if accountant == "paper":
+        return EpsilonReport(0.0, order=None, order_on_edge=False, pld_discretization=accountant.pld_discretization,
+                             **accountant.common(groups, delta))
+    return accountant.epsilon_of_groups(groups, delta)
+
+
+@dataclass(frozen=True)
+class PaperAccountant(GroupedAccountant):
+    """``paper``: Opacus 1.4 RDP over the authors' orders
+    (methods note §4.4–4.5; see the module docstring)."""
+
+    name: str = "paper"
+    label: str = "paper (Opacus 1.4 RDP)"
+
+    def epsilon_of_groups(self, groups: Groups, delta: float) -> EpsilonReport:
+        # Opacus imports torch (seconds); only this accountant needs it, so it stays lazy.
+        from opacus.accountants.analysis.rdp import get_privacy_spent
+
+        rdp = _paper_rdp(groups)
+        with warnings.catch_warnings():
+            # Opacus warns on an edge optimum itself; we report that through our own field and
+            # warning class so callers can filter it.
+            warnings.simplefilter("ignore")
+            eps, order = get_privacy_spent(orders=list(PAPER_ORDERS), rdp=rdp, delta=delta)
+        return _rdp_report(float(eps), order, PAPER_ORDERS, self.common(groups, delta))
+
+    def delta_of_groups(self, groups: Groups, epsilon: float) -> float:
+        """The Opacus 1.4 conversion inverted order by order:
+        log δ = (α − 1)(ε_RDP(α) − ε + log((α − 1)/α)) − log α, minimised over the grid
+        (Balle et al. 2020, Thm 21, solved for δ)."""
         orders = np.asarray(PAPER_ORDERS)
         rdp = _paper_rdp(groups)
         with np.errstate(over="ignore", invalid="ignore"):
             log_delta = (orders - 1) * (rdp - epsilon + np.log((orders - 1) / orders)) - np.log(orders)
         return float(min(1.0, np.exp(np.nanmin(log_delta))))
-    rdp = _library_rdp(groups)
-    rdp_delta = float(min(1.0, rdp_privacy_accountant.compute_delta(RDP_ORDERS, rdp, float(epsilon))[0]))
-    if accountant == "rdp":
-        return rdp_delta
-    # Same grid-size guard as compute_epsilon, with ε_RDP at a typical δ as the loss scale.
-    scale = float(rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, rdp, 1e-6)[0])
-    if not scale <= PLD_MAX_EPSILON:
-        return rdp_delta
-    vdi = _pld_interval(pld_discretization, scale)
-    pld = _composed_pld(tuple((q.noise_multiplier, q.sample_rate, c) for q, c in groups), vdi)
-    return float(min(rdp_delta, pld.get_delta_for_epsilon(float(epsilon))))
 
 
+@dataclass(frozen=True)
+class LibraryRdpAccountant(GroupedAccountant):
+    """``rdp``: dp-accounting's ``RdpAccountant`` and its own RDP→(ε, δ) conversion
+    (Canonne, Kamath & Steinke 2020, Prop. 12 / Asoodeh et al. 2021)."""
+
+    name: str = "rdp"
+    label: str = "rdp (dp-accounting RDP)"
+
+    def epsilon_of_groups(self, groups: Groups, delta: float) -> EpsilonReport:
+        eps_rdp, order = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, _library_rdp(groups), delta)
+        return _rdp_report(float(eps_rdp), order, RDP_ORDERS, self.common(groups, delta))
+
+    def delta_of_groups(self, groups: Groups, epsilon: float) -> float:
+        """dp-accounting's ``compute_delta`` on the composed RDP curve."""
+        return float(min(1.0, rdp_privacy_accountant.compute_delta(RDP_ORDERS, _library_rdp(groups), epsilon)[0]))
+
+
+@dataclass(frozen=True)
+class PldAccountant(GroupedAccountant):
+    """``pld``: dp-accounting privacy loss distributions (Koskela et al. 2020; Doroshenko et al.
+    2022), pessimistic discretisation, reported as the smaller of the PLD and RDP bounds."""
+
+    name: str = "pld"
+    label: str = "pld (dp-accounting PLD)"
+    discretization: float = PLD_DISCRETIZATION
+
+    def configured(self, *, pld_discretization: float) -> Accountant:
+        if pld_discretization == self.discretization:
+            return self
+        return dataclasses.replace(self, discretization=check_positive("pld_discretization", pld_discretization))
+
+    @property
+    def pld_discretization(self) -> float | None:
+        return self.discretization
+
+    def epsilon_of_groups(self, groups: Groups, delta: float) -> EpsilonReport:
+        common = self.common(groups, delta)
+        eps_rdp, _ = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, _library_rdp(groups), delta)
+        if not eps_rdp <= PLD_MAX_EPSILON:
+            # The PLD grid spans the whole privacy-loss range; for losses this large it would need
+            # gigabytes, and no meaningful budget is anywhere near. The RDP bound is also a valid
+            # upper bound, so report it and say so.
+            return EpsilonReport(
+                float(eps_rdp), order=None, order_on_edge=False, pld_discretization=None,
+                fallback="rdp", **common,
+            )
+        vdi = _pld_interval(self.discretization, float(eps_rdp))
+        pld = _composed_pld(tuple((q.noise_multiplier, q.sample_rate, c) for q, c in groups), vdi)
+        # PLD and RDP are both valid upper bounds; keep the smaller one (PLD, bar discretisation).
+        eps = min(float(pld.get_epsilon_for_delta(delta)), float(eps_rdp))
+        return EpsilonReport(eps, order=None, order_on_edge=False, pld_discretization=vdi, **common)
+
+    def delta_of_groups(self, groups: Groups, epsilon: float) -> float:
+        """min(RDP δ, PLD ``get_delta_for_epsilon``), with the same grid-size guard as ε."""
+        rdp = _library_rdp(groups)
+        rdp_delta = float(min(1.0, rdp_privacy_accountant.compute_delta(RDP_ORDERS, rdp, epsilon)[0]))
+        # Same grid-size guard as epsilon_of_groups, with ε_RDP at a typical δ as the loss scale.
+        scale = float(rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, rdp, 1e-6)[0])
+        if not scale <= PLD_MAX_EPSILON:
+            return rdp_delta
+        vdi = _pld_interval(self.discretization, scale)
+        pld = _composed_pld(tuple((q.noise_multiplier, q.sample_rate, c) for q, c in groups), vdi)
+        return float(min(rdp_delta, pld.get_delta_for_epsilon(epsilon)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared maths of the built-in accountants
 # ---------------------------------------------------------------------------------------------
 
 
@@ -242,6 +462,7 @@ def _paper_unit_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     ``compute_rdp(steps=T)`` is ``T · compute_rdp(steps=1)`` in Opacus too, so caching the unit
     curve makes composing T or 10⁵ grouped queries a vector multiply.
     """
+    # Opacus imports torch (seconds); only the paper accountant needs it, so it stays lazy.
     from opacus.accountants.analysis.rdp import compute_rdp
 
     rdp = compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(PAPER_ORDERS))
@@ -250,7 +471,7 @@ def _paper_unit_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray:
     return rdp
 
 
-def _paper_rdp(groups: tuple[tuple[DPRDMQuery, int], ...]) -> np.ndarray:
+def _paper_rdp(groups: Groups) -> np.ndarray:
     total = np.zeros(len(PAPER_ORDERS))
     for q, c in groups:
         total = total + c * _paper_unit_rdp(q.sample_rate, q.noise_multiplier)
@@ -275,52 +496,11 @@ def _library_unit_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray
     return rdp
 
 
-def _library_rdp(groups: tuple[tuple[DPRDMQuery, int], ...]) -> np.ndarray:
+def _library_rdp(groups: Groups) -> np.ndarray:
     total = np.zeros(len(RDP_ORDERS))
     for q, c in groups:
         total = total + c * _library_unit_rdp(q.sample_rate, q.noise_multiplier)
     return total
-
-
-@functools.lru_cache(maxsize=4096)
-def _epsilon_of_groups(
-    key: tuple[tuple[float, float, int, int], ...], delta: float, accountant: str, vdi: float
-) -> EpsilonReport:
-    queries = sum(c for *_, c in key)
-    common = dict(delta=delta, accountant=accountant, queries=queries, groups=len(key))
-    pld_vdi = vdi if accountant == "pld" else None
-    if not key:
-        return EpsilonReport(0.0, order=None, order_on_edge=False, pld_discretization=pld_vdi, **common)
-    groups = tuple((DPRDMQuery(s, q, k), c) for s, q, k, c in key)
-
-    if accountant == "paper":
-        from opacus.accountants.analysis.rdp import get_privacy_spent
-
-        rdp = _paper_rdp(groups)
-        with warnings.catch_warnings():
-            # Opacus warns on an edge optimum itself; we report that through our own field and
-            # warning class so callers can filter it.
-            warnings.simplefilter("ignore")
-            eps, order = get_privacy_spent(orders=list(PAPER_ORDERS), rdp=rdp, delta=delta)
-        return _rdp_report(float(eps), order, PAPER_ORDERS, common)
-
-    eps_rdp, order = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, _library_rdp(groups), delta)
-    if accountant == "rdp":
-        return _rdp_report(float(eps_rdp), order, RDP_ORDERS, common)
-
-    if not eps_rdp <= PLD_MAX_EPSILON:
-        # The PLD grid spans the whole privacy-loss range; for losses this large it would need
-        # gigabytes, and no meaningful budget is anywhere near. The RDP bound is also a valid
-        # upper bound, so report it and say so.
-        return EpsilonReport(
-            float(eps_rdp), order=None, order_on_edge=False, pld_discretization=None,
-            fallback="rdp", **common,
-        )
-    vdi = _pld_interval(vdi, float(eps_rdp))
-    pld = _composed_pld(tuple((q.noise_multiplier, q.sample_rate, c) for q, c in groups), vdi)
-    # PLD and RDP are both valid upper bounds; keep the smaller one (PLD, bar discretisation).
-    eps = min(float(pld.get_epsilon_for_delta(delta)), float(eps_rdp))
-    return EpsilonReport(eps, order=None, order_on_edge=False, pld_discretization=vdi, **common)
 
 
 def _pld_interval(requested: float, eps_rdp: float) -> float:
@@ -345,8 +525,6 @@ def _single_query_pld(noise_multiplier: float, sample_rate: float, vdi: float):
     exactly what the accountant does for a self-composed / composed event. Building the single
     PLD dominates the cost, so it is cached.
     """
-    from dp_accounting.pld import privacy_loss_distribution
-
     return privacy_loss_distribution.from_gaussian_mechanism(
         standard_deviation=noise_multiplier,
         value_discretization_interval=vdi,
@@ -376,3 +554,13 @@ def _rdp_report(eps: float, order, grid: tuple[float, ...], common: dict) -> Eps
     order_f = None if order is None or not math.isfinite(float(order)) else float(order)
     on_edge = order_f is not None and order_f in (grid[0], grid[-1])
     return EpsilonReport(eps, order=order_f, order_on_edge=on_edge, pld_discretization=None, **common)
+
+
+# One registration per accountant; the order is the order of tables, plots and ``--accountant all``.
+for _builtin in (PaperAccountant(), LibraryRdpAccountant(), PldAccountant()):
+    register_accountant(_builtin)
+del _builtin
+
+#: The built-in accountants' names (accountants added later with :func:`register_accountant` are
+#: listed by :func:`accountant_names`).
+ACCOUNTANTS: tuple[str, ...] = accountant_names()

@@ -63,16 +63,20 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from privdiff.accounting.accountants import DEFAULT_ACCOUNTANT, check_accountant, compute_epsilon
+import dp_accounting
+
+from privdiff.accounting.accountants import DEFAULT_ACCOUNTANT, check_accountant, compute_epsilon, to_dp_event
 from privdiff.accounting.query import DPRDMQuery, check_delta, check_epsilon
 from privdiff.errors import (
     InvalidParameter,
     LedgerCorrupt,
     LedgerError,
+    LedgerIndexMismatch,
     PrivacyBudgetExceeded,
     PrivdiffError,
     check_int,
 )
+from privdiff.utils.atomic import fsync_dir
 
 try:  # POSIX: the creator of a temporary file holds an flock on it (see _remove_stale_temps)
     import fcntl
@@ -288,7 +292,7 @@ class Ledger:
                 os.unlink(tmp)
             if owner >= 0:
                 os.close(owner)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         ledger = cls.open(path)
         # WAL from here on: readers never block the writer, and commits append (crash-safe).
         ledger._conn.execute("PRAGMA journal_mode=WAL")
@@ -370,8 +374,6 @@ class Ledger:
         check; re-binding a bound ledger to a *different* index raises
         :class:`~privdiff.errors.LedgerIndexMismatch` (that would let two datasets share one budget).
         """
-        from privdiff.errors import LedgerIndexMismatch
-
         if not isinstance(index_fingerprint, str) or not _HEX64.fullmatch(index_fingerprint):
             raise InvalidParameter(
                 "index_fingerprint", index_fingerprint, "64 lowercase hex digits (an index manifest's sha256)"
@@ -612,6 +614,18 @@ class Ledger:
             index=self.index_fingerprint[:12],
         )
 
+    def dp_event(self) -> dp_accounting.DpEvent:
+        """The ledger's whole (cross-checked) history as one dp-accounting ``DpEvent``.
+
+        :func:`~privdiff.accounting.to_dp_event` of the grouped history: any dp-accounting
+        accountant (add/remove-one adjacency) can bound it, e.g. to audit ``status()`` with a
+        tool that does not know privdiff.
+        """
+        with self._read_transaction() as conn:
+            _check_history_consistent(conn, self._path)
+            history = self._grouped(conn)
+        return to_dp_event(history)
+
     def history(self, limit: int | None = None) -> list[ChargeRecord]:
         """Charged queries, oldest first (the last ``limit`` rows when given)."""
         sql = "SELECT id, time, request_id, sigma, sample_rate, k, count, epsilon_after FROM charges"
@@ -765,12 +779,3 @@ def _check_header(path: Path) -> None:
         raise LedgerError(
             f"ledger {path} is truncated ({size} bytes, header says {pages} pages of {page_size})"
         )
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -1,32 +1,28 @@
 """Privacy planning: ε against the number of queries, queries per budget, concept density.
 
-These are the paper's privacy-analysis figures (methods note §4.6–4.8), computed with the
-accountants of :mod:`privdiff.accounting.accountants`, written as PNG plus JSON with the settings
-that produced them.
+These are the numbers of the paper's privacy-analysis figures (methods note §4.6–4.8), computed
+with the registered accountants of :mod:`privdiff.accounting.accountants`. This module is pure
+maths: the figures and files are drawn by :mod:`privdiff.report.accounting_plots`.
 
 * :func:`epsilon_curve` — ε(T) for one query setting under several accountants.
 * :func:`concept_density_curve` — §4.8: for concept density r (share of the private set relevant
   to a prompt) the notebook sets k = r·N·q and minimises ε over q; bigger N gives smaller ε for
   the same r.
-* :func:`run_planner` — the demo: the three figure settings of §4.6 (Shutterstock, MS-COCO,
-  CIFAR-10), their ε-vs-queries curves, the queries each accountant allows at ε = 10, and the
-  concept-density figure.
+* :func:`plan_figure_settings` — the demo's numbers: the three figure settings of §4.6
+  (Shutterstock, MS-COCO, CIFAR-10), their ε-vs-queries curves, the queries each accountant
+  allows at ε = 10, and the concept-density curves.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import platform
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from privdiff.accounting.accountants import ACCOUNTANTS, OrderOnEdgeWarning, compute_epsilon
+from privdiff.accounting.accountants import OrderOnEdgeWarning, accountant_names, check_accountant, compute_epsilon
 from privdiff.accounting.calibrate import solve_queries
 from privdiff.accounting.query import DPRDMQuery, check_delta, check_epsilon
 from privdiff.errors import InvalidParameter, check_int, check_positive
@@ -59,12 +55,14 @@ FIGURE_SETTINGS: tuple[FigureSetting, ...] = (
     FigureSetting("CIFAR-10", 50_000, 0.05, 0.01, 23, 1000, 9.443),
 )
 
-ACCOUNTANT_STYLE = {
-    "paper": dict(color="#d62728", linestyle="-", label="paper (Opacus 1.4 RDP)"),
-    "rdp": dict(color="#1f77b4", linestyle="--", label="rdp (dp-accounting RDP)"),
-    "pld": dict(color="#2ca02c", linestyle="-", label="pld (dp-accounting PLD)"),
-}
+#: The headline comparison of the planner (a stored result field, ``pld_over_paper_queries``):
+#: how many more queries the tight PLD bound buys than the authors' accounting for one budget.
+HEADLINE_RATIO: tuple[str, str] = ("pld", "paper")
 
+#: §4.8's concept-density figure: N ∈ {1M, 10M, 100M}, σ = 0.2, T = 1000, δ = 1e-7, under the
+#: authors' accountant (whose order grid makes the note's ≈0.18 floor).
+DENSITY_DATASET_SIZES: tuple[int, ...] = (1_000_000, 10_000_000, 100_000_000)
+DENSITY_SETTING = {"sigma": 0.2, "queries": 1000, "delta": 1e-7, "accountant": "paper"}
 
 def query_grid(max_queries: int, points: int = 25) -> list[int]:
     """Log-spaced distinct integers from 1 to ``max_queries`` (inclusive)."""
@@ -77,7 +75,7 @@ def epsilon_curve(
     query: DPRDMQuery,
     delta: float,
     queries: Sequence[int],
-    accountants: Sequence[str] = ACCOUNTANTS,
+    accountants: Sequence[str] | None = None,
     progress: Callable[[], None] | None = None,
 ) -> dict[str, list[dict]]:
     """ε(T) for each accountant at each T in ``queries``.
@@ -87,7 +85,7 @@ def epsilon_curve(
     """
     delta = check_delta(delta)
     out: dict[str, list[dict]] = {}
-    for acc in accountants:
+    for acc in accountants if accountants is not None else accountant_names():
         rows = []
         for t in queries:
             with warnings.catch_warnings():
@@ -101,53 +99,14 @@ def epsilon_curve(
     return out
 
 
-def plot_epsilon_curves(
-    panels: Sequence[tuple[str, dict[str, list[dict]], float | None]],
-    path: str | Path,
-    *,
-    target_epsilon: float | None = 10.0,
-    marks: Sequence[int | None] | None = None,
-) -> Path:
-    """One panel per (title, curves, δ): ε against queries (log-log), one line per accountant."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(panels)
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.8), squeeze=False)
-    for i, (title, curves, delta) in enumerate(panels):
-        ax = axes[0][i]
-        for acc, rows in curves.items():
-            style = ACCOUNTANT_STYLE.get(acc, {"label": acc})
-            ax.plot([r["queries"] for r in rows], [r["epsilon"] for r in rows], **style)
-        if target_epsilon is not None:
-            ax.axhline(target_epsilon, color="grey", lw=0.8, ls=":", label=f"ε = {target_epsilon:g}")
-        if marks is not None and marks[i] is not None:
-            ax.axvline(marks[i], color="black", lw=0.8, ls="-.", label=f"figure's T = {marks[i]}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        _plain_log_labels(ax.yaxis)
-        ax.set_xlabel("number of queries T")
-        ax.set_ylabel(f"ε at δ = {delta:.2g}" if delta else "ε")
-        ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
 def concept_density_curve(
-    dataset_sizes: Sequence[int] = (1_000_000, 10_000_000, 100_000_000),
+    dataset_sizes: Sequence[int] = DENSITY_DATASET_SIZES,
     densities: Sequence[float] | None = None,
     *,
     sigma: float = 0.2,
     queries: int = 1000,
     delta: float = 1e-7,
-    accountant: str = "paper",
+    accountant: str = DENSITY_SETTING["accountant"],
     q_points: int = 8,
     progress: Callable[[], None] | None = None,
 ) -> dict[int, list[dict]]:
@@ -197,88 +156,51 @@ def concept_density_curve(
     return out
 
 
-def plot_concept_density(curves: dict[int, list[dict]], path: str | Path, *, delta: float, sigma: float,
-                         queries: int, accountant: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    for n, rows in curves.items():
-        ax.plot([r["density"] for r in rows], [r["epsilon"] for r in rows], marker="o", ms=3,
-                label=f"N = {n:,}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("concept density r (share of the private set relevant to a prompt)")
-    ax.set_ylabel(f"min over q of ε at δ = {delta:g}")
-    ax.set_title(f"σ = {sigma:g}, T = {queries}, k = ⌊r·N·q⌋ ({accountant})", fontsize=10)
-    ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def run_planner(
-    out_dir: str | Path,
+def plan_figure_settings(
     *,
     quick: bool = False,
     target_epsilon: float = 10.0,
     max_queries: int | None = None,
-    command: str | None = None,
-    show_progress: bool = True,
+    accountants: Sequence[str] | None = None,
+    progress: Callable[[], None] | None = None,
 ) -> dict:
-    """The planner demo: write ε-vs-queries and concept-density PNGs plus ``planner.json``.
+    """The planner's numbers (no files): for each §4.6 figure setting (δ = 1/N), ε at the
+    figure's own T under every accountant (the paper column must match the note), ε against T for
+    T = 1…``max_queries``, and the largest T with ε ≤ ``target_epsilon`` under each accountant;
+    plus the §4.8 concept-density curves.
 
-    For each §4.6 figure setting (Shutterstock, MS-COCO FB, CIFAR-10; δ = 1/N):
-    ε at the figure's own T under all three accountants (the paper column must match the note),
-    ε against T for T = 1…``max_queries``, and the largest T with ε ≤ ``target_epsilon`` under
-    each accountant, with the PLD/paper ratio.
-
-    Args:
-        out_dir: created if missing; receives ``epsilon_vs_queries.png``, ``queries_at_target.png``,
-            ``concept_density.png`` and ``planner.json``.
-        quick: coarser grids (for CI); the same files are written.
-        command: the command line that made the outputs, recorded in the JSON.
+    :func:`privdiff.report.accounting_plots.run_planner` draws and writes these.
 
     Returns:
-        The dictionary written to ``planner.json``.
+        ``{"target_epsilon", "quick", "max_queries", "accountants", "settings": [...],
+        "concept_density": {...}}``.
     """
     target_epsilon = check_epsilon("target_epsilon", target_epsilon)
     max_queries = check_int("max_queries", max_queries if max_queries is not None else (10**4 if quick else 10**5))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+    names = tuple(accountants) if accountants is not None else accountant_names()
+    for name in names:
+        check_accountant(name)
     grid = query_grid(max_queries, 10 if quick else 25)
     densities = np.geomspace(1e-6, 1e-2, 5 if quick else 9).tolist()
-    sizes = (1_000_000, 10_000_000, 100_000_000)
-    total = len(FIGURE_SETTINGS) * (len(ACCOUNTANTS) * (len(grid) + 2)) + len(sizes) * len(densities)
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="planner", unit="eval", disable=not show_progress)
     settings_out = []
-    panels = []
     for fs in FIGURE_SETTINGS:
         query, delta = fs.query, fs.delta
         at_figure = {}
         answerable = {}
-        for acc in ACCOUNTANTS:
+        for acc in names:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OrderOnEdgeWarning)
                 rep = compute_epsilon([(query, fs.queries)], delta, acc)
             at_figure[acc] = {"epsilon": rep.epsilon, "order": rep.order}
-            bar.update()
+            if progress:
+                progress()
             cal = solve_queries(target_epsilon, delta, sigma=fs.sigma, sample_rate=fs.sample_rate, k=fs.k,
                                 accountant=acc)
             answerable[acc] = {"queries": cal.value, "epsilon": cal.epsilon}
-            bar.update()
-        curves = epsilon_curve(query, delta, grid, ACCOUNTANTS, progress=bar.update)
-        panels.append((f"{fs.name}: σ={fs.sigma:g}, q={fs.sample_rate:g}, k={fs.k}, N={fs.dataset_size:,}", curves, delta))
-        settings_out.append({
+            if progress:
+                progress()
+        curves = epsilon_curve(query, delta, grid, names, progress=progress)
+        row = {
             "name": fs.name,
             "dataset_size": fs.dataset_size,
             "delta": delta,
@@ -287,81 +209,26 @@ def run_planner(
             "epsilon_at_figure_queries": at_figure,
             "epsilon_paper_method_note": fs.epsilon_paper,
             "queries_at_target": answerable,
-            "pld_over_paper_queries": answerable["pld"]["queries"] / max(1, answerable["paper"]["queries"]),
             "curve": curves,
-        })
-
-    density = concept_density_curve(sizes, densities, progress=bar.update)
-    bar.close()
-
-    png_curves = plot_epsilon_curves(panels, out / "epsilon_vs_queries.png", target_epsilon=target_epsilon,
-                                     marks=[fs.queries for fs in FIGURE_SETTINGS])
-    png_bars = _plot_answerable(settings_out, out / "queries_at_target.png", target_epsilon)
-    png_density = plot_concept_density(density, out / "concept_density.png", delta=1e-7, sigma=0.2,
-                                       queries=1000, accountant="paper")
-    result = {
-        "command": command,
+        }
+        tight, authors = HEADLINE_RATIO
+        if tight in answerable and authors in answerable:
+            row[f"{tight}_over_{authors}_queries"] = answerable[tight]["queries"] / max(1, answerable[authors]["queries"])
+        settings_out.append(row)
+    density = concept_density_curve(DENSITY_DATASET_SIZES, densities, progress=progress, **DENSITY_SETTING)
+    return {
         "target_epsilon": target_epsilon,
         "quick": quick,
         "max_queries": max_queries,
-        "accountants": list(ACCOUNTANTS),
+        "accountants": list(names),
         "settings": settings_out,
-        "concept_density": {
-            "sigma": 0.2, "queries": 1000, "delta": 1e-7, "accountant": "paper",
-            "curves": {str(n): rows for n, rows in density.items()},
-        },
-        "figures": [p.name for p in (png_curves, png_bars, png_density)],
-        "seconds": round(time.time() - started, 2),
-        "versions": _versions(),
+        "concept_density": {**DENSITY_SETTING, "curves": {str(n): rows for n, rows in density.items()}},
     }
-    (out / "planner.json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    return result
 
 
-def _plot_answerable(settings_out: list[dict], path: Path, target_epsilon: float) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    width = 0.26
-    x = np.arange(len(settings_out))
-    for j, acc in enumerate(ACCOUNTANTS):
-        vals = [s["queries_at_target"][acc]["queries"] for s in settings_out]
-        bars = ax.bar(x + (j - 1) * width, vals, width, color=ACCOUNTANT_STYLE[acc]["color"],
-                      label=ACCOUNTANT_STYLE[acc]["label"])
-        ax.bar_label(bars, labels=[f"{v:,}" for v in vals], fontsize=6, rotation=90, padding=2)
-    ax.set_xticks(x, [s["name"] for s in settings_out])
-    ax.set_yscale("log")
-    _plain_log_labels(ax.yaxis)
-    ax.set_ylabel(f"queries answerable at ε ≤ {target_epsilon:g}")
-    ax.set_title("Largest T within the budget (δ = 1/N)", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.margins(y=0.35)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def _plain_log_labels(axis) -> None:
-    """Label a log axis 2, 5, 10, 20 … instead of 2×10⁰ (easier to read off ε)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
-    fmt = FuncFormatter(lambda v, _: f"{v:g}")
-    axis.set_major_formatter(fmt)
-    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
-    axis.set_minor_formatter(fmt)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("privdiff", "dp-accounting", "opacus", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+def planner_evaluations(*, quick: bool = False, max_queries: int | None = None, accountants: int | None = None) -> int:
+    """How often :func:`plan_figure_settings` calls ``progress`` (a progress bar's total)."""
+    max_queries = max_queries if max_queries is not None else (10**4 if quick else 10**5)
+    n_acc = accountants if accountants is not None else len(accountant_names())
+    grid = query_grid(max_queries, 10 if quick else 25)
+    return len(FIGURE_SETTINGS) * n_acc * (len(grid) + 2) + len(DENSITY_DATASET_SIZES) * (5 if quick else 9)

@@ -1,12 +1,16 @@
 """``privdiff account``: ε of a query plan, calibration, and the ε-vs-queries figure.
 
-Thin over :mod:`privdiff.accounting`; every number printed is also available as JSON (``--json``)
-and every figure is written next to a JSON file holding its numbers and the command that made it.
+Thin over :mod:`privdiff.accounting` (numbers) and :mod:`privdiff.report.accounting_plots`
+(figures); every number printed is also available as JSON (``--json``) and every figure is written
+next to a JSON file holding its numbers and the command that made it.
+
+Imports of privdiff and its dependencies stay inside the commands: dp-accounting, scipy and
+matplotlib take seconds to import, and ``privdiff --help`` or another command must not pay that.
+Accountant names are never spelled out here: the default and the choices come from the registry.
 """
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -14,7 +18,10 @@ from typing import Optional
 
 import typer
 
-_ACCOUNTANT_HELP = "Accountant: pld (default, tightest), rdp (dp-accounting RDP) or paper (Opacus 1.4 RDP, the authors' numbers)."
+_ACCOUNTANT_HELP = (
+    "Accountant: a registered name (built in: pld, the default and tightest; "
+    "rdp, dp-accounting RDP; paper, Opacus 1.4 RDP, the authors' numbers)."
+)
 
 
 def _delta(delta: Optional[float], dataset_size: Optional[int]) -> float:
@@ -31,11 +38,18 @@ def _delta(delta: Optional[float], dataset_size: Optional[int]) -> float:
     raise InvalidParameter("delta", None, "in (0, 1): pass --delta, or --dataset-size N for δ = 1/N")
 
 
-def _accountants(accountant: str) -> list[str]:
-    from privdiff.accounting import ACCOUNTANTS
+def _accountant(accountant: Optional[str]) -> str:
+    """The named accountant, or the registry's default when the option was not given."""
+    from privdiff.accounting import DEFAULT_ACCOUNTANT
     from privdiff.accounting.accountants import check_accountant
 
-    return list(ACCOUNTANTS) if accountant == "all" else [check_accountant(accountant)]
+    return check_accountant(DEFAULT_ACCOUNTANT if accountant is None else accountant)
+
+
+def _accountants(accountant: Optional[str]) -> list[str]:
+    from privdiff.accounting import accountant_names
+
+    return list(accountant_names()) if accountant == "all" else [_accountant(accountant)]
 
 
 def _command() -> str:
@@ -54,12 +68,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         queries: int = typer.Option(..., "--queries", help="T: number of queries composed."),
         delta: Optional[float] = typer.Option(None, "--delta", help="δ in (0, 1)."),
         dataset_size: Optional[int] = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
-        accountant: str = typer.Option("pld", "--accountant", help=_ACCOUNTANT_HELP + " 'all' shows the three."),
+        accountant: Optional[str] = typer.Option(None, "--accountant", help=_ACCOUNTANT_HELP + " 'all' shows every one."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """ε(δ) of T queries of DP-RDM with (σ, q, k)."""
         from privdiff.accounting import DPRDMQuery, OrderOnEdgeWarning, compute_epsilon
         from privdiff.errors import check_int
+        from privdiff.utils.jsonsafe import dumps
 
         import warnings
 
@@ -74,7 +89,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 reports.append(compute_epsilon([(query, queries)], d, name))
         rows = [{**r.to_dict(), **query.as_dict()} for r in reports]
         if as_json:
-            typer.echo(json.dumps(rows[0] if len(rows) == 1 else {"results": rows}, default=float))
+            typer.echo(dumps(rows[0] if len(rows) == 1 else {"results": rows}))
             return
         from rich.console import Console
         from rich.table import Table
@@ -103,13 +118,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         dataset_size: Optional[int] = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
         low: Optional[float] = typer.Option(None, "--min", help="Lower end of the search range."),
         high: Optional[float] = typer.Option(None, "--max", help="Upper end of the search range."),
-        accountant: str = typer.Option("pld", "--accountant", help=_ACCOUNTANT_HELP),
+        accountant: Optional[str] = typer.Option(None, "--accountant", help=_ACCOUNTANT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Solve for σ, q, k or the number of queries that meets (ε, δ), on the safe side."""
         from privdiff.accounting import calibrate
         from privdiff.accounting.calibrate import K_RANGE, QUERIES_RANGE, SAMPLE_RATE_RANGE, SIGMA_RANGE
         from privdiff.errors import InvalidParameter
+        from privdiff.utils.jsonsafe import dumps
 
         name = {"sample-rate": "sample_rate", "sample_rate": "sample_rate", "q": "sample_rate",
                 "T": "queries"}.get(solve, solve)
@@ -120,7 +136,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if low is not None or high is not None:
             bounds = (defaults[name][0] if low is None else low, defaults[name][1] if high is None else high)
         cal = calibrate(name, target_epsilon=target_epsilon, delta=_delta(delta, dataset_size), sigma=sigma,
-                        sample_rate=sample_rate, k=k, queries=queries, accountant=accountant, bounds=bounds)
+                        sample_rate=sample_rate, k=k, queries=queries, accountant=_accountant(accountant), bounds=bounds)
         if name == "queries" and cal.queries == 0:
             # T = 0 is the library's correct answer, but as a plan it is a refusal: say so (exit 2)
             # with the price of the first query, rather than print a table of zeros.
@@ -134,7 +150,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 hint="no query fits: T = 0; raise the target, σ or k, or lower q",
             )
         if as_json:
-            typer.echo(json.dumps({**cal.to_dict(), "noise_multiplier": cal.query.noise_multiplier}, default=float))
+            typer.echo(dumps({**cal.to_dict(), "noise_multiplier": cal.query.noise_multiplier}))
             return
         from rich.console import Console
         from rich.table import Table
@@ -161,23 +177,26 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         target_epsilon: float = typer.Option(10.0, "--target-epsilon", help="Horizontal reference line."),
         out: Path = typer.Option(..., "--out", help="Directory for epsilon_vs_queries.png/.json."),
     ) -> None:
-        """ε against the number of queries for all three accountants (PNG + JSON)."""
+        """ε against the number of queries under every registered accountant (PNG + JSON)."""
         from tqdm import tqdm
 
-        from privdiff.accounting import ACCOUNTANTS, DPRDMQuery
-        from privdiff.accounting.planner import epsilon_curve, plot_epsilon_curves, query_grid
+        from privdiff.accounting import DPRDMQuery, accountant_names
+        from privdiff.accounting.planner import epsilon_curve, query_grid
+        from privdiff.report.accounting_plots import plot_epsilon_curves
+        from privdiff.utils.atomic import atomic_write_json
 
         query = DPRDMQuery(sigma, sample_rate, k)
         d = _delta(delta, dataset_size)
         grid = query_grid(max_queries, points)
         out.mkdir(parents=True, exist_ok=True)
-        with tqdm(total=len(grid) * len(ACCOUNTANTS), desc="ε(T)", unit="eval") as bar:
-            curves = epsilon_curve(query, d, grid, ACCOUNTANTS, progress=bar.update)
+        names = accountant_names()
+        with tqdm(total=len(grid) * len(names), desc="ε(T)", unit="eval") as bar:
+            curves = epsilon_curve(query, d, grid, names, progress=bar.update)
         title = f"σ={query.sigma:g}, q={query.sample_rate:g}, k={query.k} (z={query.noise_multiplier:g})"
         png = plot_epsilon_curves([(title, curves, d)], out / "epsilon_vs_queries.png", target_epsilon=target_epsilon)
         record = {"command": _command() or None, **query.as_dict(), "delta": d, "max_queries": max_queries,
                   "curves": curves}
-        (out / "epsilon_vs_queries.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
+        atomic_write_json(out / "epsilon_vs_queries.json", record, indent=1)
         last = {acc: rows[-1]["epsilon"] for acc, rows in curves.items()}
         typer.echo(f"wrote {png} and {out / 'epsilon_vs_queries.json'}; ε at T={grid[-1]}: "
                    + ", ".join(f"{a} {e:.4g}" for a, e in last.items()))
@@ -188,14 +207,23 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         sigma: float = typer.Option(0.2, "--sigma"),
         queries: int = typer.Option(1000, "--queries"),
         delta: float = typer.Option(1e-7, "--delta"),
-        accountant: str = typer.Option("paper", "--accountant", help=_ACCOUNTANT_HELP),
+        accountant: Optional[str] = typer.Option(
+            None,
+            "--accountant",
+            help=_ACCOUNTANT_HELP + " Default here: the note's own (paper), whose order grid "
+            "makes its ≈0.18 floor.",
+        ),
     ) -> None:
         """ε against concept density r for N ∈ {1M, 10M, 100M} (methods note §4.8)."""
         from tqdm import tqdm
 
-        from privdiff.accounting.planner import concept_density_curve, plot_concept_density
+        from privdiff.accounting.accountants import check_accountant
+        from privdiff.accounting.planner import DENSITY_DATASET_SIZES, DENSITY_SETTING, concept_density_curve
+        from privdiff.report.accounting_plots import plot_concept_density
+        from privdiff.utils.atomic import atomic_write_json
 
-        sizes = (1_000_000, 10_000_000, 100_000_000)
+        accountant = check_accountant(DENSITY_SETTING["accountant"] if accountant is None else accountant)
+        sizes = DENSITY_DATASET_SIZES
         out.mkdir(parents=True, exist_ok=True)
         with tqdm(total=len(sizes) * 9, desc="concept density", unit="r") as bar:
             curves = concept_density_curve(sizes, sigma=sigma, queries=queries, delta=delta, accountant=accountant,
@@ -204,5 +232,5 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                                    accountant=accountant)
         record = {"command": _command() or None, "sigma": sigma, "queries": queries, "delta": delta,
                   "accountant": accountant, "curves": {str(n): rows for n, rows in curves.items()}}
-        (out / "concept_density.json").write_text(json.dumps(record, indent=1, default=float) + "\n")
+        atomic_write_json(out / "concept_density.json", record, indent=1)
         typer.echo(f"wrote {png} and {out / 'concept_density.json'}")

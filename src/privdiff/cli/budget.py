@@ -23,7 +23,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         ledger: Path = typer.Argument(..., help="Ledger file to create (refuses to overwrite)."),
         epsilon: float = typer.Option(..., "--epsilon", help="ε budget of the dataset."),
         delta: float = typer.Option(..., "--delta", help="δ of the budget (the authors use 1/N)."),
-        accountant: str = typer.Option("pld", "--accountant", help="pld (default), rdp or paper."),
+        accountant: Optional[str] = typer.Option(
+            None, "--accountant", help="A registered accountant: pld (the default), rdp or paper."
+        ),
         dataset: str = typer.Option(
             "", "--dataset",
             help="A free-text label shown by `budget status` (it binds nothing; --index does).",
@@ -36,14 +38,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json"),
     ) -> None:
         """Create a new ledger with budget (ε, δ), optionally bound to one private index."""
-        from privdiff.accounting import Ledger
+        from privdiff.accounting import DEFAULT_ACCOUNTANT, Ledger
 
         fingerprint = ""
         if index is not None:
             from privdiff.retrieval import read_manifest
 
             fingerprint = read_manifest(index).fingerprint  # IndexCorrupt before anything is created
-        with Ledger.create(ledger, epsilon=epsilon, delta=delta, accountant=accountant, dataset=dataset,
+        with Ledger.create(ledger, epsilon=epsilon, delta=delta, accountant=accountant or DEFAULT_ACCOUNTANT, dataset=dataset,
                            index_fingerprint=fingerprint) as led:
             status = led.status()
         if as_json:

@@ -45,6 +45,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.data import check_size, load_dataset
         from privdiff.diffusion.model import load_model
         from privdiff.report.images import to_model_space
+        from privdiff.utils.atomic import atomic_write_json
 
         size = check_size(size)
         config = ClassifierTrainConfig(steps=steps, batch_size=batch_size, lr=lr, small_t_fraction=small_t_fraction,
@@ -73,8 +74,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             "report": report, "command": "privdiff protect train " + " ".join(shlex.quote(a) for a in args),
         }
         ProtectionClassifier(classifier=clf, labels=labels, meta=meta).save(out)
-        (out / "report.json").write_text(json.dumps({"settings": {k: meta[k] for k in meta if k != "report"},
-                                                     "report": report}, indent=2))
+        atomic_write_json(out / "report.json", {"settings": {k: meta[k] for k in meta if k != "report"},
+                                                "report": report})
         if json_out:
             typer.echo(json.dumps(report, indent=2))
         else:

@@ -36,11 +36,10 @@ def _load(source: str, size: int | None):
 
 
 def _write_json(payload: dict, path: Path) -> Path:
-    import json
+    from privdiff.utils.atomic import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    return atomic_write_json(path, payload)
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:

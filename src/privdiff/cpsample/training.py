@@ -26,6 +26,7 @@ import torch
 
 from privdiff.cpsample.classifier import NoiseAwareClassifier, confidence, random_labels
 from privdiff.errors import CheckpointError, DataError, InvalidParameter, check_in_range, check_int, check_positive
+from privdiff.utils.atomic import atomic_write_json
 
 CLASSIFIER_DIR = "classifier"
 CLASSIFIER_JSON = "classifier.json"
@@ -93,9 +94,7 @@ class ProtectionClassifier:
         directory.mkdir(parents=True, exist_ok=True)
         self.classifier.save_pretrained(directory / CLASSIFIER_DIR, safe_serialization=True)
         manifest = {"kind": KIND, "labels": [int(v) for v in self.labels.tolist()], **self.meta}
-        tmp = directory / (CLASSIFIER_JSON + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, default=_jsonable))
-        tmp.replace(directory / CLASSIFIER_JSON)
+        atomic_write_json(directory / CLASSIFIER_JSON, manifest)
         return directory
 
 
@@ -247,16 +246,6 @@ def evaluate_classifier(
             "evaluations": count,
         })
     return rows
-
-
-def _jsonable(obj: Any):
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def training_config_dict(config: ClassifierTrainConfig) -> dict[str, Any]:

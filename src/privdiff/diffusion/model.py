@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from privdiff.errors import CheckpointError, InvalidParameter
+from privdiff.utils.atomic import atomic_write_json
 
 MODEL_JSON = "model.json"
 UNET_DIR = "unet"
@@ -157,9 +158,7 @@ def save_model(directory: str | Path, unet, *, schedule: dict[str, Any], meta: d
         "parameters": count_parameters(unet),
         **meta,
     }
-    tmp = directory / (MODEL_JSON + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=_json_default))
-    tmp.replace(directory / MODEL_JSON)
+    atomic_write_json(directory / MODEL_JSON, manifest)
     return directory
 
 
@@ -184,12 +183,3 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
     meta = {k: v for k, v in manifest.items() if k not in ("kind", "schedule", "unet_config", "parameters")}
     return DiffusionModel(unet=unet, schedule=dict(manifest["schedule"]), meta=meta)
 
-
-def _json_default(obj: Any):
-    if isinstance(obj, (tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

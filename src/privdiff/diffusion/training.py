@@ -12,7 +12,6 @@ run stopped, and ``loss.json`` / ``loss.png`` with the loss curve.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 
 from privdiff.diffusion.model import DDIM_SCHEDULE, DiffusionModel, build_unet, count_parameters, save_model
 from privdiff.errors import CheckpointError, DataError, InvalidParameter, check_int, check_nonnegative, check_positive
+from privdiff.utils.atomic import atomic_open, atomic_write_json
 
 TRAINING_STATE = "training_state.pt"
 
@@ -178,15 +178,14 @@ def train_diffusion(
         meta = {**meta_base, "steps_done": step, "train_wall_seconds": round(wall, 1),
                 "weights": "ema" if ema is not None else "raw", "final_loss_ema": _smoothed(losses)}
         save_model(out_dir, sample_unet, schedule=dict(DDIM_SCHEDULE), meta=meta)
-        tmp = out_dir / (TRAINING_STATE + ".tmp")
-        torch.save(
-            {"step": step, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
-             "ema": ema.state_dict() if ema is not None else None, "generator": generator.get_state(),
-             "torch_rng": torch.get_rng_state(), "losses": losses, "commands": commands, "order": order,
-             "unet_config": unet_config, "wall_seconds": wall},
-            tmp,
-        )
-        tmp.replace(state_path)
+        with atomic_open(state_path) as fh:
+            torch.save(
+                {"step": step, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
+                 "ema": ema.state_dict() if ema is not None else None, "generator": generator.get_state(),
+                 "torch_rng": torch.get_rng_state(), "losses": losses, "commands": commands, "order": order,
+                 "unet_config": unet_config, "wall_seconds": wall},
+                fh,
+            )
         write_loss_curve(losses, out_dir, title=f"{data_spec or 'training'} — {count_parameters(unet) / 1e6:.2f} M params")
         model = DiffusionModel(unet=sample_unet.eval(), schedule=dict(DDIM_SCHEDULE), meta=meta)
         if on_checkpoint is not None:
@@ -253,7 +252,7 @@ def write_loss_curve(losses: list[float], out_dir: str | Path, *, title: str = "
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    (out_dir / "loss.json").write_text(json.dumps({"loss_per_step": losses}))
+    atomic_write_json(out_dir / "loss.json", {"loss_per_step": losses}, indent=None)
     if not losses:
         return
     window = max(1, min(100, len(losses) // 10))

@@ -31,6 +31,10 @@ from privdiff.encoders.efficientnet import (
     save_centre,
 )
 from privdiff.encoders.evaluation import cached_features, class_precision_at_k
+from privdiff.utils.atomic import atomic_write_json
+
+# Lazy imports: privdiff.data and matplotlib are imported where used: this script's --help must not
+# load them.
 
 
 def _variants(
@@ -178,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {centre_asset_path(args.asset_size)}")
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "image_retrieval.json").write_text(json.dumps(result, indent=2))
+    atomic_write_json(args.out / "image_retrieval.json", result)
     _plot(comparison, args.k, args.out / "image_retrieval.png")
     print(f"wrote {args.out / 'image_retrieval.json'}")
     return 0

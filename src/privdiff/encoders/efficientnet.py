@@ -32,7 +32,11 @@ from pathlib import Path
 import numpy as np
 
 from privdiff.encoders.base import l2_normalize
-from privdiff.errors import EncoderMismatch, InvalidParameter, check_int
+from privdiff.errors import CheckpointError, EncoderMismatch, InvalidParameter, check_int
+from privdiff.utils.atomic import atomic_path
+
+# Lazy imports: torch, efficientnet-lite and safetensors are imported inside the functions that use
+# them, for start-up time: privdiff.encoders is imported by every CLI command that names an encoder.
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -193,13 +197,12 @@ def save_centre(path: Path, centre: np.ndarray, metadata: dict[str, str]) -> Non
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"centre": np.asarray(centre, dtype=np.float32)}, str(path), metadata=metadata)
+    with atomic_path(path) as tmp:
+        save_file({"centre": np.asarray(centre, dtype=np.float32)}, str(tmp), metadata=metadata)
 
 
 def load_centre(path: Path) -> tuple[np.ndarray, dict[str, str]]:
     from safetensors import safe_open
-
-    from privdiff.errors import CheckpointError
 
     if not path.is_file():
         raise CheckpointError(

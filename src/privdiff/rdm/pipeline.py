@@ -38,6 +38,7 @@ from privdiff.errors import (
 )
 from privdiff.rdm.conditioning import Conditioning, ContextSource
 from privdiff.rdm.model import ClassifierFreeGuidance, RDMModel
+from privdiff.utils.jsonsafe import jsonable
 
 
 #: Largest seed accepted for the public sampler noise: seeds are fed to ``torch.Generator``
@@ -112,18 +113,7 @@ class GenerationOutput:
     def record(self) -> dict[str, Any]:
         """A JSON-friendly description (no pixels); ε = ∞ is written as the string "inf"."""
 
-        def clean(v: Any) -> Any:
-            if isinstance(v, float) and math.isinf(v):
-                return "inf"
-            if isinstance(v, dict):
-                return {k: clean(x) for k, x in v.items()}
-            if isinstance(v, (list, tuple)):
-                return [clean(x) for x in v]
-            if isinstance(v, np.generic):
-                return v.item()
-            return v
-
-        return clean(
+        return jsonable(
             {
                 "mode": self.mode,
                 "private": self.private,

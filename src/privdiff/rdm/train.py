@@ -22,8 +22,6 @@ linear warm-up; an EMA of the weights is what gets saved as the model. Training 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -43,6 +41,12 @@ from privdiff.errors import (
     check_nonnegative,
     check_positive,
 )
+from privdiff.utils.atomic import atomic_open, atomic_write_json
+from privdiff.utils.cache import ArrayCache, cache_key, cache_root
+
+# Lazy imports: faiss, torch, diffusers, tqdm, matplotlib (and rdm.model, which imports torch) are
+# imported inside the functions that use them, for start-up time: the CLI imports this module for
+# its embedding cache.
 
 STATE_DIR = "training"
 STATE_FILE = "state.pt"
@@ -163,26 +167,11 @@ def drop_context(context, p_uncond: float, generator=None):
 
 def default_cache_dir() -> Path:
     """The shared embedding cache (public data only; files are written with the usual umask)."""
-    return Path(os.environ.get("PRIVDIFF_CACHE_DIR", Path.home() / ".cache" / "privdiff")) / "embeddings"
+    return cache_root("embeddings")
 
 
 #: Sub-directory of an embedding cache that holds embeddings of private data (mode 0700, files 0600).
 PRIVATE_CACHE_SUBDIR = "private"
-
-
-def _private_cache_dir(base: Path) -> Path:
-    """``base/private``, created 0700 (or tightened to it): raw private embeddings are as
-    sensitive as the images, so they never sit in the world-readable shared cache."""
-    d = base / PRIVATE_CACHE_SUBDIR
-    try:
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if d.is_symlink() or not d.is_dir():
-            raise DataError(f"private embedding cache {d} is not a plain directory")
-        if d.stat().st_mode & 0o077:
-            os.chmod(d, 0o700)
-    except OSError as exc:
-        raise DataError(f"cannot make the private embedding cache {d} owner-only (0700): {exc}") from None
-    return d
 
 
 def cached_embeddings(
@@ -199,28 +188,17 @@ def cached_embeddings(
     if not isinstance(private, bool):
         raise InvalidParameter("private", private, "True (private data) or False (public data)")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if private:
-        cache_dir = _private_cache_dir(cache_dir)
-    digest = hashlib.sha256(np.ascontiguousarray(dataset.images).tobytes()).hexdigest()[:16]
+    # Private embeddings live in an owner-only (0700) sub-directory as 0600 files from their
+    # first byte: raw private embeddings are as sensitive as the images.
+    cache = ArrayCache(cache_dir / PRIVATE_CACHE_SUBDIR, private=True) if private else ArrayCache(cache_dir)
     # repr(encoder) names its fixed parts (e.g. the centring vector's id), so a changed mapping
     # under an unchanged space_id still misses the cache.
-    key = hashlib.sha256(f"{encoder.space_id}|{encoder!r}|{dataset.name}|{digest}".encode()).hexdigest()[:24]
-    path = cache_dir / f"{key}.npy"
-    if path.is_file():
-        emb = np.load(path)
-        if emb.shape == (len(dataset), encoder.dim):
-            return emb
+    key = cache_key("embeddings", encoder.space_id, repr(encoder), dataset.name, np.asarray(dataset.images))
+    emb = cache.load(key, shape=(len(dataset), encoder.dim))
+    if emb is not None:
+        return emb
     emb = np.asarray(encoder.encode_images(dataset.images, progress=progress), dtype=np.float32)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-    # Explicit mode: a private file is 0600 from its first byte, whatever the umask (the chmod
-    # covers a leftover temporary file of a killed run, which keeps its old mode).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        np.save(fh, emb)
-    if private:
-        os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    cache.save(key, emb)
     return emb
 
 
@@ -333,22 +311,21 @@ def train_rdm(
 
     def checkpoint() -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "lr_scheduler": lr_sched.state_dict(),
-                "ema": ema.state_dict(),
-                "generator": gen.get_state(),
-                "losses": losses,
-                "step": step,
-                "model_config": model_cfg.to_dict(),
-                "train_config": config.to_dict(),
-            },
-            tmp,
-        )
-        os.replace(tmp, state_path)
+        with atomic_open(state_path) as fh:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "lr_scheduler": lr_sched.state_dict(),
+                    "ema": ema.state_dict(),
+                    "generator": gen.get_state(),
+                    "losses": losses,
+                    "step": step,
+                    "model_config": model_cfg.to_dict(),
+                    "train_config": config.to_dict(),
+                },
+                fh,
+            )
         ema_model = RDMModel(model_cfg)
         ema_model.load_state_dict(model.state_dict())
         ema.copy_to(ema_model.parameters())
@@ -412,7 +389,7 @@ def write_loss_curve(losses: list[float], directory: str | os.PathLike, title: s
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(losses, dtype=np.float64)
-    (directory / "loss.json").write_text(json.dumps({"loss": [round(v, 6) for v in arr.tolist()]}) + "\n")
+    atomic_write_json(directory / "loss.json", {"loss": [round(v, 6) for v in arr.tolist()]}, indent=None)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if arr.size:
         ax.plot(np.arange(1, arr.size + 1), arr, lw=0.5, alpha=0.35, label="per step")

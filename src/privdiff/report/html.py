@@ -15,6 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from privdiff.utils.atomic import atomic_write_text
+
+# Lazy imports: PIL is imported where an image is encoded, for start-up time (the CLI imports
+# privdiff.report).
+
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#1b1f24;line-height:1.5}
@@ -189,7 +194,4 @@ class HtmlReport:
         """Write atomically (temp file + rename) so a reader never sees half a report."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(path, self.render())

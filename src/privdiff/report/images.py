@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+# Lazy imports: torch and PIL are imported inside the functions that use them, for start-up time
+# (the CLI imports privdiff.report).
+
 
 def to_model_space(images: np.ndarray):
     """uint8 (N, H, W, C) → float32 torch tensor (N, C, H, W) in [-1, 1]."""

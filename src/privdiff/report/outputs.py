@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from privdiff.errors import InvalidParameter
+from privdiff.utils.atomic import atomic_write_text, fsync_dir
 
 IMAGES_DIR = "images"
 IMAGES_NPZ = "images.npz"
@@ -117,10 +118,10 @@ class OutputDir:
 
     def commit(self, record_text: str) -> None:
         """Move the staged files into ``out``; the record is written last (it marks completion)."""
-        (self.staging / self.record).write_text(record_text)
-        names = sorted(p.name for p in self.staging.iterdir() if p.name != self.record) + [self.record]
-        for name in names:
+        for name in sorted(p.name for p in self.staging.iterdir()):
             os.replace(self.staging / name, self.out / name)
+        fsync_dir(self.out)  # the moved files are durable before the record that says so
+        atomic_write_text(self.out / self.record, record_text)
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def abort(self) -> None:
