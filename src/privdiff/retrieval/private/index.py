@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from privdiff.utils.atomic import fsync_dir
 from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
 
 __all__ = [
@@ -396,18 +397,6 @@ def _npy_header_bytes(a: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 def build_index(
     out_dir: str | os.PathLike,
@@ -469,7 +458,7 @@ def build_index(
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if out.exists():
             # Move the old index aside first: rename() cannot replace a non-empty directory.
             trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -478,7 +467,7 @@ def build_index(
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
