@@ -218,6 +218,7 @@ def test_epsilon_falls_with_sigma_and_k(sigma, q, k, T, acc):
 
 @settings(max_examples=8, deadline=None)
 @given(sigma=st.floats(0.05, 0.5), q=_rates, k=st.integers(4, 40), T=st.integers(1, 1000))
+@example(sigma=0.0625, q=0.0001, k=32, T=314)  # tiny ε ≈ 0.016: 4.1 grid steps above the 2× finer grid
 def test_pld_default_discretisation_is_pessimistic_but_close(sigma, q, k, T):
     """The default PLD grid never reports less than a 2× finer grid, and stays within ~1 %."""
     query = DPRDMQuery(sigma, q, k)
@@ -226,8 +227,11 @@ def test_pld_default_discretisation_is_pessimistic_but_close(sigma, q, k, T):
     fine.compose(query.dp_event(T))
     fine_eps = fine.get_epsilon(1e-6)
     assert rep.epsilon >= fine_eps - 1e-9 or rep.epsilon == _eps(sigma, q, k, T, "rdp")
-    # Pessimistic rounding costs a few grid steps in absolute terms (matters only for tiny ε).
-    assert rep.epsilon <= fine_eps * 1.01 + 4 * rep.pld_discretization
+    # Sound: rounding each loss of the base PLD up by < Δ shifts the T-fold composition by < T·Δ.
+    assert rep.epsilon <= fine_eps + T * rep.pld_discretization
+    # In practice it costs a few grid steps in absolute terms (matters only for tiny ε): a random
+    # search found 4.1 steps at the pinned example; 6 leaves room without hiding a coarse grid.
+    assert rep.epsilon <= fine_eps * 1.01 + 6 * rep.pld_discretization
 
 
 def test_pld_stays_bounded_when_the_loss_is_huge():
