@@ -45,17 +45,14 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
+from privdiff.checkpoints import ENV_VARS as CHECKPOINT_ENV_VARS
 from privdiff.errors import CheckpointError, InvalidParameter, PrivacyBudgetExceeded, PrivdiffError, check_int
 
 #: Demo sizes: ``quick`` (CI, the test), ``default`` (``make demo``), ``full`` (more of everything).
 SIZES = ("quick", "default", "full")
 SECTIONS = ("planner", "dprdm", "cpsample")
 
-#: Repository root (src/privdiff/demo.py → three levels up): where the shipped checkpoints live.
-_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_CPSAMPLE_MODEL = Path("checkpoints") / "cpsample" / "fmnist64"
-#: Overrides the shipped CPSample model, as ``PRIVDIFF_RDM_MODEL`` does for the RDM.
-CPSAMPLE_ENV_VAR = "PRIVDIFF_CPSAMPLE_MODEL"
 #: Written into the output directory first, so a later run knows which files it may replace.
 MARKER = ".privdiff-demo"
 #: Outputs a demo run owns in its directory (replaced on the next run; nothing else is touched).
@@ -590,11 +587,8 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     )
     from privdiff.report.images import save_grid
 
-    model_dir = cfg.cpsample_model or Path(os.environ.get(CPSAMPLE_ENV_VAR) or _ROOT / SHIPPED_CPSAMPLE_MODEL)
+    model_dir = resolve_checkpoint(CPSAMPLE_MODEL, cfg.cpsample_model)
     clf_dir = cfg.cpsample_classifier if cfg.cpsample_classifier is not None else model_dir / "classifier"
-    if not (model_dir / "model.json").is_file():
-        raise CheckpointError(f"no CPSample diffusion model at {model_dir} (train one with `privdiff train diffusion "
-                              "--data 'fashion-mnist:train[:64]' --out DIR`)")
     if not clf_dir.is_dir():
         raise CheckpointError(f"no CPSample protection classifier at {clf_dir} (train one with `privdiff protect train "
                               f"--data SPEC --model {model_dir} --out {clf_dir}`)")
@@ -751,7 +745,7 @@ def _record_times(summary: dict[str, Any], phases: _Phases, started: float, cpu_
     summary["total_cpu_seconds"] = round(time.process_time() - cpu_started, 2)
 
 
-_ENV_VARS = ("PRIVDIFF_RDM_MODEL", CPSAMPLE_ENV_VAR, "PRIVDIFF_CACHE_DIR", "OMP_NUM_THREADS")
+_ENV_VARS = (*CHECKPOINT_ENV_VARS, "PRIVDIFF_CACHE_DIR", "OMP_NUM_THREADS")
 _TITLES = {"planner": "Privacy planner", "dprdm": "DP-RDM", "cpsample": "CPSample"}
 
 

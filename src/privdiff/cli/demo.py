@@ -21,7 +21,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         rdm_model: Optional[Path] = typer.Option(None, "--rdm-model", help="RDM directory (default: the shipped one)."),
         cpsample_model: Optional[Path] = typer.Option(
             None, "--cpsample-model",
-            help="Memorising diffusion model (default: $PRIVDIFF_CPSAMPLE_MODEL, else checkpoints/cpsample/fmnist64)."),
+            help="Memorising diffusion model (default: $PRIVDIFF_CPSAMPLE_MODEL, else the shipped one; "
+                 "see privdiff.checkpoints)."),
         cpsample_classifier: Optional[Path] = typer.Option(
             None, "--cpsample-classifier", help="CPSample classifier (default: <cpsample-model>/classifier)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the public sampler noise x_T (never of the DP noise)."),

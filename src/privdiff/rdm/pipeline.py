@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from privdiff.checkpoints import RDM_MODEL, resolve_checkpoint
 from privdiff.errors import (
     InvalidParameter,
     PrivacyBudgetExceeded,
@@ -350,29 +351,19 @@ DEFAULT_GENERATION: dict[str, Any] = {
     "lam": 1.0,
 }
 
-#: Where the shipped checkpoint lives, relative to the repository root.
-SHIPPED_MODEL = Path("checkpoints") / "rdm" / "fashion-mnist"
-MODEL_ENV_VAR = "PRIVDIFF_RDM_MODEL"
+#: The shipped RDM checkpoint (package data ``privdiff/assets/checkpoints/rdm/fashion-mnist``).
+SHIPPED_MODEL = RDM_MODEL
+MODEL_ENV_VAR = RDM_MODEL.env_var
 
 
 def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
-    """The model directory: ``model`` if given, else ``$PRIVDIFF_RDM_MODEL``, else the shipped one."""
-    from privdiff.errors import CheckpointError
+    """The RDM model directory: ``model`` if given, else ``$PRIVDIFF_RDM_MODEL``, else the shipped
+    one (package data, then the privdiff home; :func:`privdiff.checkpoints.resolve_checkpoint`).
 
-    if model is not None:
-        return Path(model)
-    env = os.environ.get(MODEL_ENV_VAR)
-    if env:
-        return Path(env)
-    # src/privdiff/rdm/pipeline.py → the repository root is three levels above the package.
-    root = Path(__file__).resolve().parents[3]
-    candidate = root / SHIPPED_MODEL
-    if not (candidate / "config.json").is_file():
-        raise CheckpointError(
-            f"no shipped RDM checkpoint at {candidate}; pass --model DIR or set {MODEL_ENV_VAR} "
-            "(train one with `privdiff train rdm --out DIR`)"
-        )
-    return candidate
+    Raises:
+        CheckpointError: no model there (the message names every place looked at).
+    """
+    return resolve_checkpoint(RDM_MODEL, model)
 
 
 def generation_defaults(model_dir: str | os.PathLike) -> dict[str, Any]:
