@@ -34,6 +34,7 @@ def clean_env(monkeypatch, tmp_path):
     return monkeypatch
 
 
+@pytest.mark.integration
 def test_shipped_checkpoints_are_package_data(clean_env):
     pkg = package_checkpoints()
     # Inside the installed package, not beside the source tree.

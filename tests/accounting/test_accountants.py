@@ -138,6 +138,7 @@ def test_resources_cross_check_rdp_and_pld():
     assert fine <= default <= fine * 1.002
 
 
+@pytest.mark.integration
 def test_pld_agrees_with_prv_accountant():
     from prv_accountant import PRVAccountant
     from prv_accountant.privacy_random_variables import PoissonSubsampledGaussianMechanism
@@ -200,6 +201,7 @@ def _eps(sigma, q, k, T, acc, delta=1e-6):
         return compute_epsilon([(DPRDMQuery(sigma, q, k), T)], delta, acc).epsilon
 
 
+@pytest.mark.integration
 @_fast
 @given(sigma=_sigmas, q=_rates, k=_ks, T=_counts, acc=st.sampled_from(["rdp", "pld"]))
 def test_epsilon_grows_with_queries_and_rate(sigma, q, k, T, acc):
@@ -208,6 +210,7 @@ def test_epsilon_grows_with_queries_and_rate(sigma, q, k, T, acc):
     assert _eps(sigma, min(1.0, 1.5 * q), k, T, acc) >= base - 1e-9
 
 
+@pytest.mark.integration
 @_fast
 @given(sigma=_sigmas, q=_rates, k=_ks, T=_counts, acc=st.sampled_from(["rdp", "pld"]))
 def test_epsilon_falls_with_sigma_and_k(sigma, q, k, T, acc):
@@ -216,6 +219,7 @@ def test_epsilon_falls_with_sigma_and_k(sigma, q, k, T, acc):
     assert _eps(sigma, q, k + 3, T, acc) <= base + 1e-9
 
 
+@pytest.mark.integration
 @settings(max_examples=8, deadline=None)
 @given(sigma=st.floats(0.05, 0.5), q=_rates, k=st.integers(4, 40), T=st.integers(1, 1000))
 def test_pld_default_discretisation_is_pessimistic_but_close(sigma, q, k, T):

@@ -56,6 +56,7 @@ def test_a_classifier_that_never_gets_confident_says_no_alpha_fires():
     assert "no α ≤ 0.5" in msg
 
 
+@pytest.mark.integration
 def test_reports_without_quantiles_use_the_recorded_alphas():
     from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
 
@@ -120,6 +121,7 @@ def test_sample_warns_before_generating(tmp_path, tiny_model_dir, memorised, cap
     assert lines[-1] == "error: generation reached"  # the warning came first
 
 
+@pytest.mark.integration
 def test_protect_train_table_fits_80_columns_and_warns(tmp_path, tiny_model_dir, capsys, monkeypatch):
     from privdiff.data import load_dataset
 
