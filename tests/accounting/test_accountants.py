@@ -277,6 +277,7 @@ def test_heterogeneous_rdp_composition_adds_rdp_curves():
     assert rep.epsilon == pytest.approx(eps, rel=1e-10) and rep.order == order and rep.groups == 2
 
 
+@pytest.mark.integration
 @_fast
 @given(q=st.tuples(_sigmas, _rates, _ks), na=st.integers(1, 800), nb=st.integers(1, 800),
        acc=st.sampled_from(["rdp", "pld"]))
