@@ -1,6 +1,7 @@
 # privdiff: two commands on a fresh machine.
 #   make demo   set up, then run the main job on the embedded data (writes out/demo/)
-#   make test   set up, then run the default test tier (well under 15 minutes on 2 CPU cores)
+#   make test   set up, then run the default and integration test tiers (what CI runs)
+#   make test-fast  the default tier alone: tiny components under fixed seeds (about 3 minutes)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-slow test-all demo bench clean
+.PHONY: setup test test-fast test-integration test-slow test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -23,8 +24,17 @@ $(STAMP): pyproject.toml constraints.txt
 	@bash scripts/ensure-system-deps.sh
 	@touch $(STAMP)
 
+# Tiers (markers registered in pyproject.toml): unmarked tests are the default tier; `integration`
+# needs the shipped checkpoints, real datasets or subprocess runs, or takes more than ~2 s; `slow`
+# takes minutes. `make test` covers default + integration so CI still runs everything but `slow`.
 test: setup
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/python -m pytest -m "integration and not slow" $(PYTEST_ARGS)
 
 test-slow: setup
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -19,12 +19,11 @@ import statistics
 import time
 from pathlib import Path
 
-DEFAULT_MODEL = "checkpoints/cpsample/fmnist64"
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="diffusion model directory")
+    p.add_argument("--model", default=None,
+                   help="diffusion model directory (default: the shipped one, privdiff.checkpoints)")
     p.add_argument("--classifier", default=None, help="classifier directory (default: MODEL/classifier)")
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--scale", type=float, default=1000.0)
@@ -48,9 +47,12 @@ def _components(args):
         model = DiffusionModel(unet=build_unet(unet_config("tiny")).eval())
         clf = NoiseAwareClassifier(in_channels=1, block_out_channels=(8, 16)).eval()
         return model, clf, "tiny random U-Net + classifier"
-    model = load_model(args.model)
-    clf = load_classifier(args.classifier or Path(args.model) / "classifier").classifier
-    return model, clf, str(args.model)
+    from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
+
+    model_dir = resolve_checkpoint(CPSAMPLE_MODEL, args.model)
+    model = load_model(model_dir)
+    clf = load_classifier(args.classifier or model_dir / "classifier").classifier
+    return model, clf, str(model_dir)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -11,8 +11,8 @@ Reproduces, on a Fashion-MNIST model fine-tuned to memorise a small subset, the 
 Every condition starts from the same x_T (same seed), so differences are due to the guidance alone.
 Writes PNG + JSON to ``--out`` (default ``docs/results/cpsample``).
 
-    python experiments/cpsample_replication.py --model checkpoints/cpsample/fmnist64 \
-        --classifier checkpoints/cpsample/fmnist64/classifier --train-data 'fashion-mnist:train[:64]'
+    python experiments/cpsample_replication.py --model src/privdiff/assets/checkpoints/cpsample/fmnist64 \
+        --classifier src/privdiff/assets/checkpoints/cpsample/fmnist64/classifier --train-data 'fashion-mnist:train[:64]'
 """
 
 from __future__ import annotations

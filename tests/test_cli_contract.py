@@ -275,6 +275,7 @@ def test_the_error_that_suggests_size_names_an_option_that_exists(tmp_path, caps
 # --- accounting ----------------------------------------------------------------------------------
 
 
+@pytest.mark.integration
 def test_calibrate_with_no_query_fitting_says_so_and_exits_2(capsys):
     code, out, err = _run(["account", "calibrate", "--target-epsilon", "0.01", "--solve", "queries",
                            "--sigma", "0.05", "--sample-rate", "0.01", "--k", "20", "--delta", "1e-5"], capsys)
@@ -286,6 +287,7 @@ def test_calibrate_with_no_query_fitting_says_so_and_exits_2(capsys):
     assert code == 0 and json.loads(out)["queries"] > 0
 
 
+@pytest.mark.integration
 def test_dp_accounting_convergence_chatter_is_not_shown():
     # RDP orders dp-accounting cannot evaluate at (z = 0.5, q = 0.1) are logged through absl and
     # dropped. A subprocess, because pytest's own log capture would hide the chatter in-process.
@@ -306,6 +308,7 @@ def test_dp_accounting_convergence_chatter_is_not_shown():
     assert "converge" not in proc.stderr and proc.stderr.strip() == ""
 
 
+@pytest.mark.integration
 def test_budget_preview_defaults_to_the_models_generation_settings(tmp_path, capsys):
     from privdiff.accounting import Ledger
     from privdiff.rdm.pipeline import generation_defaults, resolve_model_dir
@@ -341,3 +344,7 @@ def test_demo_with_a_skipped_section_is_an_error(tmp_path, capsys):
     line = _one_error_line(err)
     assert "skipped" in line and "no-rdm" in line
     assert (tmp_path / "d" / "report.html").is_file()  # the report is still written
+
+
+def test_cli_help_runs():
+    assert main(["--help"]) == 0

@@ -1,8 +1,9 @@
 """``privdiff demo --quick`` end to end: report.html and summary.json hold every section and sane numbers.
 
-The demo runs on the shipped checkpoints (checkpoints/rdm/fashion-mnist, checkpoints/cpsample/fmnist64
-and its classifier/). A missing one makes these tests FAIL with the demo's own reason, never skip:
-the checkpoints are part of the product. The quick private index and the embeddings are cached in
+The demo runs on the shipped checkpoints (package data privdiff/assets/checkpoints/rdm/fashion-mnist,
+cpsample/fmnist64 and its classifier/). A missing one makes these tests FAIL with the demo's own
+reason, never skip: the checkpoints are part of the product. The quick demo needs the shipped
+checkpoints and the real Fashion-MNIST data, so everything that runs it is in the `integration` tier. The quick private index and the embeddings are cached in
 <repo>/out/cache (the CLI's default cache), so only the first run encodes images (~5,700 of them).
 """
 
@@ -16,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from privdiff.demo import SECTIONS, demo_config, run_demo
-from privdiff.errors import InvalidParameter
+from privdiff.demo import SECTIONS, check_complete, demo_config, run_demo
+from privdiff.errors import CheckpointError, InvalidParameter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,14 +30,20 @@ def _console():
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     console = _console()
-    run_demo(demo_config("quick", out=out, cache_dir=ROOT / "out" / "cache"),
-             command="privdiff demo --quick (test)", console=console)
+    result = run_demo(demo_config("quick", out=out, cache_dir=ROOT / "out" / "cache"),
+                      command="privdiff demo --quick (test)", console=console)
+    return out, result, console.file.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick(quick_run):
+    out, _, log = quick_run
     # Check what was written, not the returned object.
     summary = json.loads((out / "summary.json").read_text())
-    return out, summary, console.file.getvalue()
+    return out, summary, log
 
 
 def _ok(summary: dict, name: str) -> dict:
@@ -45,6 +52,22 @@ def _ok(summary: dict, name: str) -> dict:
     return s
 
 
+@pytest.mark.integration
+def test_sections_return_typed_results_and_summary_json_is_written_from_them(quick_run, quick):
+    from privdiff.demo import CPSampleResult, DPRDMResult, PlannerResult
+
+    out, result, _ = quick_run
+    assert isinstance(result.sections["dprdm"], DPRDMResult)
+    assert isinstance(result.sections["cpsample"], CPSampleResult)
+    assert isinstance(result.sections["planner"], PlannerResult)
+    d = result.sections["dprdm"]
+    assert d.refused_request.without_effect and d.ledger.status.queries == len(d.prompts)
+    assert d.prompts[-1].epsilon_spent_after == pytest.approx(d.ledger.status.epsilon_spent)
+    assert result.skipped == {}
+    assert quick[1] == result.to_dict()  # the file is the typed result, nothing else
+
+
+@pytest.mark.integration
 def test_summary_records_settings_timings_and_command(quick):
     out, summary, log = quick
     assert summary["kind"] == "privdiff-demo" and summary["size"] == "quick"
@@ -54,11 +77,13 @@ def test_summary_records_settings_timings_and_command(quick):
     assert summary["settings"]["private_data"] == "fashion-mnist:dprdm-private[:3000]"
     for phase in ("dprdm.index", "dprdm.generate", "dprdm.refusal", "cpsample.sample_ddim", "cpsample.sample_cpsample",
                   "cpsample.replication", "planner", "report"):
-        assert summary["timings"][phase] >= 0 and phase in summary["cpu_timings"]
+        assert phase in summary["timings"] and phase in summary["cpu_timings"]
+    # The phases are disjoint parts of the run, so the total covers their sum.
     assert summary["total_seconds"] >= sum(summary["timings"].values()) - 1.0
     assert "privdiff demo: summary" in log and "time per phase" in log  # the closing terminal tables
 
 
+@pytest.mark.integration
 def test_dprdm_spends_within_budget_and_refuses_the_over_budget_request(quick):
     from privdiff.accounting import Ledger
 
@@ -94,6 +119,7 @@ def test_dprdm_spends_within_budget_and_refuses_the_over_budget_request(quick):
         assert ledger.status().epsilon_spent == pytest.approx(led["epsilon_spent"])
 
 
+@pytest.mark.integration
 def test_cpsample_rates_and_figures(quick):
     from privdiff.evaluation.replication import recommended_threshold
 
@@ -101,18 +127,27 @@ def test_cpsample_rates_and_figures(quick):
     c = _ok(summary, "cpsample")
     assert c["threshold"]["tau"] == pytest.approx(recommended_threshold("pixel"))
     assert c["model"]["num_train_images"] == 64
+    counts = {}
     for name in ("ddim", "cpsample"):
         cond = c["conditions"][name]
-        assert 0.0 <= cond["replication_rate"] <= 1.0 and cond["n_generated"] == 16
-        assert cond["n_replicated"] == round(cond["replication_rate"] * 16)
+        assert cond["n_generated"] == 16
+        assert cond["replication_rate"] == pytest.approx(cond["n_replicated"] / 16)
+        counts[name] = cond["n_replicated"]
         for key in ("samples_png", "top_pairs_png"):
             assert (out / cond[key]).read_bytes()[:4] == b"\x89PNG"
+    # The model memorised its 64 images: plain DDIM copies some, and the protection copies fewer.
+    assert counts["ddim"] >= 1 and counts["cpsample"] < counts["ddim"]
     gate = c["conditions"]["cpsample"]["gate"]
-    assert 0.0 <= gate["firing_rate"] <= 1.0 and gate["calls"] == c["settings"]["num_inference_steps"]
+    assert gate["firing_rate"] > 0 and gate["calls"] == c["settings"]["num_inference_steps"]
     assert c["conditions"]["ddim"]["gate"] is None
-    assert 0.0 <= c["fisher_exact"]["p_value"] <= 1.0
+    # The p-value is the two-sided Fisher exact test of exactly these counts.
+    from scipy.stats import fisher_exact
+
+    table = [[counts["ddim"], 16 - counts["ddim"]], [counts["cpsample"], 16 - counts["cpsample"]]]
+    assert c["fisher_exact"]["p_value"] == pytest.approx(fisher_exact(table)[1])
 
 
+@pytest.mark.integration
 def test_planner_section(quick):
     out, summary, _ = quick
     p = _ok(summary, "planner")
@@ -121,6 +156,7 @@ def test_planner_section(quick):
         assert (out / f).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.integration
 def test_report_is_self_contained_and_says_what_the_guarantees_mean(quick):
     out, summary, _ = quick
     d, c = _ok(summary, "dprdm"), _ok(summary, "cpsample")
@@ -148,14 +184,16 @@ def test_missing_checkpoints_skip_with_the_reason(tmp_path):
     (fake_model / "model.json").write_text("{}")
     cfg = demo_config("quick", out=tmp_path / "d", cache_dir=tmp_path / "cache", rdm_model=tmp_path / "no-rdm",
                       cpsample_model=fake_model, sections=("dprdm", "cpsample"))
-    summary = run_demo(cfg, console=_console())
-    assert summary["sections"]["dprdm"]["status"] == "skipped" and "no-rdm" in summary["skipped"]["dprdm"]
-    assert summary["sections"]["cpsample"]["status"] == "skipped"
-    assert "no CPSample protection classifier" in summary["skipped"]["cpsample"]
-    assert summary["sections"]["planner"]["status"] == "not run"
+    result = run_demo(cfg, console=_console())
+    assert result.sections["dprdm"].status == "skipped" and "no-rdm" in result.skipped["dprdm"]
+    assert result.sections["cpsample"].status == "skipped"
+    assert "no CPSample protection classifier" in result.skipped["cpsample"]
+    assert result.sections["planner"].status == "not run"
     doc = (tmp_path / "d" / "report.html").read_text()
     assert "DP-RDM was skipped" in doc and "CPSample was skipped" in doc and "no-rdm" in doc
-    assert json.loads((tmp_path / "d" / "summary.json").read_text())["skipped"] == summary["skipped"]
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["skipped"] == result.skipped
+    with pytest.raises(CheckpointError, match="demo incomplete: DP-RDM skipped .*no-rdm"):
+        check_complete(result)
     assert not (tmp_path / "cache").exists() and not (tmp_path / "d" / "rdm" / "ledger.sqlite").exists()
 
 

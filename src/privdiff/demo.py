@@ -20,6 +20,12 @@ Phases, each timed (the wall times go to the terminal, ``summary.json`` and the 
 4. **report** — ``report.html`` (self-contained, :class:`privdiff.report.html.HtmlReport`) and
    ``summary.json`` (settings, numbers, timings, the command).
 
+The demo is an application over the public API: its pipelines come from
+:func:`privdiff.rdm.pipeline.make_pipeline` (the function users call), its checkpoints from
+:func:`privdiff.checkpoints.resolve_checkpoint`, and each section returns a typed result
+(:class:`DPRDMResult`, :class:`CPSampleResult`, :class:`PlannerResult`) that the report and the
+terminal summary read as attributes; ``summary.json`` is :meth:`DemoResult.to_dict`.
+
 A missing checkpoint (the shipped RDM, the CPSample model or its classifier) skips its section
 with the reason written into the report and the summary; the demo never crashes for it. Any other
 privdiff error in a section marks that section *failed* (reason recorded) and the rest still run.
@@ -29,8 +35,6 @@ it into an error once the report is written (``privdiff demo`` exits non-zero).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import platform
@@ -38,24 +42,23 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
+from privdiff.utils.atomic import atomic_write_json
+from privdiff.utils.cache import cache_key
+from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
+from privdiff.checkpoints import ENV_VARS as CHECKPOINT_ENV_VARS
 from privdiff.errors import CheckpointError, InvalidParameter, PrivacyBudgetExceeded, PrivdiffError, check_int
 
 #: Demo sizes: ``quick`` (CI, the test), ``default`` (``make demo``), ``full`` (more of everything).
 SIZES = ("quick", "default", "full")
 SECTIONS = ("planner", "dprdm", "cpsample")
 
-#: Repository root (src/privdiff/demo.py → three levels up): where the shipped checkpoints live.
-_ROOT = Path(__file__).resolve().parents[2]
-SHIPPED_CPSAMPLE_MODEL = Path("checkpoints") / "cpsample" / "fmnist64"
-#: Overrides the shipped CPSample model, as ``PRIVDIFF_RDM_MODEL`` does for the RDM.
-CPSAMPLE_ENV_VAR = "PRIVDIFF_CPSAMPLE_MODEL"
 #: Written into the output directory first, so a later run knows which files it may replace.
 MARKER = ".privdiff-demo"
 #: Outputs a demo run owns in its directory (replaced on the next run; nothing else is touched).
@@ -231,6 +234,308 @@ def _validated(cfg: DemoConfig) -> DemoConfig:
 
 
 # ---------------------------------------------------------------------------------------------
+# What each section returns: typed results, read as attributes by the report and the terminal
+# summary; summary.json is written from them (:meth:`DemoResult.to_dict`).
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain(v: Any) -> Any:
+    """A result as JSON-ready plain data: dataclasses (their own ``to_dict`` if they have one),
+    mappings and sequences recursively; Paths as strings, numpy scalars as Python numbers, ∞ as "inf"."""
+    if hasattr(v, "to_dict") and is_dataclass(v) and not isinstance(v, type):
+        return _plain(v.to_dict())
+    if is_dataclass(v) and not isinstance(v, type):
+        return {f.name: _plain(getattr(v, f.name)) for f in fields(v)}
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, np.generic):
+        return _plain(v.item())
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+@dataclass(frozen=True)
+class SectionNotDone:
+    """A section that did not produce results: ``skipped`` (a missing checkpoint), ``failed``
+    (another privdiff error) or ``not run`` (not selected); ``reason`` says why."""
+
+    status: str
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class PlannerSetting:
+    """One of the DP-RDM paper's figure settings, as the planner evaluated it."""
+
+    name: str
+    dataset_size: int
+    sigma: float
+    sample_rate: float
+    k: int
+    figure_queries: int
+    epsilon_at_figure_queries: dict[str, float]  # accountant → ε after the figure's T queries
+    queries_at_target: dict[str, int]  # accountant → queries answerable within the target ε
+
+
+@dataclass(frozen=True)
+class PlannerResult:
+    """The privacy planner's figures (paths relative to the output directory) and table."""
+
+    figures: tuple[str, ...]
+    json: str
+    target_epsilon: float
+    settings: tuple[PlannerSetting, ...]
+    dir: str = "planner"
+    status: str = "ok"
+    ok = True
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """The demo's private index: reused from the cache or built in this run."""
+
+    path: str
+    cached: bool
+    count: int
+    dim: int
+    embeddings_from_cache: bool | None = None  # built runs only: no image had to be encoded
+    embed_seconds: float | None = None
+    images_per_second: float | None = None  # only when images were encoded
+
+
+@dataclass(frozen=True)
+class LedgerInfo:
+    """The run's ledger: its final status, its file (relative to the output) and its history."""
+
+    path: str
+    status: Any  # privdiff.accounting.ledger.LedgerStatus
+    history: tuple[dict[str, Any], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.status.to_dict(), "path": self.path, "history": list(self.history)}
+
+
+@dataclass(frozen=True)
+class ModeOutput:
+    """One (prompt, mode) generation: its folder and grid (relative paths) and privacy record."""
+
+    dir: str
+    grid: str
+    private: bool
+    privacy: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PromptResult:
+    """One prompt answered in every mode, with the budget right after its DP-RDM charge."""
+
+    text: str
+    concept: str
+    heldout: bool
+    footwear: bool
+    modes: dict[str, ModeOutput]
+    epsilon_spent_after: float
+    epsilon_remaining_after: float
+
+
+@dataclass(frozen=True)
+class RefusedRequest:
+    """The over-budget request, and the evidence that it was refused without any effect."""
+
+    prompts_requested: int
+    prompts_that_would_fit: int
+    epsilon_if_answered: float
+    epsilon_with_one_prompt_more_than_fits: float
+    refused: bool
+    error: str | None
+    epsilon_spent_before: float
+    epsilon_spent_after: float
+    queries_before: int
+    queries_after: int
+    ledger_unchanged: bool
+    images_written: int
+    output_dir_exists: bool
+
+    @property
+    def without_effect(self) -> bool:
+        """Refused, nothing charged, no image and no folder written."""
+        return self.refused and self.ledger_unchanged and self.images_written == 0 and not self.output_dir_exists
+
+
+@dataclass(frozen=True)
+class Mechanism:
+    """The DP-RDM mechanism's settings for every charged query (σ, q, k; z = σk/2; δ = 1/N)."""
+
+    sigma: float
+    sample_rate: float
+    k: int
+    noise_multiplier: float
+    expected_subsample: float
+    delta: float
+    lam: float
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    guidance_scale: float
+    num_inference_steps: int
+    images_per_prompt: int
+    modes: tuple[str, ...]
+    seed: int
+    seconds_per_mode: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RDMModelInfo:
+    dir: str
+    space_id: str
+    steps_done: int | None
+    training: dict[str, Any]  # the model's recorded training data spec and command
+
+
+@dataclass(frozen=True)
+class DPRDMResult:
+    """The DP-RDM section: prompts answered in each mode, the ledger, and the refused request."""
+
+    model: RDMModelInfo
+    private_data: str
+    public_data: str
+    index: IndexInfo
+    ledger: LedgerInfo
+    mechanism: Mechanism
+    generation: GenerationSettings
+    prompts: tuple[PromptResult, ...]
+    refused_request: RefusedRequest
+    status: str = "ok"
+    ok = True
+
+
+@dataclass(frozen=True)
+class CPSampleCondition:
+    """One sampler (plain DDIM or CPSample) over the same x_T: its replication and gate numbers."""
+
+    label: str
+    sample_seconds: float
+    gate: dict[str, Any] | None  # the gate's firing statistics; None for plain DDIM
+    cpsample: dict[str, Any] | None  # the guidance settings; None for plain DDIM
+    replication_rate: float
+    n_replicated: int
+    n_generated: int
+    similarity: dict[str, float]
+    top_pairs: list[dict[str, Any]]
+    samples_png: str
+    top_pairs_png: str
+
+
+@dataclass(frozen=True)
+class CPSampleModelInfo:
+    dir: str
+    data_spec: str
+    steps_done: int | None
+    num_train_images: int
+
+
+@dataclass(frozen=True)
+class ClassifierInfo:
+    dir: str
+    data_spec: str | None
+    matches_model_data: bool
+
+
+@dataclass(frozen=True)
+class CPSampleSettings:
+    n: int
+    num_inference_steps: int
+    eta: float
+    seed: int
+    alpha: float
+    scale: float
+    mode: str
+    torch_threads: int
+
+
+@dataclass(frozen=True)
+class ReplicationThreshold:
+    feature_space: str
+    tau: float
+    fpr: float | None
+    tpr: float | None
+    provenance: Any
+
+
+@dataclass(frozen=True)
+class CPSampleResult:
+    """The CPSample section: the same x_T sampled with and without protection."""
+
+    model: CPSampleModelInfo
+    classifier: ClassifierInfo
+    settings: CPSampleSettings
+    threshold: ReplicationThreshold
+    conditions: dict[str, CPSampleCondition]  # "ddim" and "cpsample"
+    fisher_exact: dict[str, Any]
+    training_png: str
+    status: str = "ok"
+    ok = True
+
+
+Section = PlannerResult | DPRDMResult | CPSampleResult | SectionNotDone
+
+
+@dataclass
+class DemoResult:
+    """A demo run: its configuration, each section's result, and the timings.
+
+    ``sections`` maps ``planner``/``dprdm``/``cpsample`` to the section's result, or to a
+    :class:`SectionNotDone` saying why it has none. :meth:`to_dict` is ``summary.json``.
+    """
+
+    command: str
+    started_utc: str
+    config: DemoConfig
+    sections: dict[str, Section]
+    environment: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
+    total_seconds: float = 0.0
+    total_cpu_seconds: float = 0.0
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    kind = "privdiff-demo"
+    format_version = 1
+
+    @property
+    def size(self) -> str:
+        return self.config.size
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """Sections that were selected but skipped or failed → why."""
+        return {n: s.reason for n, s in self.sections.items()
+                if isinstance(s, SectionNotDone) and s.status in ("skipped", "failed")}
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "kind": self.kind, "format_version": self.format_version, "command": self.command,
+            "started_utc": self.started_utc, "size": self.size, "settings": self.config.to_dict(),
+            "sections": {n: _plain(s) for n, s in self.sections.items()}, "skipped": self.skipped,
+            "timings": self.timings, "cpu_timings": self.cpu_timings, "total_seconds": self.total_seconds,
+            "total_cpu_seconds": self.total_cpu_seconds, "environment": self.environment,
+        }
+        if self.outputs:
+            out["outputs"] = self.outputs
+        return _plain(out)
+
+
+# ---------------------------------------------------------------------------------------------
 # Small helpers: phase timing, terminal output, output-directory hygiene
 # ---------------------------------------------------------------------------------------------
 
@@ -289,20 +594,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "x"
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, float) and math.isinf(v):
-        return "inf"
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.generic):
-        return _jsonable(v.item())
-    if isinstance(v, Path):
-        return str(v)
-    return v
-
-
 class _DedupTextEncoder:
     """Encodes each distinct prompt once (a request repeating prompts costs one encoding each).
 
@@ -325,25 +616,24 @@ class _DedupTextEncoder:
 # ---------------------------------------------------------------------------------------------
 
 
-def _section_planner(cfg: DemoConfig, phases: _Phases, command: str) -> dict[str, Any]:
+def _section_planner(cfg: DemoConfig, phases: _Phases, command: str) -> PlannerResult:
     from privdiff.report.accounting_plots import run_planner
 
     out = cfg.out / "planner"
     with phases("planner", f"privacy planner ({'quick' if cfg.planner_quick else 'full'} grids)"):
         result = run_planner(out, quick=cfg.planner_quick, target_epsilon=cfg.epsilon_budget, command=command,
                              show_progress=False)
-    rows = []
-    for s in result["settings"]:
-        rows.append({
-            "name": s["name"], "dataset_size": s["dataset_size"], "sigma": s["sigma"], "sample_rate": s["sample_rate"],
-            "k": s["k"], "figure_queries": s["figure_queries"],
-            "epsilon_at_figure_queries": {a: v["epsilon"] for a, v in s["epsilon_at_figure_queries"].items()},
-            "queries_at_target": {a: v["queries"] for a, v in s["queries_at_target"].items()},
-        })
-    return {"status": "ok", "dir": "planner", "figures": [f"planner/{f}" for f in result["figures"]],
-            "json": "planner/planner.json", "target_epsilon": result["target_epsilon"], "settings": rows}
-
-
+    rows = tuple(
+        PlannerSetting(
+            name=s["name"], dataset_size=s["dataset_size"], sigma=s["sigma"], sample_rate=s["sample_rate"],
+            k=s["k"], figure_queries=s["figure_queries"],
+            epsilon_at_figure_queries={a: v["epsilon"] for a, v in s["epsilon_at_figure_queries"].items()},
+            queries_at_target={a: v["queries"] for a, v in s["queries_at_target"].items()},
+        )
+        for s in result["settings"]
+    )
+    return PlannerResult(figures=tuple(f"planner/{f}" for f in result["figures"]), json="planner/planner.json",
+                         target_epsilon=result["target_epsilon"], settings=rows)
 # ---------------------------------------------------------------------------------------------
 # Phase 2: DP-RDM
 # ---------------------------------------------------------------------------------------------
@@ -375,11 +665,11 @@ def _embeddings(cfg: DemoConfig, dataset: Any, encoder: Any, *, private: bool) -
 
 def _index_dir(cache_dir: Path, spec: str, encoder: Any) -> Path:
     """Cache key of a private index: the dataset spec and the exact encoder (space + fixed parts)."""
-    key = hashlib.sha256(f"{spec}|{encoder.space_id}|{encoder!r}".encode()).hexdigest()[:12]
+    key = cache_key("private-index", spec, encoder.space_id, repr(encoder), length=12)
     return cache_dir / "indexes" / f"{_slug(spec)}-{key}"
 
 
-def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path, dict[str, Any]]:
+def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path, IndexInfo]:
     """Reuse the cached private index of (spec, encoder), or encode the private set and build it."""
     from privdiff.data import load_dataset
     from privdiff.errors import IndexCorrupt
@@ -392,7 +682,7 @@ def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path
             # Cheap check here; make_pipeline re-hashes the file before the first query.
             if m.source == cfg.private_data and m.space_id == encoder.space_id and m.visibility == "private":
                 phases.console.print(f"  reusing cached index {path} ({m.count:,} × {m.dim})")
-                return path, {"path": str(path), "cached": True, "count": m.count, "dim": m.dim}
+                return path, IndexInfo(path=str(path), cached=True, count=m.count, dim=m.dim)
         except IndexCorrupt:
             pass  # missing or broken: rebuild below (build_index replaces it atomically)
         ds = load_dataset(cfg.private_data)
@@ -403,22 +693,19 @@ def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path
         encode_s = time.perf_counter() - t0
         idx = build_index(path, emb, space_id=encoder.space_id, source=cfg.private_data, visibility="private",
                           overwrite=True, source_images=ds.images)
-        info: dict[str, Any] = {"path": str(path), "cached": False, "count": idx.count, "dim": idx.dim,
-                                "embeddings_from_cache": not watched.encoded, "embed_seconds": round(encode_s, 2)}
-        if watched.encoded:
-            info["images_per_second"] = round(len(ds) / max(encode_s, 1e-9), 1)
-        return path, info
+        rate = round(len(ds) / max(encode_s, 1e-9), 1) if watched.encoded else None
+        return path, IndexInfo(path=str(path), cached=False, count=idx.count, dim=idx.dim,
+                               embeddings_from_cache=not watched.encoded, embed_seconds=round(encode_s, 2),
+                               images_per_second=rate)
 
 
-def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
+
+
+def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
     from privdiff.accounting import DPRDMQuery, Ledger
-    from privdiff.data import load_dataset
-    from privdiff.encoders import load_image_encoder
-    from privdiff.evaluation.baselines import NonPrivateRetrievalContext
-    from privdiff.rdm.conditioning import PublicRetrievalContext, QueryOnlyContext
-    from privdiff.rdm.model import read_model_info
-    from privdiff.rdm.pipeline import DPRDMPipeline, generate_to_directory, make_pipeline, resolve_model_dir
-    from privdiff.retrieval import PublicEmbeddings, PublicRetriever
+    from privdiff.encoders import load_image_encoder, load_text_encoder
+    from privdiff.rdm.model import RDMModel, read_model_info
+    from privdiff.rdm.pipeline import generate_to_directory, make_pipeline, resolve_model_dir
 
     console = phases.console
     # Fail (skip) on a missing model before the expensive index build.
@@ -430,7 +717,7 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     with phases("dprdm.load", "loading the encoders"):
         image_encoder = load_image_encoder(cfg.encoder)
     index_path, index_info = _private_index(cfg, image_encoder, phases)
-    n_private = index_info["count"]
+    n_private = index_info.count
 
     # A fresh ledger per demo run. Fine for a demo over a benchmark standing in for private data;
     # a deployment keeps ONE ledger per dataset for its lifetime: a reset budget is no budget.
@@ -439,28 +726,22 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     Ledger.create(ledger_path, epsilon=cfg.epsilon_budget, delta=delta, dataset=cfg.private_data).close()
 
     with phases("dprdm.load", f"loading the RDM {model_dir} and the context sources"):
-        dp_pipe, defaults = make_pipeline(model_dir, mode="dp-rdm", index=index_path, ledger=ledger_path,
-                                          encoder=cfg.encoder)
-        text = _DedupTextEncoder(dp_pipe.text_encoder)
-        model, k = dp_pipe.model, dp_pipe.source.k
-        pipes = {"dp-rdm": DPRDMPipeline(model, dp_pipe.source, text)}
-        if "public-retrieval" in cfg.modes:
-            pub = load_dataset(cfg.public_data)
-            from privdiff.retrieval import check_public_disjoint, load_index
-
-            check_public_disjoint(load_index(index_path, verify="size"), pub.images, name=cfg.public_data)
-            pub_emb = _embeddings(cfg, pub, image_encoder, private=False)
-            public = PublicEmbeddings(pub_emb, space_id=image_encoder.space_id, source=cfg.public_data)
-            pipes["public-retrieval"] = DPRDMPipeline(model, PublicRetrievalContext(PublicRetriever(public, k)), text)
-        if "non-private" in cfg.modes:
-            # The ε = ∞ reference reads the private embeddings directly (that is what it is); it is
-            # a separate source that never sees the ledger and marks its outputs private=False.
-            priv = load_dataset(cfg.private_data)
-            priv_emb = _embeddings(cfg, priv, image_encoder, private=True)
-            pipes["non-private"] = DPRDMPipeline(
-                model, NonPrivateRetrievalContext(priv_emb, k, space_id=image_encoder.space_id), text)
-        if "no-retrieval" in cfg.modes:
-            pipes["no-retrieval"] = DPRDMPipeline(model, QueryOnlyContext(k, model.embedding_dim, model.space_id), text)
+        # Every mode is assembled by make_pipeline, the function users call: the model and the
+        # encoders are loaded once here and shared, the mode → context source choice is its own.
+        model = RDMModel.load(model_dir)
+        text = _DedupTextEncoder(load_text_encoder(cfg.encoder))
+        shared = dict(encoder=cfg.encoder, model=model, text_encoder=text, image_encoder=image_encoder,
+                      embedding_cache=cfg.embedding_cache, public_data=cfg.public_data)
+        pipes, defaults = {}, None
+        for mode in cfg.modes:
+            # dp-rdm: the cached index + the fresh ledger. public-retrieval: the index too, so its
+            # "public" set is checked to share no image with the private one. non-private: the
+            # private spec itself (the ε = ∞ reference reads it directly, never sees the ledger).
+            kwargs = {"dp-rdm": dict(index=index_path, ledger=ledger_path),
+                      "public-retrieval": dict(index=index_path),
+                      "non-private": dict(private_data=cfg.private_data)}.get(mode, {})
+            pipes[mode], defaults = make_pipeline(model_dir, mode=mode, **shared, **kwargs)
+        k = pipes["dp-rdm"].source.k
 
     sigma, q = float(defaults["sigma"]), float(defaults["sample_rate"])
     query = DPRDMQuery(sigma, q, k)  # what each prompt is charged as (the retriever's own query)
@@ -469,14 +750,14 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     gen_kwargs = dict(images_per_prompt=cfg.images_per_prompt, guidance_scale=guidance_scale,
                       num_inference_steps=steps)
 
-    prompts_out: list[dict[str, Any]] = []
+    prompts_out: list[PromptResult] = []
     mode_seconds = {m: 0.0 for m in cfg.modes}
     with phases("dprdm.generate", f"answering {len(cfg.prompts)} prompts × {len(cfg.modes)} modes "
                                   f"× {cfg.images_per_prompt} images ({steps} DDIM steps)"):
         with _generation_progress(console) as progress:
             task = progress.add_task("generate", total=len(cfg.prompts) * len(cfg.modes))
             for i, p in enumerate(cfg.prompts):
-                row: dict[str, Any] = {**asdict(p), "footwear": p.footwear, "modes": {}}
+                outputs: dict[str, ModeOutput] = {}
                 for mode in cfg.modes:
                     progress.update(task, description=f"[{mode}] {p.text!r}")
                     rel = Path("rdm") / mode / f"prompt-{i:02d}"
@@ -485,43 +766,43 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
                     record = generate_to_directory(pipes[mode], [p.text], cfg.out / rel, seed=cfg.seed + i,
                                                    request_id=f"demo-prompt-{i}", **gen_kwargs)
                     mode_seconds[mode] += time.perf_counter() - t0
-                    row["modes"][mode] = {"dir": str(rel), "grid": str(rel / "grid.png"), "private": record["private"],
-                                          "privacy": record["privacy"]}
-                    if mode == "dp-rdm":
-                        row["epsilon_spent_after"] = record["privacy"]["epsilon_spent"]
-                        row["epsilon_remaining_after"] = record["privacy"]["epsilon_remaining"]
+                    outputs[mode] = ModeOutput(dir=str(rel), grid=str(rel / "grid.png"), private=record["private"],
+                                               privacy=record["privacy"])
                     progress.advance(task)
+                dp = outputs["dp-rdm"].privacy
+                row = PromptResult(text=p.text, concept=p.concept, heldout=p.heldout, footwear=p.footwear,
+                                   modes=outputs, epsilon_spent_after=dp["epsilon_spent"],
+                                   epsilon_remaining_after=dp["epsilon_remaining"])
                 prompts_out.append(row)
-                console.print(f"  {p.text!r}: ε spent {row['epsilon_spent_after']:.4g}, "
-                              f"left {row['epsilon_remaining_after']:.4g} of {cfg.epsilon_budget:g}")
+                console.print(f"  {p.text!r}: ε spent {row.epsilon_spent_after:.4g}, "
+                              f"left {row.epsilon_remaining_after:.4g} of {cfg.epsilon_budget:g}")
 
     with phases("dprdm.refusal", "a request larger than the remaining budget"):
         refusal = _refused_request(cfg, pipes["dp-rdm"], ledger_path, query, gen_kwargs)
 
     with Ledger.open(ledger_path) as led:
         status = led.status()
-        history = [r.to_dict() for r in led.history()]
-    return {
-        "status": "ok",
-        "model": {"dir": str(model_dir), "space_id": model.space_id,
-                  "steps_done": (info.get("training") or {}).get("steps_done"),
-                  "training": {k_: info.get(k_) for k_ in ("data", "command") if k_ in info}},
-        "private_data": cfg.private_data,
-        "public_data": cfg.public_data,
-        "index": index_info,
-        "ledger": {"path": str(ledger_path.relative_to(cfg.out)), **status.to_dict(), "history": history},
-        "mechanism": {"sigma": sigma, "sample_rate": q, "k": k, "noise_multiplier": query.noise_multiplier,
-                      "expected_subsample": q * n_private, "delta": delta, "lam": float(defaults.get("lam", 1.0))},
-        "generation": {"guidance_scale": guidance_scale, "num_inference_steps": steps,
-                       "images_per_prompt": cfg.images_per_prompt, "modes": list(cfg.modes), "seed": cfg.seed,
-                       "seconds_per_mode": {m: round(s, 2) for m, s in mode_seconds.items()}},
-        "prompts": prompts_out,
-        "refused_request": refusal,
-    }
+        history = tuple(r.to_dict() for r in led.history())
+    return DPRDMResult(
+        model=RDMModelInfo(dir=str(model_dir), space_id=model.space_id,
+                           steps_done=(info.get("training") or {}).get("steps_done"),
+                           training={k_: info.get(k_) for k_ in ("data", "command") if k_ in info}),
+        private_data=cfg.private_data,
+        public_data=cfg.public_data,
+        index=index_info,
+        ledger=LedgerInfo(path=str(ledger_path.relative_to(cfg.out)), status=status, history=history),
+        mechanism=Mechanism(sigma=sigma, sample_rate=q, k=k, noise_multiplier=query.noise_multiplier,
+                            expected_subsample=q * n_private, delta=delta, lam=float(defaults.get("lam", 1.0))),
+        generation=GenerationSettings(guidance_scale=guidance_scale, num_inference_steps=steps,
+                                      images_per_prompt=cfg.images_per_prompt, modes=tuple(cfg.modes),
+                                      seed=cfg.seed, seconds_per_mode={m: round(s, 2) for m, s in mode_seconds.items()}),
+        prompts=tuple(prompts_out),
+        refused_request=refusal,
+    )
 
 
 def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any,
-                     gen_kwargs: dict[str, Any]) -> dict[str, Any]:
+                     gen_kwargs: dict[str, Any]) -> RefusedRequest:
     """Ask for more prompts than the budget allows; record that nothing was charged or written."""
     from privdiff.accounting import Ledger, solve_queries
     from privdiff.encoders.captions import HELDOUT_PHRASINGS
@@ -554,21 +835,21 @@ def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any,
     with Ledger.open(ledger_path) as led:
         after = led.status()
     pngs_after = sorted(str(p) for p in (cfg.out / "rdm").rglob("*.png"))
-    return {
-        "prompts_requested": request,
-        "prompts_that_would_fit": fits,
-        "epsilon_if_answered": would_be,
-        "epsilon_with_one_prompt_more_than_fits": one_more,
-        "refused": refused,
-        "error": error,
-        "epsilon_spent_before": before.epsilon_spent,
-        "epsilon_spent_after": after.epsilon_spent,
-        "queries_before": before.queries,
-        "queries_after": after.queries,
-        "ledger_unchanged": after.epsilon_spent == before.epsilon_spent and after.queries == before.queries,
-        "images_written": len(pngs_after) - len(pngs_before),
-        "output_dir_exists": target.exists(),
-    }
+    return RefusedRequest(
+        prompts_requested=request,
+        prompts_that_would_fit=fits,
+        epsilon_if_answered=would_be,
+        epsilon_with_one_prompt_more_than_fits=one_more,
+        refused=refused,
+        error=error,
+        epsilon_spent_before=before.epsilon_spent,
+        epsilon_spent_after=after.epsilon_spent,
+        queries_before=before.queries,
+        queries_after=after.queries,
+        ledger_unchanged=after.epsilon_spent == before.epsilon_spent and after.queries == before.queries,
+        images_written=len(pngs_after) - len(pngs_before),
+        output_dir_exists=target.exists(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -576,7 +857,7 @@ def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any,
 # ---------------------------------------------------------------------------------------------
 
 
-def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
+def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> CPSampleResult:
     import torch
 
     from privdiff.cpsample import CPSampleGuidance, load_classifier
@@ -591,11 +872,8 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     )
     from privdiff.report.images import save_grid
 
-    model_dir = cfg.cpsample_model or Path(os.environ.get(CPSAMPLE_ENV_VAR) or _ROOT / SHIPPED_CPSAMPLE_MODEL)
+    model_dir = resolve_checkpoint(CPSAMPLE_MODEL, cfg.cpsample_model)
     clf_dir = cfg.cpsample_classifier if cfg.cpsample_classifier is not None else model_dir / "classifier"
-    if not (model_dir / "model.json").is_file():
-        raise CheckpointError(f"no CPSample diffusion model at {model_dir} (train one with `privdiff train diffusion "
-                              "--data 'fashion-mnist:train[:64]' --out DIR`)")
     if not clf_dir.is_dir():
         raise CheckpointError(f"no CPSample protection classifier at {clf_dir} (train one with `privdiff protect train "
                               f"--data SPEC --model {model_dir} --out {clf_dir}`)")
@@ -611,7 +889,7 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
     clf_spec = protection.meta.get("data_spec")
     out = cfg.out / "cpsample"
     out.mkdir(parents=True, exist_ok=True)
-    conditions: dict[str, dict[str, Any]] = {}
+    sampled: dict[str, dict[str, Any]] = {}
     images: dict[str, np.ndarray] = {}
     for name, label in (("ddim", "plain DDIM"), ("cpsample", "CPSample")):
         guidance = None
@@ -623,10 +901,11 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
                 imgs, sinfo = generate(model, cfg.cpsample_n, num_inference_steps=cfg.cpsample_steps,
                                        seed=cfg.seed, guidance=guidance, batch_size=cfg.cpsample_n, progress=False)
         images[name] = imgs
-        conditions[name] = {"label": label, "sample_seconds": round(sinfo["wall_seconds"], 2),
-                            "gate": None if guidance is None else
-                            {k: v for k, v in guidance.stats.summary().items() if k != "per_step"},
-                            "cpsample": None if guidance is None else guidance.settings()}
+        sampled[name] = {"label": label, "sample_seconds": round(sinfo["wall_seconds"], 2),
+                         "gate": None if guidance is None else
+                         {k: v for k, v in guidance.stats.summary().items() if k != "per_step"},
+                         "cpsample": None if guidance is None else guidance.settings()}
+    conditions: dict[str, CPSampleCondition] = {}
     with phases("cpsample.replication", "replication rates against the training set"):
         reports = {n: replication_report(images[n], train, feature_space="pixel") for n in images}
         for n, rep in reports.items():
@@ -634,28 +913,26 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
             save_grid(images[n], out / f"samples_{n}.png", ncols=8 if cfg.cpsample_n <= 64 else 10, scale=2)
             save_top_pairs(rep, images[n], train, out / f"top_pairs_{n}.png", n=4)
             d = rep.to_dict(include_arrays=False, top_n=4)
-            conditions[n] |= {"replication_rate": d["rate"], "n_replicated": d["n_replicated"],
-                              "n_generated": d["n_generated"], "similarity": d["similarity_summary"],
-                              "top_pairs": d["top_pairs"], "samples_png": f"cpsample/samples_{n}.png",
-                              "top_pairs_png": f"cpsample/top_pairs_{n}.png"}
+            conditions[n] = CPSampleCondition(
+                **sampled[n], replication_rate=d["rate"], n_replicated=d["n_replicated"],
+                n_generated=d["n_generated"], similarity=d["similarity_summary"], top_pairs=d["top_pairs"],
+                samples_png=f"cpsample/samples_{n}.png", top_pairs_png=f"cpsample/top_pairs_{n}.png")
         save_grid(train, out / "training_images.png", ncols=16, scale=2)
         fisher = compare_rates(reports["ddim"], reports["cpsample"])
     tau = recommended_threshold_info("pixel")
-    torch_threads = torch.get_num_threads()
-    return {
-        "status": "ok",
-        "model": {"dir": str(model_dir), "data_spec": data_spec, "steps_done": model.meta.get("steps_done"),
-                  "num_train_images": int(len(train))},
-        "classifier": {"dir": str(clf_dir), "data_spec": clf_spec,
-                       "matches_model_data": clf_spec in (None, data_spec)},
-        "settings": {"n": cfg.cpsample_n, "num_inference_steps": cfg.cpsample_steps, "eta": 0.0, "seed": cfg.seed,
-                     "alpha": cfg.alpha, "scale": cfg.scale, "mode": cfg.guidance_mode, "torch_threads": torch_threads},
-        "threshold": {"feature_space": "pixel", "tau": tau["threshold"], "fpr": tau.get("fpr"), "tpr": tau.get("tpr"),
-                      "provenance": tau.get("provenance")},
-        "conditions": conditions,
-        "fisher_exact": fisher,
-        "training_png": "cpsample/training_images.png",
-    }
+    return CPSampleResult(
+        model=CPSampleModelInfo(dir=str(model_dir), data_spec=data_spec, steps_done=model.meta.get("steps_done"),
+                                num_train_images=int(len(train))),
+        classifier=ClassifierInfo(dir=str(clf_dir), data_spec=clf_spec, matches_model_data=clf_spec in (None, data_spec)),
+        settings=CPSampleSettings(n=cfg.cpsample_n, num_inference_steps=cfg.cpsample_steps, eta=0.0, seed=cfg.seed,
+                                  alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode,
+                                  torch_threads=torch.get_num_threads()),
+        threshold=ReplicationThreshold(feature_space="pixel", tau=tau["threshold"], fpr=tau.get("fpr"),
+                                       tpr=tau.get("tpr"), provenance=tau.get("provenance")),
+        conditions=conditions,
+        fisher_exact=fisher,
+        training_png="cpsample/training_images.png",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -663,30 +940,28 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def check_complete(summary: dict[str, Any]) -> None:
+def check_complete(result: DemoResult) -> None:
     """Raise if a selected section was skipped or failed (one line naming each and its reason).
 
     Raises:
         CheckpointError: only skips (a missing checkpoint), so the remedy is the checkpoint.
         PrivdiffError: at least one section failed.
     """
-    sections = summary["sections"]
-    bad = {n: s for n, s in sections.items() if s["status"] in ("skipped", "failed")}
+    bad = {n: s for n, s in result.sections.items() if s.status in ("skipped", "failed")}
     if not bad:
         return
-    where = summary.get("settings", {}).get("out")
-    report = f"; report written to {Path(where) / 'report.html'}" if where else ""
-    msg = "demo incomplete: " + "; ".join(f"{_TITLES.get(n, n)} {s['status']} ({s.get('reason', '')})"
+    report = f"; report written to {result.config.out / 'report.html'}"
+    msg = "demo incomplete: " + "; ".join(f"{_TITLES.get(n, n)} {s.status} ({s.reason})"
                                           for n, s in bad.items()) + report
-    if all(s["status"] == "skipped" for s in bad.values()):
+    if all(s.status == "skipped" for s in bad.values()):
         raise CheckpointError(msg)
     raise PrivdiffError(msg)
 
 
-def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = None) -> dict[str, Any]:
-    """Run every section of ``config``, write ``report.html`` + ``summary.json``; return the summary.
+def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = None) -> DemoResult:
+    """Run every section of ``config``, write ``report.html`` + ``summary.json``; return the result.
 
-    Sections skip (missing checkpoint) or fail (another privdiff error) on their own; the summary
+    Sections skip (missing checkpoint) or fail (another privdiff error) on their own; the result
     says which and why, and the report is written in every case.
     """
     from rich.console import Console
@@ -700,118 +975,117 @@ def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = N
     started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
     console.rule(f"[bold]privdiff demo[/] ({cfg.size}) → {cfg.out}")
 
-    sections: dict[str, dict[str, Any]] = {}
+    sections: dict[str, Section] = {}
     runners = {"planner": lambda: _section_planner(cfg, phases, command),
                "dprdm": lambda: _section_dprdm(cfg, phases),
                "cpsample": lambda: _section_cpsample(cfg, phases)}
     order = ("dprdm", "cpsample", "planner")  # the two methods first: they are the point
     for name in order:
         if name not in cfg.sections:
-            sections[name] = {"status": "not run", "reason": "not selected"}
+            sections[name] = SectionNotDone("not run", "not selected")
             continue
         console.rule(f"[bold]{_TITLES[name]}")
         try:
             sections[name] = runners[name]()
         except CheckpointError as exc:
-            sections[name] = {"status": "skipped", "reason": str(exc)}
+            sections[name] = SectionNotDone("skipped", str(exc))
             console.print(f"[bold yellow]skipped {_TITLES[name]}:[/] {exc}")
         except PrivdiffError as exc:
-            sections[name] = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            sections[name] = SectionNotDone("failed", f"{type(exc).__name__}: {exc}")
             console.print(f"[bold red]{_TITLES[name]} failed:[/] {type(exc).__name__}: {exc}")
 
-    summary: dict[str, Any] = {
-        "kind": "privdiff-demo",
-        "format_version": 1,
-        "command": command,
-        "started_utc": started_utc,
-        "size": cfg.size,
-        "settings": cfg.to_dict(),
-        "sections": sections,
-        "skipped": {n: s["reason"] for n, s in sections.items() if s["status"] in ("skipped", "failed")},
-        "timings": {},
-        "environment": {"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
-                        # Variables that change what the command above does, so they belong to it.
-                        "variables": {v: os.environ[v] for v in _ENV_VARS if os.environ.get(v)}},
-    }
+    result = DemoResult(
+        command=command, started_utc=started_utc, config=cfg, sections=sections,
+        environment={"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
+                     # Variables that change what the command above does, so they belong to it.
+                     "variables": {v: os.environ[v] for v in _ENV_VARS if os.environ.get(v)}},
+    )
     with phases("report", "writing report.html and summary.json"):
         from privdiff.report.demo_report import write_report
 
-        _record_times(summary, phases, started, cpu_started)
-        write_report(summary, cfg.out)
-    _record_times(summary, phases, started, cpu_started)
-    summary["outputs"] = {"report": "report.html", "summary": "summary.json"}
-    _write_json(cfg.out / "summary.json", summary)
-    print_summary(summary, console)
-    return summary
+        _record_times(result, phases, started, cpu_started)
+        write_report(result, cfg.out)
+    _record_times(result, phases, started, cpu_started)
+    result.outputs = {"report": "report.html", "summary": "summary.json"}
+    atomic_write_json(cfg.out / "summary.json", result.to_dict())
+    print_summary(result, console)
+    return result
 
 
-def _record_times(summary: dict[str, Any], phases: _Phases, started: float, cpu_started: float) -> None:
-    summary["timings"] = {k: round(v, 2) for k, v in phases.seconds.items()}
-    summary["cpu_timings"] = {k: round(v, 2) for k, v in phases.cpu_seconds.items()}
-    summary["total_seconds"] = round(time.perf_counter() - started, 2)
-    summary["total_cpu_seconds"] = round(time.process_time() - cpu_started, 2)
+def _record_times(result: DemoResult, phases: _Phases, started: float, cpu_started: float) -> None:
+    result.timings = {k: round(v, 2) for k, v in phases.seconds.items()}
+    result.cpu_timings = {k: round(v, 2) for k, v in phases.cpu_seconds.items()}
+    result.total_seconds = round(time.perf_counter() - started, 2)
+    result.total_cpu_seconds = round(time.process_time() - cpu_started, 2)
 
 
-_ENV_VARS = ("PRIVDIFF_RDM_MODEL", CPSAMPLE_ENV_VAR, "PRIVDIFF_CACHE_DIR", "OMP_NUM_THREADS")
+_ENV_VARS = (*CHECKPOINT_ENV_VARS, "PRIVDIFF_CACHE_DIR", "OMP_NUM_THREADS")
 _TITLES = {"planner": "Privacy planner", "dprdm": "DP-RDM", "cpsample": "CPSample"}
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(data), indent=2) + "\n")
-    tmp.replace(path)
-
-
-def print_summary(summary: dict[str, Any], console: Any) -> None:
+def print_summary(result: DemoResult, console: Any) -> None:
     """The closing terminal tables: headline numbers and the wall time of each phase."""
     from rich.table import Table
 
     table = Table(title="privdiff demo: summary", show_header=True)
     table.add_column("section")
     table.add_column("result")
-    for name, s in summary["sections"].items():
-        table.add_row(_TITLES[name], *_headline(name, s))
+    for name, s in result.sections.items():
+        table.add_row(_TITLES[name], _headline(s))
     console.print(table)
     times = Table(title="time per phase")
     times.add_column("phase")
     times.add_column("wall s", justify="right")
     times.add_column("CPU s", justify="right")
-    for k, v in summary["timings"].items():
-        times.add_row(k, f"{v:.1f}", f"{summary['cpu_timings'][k]:.1f}")
-    times.add_row("[bold]total", f"[bold]{summary['total_seconds']:.1f}", f"[bold]{summary['total_cpu_seconds']:.1f}")
+    for k, v in result.timings.items():
+        times.add_row(k, f"{v:.1f}", f"{result.cpu_timings[k]:.1f}")
+    times.add_row("[bold]total", f"[bold]{result.total_seconds:.1f}", f"[bold]{result.total_cpu_seconds:.1f}")
     console.print(times)
-    d = summary["sections"].get("dprdm", {})
-    if d.get("status") == "ok":
-        idx = d["index"]
-        if idx["cached"]:
+    d = result.sections.get("dprdm")
+    if isinstance(d, DPRDMResult):
+        idx = d.index
+        if idx.cached:
             from privdiff.report.demo_report import COLD_INDEX_NOTE
 
             console.print("private index: reused from the cache. " + COLD_INDEX_NOTE)
         else:
-            how = "embeddings from the cache" if idx.get("embeddings_from_cache") else (
-                f"encoded at {idx.get('images_per_second', 0):.0f} img/s")
-            console.print(f"private index: built this run ({idx['count']:,} images, {how}; "
-                          f"{summary['timings'].get('dprdm.index', 0):.0f} s); later runs reuse it.")
-    console.print(f"report: {Path(summary['settings']['out']) / 'report.html'}")
+            how = "embeddings from the cache" if idx.embeddings_from_cache else (
+                f"encoded at {idx.images_per_second or 0:.0f} img/s")
+            console.print(f"private index: built this run ({idx.count:,} images, {how}; "
+                          f"{result.timings.get('dprdm.index', 0):.0f} s); later runs reuse it.")
+    console.print(f"report: {result.config.out / 'report.html'}")
 
 
-def _headline(name: str, s: dict[str, Any]) -> tuple[str]:
-    if s["status"] != "ok":
-        return (f"[yellow]{s['status']}[/]: {s.get('reason', '')}",)
-    if name == "dprdm":
-        led, r = s["ledger"], s["refused_request"]
-        cached = "cached index" if s["index"]["cached"] else "index built"
-        return (f"{len(s['prompts'])} prompts answered, ε spent {led['epsilon_spent']:.3g} of "
-                f"{led['epsilon_budget']:g} (δ={led['delta']:.2g}); request of {r['prompts_requested']} prompts "
-                + ("[green]refused[/], ledger unchanged" if r["refused"] and r["ledger_unchanged"]
-                   else "[red]NOT refused[/]") + f"; {cached}",)
-    if name == "cpsample":
-        c = s["conditions"]
-        return (f"replication {c['ddim']['replication_rate']:.0%} (DDIM) → {c['cpsample']['replication_rate']:.0%} "
-                f"(CPSample), gate fired on {c['cpsample']['gate']['firing_rate']:.1%} of steps; "
-                f"Fisher p={s['fisher_exact']['p_value']:.2g}",)
-    best = {r["name"]: r["queries_at_target"]["pld"] for r in s["settings"]}
-    return ("queries at ε ≤ 10 (pld): " + ", ".join(f"{n} {v:,}" for n, v in best.items()),)
+def _headline(s: Section) -> str:
+    if isinstance(s, SectionNotDone):
+        return f"[yellow]{s.status}[/]: {s.reason}"
+    if isinstance(s, DPRDMResult):
+        led, r = s.ledger.status, s.refused_request
+        cached = "cached index" if s.index.cached else "index built"
+        return (f"{len(s.prompts)} prompts answered, ε spent {led.epsilon_spent:.3g} of "
+                f"{led.epsilon_budget:g} (δ={led.delta:.2g}); request of {r.prompts_requested} prompts "
+                + ("[green]refused[/], ledger unchanged" if r.refused and r.ledger_unchanged
+                   else "[red]NOT refused[/]") + f"; {cached}")
+    if isinstance(s, CPSampleResult):
+        c = s.conditions
+        return (f"replication {c['ddim'].replication_rate:.0%} (DDIM) → {c['cpsample'].replication_rate:.0%} "
+                f"(CPSample), gate fired on {c['cpsample'].gate['firing_rate']:.1%} of steps; "
+                f"Fisher p={s.fisher_exact['p_value']:.2g}")
+    best = {r.name: r.queries_at_target["pld"] for r in s.settings}
+    return "queries at ε ≤ 10 (pld): " + ", ".join(f"{n} {v:,}" for n, v in best.items())
 
 
-__all__ = ["SIZES", "DemoConfig", "DemoPrompt", "demo_config", "print_summary", "run_demo"]
+__all__ = [
+    "SIZES",
+    "CPSampleResult",
+    "DPRDMResult",
+    "DemoConfig",
+    "DemoPrompt",
+    "DemoResult",
+    "PlannerResult",
+    "SectionNotDone",
+    "check_complete",
+    "demo_config",
+    "print_summary",
+    "run_demo",
+]

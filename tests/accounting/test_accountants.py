@@ -138,6 +138,7 @@ def test_resources_cross_check_rdp_and_pld():
     assert fine <= default <= fine * 1.002
 
 
+@pytest.mark.integration
 def test_pld_agrees_with_prv_accountant():
     from prv_accountant import PRVAccountant
     from prv_accountant.privacy_random_variables import PoissonSubsampledGaussianMechanism
@@ -200,6 +201,7 @@ def _eps(sigma, q, k, T, acc, delta=1e-6):
         return compute_epsilon([(DPRDMQuery(sigma, q, k), T)], delta, acc).epsilon
 
 
+@pytest.mark.integration
 @_fast
 @given(sigma=_sigmas, q=_rates, k=_ks, T=_counts, acc=st.sampled_from(["rdp", "pld"]))
 def test_epsilon_grows_with_queries_and_rate(sigma, q, k, T, acc):
@@ -208,6 +210,7 @@ def test_epsilon_grows_with_queries_and_rate(sigma, q, k, T, acc):
     assert _eps(sigma, min(1.0, 1.5 * q), k, T, acc) >= base - 1e-9
 
 
+@pytest.mark.integration
 @_fast
 @given(sigma=_sigmas, q=_rates, k=_ks, T=_counts, acc=st.sampled_from(["rdp", "pld"]))
 def test_epsilon_falls_with_sigma_and_k(sigma, q, k, T, acc):
@@ -216,9 +219,11 @@ def test_epsilon_falls_with_sigma_and_k(sigma, q, k, T, acc):
     assert _eps(sigma, q, k + 3, T, acc) <= base + 1e-9
 
 
+@pytest.mark.integration
 @settings(max_examples=8, deadline=None)
 @given(sigma=st.floats(0.05, 0.5), q=_rates, k=st.integers(4, 40), T=st.integers(1, 1000))
 @example(sigma=0.0625, q=0.0001, k=32, T=314)  # tiny ε ≈ 0.016: 4.1 grid steps above the 2× finer grid
+@example(sigma=0.5, q=0.001, k=12, T=230)  # 6.2 grid steps
 def test_pld_default_discretisation_is_pessimistic_but_close(sigma, q, k, T):
     """The default PLD grid never reports less than a 2× finer grid, and stays within ~1 %."""
     query = DPRDMQuery(sigma, q, k)
@@ -229,9 +234,11 @@ def test_pld_default_discretisation_is_pessimistic_but_close(sigma, q, k, T):
     assert rep.epsilon >= fine_eps - 1e-9 or rep.epsilon == _eps(sigma, q, k, T, "rdp")
     # Sound: rounding each loss of the base PLD up by < Δ shifts the T-fold composition by < T·Δ.
     assert rep.epsilon <= fine_eps + T * rep.pld_discretization
-    # In practice it costs a few grid steps in absolute terms (matters only for tiny ε): a random
-    # search found 4.1 steps at the pinned example; 6 leaves room without hiding a coarse grid.
-    assert rep.epsilon <= fine_eps * 1.01 + 6 * rep.pld_discretization
+    # In practice the excess over 1 % grows like √T grid steps (rounding errors of the T-fold
+    # composition partly cancel; matters only for tiny ε): over 40 random settings the largest
+    # excess was 0.43·√T·Δ (13.5 steps at T = 998, ε = 0.05). √T·Δ leaves room without hiding a
+    # grid that is too coarse.
+    assert rep.epsilon <= fine_eps * 1.01 + math.sqrt(T) * rep.pld_discretization
 
 
 def test_pld_stays_bounded_when_the_loss_is_huge():
@@ -277,19 +284,29 @@ def test_heterogeneous_rdp_composition_adds_rdp_curves():
     assert rep.epsilon == pytest.approx(eps, rel=1e-10) and rep.order == order and rep.groups == 2
 
 
+@pytest.mark.integration
 @_fast
 @given(q=st.tuples(_sigmas, _rates, _ks), na=st.integers(1, 800), nb=st.integers(1, 800),
        acc=st.sampled_from(["rdp", "pld"]))
 @example(q=(0.5, 0.001953125, 26), na=1, nb=129, acc="pld")  # tiny ε: library rounds twice
+@example(q=(0.033012320472807784, 0.19789044901959063, 1), na=183, nb=183, acc="pld")  # PLD → RDP fallback
+@example(q=(0.212, 0.0447, 1), na=1, nb=794, acc="pld")  # PLD → RDP fallback
 def test_split_homogeneous_history_equals_library_composition(q, na, nb, acc):
     """Equal queries charged in two batches cost the same as dp-accounting composing them apart."""
     query = DPRDMQuery(*q)
-    lib = (dp_accounting.rdp.RdpAccountant() if acc == "rdp"
-           else dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3))
-    lib.compose(dp_accounting.ComposedDpEvent([query.dp_event(na), query.dp_event(nb)]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", OrderOnEdgeWarning)
         rep = compute_epsilon([(query, na), (query, nb)], 1e-6, acc)
+    if rep.fallback == "rdp":
+        # At tiny z = σk/2 the PLD grid would not fit in memory (test_pld_stays_bounded_...), so
+        # the documented fallback reports the RDP bound: valid, looser. The library's PLD at 1e-3
+        # is no comparison there (a random draw, z = 0.017 with 183 + 183 queries, ran 193 s for
+        # ε = 2.0e5 vs our RDP 7.3e5), so check the fallback is exactly the RDP accountant's value.
+        assert rep.epsilon == pytest.approx(compute_epsilon([(query, na + nb)], 1e-6, "rdp").epsilon, rel=1e-12)
+        return
+    lib = (dp_accounting.rdp.RdpAccountant() if acc == "rdp"
+           else dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3))
+    lib.compose(dp_accounting.ComposedDpEvent([query.dp_event(na), query.dp_event(nb)]))
     ours, expected = rep.epsilon, lib.get_epsilon(1e-6)
     if acc == "rdp":
         assert ours == pytest.approx(expected, rel=2e-3, abs=2e-3)

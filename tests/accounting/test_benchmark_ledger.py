@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.integration
 def test_ledger_benchmark_quick_runs_and_writes_json(tmp_path):
     out = tmp_path / "ledger.json"
     proc = subprocess.run(
@@ -31,6 +34,7 @@ def test_ledger_benchmark_quick_runs_and_writes_json(tmp_path):
     assert result["ratio_pld_over_paper_queries"] == answered["pld"]["value"] / answered["paper"]["value"]
 
 
+@pytest.mark.integration
 def test_ledger_benchmark_compares_concurrent_charging_old_and_new(tmp_path):
     out = tmp_path / "ledger.json"
     proc = subprocess.run(

@@ -83,6 +83,7 @@ def test_bad_calibration_requests_are_rejected(kwargs):
         calibrate(**kwargs)
 
 
+@pytest.mark.integration
 @settings(max_examples=10, deadline=None)
 @given(
     solve=st.sampled_from(["sigma", "sample_rate", "k", "queries"]),

@@ -124,6 +124,7 @@ def test_budget_errors_exit_codes(tmp_path, capsys):
     assert "not a privdiff ledger" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_demo_quick_writes_planner_outputs(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quick", "--only", "planner", "--cache-dir", str(tmp_path / "c")]) == 0

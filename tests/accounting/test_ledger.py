@@ -180,6 +180,7 @@ def test_open_refuses_other_schema_version(tmp_path):
         Ledger.open(path)
 
 
+@pytest.mark.integration
 def test_processes_racing_never_overrun_the_budget(tmp_path):
     allowed = 10
     path = tmp_path / "race.sqlite"
@@ -203,6 +204,7 @@ def test_processes_racing_never_overrun_the_budget(tmp_path):
         assert st.epsilon_spent <= st.epsilon_budget
 
 
+@pytest.mark.integration
 def test_sigkilled_charger_leaves_an_intact_ledger_with_every_reported_charge(tmp_path):
     path = tmp_path / "kill.sqlite"
     report = tmp_path / "returned.txt"

@@ -75,6 +75,7 @@ def _check_flips(tmp_path: Path, offsets) -> dict[str, int]:
     return outcome
 
 
+@pytest.mark.integration
 def test_byte_flips_never_change_epsilon_silently(tmp_path):
     # Every byte of the header and of each page's cell area at the end (where SQLite stores the
     # records: meta, charges, query_groups), plus a stride over the rest of the file.
@@ -196,6 +197,7 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.urandom(16).hex()}.tmp")
 
 
+@pytest.mark.integration
 def test_a_create_killed_midway_leaves_a_temp_file_the_next_create_removes(tmp_path):
     path = tmp_path / "l.sqlite"
     # The child dies exactly where a crash would hurt: the file is built, not yet linked into place.

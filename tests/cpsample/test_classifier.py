@@ -57,8 +57,13 @@ def test_heldout_report_without_labels_measures_label_free_confidence(memorised,
     clf, _ = memorised
     held = torch.rand((16, 1, 8, 8), generator=torch.Generator().manual_seed(11)) * 2 - 1
     rows = evaluate_classifier(clf, held, None, alphas_cumprod=alphas_cumprod, bands=((0, 10),), draws=2, seed=4)
-    assert 0.5 <= rows[0]["mean_confidence"] <= 1.0
-    assert 0.0 <= rows[0]["accuracy"] <= 1.0
+    row = rows[0]
+    assert row["evaluations"] == 16 * 2
+    q = row["confidence_quantiles"]
+    assert q["0.01"] <= row["mean_confidence"] <= q["0.99"]
+    # Without labels, "accuracy" is against fresh Bernoulli(1/2) labels the classifier never saw:
+    # chance, i.e. within 3 binomial standard deviations (0.088 at 32 draws) of 1/2.
+    assert abs(row["accuracy"] - 0.5) <= 3 * (0.25 / row["evaluations"]) ** 0.5
 
 
 def test_save_and_load_round_trip_keeps_logits_labels_and_provenance(memorised, tmp_path):
@@ -93,6 +98,7 @@ def test_bad_classifier_settings_are_typed_errors(field, value):
         ClassifierTrainConfig(**{field: value}).validate()
 
 
+@pytest.mark.integration
 def test_calibration_images_pull_confidence_off_the_training_set_towards_half(tiny_train_set, alphas_cumprod):
     from privdiff.cpsample import train_classifier
 

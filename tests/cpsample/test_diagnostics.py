@@ -4,7 +4,6 @@ non-members too, is reported at `protect train` and `sample`, with the α that w
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ from privdiff.cli import main
 from privdiff.cpsample import ProtectionClassifier, evaluate_classifier
 from privdiff.cpsample.diagnostics import alpha_to_fire, classifier_warnings, gate_rows
 
-ROOT = Path(__file__).resolve().parents[2]
 BANDS = [[0, 50], [50, 100], [100, 200], [200, 300], [300, 500], [500, 1000]]
 
 
@@ -58,8 +56,11 @@ def test_a_classifier_that_never_gets_confident_says_no_alpha_fires():
     assert "no α ≤ 0.5" in msg
 
 
+@pytest.mark.integration
 def test_reports_without_quantiles_use_the_recorded_alphas():
-    saved = json.loads((ROOT / "checkpoints/cpsample/fmnist64/classifier/report.json").read_text())
+    from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
+
+    saved = json.loads((resolve_checkpoint(CPSAMPLE_MODEL) / "classifier/report.json").read_text())
     meta = saved["settings"] | {"report": saved["report"]}
     (msg,) = classifier_warnings(meta, alpha=0.001)
     assert "α = 0.5 (the smallest recorded α that does)" in msg
@@ -120,6 +121,7 @@ def test_sample_warns_before_generating(tmp_path, tiny_model_dir, memorised, cap
     assert lines[-1] == "error: generation reached"  # the warning came first
 
 
+@pytest.mark.integration
 def test_protect_train_table_fits_80_columns_and_warns(tmp_path, tiny_model_dir, capsys, monkeypatch):
     from privdiff.data import load_dataset
 

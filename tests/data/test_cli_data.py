@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from privdiff.cli import main
@@ -15,6 +16,7 @@ def test_data_show_writes_grid_and_prints_counts(tmp_path, capsys):
     assert grid.shape[0] > 8 * 2 and grid.shape[1] > 8 * 2
 
 
+@pytest.mark.integration
 def test_data_show_json_summary(tmp_path, capsys):
     out = tmp_path / "g.png"
     assert main(["data", "show", "lfw", "--n", "4", "--out", str(out), "--json"]) == 0

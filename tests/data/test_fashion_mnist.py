@@ -15,6 +15,7 @@ from privdiff.data.fashion_mnist import read_idx
 from privdiff.errors import DataError
 
 
+@pytest.mark.integration
 def test_fashion_train_and_test_shapes_dtypes_and_labels(fashion_dir):
     train = load_dataset("fashion-mnist:train")
     test = load_dataset("fashion-mnist:test")
@@ -25,6 +26,7 @@ def test_fashion_train_and_test_shapes_dtypes_and_labels(fashion_dir):
     assert train.channels == 1 and train.size == (28, 28)
 
 
+@pytest.mark.integration
 def test_slice_suffix_matches_python_slicing_of_full_split(fashion_dir):
     full = load_dataset("fashion-mnist:test")
     for spec, sl in [
@@ -38,6 +40,7 @@ def test_slice_suffix_matches_python_slicing_of_full_split(fashion_dir):
         assert part.name == "fashion-mnist:test" + spec
 
 
+@pytest.mark.integration
 def test_returned_arrays_are_private_copies_not_the_cache(fashion_dir):
     a = load_dataset("fashion-mnist:test[:4]")
     a.images[:] = 0
@@ -45,6 +48,7 @@ def test_returned_arrays_are_private_copies_not_the_cache(fashion_dir):
     assert b.images.max() > 0
 
 
+@pytest.mark.integration
 def test_dprdm_split_counts_disjoint_and_covering(fashion_dir):
     train = load_dataset("fashion-mnist:train")
     public, private = dprdm_split_indices()
@@ -59,6 +63,7 @@ def test_dprdm_split_counts_disjoint_and_covering(fashion_dir):
     assert set(np.unique(train.labels[private])) == set(range(10))
 
 
+@pytest.mark.integration
 def test_dprdm_split_is_deterministic_and_seed_dependent(fashion_dir):
     p1, q1 = dprdm_split_indices()
     p2, q2 = dprdm_split_indices()
@@ -68,6 +73,7 @@ def test_dprdm_split_is_deterministic_and_seed_dependent(fashion_dir):
     assert not np.array_equal(p1, p3)
 
 
+@pytest.mark.integration
 def test_dprdm_named_specs_match_index_arrays(fashion_dir):
     train = load_dataset("fashion-mnist:train")
     public, private = dprdm_split_indices()

@@ -49,6 +49,7 @@ def test_digits_are_rescaled_to_full_uint8_range():
     np.testing.assert_array_equal(ds.images[..., 0], np.rint(raw * 255 / 16).astype(np.uint8))
 
 
+@pytest.mark.integration
 def test_mnist5k_has_500_per_digit():
     ds = load_dataset("mnist5k")
     assert ds.images.shape == (5000, 28, 28, 1)
@@ -56,6 +57,7 @@ def test_mnist5k_has_500_per_digit():
     assert ds.class_names == [str(i) for i in range(10)]
 
 
+@pytest.mark.integration
 def test_lfw_halves_faces_first_and_full_value_range():
     full = load_dataset("lfw")
     faces = load_dataset("lfw-faces")
@@ -67,6 +69,7 @@ def test_lfw_halves_faces_first_and_full_value_range():
     assert full.class_names[0] == "face" and set(faces.labels) == {0} and set(non.labels) == {1}
 
 
+@pytest.mark.integration
 def test_size_resizes_every_image():
     ds = load_dataset("lfw[:5]", size=32)
     assert ds.images.shape == (5, 32, 32, 1) and ds.images.dtype == np.uint8

@@ -43,6 +43,7 @@ def test_training_writes_a_loadable_checkpoint_with_provenance(tmp_path, tiny_im
         assert torch.equal(loaded.denoiser()(x, t), model.denoiser()(x, t))
 
 
+@pytest.mark.integration
 def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_images):
     cfg = unet_config("tiny", image_shape=(1, 8, 8))
     straight = train_diffusion(tiny_images, tmp_path / "a", unet_config=cfg, config=_cfg(steps=4), progress=False)
@@ -57,6 +58,7 @@ def test_resumed_training_matches_an_uninterrupted_run(tmp_path, tiny_images):
     assert state_b["commands"] == ["resume"]
 
 
+@pytest.mark.integration
 def test_training_lowers_the_loss_on_a_fixed_tiny_set(tmp_path, tiny_images):
     cfg = unet_config("tiny", image_shape=(1, 8, 8))
     train_diffusion(tiny_images, tmp_path / "r", unet_config=cfg, progress=False,

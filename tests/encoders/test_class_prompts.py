@@ -33,6 +33,7 @@ def _own_class_fraction(dataset, prompts, classes):
     return (dataset.labels[top] == np.asarray(classes)[:, None]).mean(axis=1)
 
 
+@pytest.mark.integration
 def test_each_canonical_prompt_retrieves_its_own_class(public_subset):
     # The old phrasing of class 1 is in the batch as a negative control: the check must catch it.
     prompts = [*CANONICAL_PROMPTS, "a photo of a trouser"]

@@ -17,6 +17,7 @@ def raw_encoder():
     return EfficientNetLite0Encoder(64)
 
 
+@pytest.mark.integration
 def test_raw_encoder_outputs_float32_unit_rows(raw_encoder, faces):
     z = raw_encoder.encode_images(faces)
     assert z.shape == (20, 1280) and z.dtype == np.float32
@@ -24,6 +25,7 @@ def test_raw_encoder_outputs_float32_unit_rows(raw_encoder, faces):
     assert raw_encoder.space_id == "effnet-lite0-64px/v1" and raw_encoder.dim == 1280
 
 
+@pytest.mark.integration
 def test_encoding_is_deterministic_and_batch_size_invariant(raw_encoder, faces):
     a = raw_encoder.encode_images(faces, batch_size=20)
     b = raw_encoder.encode_images(faces, batch_size=20)
@@ -32,6 +34,7 @@ def test_encoding_is_deterministic_and_batch_size_invariant(raw_encoder, faces):
     np.testing.assert_allclose(a, c, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_grey_images_equal_their_rgb_replicas(raw_encoder, faces):
     grey = faces[:4]
     rgb = np.repeat(grey, 3, axis=-1)
@@ -40,6 +43,7 @@ def test_grey_images_equal_their_rgb_replicas(raw_encoder, faces):
     )
 
 
+@pytest.mark.integration
 def test_faces_are_closer_to_faces_than_to_background_patches(raw_encoder, faces):
     z = raw_encoder.encode_images(faces)
     sims = z @ z.T
@@ -60,6 +64,7 @@ def test_bad_image_input_is_rejected(raw_encoder):
         EfficientNetLite0Encoder(64, centre=np.zeros(3))
 
 
+@pytest.mark.integration
 def test_default_encoder_is_centred_cached_and_in_its_own_space(raw_encoder, faces):
     enc = load_image_encoder()
     assert enc is load_image_encoder("default") is load_image_encoder(DEFAULT_SPACE_ID)
@@ -73,6 +78,7 @@ def test_default_encoder_is_centred_cached_and_in_its_own_space(raw_encoder, fac
     np.testing.assert_allclose(z, expected, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_centring_lowers_similarity_of_unrelated_fashion_images(raw_encoder):
     try:
         imgs = load_dataset("fashion-mnist:test[:20]").images

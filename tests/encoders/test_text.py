@@ -42,6 +42,7 @@ def test_shipped_projection_config_records_how_to_retrain_it():
     assert "dprdm-public" in config["trained_on"]
 
 
+@pytest.mark.integration
 def test_unseen_phrasings_land_nearest_their_class_images(text_encoder):
     from privdiff.data import load_dataset
 

@@ -106,6 +106,7 @@ def test_bad_inputs_are_typed():
         paired_difference(np.zeros((5, 2)), np.zeros((4, 2)), np.zeros((5, 2)))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", ["fid", "kid"])
 def test_centred_interval_covers_the_expected_distance_at_this_sample_size(metric):
     """The interval is for E[metric_n] (module docstring): check its coverage by simulation."""

@@ -228,6 +228,7 @@ def small_fid_sets():
     return {"train": train, "test": test, "blur": _blur(test, 2.0), "noise": noise}
 
 
+@pytest.mark.integration
 def test_fid_orders_same_distribution_below_blurred_below_noise(small_fid_sets, tmp_path):
     """32 vs 32 Fashion-MNIST images: absolute values are inflated, the ordering must still hold."""
     s = small_fid_sets

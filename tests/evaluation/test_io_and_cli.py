@@ -55,6 +55,7 @@ def test_unusable_sources_raise_data_error(source, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- CLI
 
 
+@pytest.mark.integration
 def test_cli_fid_prints_json_with_settings_and_warnings(tmp_path, rng, capsys, monkeypatch):
     a = _npz(tmp_path / "a.npz", rng.integers(0, 256, (4, 12, 12, 1), dtype=np.uint8))
     b = _npz(tmp_path / "b.npz", rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8))

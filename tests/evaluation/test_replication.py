@@ -62,6 +62,7 @@ def test_nearest_neighbours_agree_with_numpy_argmax(rng):
 # ----------------------------------------------------------------------------- the report
 
 
+@pytest.mark.integration
 def test_exact_copies_replicate_at_rate_one_and_point_to_their_source(fashion):
     train, _ = fashion
     order = np.random.default_rng(0).permutation(100)
@@ -73,6 +74,7 @@ def test_exact_copies_replicate_at_rate_one_and_point_to_their_source(fashion):
     np.testing.assert_allclose(report.similarities, 1.0, atol=1e-5)
 
 
+@pytest.mark.integration
 def test_held_out_images_rarely_replicate_at_the_calibrated_threshold(fashion):
     train, test = fashion
     report = replication_report(test, train, feature_space="pixel")
@@ -81,6 +83,7 @@ def test_held_out_images_rarely_replicate_at_the_calibrated_threshold(fashion):
     assert report.rate <= 0.03
 
 
+@pytest.mark.integration
 def test_photometric_near_copies_replicate_at_the_calibrated_threshold(fashion):
     train, _ = fashion
     copies, _ = augment_copies(train[:100], seed=3, noise_std=8.0, brightness=0.1, max_shift=0)
@@ -203,6 +206,7 @@ def test_threshold_at_fpr_is_the_smallest_threshold_meeting_the_fpr(negatives, m
         assert np.mean(neg > below.max()) > max_fpr
 
 
+@pytest.mark.integration
 def test_calibrate_threshold_meets_requested_fpr_on_the_negatives(fashion, tmp_path):
     train, test = fashion
     copies, aug = augment_copies(train[:200], seed=1, max_shift=0)
@@ -245,6 +249,7 @@ def test_recommended_threshold_for_uncalibrated_space_names_the_remedy(monkeypat
         recommended_threshold("pixel")
 
 
+@pytest.mark.integration
 def test_effnet_space_ranks_exact_copies_first(fashion):
     train, _ = fashion
     feats = extract_features(train[:50], "effnet")

@@ -53,6 +53,7 @@ def test_typed_errors(tmp_path):
         load_yardstick("no-such-yardstick")
 
 
+@pytest.mark.integration
 def test_shipped_yardstick_is_accurate_on_real_test_images():
     from privdiff.data import load_dataset
     from privdiff.errors import DataError

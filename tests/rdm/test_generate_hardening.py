@@ -148,6 +148,7 @@ def test_out_holding_an_earlier_output_is_refused_before_the_charge(env, tmp_pat
     assert _files_under(tmp_path / "g") == listing and _state(env[2]) == before
 
 
+@pytest.mark.integration
 def test_failure_after_the_charge_leaves_no_partial_files(env, tmp_path, monkeypatch):
     """Nothing can be checked about a crash in sampling, but it must not leave a half folder."""
     import privdiff.rdm.pipeline as pl
@@ -191,6 +192,7 @@ def test_over_budget_is_refused_before_the_model_loads_and_says_how_many_still_f
     assert _state(small) == (0.0, 0, 0) and not (tmp_path / "g").exists()
 
 
+@pytest.mark.integration
 def test_queries_that_fit_accounts_for_earlier_charges():
     from privdiff.accounting import DPRDMQuery, Ledger
 

@@ -72,6 +72,7 @@ def _cfg(**kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.integration
 def test_training_writes_loadable_model_loss_curve_and_config(tmp_path, tiny_data):
     images, emb, enc = tiny_data
     res = train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(),
@@ -86,6 +87,7 @@ def test_training_writes_loadable_model_loss_curve_and_config(tmp_path, tiny_dat
     assert cfg["command"] == "cmd" and cfg["training"]["s_max"] == 0.05 and cfg["training"]["steps_done"] == 4
 
 
+@pytest.mark.integration
 def test_resumed_training_matches_uninterrupted_training(tmp_path, tiny_data):
     images, emb, enc = tiny_data
     train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "full", config=_cfg(), progress=False)
@@ -96,6 +98,7 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path, tiny_data):
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
 
 
+@pytest.mark.integration
 def test_training_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_data):
     images, emb, enc = tiny_data
     train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(steps=2), progress=False)
@@ -103,6 +106,7 @@ def test_training_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_data)
         train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(steps=2), progress=False)
 
 
+@pytest.mark.integration
 def test_resume_refuses_a_different_embedding_space(tmp_path, tiny_data):
     images, emb, enc = tiny_data
     train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(steps=2), progress=False)

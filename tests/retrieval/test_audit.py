@@ -53,6 +53,7 @@ def test_epsilon_lower_bound_is_zero_for_identical_distributions():
     assert (eps < 0.3).all()
 
 
+@pytest.mark.integration
 def test_real_mechanism_without_subsampling_stays_below_the_accountant():
     res = audit_retrieval(sigma=0.3, sample_rate=1.0, k=10, runs=40000, delta=1e-5)
     assert res.noise_multiplier == pytest.approx(1.5)
@@ -62,6 +63,7 @@ def test_real_mechanism_without_subsampling_stays_below_the_accountant():
     assert res.queries_charged == 2 * 40000  # every release went through the real ledger
 
 
+@pytest.mark.integration
 def test_real_mechanism_with_subsampling_stays_below_the_accountant():
     res = audit_retrieval(sigma=0.2, sample_rate=0.2, k=5, runs=10000, n_records=200, delta=1e-5)
     assert res.epsilon_hat <= res.epsilon_accountant
@@ -79,6 +81,7 @@ def test_audit_flags_padding_with_the_last_private_record():
     assert ok.passed
 
 
+@pytest.mark.integration
 def test_audit_flags_a_mechanism_that_adds_half_the_noise():
     res = audit_retrieval(sigma=0.3, sample_rate=1.0, k=10, runs=150000, mechanism="broken-half-noise")
     assert res.epsilon_hat > res.epsilon_accountant

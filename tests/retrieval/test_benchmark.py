@@ -5,9 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.integration
 def test_benchmark_smoke_run_prints_ratio_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(

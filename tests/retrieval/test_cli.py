@@ -91,6 +91,7 @@ def test_index_info_on_corrupt_index_exits_4_naming_the_problem(tmp_path, npz_da
     assert "truncated" in capsys.readouterr().err
 
 
+@pytest.mark.integration
 def test_audit_cli_writes_json_and_png_and_passes_for_the_real_mechanism(tmp_path, capsys):
     out = tmp_path / "audit"
     rc = main(["audit", "retrieval", "--sigma", "0.3", "--k", "10", "--runs", "3000", "--out", str(out), "--json"])
@@ -100,6 +101,7 @@ def test_audit_cli_writes_json_and_png_and_passes_for_the_real_mechanism(tmp_pat
     assert (out / "audit.json").is_file() and (out / "audit.png").is_file()
 
 
+@pytest.mark.integration
 def test_audit_cli_exits_1_when_it_catches_a_broken_mechanism(tmp_path, capsys):
     rc = main([
         "audit", "retrieval", "--sigma", "0.2", "--sample-rate", "0.05", "--k", "10", "--n-records", "10",

@@ -21,7 +21,7 @@ OWN_DURABILITY = {
 }
 #: Files being moved by other work on issue 16 (the retrieval boundary package, the demo); the
 #: lead switches them to privdiff.utils after merging and then empties this set.
-PENDING = {"demo.py"}
+PENDING: set[str] = set()
 
 
 def _modules():

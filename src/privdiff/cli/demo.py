@@ -21,7 +21,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         rdm_model: Optional[Path] = typer.Option(None, "--rdm-model", help="RDM directory (default: the shipped one)."),
         cpsample_model: Optional[Path] = typer.Option(
             None, "--cpsample-model",
-            help="Memorising diffusion model (default: $PRIVDIFF_CPSAMPLE_MODEL, else checkpoints/cpsample/fmnist64)."),
+            help="Memorising diffusion model (default: $PRIVDIFF_CPSAMPLE_MODEL, else the shipped one; "
+                 "see privdiff.checkpoints)."),
         cpsample_classifier: Optional[Path] = typer.Option(
             None, "--cpsample-classifier", help="CPSample classifier (default: <cpsample-model>/classifier)."),
         seed: int = typer.Option(0, "--seed", help="Seed of the public sampler noise x_T (never of the DP noise)."),
@@ -47,7 +48,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         args += ["--only", ",".join(sections)] if only is not None else []
         config = demo_config(size, out=out, cache_dir=cache_dir, rdm_model=rdm_model, cpsample_model=cpsample_model,
                              cpsample_classifier=cpsample_classifier, seed=seed, sections=sections)
-        summary = run_demo(config, command=shlex.join(args))
+        result = run_demo(config, command=shlex.join(args))
         # The report is written either way; a skipped or failed section still makes the command an
         # error (exit 1, one line), so CI and scripts cannot mistake a partial demo for a full one.
-        check_complete(summary)
+        check_complete(result)

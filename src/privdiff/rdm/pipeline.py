@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from privdiff.checkpoints import RDM_MODEL, resolve_checkpoint
 from privdiff.errors import (
     InvalidParameter,
     PrivacyBudgetExceeded,
@@ -340,29 +341,19 @@ DEFAULT_GENERATION: dict[str, Any] = {
     "lam": 1.0,
 }
 
-#: Where the shipped checkpoint lives, relative to the repository root.
-SHIPPED_MODEL = Path("checkpoints") / "rdm" / "fashion-mnist"
-MODEL_ENV_VAR = "PRIVDIFF_RDM_MODEL"
+#: The shipped RDM checkpoint (package data ``privdiff/assets/checkpoints/rdm/fashion-mnist``).
+SHIPPED_MODEL = RDM_MODEL
+MODEL_ENV_VAR = RDM_MODEL.env_var
 
 
 def resolve_model_dir(model: str | os.PathLike | None = None) -> Path:
-    """The model directory: ``model`` if given, else ``$PRIVDIFF_RDM_MODEL``, else the shipped one."""
-    from privdiff.errors import CheckpointError
+    """The RDM model directory: ``model`` if given, else ``$PRIVDIFF_RDM_MODEL``, else the shipped
+    one (package data, then the privdiff home; :func:`privdiff.checkpoints.resolve_checkpoint`).
 
-    if model is not None:
-        return Path(model)
-    env = os.environ.get(MODEL_ENV_VAR)
-    if env:
-        return Path(env)
-    # src/privdiff/rdm/pipeline.py → the repository root is three levels above the package.
-    root = Path(__file__).resolve().parents[3]
-    candidate = root / SHIPPED_MODEL
-    if not (candidate / "config.json").is_file():
-        raise CheckpointError(
-            f"no shipped RDM checkpoint at {candidate}; pass --model DIR or set {MODEL_ENV_VAR} "
-            "(train one with `privdiff train rdm --out DIR`)"
-        )
-    return candidate
+    Raises:
+        CheckpointError: no model there (the message names every place looked at).
+    """
+    return resolve_checkpoint(RDM_MODEL, model)
 
 
 def generation_defaults(model_dir: str | os.PathLike) -> dict[str, Any]:
@@ -372,8 +363,11 @@ def generation_defaults(model_dir: str | os.PathLike) -> dict[str, Any]:
     return DEFAULT_GENERATION | dict(read_model_info(model_dir).get("generation_defaults", {}))
 
 
-def public_embeddings_for(spec: str, image_encoder: Any, private_index: Any = None) -> Any:
-    """:class:`~privdiff.retrieval.PublicEmbeddings` of a public dataset spec (cached encoding).
+def public_embeddings_for(
+    spec: str, image_encoder: Any, private_index: Any = None, *, cache_dir: str | os.PathLike | None = None
+) -> Any:
+    """:class:`~privdiff.retrieval.PublicEmbeddings` of a public dataset spec (cached encoding in
+    ``cache_dir``, default privdiff's shared cache).
 
     With ``private_index``, a set sharing any image with it is refused before encoding."""
     from privdiff.data import load_dataset
@@ -383,7 +377,7 @@ def public_embeddings_for(spec: str, image_encoder: Any, private_index: Any = No
     ds = load_dataset(spec)
     if private_index is not None:
         check_public_disjoint(private_index, ds.images, name=spec)
-    emb = cached_embeddings(ds, image_encoder, private=False)
+    emb = cached_embeddings(ds, image_encoder, private=False, cache_dir=cache_dir)
     return PublicEmbeddings(emb, space_id=image_encoder.space_id, source=spec)
 
 
@@ -401,11 +395,24 @@ def make_pipeline(
     public_data: str = "fashion-mnist:dprdm-public",
     private_data: str | None = None,
     encoder: str = "default",
+    model: RDMModel | None = None,
+    text_encoder: Any = None,
+    image_encoder: Any = None,
+    embedding_cache: str | os.PathLike | None = None,
 ) -> tuple[DPRDMPipeline, dict[str, Any]]:
     """Load a model, encoders and the context source for ``mode``; returns (pipeline, defaults).
 
+    This is the one place a mode becomes a context source: the CLI, the experiments and the demo
+    all assemble their pipelines here.
+
     Everything that can fail (missing ledger, index of another space, bad σ/q/k) fails here,
     before any query is charged.
+
+    Args:
+        model, text_encoder, image_encoder: components already loaded (from ``model_dir`` and
+            ``encoder``), so an application that builds several modes over one model loads them
+            once; each is still checked to live in the model's space. Default: loaded here.
+        embedding_cache: directory of the image-embedding cache (default: privdiff's shared one).
     """
     from privdiff.encoders import load_image_encoder, load_text_encoder
     from privdiff.evaluation.baselines import NonPrivateRetrievalContext
@@ -413,12 +420,14 @@ def make_pipeline(
 
     defaults = generation_defaults(model_dir)
     k = check_int("k", k if k is not None else defaults["k"], 1)
-    model = RDMModel.load(model_dir)
-    text = load_text_encoder(encoder)
+    model = model if model is not None else RDMModel.load(model_dir)
+    text = text_encoder if text_encoder is not None else load_text_encoder(encoder)
     model.check_space(text.space_id, what=f"text encoder {encoder!r}")
+    loaded_image_encoder = image_encoder
 
     def image_encoder():
-        enc = load_image_encoder(encoder)
+        # Loaded on first use: the dp-rdm and no-retrieval modes never encode an image.
+        enc = loaded_image_encoder if loaded_image_encoder is not None else load_image_encoder(encoder)
         model.check_space(enc.space_id, what=f"image encoder {encoder!r}")
         return enc
 
@@ -440,14 +449,15 @@ def make_pipeline(
             warnings.warn(message, PrivdiffWarning, stacklevel=2)
         public = None
         if mix_with == "public" and lam < 1.0:
-            public = PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx), k)
+            public = PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx, cache_dir=embedding_cache), k)
         source: Any = DPRetrievalContext(retriever, lam=lam, mix_with=mix_with, public_retriever=public)
     elif mode == "public-retrieval":
         from privdiff.retrieval import PublicRetriever, load_index
 
         # With --index, the "public" set is checked to share no image with the private one.
         idx = None if index is None else load_index(index, expected_space=model.space_id, verify="size")
-        source = PublicRetrievalContext(PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx), k))
+        source = PublicRetrievalContext(
+            PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx, cache_dir=embedding_cache), k))
     elif mode == "non-private":
         from privdiff.data import load_dataset
         from privdiff.rdm.train import cached_embeddings
@@ -455,7 +465,7 @@ def make_pipeline(
         if private_data is None:
             raise InvalidParameter("private_data", None, "a dataset spec for the non-private baseline (--private-data)")
         enc = image_encoder()
-        emb = cached_embeddings(load_dataset(private_data), enc, private=True)
+        emb = cached_embeddings(load_dataset(private_data), enc, private=True, cache_dir=embedding_cache)
         source = NonPrivateRetrievalContext(emb, k, space_id=enc.space_id)
     elif mode == "no-retrieval":
         source = QueryOnlyContext(k, model.embedding_dim, model.space_id)
