@@ -51,6 +51,7 @@ import numpy as np
 
 from privdiff.utils.atomic import atomic_write_json
 from privdiff.utils.cache import cache_key
+from privdiff.utils.jsonsafe import jsonable
 from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
 from privdiff.checkpoints import ENV_VARS as CHECKPOINT_ENV_VARS
 from privdiff.errors import CheckpointError, InvalidParameter, PrivacyBudgetExceeded, PrivdiffError, check_int
@@ -240,23 +241,18 @@ def _validated(cfg: DemoConfig) -> DemoConfig:
 
 
 def _plain(v: Any) -> Any:
-    """A result as JSON-ready plain data: dataclasses (their own ``to_dict`` if they have one),
-    mappings and sequences recursively; Paths as strings, numpy scalars as Python numbers, ∞ as "inf"."""
-    if hasattr(v, "to_dict") and is_dataclass(v) and not isinstance(v, type):
-        return _plain(v.to_dict())
+    """A result as JSON-ready plain data: dataclasses through their own ``to_dict`` when they have
+    one (else field by field), containers recursively, leaves by :func:`privdiff.utils.jsonsafe.jsonable`
+    (Paths as strings, numpy scalars as numbers, ∞ as "inf")."""
     if is_dataclass(v) and not isinstance(v, type):
+        if hasattr(v, "to_dict"):
+            return _plain(v.to_dict())
         return {f.name: _plain(getattr(v, f.name)) for f in fields(v)}
-    if isinstance(v, float) and math.isinf(v):
-        return "inf"
     if isinstance(v, dict):
         return {str(k): _plain(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
-    if isinstance(v, np.generic):
-        return _plain(v.item())
-    if isinstance(v, Path):
-        return str(v)
-    return v
+    return jsonable(v)
 
 
 @dataclass(frozen=True)
