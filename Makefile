@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed
 PIP    := $(BIN)/python -m pip
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-integration test-slow test-all demo bench clean
+.PHONY: setup lint test test-fast test-integration test-slow test-all demo bench clean
+LINT_PATHS := src tests experiments benchmarks scripts
 
 setup: $(STAMP)
 
@@ -27,10 +28,15 @@ $(STAMP): pyproject.toml constraints.txt
 # Tiers (markers registered in pyproject.toml): unmarked tests are the default tier; `integration`
 # needs the shipped checkpoints, real datasets or subprocess runs, or takes more than ~2 s; `slow`
 # takes minutes. `make test` covers default + integration so CI still runs everything but `slow`.
-test: setup
+# Lint first (seconds): formatting and the rule set in pyproject.toml, line length included.
+lint: setup
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
+
+test: setup lint
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-fast: setup
+test-fast: setup lint
 	$(BIN)/python -m pytest -m "not slow and not integration" $(PYTEST_ARGS)
 
 test-integration: setup

@@ -22,8 +22,11 @@ from pathlib import Path
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="diffusion model directory (default: the shipped one, privdiff.checkpoints)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="diffusion model directory (default: the shipped one, privdiff.checkpoints)",
+    )
     p.add_argument("--classifier", default=None, help="classifier directory (default: MODEL/classifier)")
     p.add_argument("--alpha", type=float, default=0.001)
     p.add_argument("--scale", type=float, default=1000.0)
@@ -81,16 +84,27 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "cpsample_sampling_overhead",
         "model": what,
-        "settings": {"alpha": args.alpha, "scale": args.scale, "steps": args.steps, "batch": args.batch,
-                     "repeats": args.repeats, "seed": args.seed, "quick": args.quick},
+        "settings": {
+            "alpha": args.alpha,
+            "scale": args.scale,
+            "steps": args.steps,
+            "batch": args.batch,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "quick": args.quick,
+        },
         "ddim_seconds": plain_t,
         "cpsample_seconds": guided_t,
         "ddim_median_s": plain,
         "cpsample_median_s": guided,
         "ratio_cpsample_over_ddim": guided / plain,
         "gate_firing_rate": statistics.mean(rates),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__},
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
     }
 
 
@@ -100,9 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"DDIM      {result['ddim_median_s']:.3f} s  ({args.steps} steps, batch {args.batch}, median of {args.repeats})")
-    print(f"CPSample  {result['cpsample_median_s']:.3f} s  (α={args.alpha:g}, s={args.scale:g}, "
-          f"gate fired on {result['gate_firing_rate']:.2%} of sample-steps)")
+    print(
+        f"DDIM      {result['ddim_median_s']:.3f} s  ({args.steps} steps, batch {args.batch}, median of {args.repeats})"
+    )
+    print(
+        f"CPSample  {result['cpsample_median_s']:.3f} s  (α={args.alpha:g}, s={args.scale:g}, "
+        f"gate fired on {result['gate_firing_rate']:.2%} of sample-steps)"
+    )
     print(f"ratio CPSample / DDIM = {result['ratio_cpsample_over_ddim']:.2f}x   → {out}")
     return 0
 

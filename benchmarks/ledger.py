@@ -40,8 +40,14 @@ from pathlib import Path
 
 # (σ, q, k) groups mixed in the long history: the settings of the paper's figures and sweeps.
 GROUPS = [
-    (0.05, 0.01, 23), (0.04, 0.0013218, 20), (0.07, 0.01, 17), (0.05, 0.0055, 20),
-    (0.05, 0.0019, 20), (0.2, 0.01, 18), (0.1, 0.005, 10), (0.05, 0.002, 30),
+    (0.05, 0.01, 23),
+    (0.04, 0.0013218, 20),
+    (0.07, 0.01, 17),
+    (0.05, 0.0055, 20),
+    (0.05, 0.0019, 20),
+    (0.2, 0.01, 18),
+    (0.1, 0.005, 10),
+    (0.05, 0.002, 30),
 ]
 
 
@@ -55,8 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--chargers", type=int, default=32, help="concurrent charging processes")
     p.add_argument("--charges-each", type=int, default=5, help="charges per process")
-    p.add_argument("--quick", action="store_true",
-                   help="CI size: 1,000 queries of history, 3 repeats, 4 chargers × 3 charges")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI size: 1,000 queries of history, 3 repeats, 4 chargers × 3 charges",
+    )
     p.add_argument("--out", default="out/benchmarks/ledger.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -97,8 +106,10 @@ def _concurrent(tmp: Path, args: argparse.Namespace) -> dict:
         led.charge_many([DPRDMQuery(*g) for g in GROUPS])  # a history of several groups
         led.close()
         start, out = ctx.Event(), ctx.Queue()
-        procs = [ctx.Process(target=_charger, args=(str(path), args.charges_each, mode == "new", start, out))
-                 for _ in range(args.chargers)]
+        procs = [
+            ctx.Process(target=_charger, args=(str(path), args.charges_each, mode == "new", start, out))
+            for _ in range(args.chargers)
+        ]
         for p in procs:
             p.start()
         time.sleep(0.5)  # let every child open the ledger
@@ -113,9 +124,14 @@ def _concurrent(tmp: Path, args: argparse.Namespace) -> dict:
         with Ledger.open(path) as led:
             st = led.status()
         times.sort()
-        result[mode] = {"max_s": times[-1], "p95_s": times[int(0.95 * (len(times) - 1))],
-                        "median_s": statistics.median(times), "wall_s": wall, "queries": st.queries,
-                        "epsilon_spent": st.epsilon_spent}
+        result[mode] = {
+            "max_s": times[-1],
+            "p95_s": times[int(0.95 * (len(times) - 1))],
+            "median_s": statistics.median(times),
+            "wall_s": wall,
+            "queries": st.queries,
+            "epsilon_spent": st.epsilon_spent,
+        }
     if result["old"]["queries"] != result["new"]["queries"] or not math.isclose(
         result["old"]["epsilon_spent"], result["new"]["epsilon_spent"], rel_tol=1e-9
     ):
@@ -162,11 +178,21 @@ def main(argv: list[str] | None = None) -> dict:
     from privdiff.accounting import Ledger, solve_queries
 
     with tempfile.TemporaryDirectory(prefix="privdiff-bench-ledger-") as tmp:
-        big = Ledger.create(Path(tmp) / "full.sqlite", epsilon=1e9, delta=1e-6, accountant=args.accountant,
-                            dataset="benchmark")
+        big = Ledger.create(
+            Path(tmp) / "full.sqlite",
+            epsilon=1e9,
+            delta=1e-6,
+            accountant=args.accountant,
+            dataset="benchmark",
+        )
         fill_s = _fill(big, args.history, args.batch, args.seed)
-        empty = Ledger.create(Path(tmp) / "empty.sqlite", epsilon=1e9, delta=1e-6, accountant=args.accountant,
-                              dataset="benchmark")
+        empty = Ledger.create(
+            Path(tmp) / "empty.sqlite",
+            epsilon=1e9,
+            delta=1e-6,
+            accountant=args.accountant,
+            dataset="benchmark",
+        )
         # Interleave the two so machine load affects both alike.
         full_t, empty_t = [], []
         for _ in range(args.repeats):
@@ -181,20 +207,25 @@ def main(argv: list[str] | None = None) -> dict:
     full_ms, empty_ms = 1e3 * statistics.median(full_t), 1e3 * statistics.median(empty_t)
     cifar = dict(sigma=0.05, sample_rate=0.01, k=23)
     delta = 1 / 50_000
-    answerable = {acc: solve_queries(args.target_epsilon, delta, accountant=acc, **cifar) for acc in ("paper", "rdp", "pld")}
+    answerable = {
+        acc: solve_queries(args.target_epsilon, delta, accountant=acc, **cifar) for acc in ("paper", "rdp", "pld")
+    }
     ratio_q = answerable["pld"].value / answerable["paper"].value
 
     console = Console()
     t1 = Table(title=f"Ledger charge latency ({args.accountant} accountant)")
     for col in ("ledger", "queries recorded", "groups", "charge rows", "median charge (ms)"):
         t1.add_column(col, justify="right")
-    t1.add_row("empty", "0 → %d" % args.repeats, "1", str(args.repeats), f"{empty_ms:.2f}")
+    t1.add_row("empty", f"0 → {args.repeats}", "1", str(args.repeats), f"{empty_ms:.2f}")
     t1.add_row("long history", f"{status.queries:,}", str(status.groups), f"{rows:,}", f"{full_ms:.2f}")
     console.print(t1)
-    console.print(f"ratio long-history / empty: [bold]{full_ms / empty_ms:.2f}×[/bold] "
-                  f"(filled {args.history:,} queries in {fill_s:.1f} s)")
-    t2 = Table(title=f"Queries answerable at ε ≤ {args.target_epsilon:g}, CIFAR-10 setting "
-                     f"(σ=0.05, q=0.01, k=23, δ=1/50,000)")
+    console.print(
+        f"ratio long-history / empty: [bold]{full_ms / empty_ms:.2f}×[/bold] "
+        f"(filled {args.history:,} queries in {fill_s:.1f} s)"
+    )
+    t2 = Table(
+        title=f"Queries answerable at ε ≤ {args.target_epsilon:g}, CIFAR-10 setting (σ=0.05, q=0.01, k=23, δ=1/50,000)"
+    )
     for col in ("accountant", "queries", "ε at that T"):
         t2.add_column(col, justify="right")
     for acc, cal in answerable.items():
@@ -204,24 +235,45 @@ def main(argv: list[str] | None = None) -> dict:
     t3 = Table(title=f"{args.chargers} concurrent chargers × {args.charges_each} charges ({args.accountant})")
     for col in ("accounting", "longest charge (s)", "p95 (s)", "median (s)", "wall (s)"):
         t3.add_column(col, justify="right")
-    for mode, label in (("old", "under the write lock (old)"), ("new", "outside, version re-checked")):
+    for mode, label in (
+        ("old", "under the write lock (old)"),
+        ("new", "outside, version re-checked"),
+    ):
         c = concurrent[mode]
-        t3.add_row(label, f"{c['max_s']:.3f}", f"{c['p95_s']:.3f}", f"{c['median_s']:.3f}", f"{c['wall_s']:.2f}")
+        t3.add_row(
+            label,
+            f"{c['max_s']:.3f}",
+            f"{c['p95_s']:.3f}",
+            f"{c['median_s']:.3f}",
+            f"{c['wall_s']:.2f}",
+        )
     console.print(t3)
     console.print(f"ratio longest charge old / new: [bold]{concurrent['ratio_max_old_over_new']:.2f}×[/bold]")
 
     result = {
         "settings": {k: v for k, v in vars(args).items()},
         "groups": GROUPS,
-        "charge_latency_ms": {"empty_median": empty_ms, "full_median": full_ms, "empty_all": [1e3 * t for t in empty_t],
-                              "full_all": [1e3 * t for t in full_t]},
+        "charge_latency_ms": {
+            "empty_median": empty_ms,
+            "full_median": full_ms,
+            "empty_all": [1e3 * t for t in empty_t],
+            "full_all": [1e3 * t for t in full_t],
+        },
         "ratio_full_over_empty": full_ms / empty_ms,
-        "history": {"queries": status.queries, "groups": status.groups, "charge_rows": rows,
-                    "epsilon_spent": status.epsilon_spent, "fill_seconds": fill_s},
+        "history": {
+            "queries": status.queries,
+            "groups": status.groups,
+            "charge_rows": rows,
+            "epsilon_spent": status.epsilon_spent,
+            "fill_seconds": fill_s,
+        },
         "queries_at_target": {acc: cal.to_dict() for acc, cal in answerable.items()},
         "ratio_pld_over_paper_queries": ratio_q,
         "concurrent_chargers": concurrent,
-        "machine": {"python": platform.python_version(), "processor": platform.processor() or platform.machine()},
+        "machine": {
+            "python": platform.python_version(),
+            "processor": platform.processor() or platform.machine(),
+        },
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -125,11 +125,21 @@ def run(args: argparse.Namespace) -> dict:
     subsampled_topk(vectors, queries[:2], args.k, args.q, np.random.default_rng())
 
     t_auth = _timed(lambda: _authors(index, queries, args.k, args.q), args.repeats)
-    t_ours = _timed(lambda: subsampled_topk(vectors, queries, args.k, args.q, np.random.default_rng()), args.repeats)
+    t_ours = _timed(
+        lambda: subsampled_topk(vectors, queries, args.k, args.q, np.random.default_rng()),
+        args.repeats,
+    )
     t_floor = _timed(lambda: _floor(vectors, queries, args.q), args.repeats)
     method = "dense" if args.q > DENSE_SAMPLE_RATE_THRESHOLD else "sparse"
+
     def row(name, t):
-        return {"method": name, "seconds": t[0], "qps": B / t[0], "cpu_seconds": t[1], "qps_cpu": B / t[1]}
+        return {
+            "method": name,
+            "seconds": t[0],
+            "qps": B / t[0],
+            "cpu_seconds": t[1],
+            "qps_cpu": B / t[1],
+        }
 
     rows = [
         row("authors (torch mask + IDSelectorBatch + IndexFlatIP)", t_auth),
@@ -138,12 +148,21 @@ def run(args: argparse.Namespace) -> dict:
     ]
     result = {
         "settings": {
-            "n": args.n, "d": args.d, "sample_rate": args.q, "k": args.k, "queries": B,
-            "repeats": args.repeats, "seed": args.seed, "threads": args.threads,
+            "n": args.n,
+            "d": args.d,
+            "sample_rate": args.q,
+            "k": args.k,
+            "queries": B,
+            "repeats": args.repeats,
+            "seed": args.seed,
+            "threads": args.threads,
         },
         "machine": {
-            "cpu_count": os.cpu_count(), "faiss_threads": _faiss_threads(), "python": sys.version.split()[0],
-            "platform": platform.platform(), "load_average_1min": os.getloadavg()[0],
+            "cpu_count": os.cpu_count(),
+            "faiss_threads": _faiss_threads(),
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "load_average_1min": os.getloadavg()[0],
         },
         "build_seconds": build_s,
         "same_topk_on_shared_subsample": agree,
@@ -168,15 +187,29 @@ def _crossover(vectors, queries, args):
 
     out = []
     for q in args.crossover_rates:
-        ts = _timed(lambda: subsampled_topk(vectors, queries, args.k, q, np.random.default_rng(), method="sparse"),
-                    args.repeats)
-        td = _timed(lambda: subsampled_topk(vectors, queries, args.k, q, np.random.default_rng(), method="dense"),
-                    args.repeats)
+        ts = _timed(
+            lambda q=q: subsampled_topk(vectors, queries, args.k, q, np.random.default_rng(), method="sparse"),
+            args.repeats,
+        )
+        td = _timed(
+            lambda q=q: subsampled_topk(vectors, queries, args.k, q, np.random.default_rng(), method="dense"),
+            args.repeats,
+        )
         nq = len(queries)
-        out.append({"sample_rate": q, "sparse_qps": nq / ts[0], "dense_qps": nq / td[0],
-                    "sparse_qps_cpu": nq / ts[1], "dense_qps_cpu": nq / td[1]})
-        print(f"  q={q:<6g} sparse {nq / ts[0]:8.1f} q/s ({nq / ts[1]:8.1f} per CPU-s)   "
-              f"dense {nq / td[0]:8.1f} q/s ({nq / td[1]:8.1f} per CPU-s)", flush=True)
+        out.append(
+            {
+                "sample_rate": q,
+                "sparse_qps": nq / ts[0],
+                "dense_qps": nq / td[0],
+                "sparse_qps_cpu": nq / ts[1],
+                "dense_qps_cpu": nq / td[1],
+            }
+        )
+        print(
+            f"  q={q:<6g} sparse {nq / ts[0]:8.1f} q/s ({nq / ts[1]:8.1f} per CPU-s)   "
+            f"dense {nq / td[0]:8.1f} q/s ({nq / td[1]:8.1f} per CPU-s)",
+            flush=True,
+        )
     return out
 
 
@@ -190,24 +223,42 @@ def _plot(res: dict, path: Path) -> None:
     cross = res.get("crossover")
     fig, axes = plt.subplots(1, 2 if cross else 1, figsize=(11 if cross else 6, 4))
     ax = axes[0] if cross else axes
-    names = ["authors\n(mask + IDSelectorBatch)", "privdiff\n(O(qN) sparse)", "floor\n(contiguous GEMV)"]
+    names = [
+        "authors\n(mask + IDSelectorBatch)",
+        "privdiff\n(O(qN) sparse)",
+        "floor\n(contiguous GEMV)",
+    ]
     qps = [r["qps_cpu"] for r in res["results"]]
     bars = ax.bar(names, qps, color=["#b0b0b0", "#2a7ab9", "#7fbf7f"])
     for b, v in zip(bars, qps):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=9)
     st = res["settings"]
-    ax.set(yscale="log", ylabel="queries per CPU-second (higher is better)",
-           title=f"N={st['n']:,} d={st['d']} q={st['sample_rate']:g} k={st['k']}: "
-                 f"{res['speedup_vs_authors_cpu']:.1f}x the authors' path")
+    ax.set(
+        yscale="log",
+        ylabel="queries per CPU-second (higher is better)",
+        title=f"N={st['n']:,} d={st['d']} q={st['sample_rate']:g} k={st['k']}: "
+        f"{res['speedup_vs_authors_cpu']:.1f}x the authors' path",
+    )
     if cross:
         qs = [c["sample_rate"] for c in cross]
         axes[1].plot(qs, [c["sparse_qps_cpu"] for c in cross], "o-", label="sparse (pairs + gather-dot)")
         axes[1].plot(qs, [c["dense_qps_cpu"] for c in cross], "s-", label="dense (BLAS + Bernoulli mask)")
-        axes[1].set(xscale="log", yscale="log", xlabel="sample rate q", ylabel="queries per CPU-second",
-                    title="sparse vs dense path")
+        axes[1].set(
+            xscale="log",
+            yscale="log",
+            xlabel="sample rate q",
+            ylabel="queries per CPU-second",
+            title="sparse vs dense path",
+        )
         axes[1].legend()
-    fig.text(0.01, 0.01, f"{res['machine']['cpu_count']} shared cores, {st['threads']} thread(s), "
-             f"1-min load {res['machine']['load_average_1min']:.1f}", fontsize=7, color="grey")
+    fig.text(
+        0.01,
+        0.01,
+        f"{res['machine']['cpu_count']} shared cores, {st['threads']} thread(s), "
+        f"1-min load {res['machine']['load_average_1min']:.1f}",
+        fontsize=7,
+        color="grey",
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -222,11 +273,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=256, help="number of queries timed")
     p.add_argument("--repeats", type=int, default=1, help="repeat each timing, keep the best")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (public)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="threads for faiss and BLAS in every method (default 1: a fair single-core "
-                        "comparison that stays meaningful on a shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for faiss and BLAS in every method (default 1: a fair single-core "
+        "comparison that stays meaningful on a shared machine)",
+    )
     p.add_argument("--crossover", action="store_true", help="also time sparse vs dense over --crossover-rates")
-    p.add_argument("--crossover-rates", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    p.add_argument(
+        "--crossover-rates",
+        type=float,
+        nargs="+",
+        default=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0],
+    )
     p.add_argument("--out", type=Path, default=Path("out/benchmarks/retrieval.json"), help="JSON output path")
     args = p.parse_args(argv)
     if args.n < 1 or args.d < 1 or args.k < 1 or args.queries < 1 or args.threads < 1 or not (0 < args.q <= 1):
@@ -243,16 +303,24 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     except ImportError:
         pass
-    print(f"N={args.n:,} d={args.d} q={args.q:g} k={args.k} queries={args.queries} "
-          f"(cores: {os.cpu_count()}, 1-min load {os.getloadavg()[0]:.2f})", flush=True)
+    print(
+        f"N={args.n:,} d={args.d} q={args.q:g} k={args.k} queries={args.queries} "
+        f"(cores: {os.cpu_count()}, 1-min load {os.getloadavg()[0]:.2f})",
+        flush=True,
+    )
     res = run(args)
     width = max(len(r["method"]) for r in res["results"])
     print(f"{'method':<{width}}  {'seconds':>9}  {'queries/s':>10}  {'CPU s':>8}  {'q/CPU-s':>9}")
     for r in res["results"]:
-        print(f"{r['method']:<{width}}  {r['seconds']:9.3f}  {r['qps']:10.1f}  {r['cpu_seconds']:8.3f}  {r['qps_cpu']:9.1f}")
-    print(f"speed-up privdiff / authors: {res['speedup_vs_authors']:.1f}x wall, "
-          f"{res['speedup_vs_authors_cpu']:.1f}x CPU time   "
-          f"(privdiff runs at {100 * res['fraction_of_floor']:.0f}% of the floor's speed)")
+        print(
+            f"{r['method']:<{width}}  {r['seconds']:9.3f}  {r['qps']:10.1f}  "
+            f"{r['cpu_seconds']:8.3f}  {r['qps_cpu']:9.1f}"
+        )
+    print(
+        f"speed-up privdiff / authors: {res['speedup_vs_authors']:.1f}x wall, "
+        f"{res['speedup_vs_authors_cpu']:.1f}x CPU time   "
+        f"(privdiff runs at {100 * res['fraction_of_floor']:.0f}% of the floor's speed)"
+    )
     print(f"same top-k as the authors' path on a shared subsample: {res['same_topk_on_shared_subsample']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=2) + "\n")

@@ -30,7 +30,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale", type=float, default=1000.0)
     p.add_argument("--mode", default="toward_opposite", choices=["toward_opposite", "away_from_predicted"])
     p.add_argument("--attacks", nargs="+", default=["loss", "pia"])
-    p.add_argument("--repeats", type=int, default=1, help="noise draws per image for the loss attack (paper: 1)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="noise draws per image for the loss attack (paper: 1)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/results/cpsample")
     p.add_argument("--tag", default="")
@@ -65,26 +70,49 @@ def main(argv: list[str] | None = None) -> int:
         if alpha is not None:
             guidance = CPSampleGuidance(protection.classifier, alpha=alpha, scale=args.scale, mode=args.mode)
             denoiser = protected_denoiser(denoiser, guidance, acp)
-        results = run_attacks(denoiser, members, nonmembers, alphas_cumprod=acp, timesteps=args.timesteps,
-                              attacks=args.attacks, seed=args.seed, repeats=args.repeats, progress=True)
+        results = run_attacks(
+            denoiser,
+            members,
+            nonmembers,
+            alphas_cumprod=acp,
+            timesteps=args.timesteps,
+            attacks=args.attacks,
+            seed=args.seed,
+            repeats=args.repeats,
+            progress=True,
+        )
         for r in results:
             # An attacker who knows the defence may flip the score: AUC far below 0.5 leaks as much
             # as AUC far above it. The paper's one-sided z-test cannot see that direction.
-            rows.append({"condition": name, "alpha": alpha, "scale": args.scale if alpha else None, **r.as_dict(),
-                         "auc_either_direction": max(r.auc, 1.0 - r.auc)})
-            print(f"{name:>20} {r.attack:>4} t={r.t:<4} z={r.z:8.2f} p={r.p:.3g} AUC={r.auc:.3f} "
-                  f"TPR@1%FPR={r.tpr_at_1pct_fpr:.3f}", flush=True)
+            rows.append(
+                {
+                    "condition": name,
+                    "alpha": alpha,
+                    "scale": args.scale if alpha else None,
+                    **r.as_dict(),
+                    "auc_either_direction": max(r.auc, 1.0 - r.auc),
+                }
+            )
+            print(
+                f"{name:>20} {r.attack:>4} t={r.t:<4} z={r.z:8.2f} p={r.p:.3g} AUC={r.auc:.3f} "
+                f"TPR@1%FPR={r.tpr_at_1pct_fpr:.3f}",
+                flush=True,
+            )
         if guidance is not None:
-            for row in rows[-len(results):]:
+            for row in rows[-len(results) :]:
                 row["gate_firing_rate_condition"] = guidance.stats.firing_rate
 
     _plot(rows, args, out / f"mia_auc{tag}.png")
     record = {
         "experiment": "cpsample_mia",
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {**vars(args), "n_members": int(members.shape[0]), "n_nonmembers": int(nonmembers.shape[0]),
-                     "z_definition": "z = (mean_nonmember - mean_member) / sqrt(s_m^2/n_m + s_n^2/n_n); p = 1 - Phi(z)",
-                     "score_direction": "lower error => member (AUC > 0.5 means the attack works)"},
+        "settings": {
+            **vars(args),
+            "n_members": int(members.shape[0]),
+            "n_nonmembers": int(nonmembers.shape[0]),
+            "z_definition": "z = (mean_nonmember - mean_member) / sqrt(s_m^2/n_m + s_n^2/n_n); p = 1 - Phi(z)",
+            "score_direction": "lower error => member (AUC > 0.5 means the attack works)",
+        },
         "results": rows,
     }
     (out / f"mia{tag}.json").write_text(json.dumps(record, indent=2))
@@ -105,10 +133,20 @@ def _plot(rows, args, path: Path) -> None:
             ax.plot(*zip(*pts), marker="o", label=cond)
         ax.axhline(0.5, color="k", lw=0.8, ls="--")
         ax.axhspan(0.0, 0.5, color="tab:red", alpha=0.05)
-        ax.text(0.98, 0.03, "AUC < 0.5: members look *less* like members;\nan attacker who flips the score wins",
-                transform=ax.transAxes, ha="right", va="bottom", fontsize=6.5, color="tab:red")
-        ax.set_title({"loss": "loss attack (Matsumoto et al. 2023)", "pia": "PIA (Kong et al. 2024)"}.get(attack, attack),
-                     fontsize=9)
+        ax.text(
+            0.98,
+            0.03,
+            "AUC < 0.5: members look *less* like members;\nan attacker who flips the score wins",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=6.5,
+            color="tab:red",
+        )
+        ax.set_title(
+            {"loss": "loss attack (Matsumoto et al. 2023)", "pia": "PIA (Kong et al. 2024)"}.get(attack, attack),
+            fontsize=9,
+        )
         ax.set_xlabel("t")
         ax.set_ylabel("ROC AUC (members vs held-out)")
         ax.set_ylim(0.0, 1.02)

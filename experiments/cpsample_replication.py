@@ -12,7 +12,8 @@ Every condition starts from the same x_T (same seed), so differences are due to 
 Writes PNG + JSON to ``--out`` (default ``docs/results/cpsample``).
 
     python experiments/cpsample_replication.py --model src/privdiff/assets/checkpoints/cpsample/fmnist64 \
-        --classifier src/privdiff/assets/checkpoints/cpsample/fmnist64/classifier --train-data 'fashion-mnist:train[:64]'
+        --classifier src/privdiff/assets/checkpoints/cpsample/fmnist64/classifier \\
+        --train-data 'fashion-mnist:train[:64]'
 """
 
 from __future__ import annotations
@@ -31,16 +32,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", required=True, help="diffusion model directory")
     p.add_argument("--classifier", required=True, help="CPSample classifier directory")
     p.add_argument("--train-data", required=True, help="the model's (fine-tuning) training set, a dataset spec")
-    p.add_argument("--fid-reference", default="fashion-mnist:test[1000:1100]",
-                   help="held-out images for FID (use as many as --n)")
+    p.add_argument(
+        "--fid-reference",
+        default="fashion-mnist:test[1000:1100]",
+        help="held-out images for FID (use as many as --n)",
+    )
     p.add_argument("--n", type=int, default=100, help="samples per condition (paper's Fig. 1: 100)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (η = 0)")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.25, 0.001])
     p.add_argument("--scale", type=float, default=1000.0, help="guidance scale s (same for every α)")
     p.add_argument("--mode", default="toward_opposite", choices=["toward_opposite", "away_from_predicted"])
     p.add_argument("--feature-space", default="pixel", help="replication feature space (privdiff.evaluation)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="replication τ; default: the evaluation toolkit's calibrated τ for the feature space")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="replication τ; default: the evaluation toolkit's calibrated τ for the feature space",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of x_T (shared by every condition)")
     p.add_argument("--no-fid", action="store_true", help="skip FID (it is the slow part on CPU)")
     p.add_argument("--out", default="docs/results/cpsample")
@@ -77,16 +85,24 @@ def main(argv: list[str] | None = None) -> int:
 
     results, samples, reports = [], {}, {}
     for name, alpha in conditions:
-        guidance = CPSampleGuidance(protection.classifier, alpha=alpha, scale=args.scale, mode=args.mode) if alpha else None
+        guidance = (
+            CPSampleGuidance(protection.classifier, alpha=alpha, scale=args.scale, mode=args.mode) if alpha else None
+        )
         images, info = generate(model, args.n, num_inference_steps=args.steps, seed=args.seed, guidance=guidance)
         samples[name] = images
         rep = replication_report(images, train, feature_space=args.feature_space, threshold=threshold)
         reports[name] = rep
         row = {
-            "condition": name, "alpha": alpha, "scale": args.scale if alpha else None,
-            "replication_rate": rep.rate, "n_replicated": rep.n_replicated, "n": rep.n_generated,
-            "similarity_mean": float(rep.similarities.mean()), "similarity_max": float(rep.similarities.max()),
-            "top_pairs": rep.top_pairs(4), "sampling_seconds": info["wall_seconds"],
+            "condition": name,
+            "alpha": alpha,
+            "scale": args.scale if alpha else None,
+            "replication_rate": rep.rate,
+            "n_replicated": rep.n_replicated,
+            "n": rep.n_generated,
+            "similarity_mean": float(rep.similarities.mean()),
+            "similarity_max": float(rep.similarities.max()),
+            "top_pairs": rep.top_pairs(4),
+            "sampling_seconds": info["wall_seconds"],
             "gate_firing_rate": guidance.stats.firing_rate if guidance else None,
             "gate_calls_with_firing": guidance.stats.steps_with_firing if guidance else None,
         }
@@ -94,9 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         slug = "ddim" if alpha is None else f"cpsample_a{alpha:g}"
         save_grid(images, out / f"samples_{slug}{tag}.png", ncols=10, scale=2)
         save_top_pairs(rep, images, train, out / f"top4_{slug}{tag}.png", n=4)
-        print(f"{name}: replication {rep.rate:.1%} ({rep.n_replicated}/{rep.n_generated}), "
-              f"mean NN sim {row['similarity_mean']:.4f}, {info['wall_seconds']:.0f} s"
-              + (f", gate fired {guidance.stats.firing_rate:.2%}" if guidance else ""), flush=True)
+        print(
+            f"{name}: replication {rep.rate:.1%} ({rep.n_replicated}/{rep.n_generated}), "
+            f"mean NN sim {row['similarity_mean']:.4f}, {info['wall_seconds']:.0f} s"
+            + (f", gate fired {guidance.stats.firing_rate:.2%}" if guidance else ""),
+            flush=True,
+        )
 
     base = reports["DDIM"]
     for row in results[1:]:
@@ -112,21 +131,32 @@ def main(argv: list[str] | None = None) -> int:
             row["fid"] = fid.fid
             row["fid_n"] = [fid.n_a, fid.n_b]
             row["fid_warnings"] = fid.warnings
-            print(f"{row['condition']}: FID {fid.fid:.2f} (n={fid.n_a} vs {fid.n_b}, {time.perf_counter() - t0:.0f} s)",
-                  flush=True)
+            print(
+                f"{row['condition']}: FID {fid.fid:.2f} (n={fid.n_a} vs {fid.n_b}, {time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
         ddim_fid = results[0]["fid"]
         for row in results[1:]:
             row["fid_relative_change"] = (row["fid"] - ddim_fid) / ddim_fid
 
     fig1 = _figure1(samples, reports, train, results, out / f"fig1_top4_ddim_vs_cpsample{tag}.png")
-    save_histogram({name: reports[name] for name, _ in conditions}, out / f"fig3_similarity_hist{tag}.png",
-                   threshold=threshold, title=f"NN similarity to the {len(train)} training images ({args.feature_space})")
+    save_histogram(
+        {name: reports[name] for name, _ in conditions},
+        out / f"fig3_similarity_hist{tag}.png",
+        threshold=threshold,
+        title=f"NN similarity to the {len(train)} training images ({args.feature_space})",
+    )
     record = {
         "experiment": "cpsample_replication",
         "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {**vars(args), "threshold": threshold, "threshold_source": threshold_source,
-                     "n_train": int(len(train)), "model_meta": model.meta, "classifier_meta": {
-                         k: v for k, v in protection.meta.items() if k != "report"}},
+        "settings": {
+            **vars(args),
+            "threshold": threshold,
+            "threshold_source": threshold_source,
+            "n_train": int(len(train)),
+            "model_meta": model.meta,
+            "classifier_meta": {k: v for k, v in protection.meta.items() if k != "report"},
+        },
         "results": results,
         "figures": {"fig1": fig1.name, "fig3": f"fig3_similarity_hist{tag}.png"},
     }
@@ -156,14 +186,22 @@ def _figure1(samples, reports, train, results, path: Path) -> Path:
             flag = " ≥τ" if pair["similarity"] > rep.threshold else ""
             axes[r, 2 * c].set_title(f"s={pair['similarity']:.3f}{flag}", fontsize=7)
             axes[r, 2 * c + 1].set_title("nearest train", fontsize=7)
-        axes[0, 2 * c].annotate(f"{name}: {rep.n_replicated}/{rep.n_generated} above τ", xy=(1.1, 1.3),
-                                xycoords="axes fraction", ha="center", fontsize=9, fontweight="bold")
+        axes[0, 2 * c].annotate(
+            f"{name}: {rep.n_replicated}/{rep.n_generated} above τ",
+            xy=(1.1, 1.3),
+            xycoords="axes fraction",
+            ha="center",
+            fontsize=9,
+            fontweight="bold",
+        )
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
     n = len(next(iter(samples.values())))
-    fig.suptitle(f"Top-4 of {n} samples by similarity to the nearest training image (same x_T; τ = {rep.threshold:.3f})",
-                 fontsize=9)
+    fig.suptitle(
+        f"Top-4 of {n} samples by similarity to the nearest training image (same x_T; τ = {rep.threshold:.3f})",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -29,9 +29,20 @@ def collect(results_dir: Path) -> dict:
         base = next(r for r in rows if r["alpha"] is None)
         if "fid" not in base:
             continue  # a --no-fid run has no quality axis
-        runs.append({"file": path.name, "command": rec["command"], "n": base["n"], "seed": rec["settings"]["seed"]})
+        runs.append(
+            {
+                "file": path.name,
+                "command": rec["command"],
+                "n": base["n"],
+                "seed": rec["settings"]["seed"],
+            }
+        )
         if ddim is None:
-            ddim = {"replication_rate": base["replication_rate"], "fid": base["fid"], "n": base["n"]}
+            ddim = {
+                "replication_rate": base["replication_rate"],
+                "fid": base["fid"],
+                "n": base["n"],
+            }
         elif abs(ddim["fid"] - base["fid"]) > 1e-6 or ddim["replication_rate"] != base["replication_rate"]:
             # Every run must share the plain-DDIM baseline (same model, seed, x_T), else the
             # relative costs are not comparable.
@@ -39,10 +50,19 @@ def collect(results_dir: Path) -> dict:
         for r in rows:
             if r["alpha"] is None:
                 continue
-            points.append({"alpha": r["alpha"], "scale": r["scale"], "replication_rate": r["replication_rate"],
-                           "n_replicated": r["n_replicated"], "n": r["n"], "fid": r["fid"],
-                           "fid_relative_change": r["fid_relative_change"], "gate_firing_rate": r["gate_firing_rate"],
-                           "file": path.name})
+            points.append(
+                {
+                    "alpha": r["alpha"],
+                    "scale": r["scale"],
+                    "replication_rate": r["replication_rate"],
+                    "n_replicated": r["n_replicated"],
+                    "n": r["n"],
+                    "fid": r["fid"],
+                    "fid_relative_change": r["fid_relative_change"],
+                    "gate_firing_rate": r["gate_firing_rate"],
+                    "file": path.name,
+                }
+            )
     if ddim is None:
         raise SystemExit(f"no replication*.json with FID under {results_dir}")
     points.sort(key=lambda p: (p["scale"], -p["alpha"]))
@@ -57,8 +77,13 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ddim = summary["ddim"]
-    ax.axhline(100 * ddim["replication_rate"], color="k", ls="--", lw=1,
-               label=f"plain DDIM: {ddim['replication_rate']:.0%} replicated, FID {ddim['fid']:.0f}")
+    ax.axhline(
+        100 * ddim["replication_rate"],
+        color="k",
+        ls="--",
+        lw=1,
+        label=f"plain DDIM: {ddim['replication_rate']:.0%} replicated, FID {ddim['fid']:.0f}",
+    )
     scales = sorted({p["scale"] for p in summary["points"]})
     markers = "osD^v"
     for i, s in enumerate(scales):
@@ -89,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(summary, results / "tradeoff.png")
     (results / "tradeoff.json").write_text(json.dumps(summary, indent=2) + "\n")
     for p in summary["points"]:
-        print(f"s={p['scale']:>6g} α={p['alpha']:<6g} replication {p['replication_rate']:6.1%} "
-              f"FID {p['fid']:7.1f} ({p['fid_relative_change']:+.0%}) gate {p['gate_firing_rate']:.2%}")
+        print(
+            f"s={p['scale']:>6g} α={p['alpha']:<6g} replication {p['replication_rate']:6.1%} "
+            f"FID {p['fid']:7.1f} ({p['fid_relative_change']:+.0%}) gate {p['gate_firing_rate']:.2%}"
+        )
     print(f"wrote {results / 'tradeoff.png'} and {results / 'tradeoff.json'}")
     return 0
 

@@ -32,7 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fid_validation import down_up, gaussian_blur  # noqa: E402  (same degradations as the Inception-FID check)
 
 #: The private domains of the DP-RDM experiments (Fashion-MNIST class ids).
-DOMAINS: dict[str, list[int]] = {"winter tops (Pullover, Coat)": [2, 4], "footwear (Sandal, Sneaker, Ankle boot)": [5, 7, 9]}
+DOMAINS: dict[str, list[int]] = {
+    "winter tops (Pullover, Coat)": [2, 4],
+    "footwear (Sandal, Sneaker, Ankle boot)": [5, 7, 9],
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--yardstick", default="fashion-mnist")
     ap.add_argument("--out", type=Path, default=Path("docs/results/evaluation"))
     args = ap.parse_args(argv)
-    command = shlex.join(["python", "experiments/domain_yardstick_validation.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(
+        [
+            "python",
+            "experiments/domain_yardstick_validation.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
 
     import matplotlib
 
@@ -69,19 +78,25 @@ def main(argv: list[str] | None = None) -> int:
 
     def both(images: np.ndarray, reference: np.ndarray, seed: int) -> dict:
         f = yard.features(images)
-        return {m: distance_with_ci(f, reference, metric=m, n_boot=args.n_boot, seed=seed).to_dict() for m in ("fid", "kid")}
+        return {
+            m: distance_with_ci(f, reference, metric=m, n_boot=args.n_boot, seed=seed).to_dict() for m in ("fid", "kid")
+        }
 
     sets: dict[str, dict] = {}
     for r in range(args.repeats):
         sets[f"train set {r + 1} (same distribution)"] = both(train.images[perm[r * args.n : (r + 1) * args.n]], ref, r)
     base = train.images[perm[: args.n]]
-    noisy = np.clip(base.astype(np.int16) + noise_rng.normal(0, 25, base.shape).round().astype(np.int16), 0, 255).astype(np.uint8)
+    noisy = np.clip(
+        base.astype(np.int16) + noise_rng.normal(0, 25, base.shape).round().astype(np.int16), 0, 255
+    ).astype(np.uint8)
     sets["blur σ=1"] = both(gaussian_blur(base, 1.0), ref, 100)
     sets["down×2-up"] = both(down_up(base, 2), ref, 101)
     sets["pixel noise σ=25/255"] = both(noisy, ref, 102)
-    for k, (name, v) in enumerate(sets.items()):
-        print(f"{name:34s} FID {v['fid']['value']:8.3f} [{v['fid']['low']:.3f}, {v['fid']['high']:.3f}]  "
-              f"KID {v['kid']['value']:.4f} [{v['kid']['low']:.4f}, {v['kid']['high']:.4f}]")
+    for name, v in sets.items():
+        print(
+            f"{name:34s} FID {v['fid']['value']:8.3f} [{v['fid']['low']:.3f}, {v['fid']['high']:.3f}]  "
+            f"KID {v['kid']['value']:.4f} [{v['kid']['low']:.4f}, {v['kid']['high']:.4f}]"
+        )
 
     domains: dict[str, dict] = {}
     for name, classes in DOMAINS.items():
@@ -98,11 +113,16 @@ def main(argv: list[str] | None = None) -> int:
             "reference_test_images": n_ref,
             "in_domain_rate_real_domain_test": ceiling.to_dict(),
             "in_domain_rate_real_other_test": floor.to_dict(),
-            "vs_domain_test": {"same domain (train)": both(same, d_ref, 200), "other classes (train)": both(other, d_ref, 201)},
+            "vs_domain_test": {
+                "same domain (train)": both(same, d_ref, 200),
+                "other classes (train)": both(other, d_ref, 201),
+            },
         }
-        print(f"{name}: in-domain rate real {ceiling} / others {floor}; FID same "
-              f"{domains[name]['vs_domain_test']['same domain (train)']['fid']['value']:.2f} vs other "
-              f"{domains[name]['vs_domain_test']['other classes (train)']['fid']['value']:.2f}")
+        print(
+            f"{name}: in-domain rate real {ceiling} / others {floor}; FID same "
+            f"{domains[name]['vs_domain_test']['same domain (train)']['fid']['value']:.2f} vs other "
+            f"{domains[name]['vs_domain_test']['other classes (train)']['fid']['value']:.2f}"
+        )
 
     same_fids = [v["fid"]["value"] for k, v in sets.items() if "same distribution" in k]
     record = {
@@ -115,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         "n_boot": args.n_boot,
         "interval": "95 % centred percentile bootstrap, both sets resampled (privdiff.evaluation.domain)",
         "sets_vs_test": sets,
-        "same_distribution_fid_mean_sd": [float(np.mean(same_fids)), float(np.std(same_fids, ddof=1)) if len(same_fids) > 1 else 0.0],
+        "same_distribution_fid_mean_sd": [
+            float(np.mean(same_fids)),
+            float(np.std(same_fids, ddof=1)) if len(same_fids) > 1 else 0.0,
+        ],
         "domains": domains,
         "seconds": round(time.time() - t0, 1),
     }
@@ -126,10 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     names = list(sets)
     for ax, metric in zip(axes, ("fid", "kid")):
         vals = np.array([sets[n][metric]["value"] for n in names])
-        err = np.array([[vals[i] - sets[n][metric]["low"], sets[n][metric]["high"] - vals[i]] for i, n in enumerate(names)]).T
+        err = np.array(
+            [[vals[i] - sets[n][metric]["low"], sets[n][metric]["high"] - vals[i]] for i, n in enumerate(names)]
+        ).T
         colors = ["tab:green" if "same" in n else "tab:red" for n in names]
         ax.bar(range(len(names)), vals, yerr=err, color=colors, capsize=3)
-        ax.set_xticks(range(len(names)), [n.replace(" (same distribution)", "") for n in names], rotation=35, ha="right", fontsize=8)
+        ax.set_xticks(
+            range(len(names)),
+            [n.replace(" (same distribution)", "") for n in names],
+            rotation=35,
+            ha="right",
+            fontsize=8,
+        )
         if metric == "fid":  # KID is unbiased and can be slightly negative: linear axis
             ax.set_yscale("log")
         ax.set_title(f"domain {metric.upper()} vs {args.n} test images (95 % CI)")

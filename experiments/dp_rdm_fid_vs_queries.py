@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import sys
 import time
@@ -45,8 +44,15 @@ def calibrate_sample_rate(sigma: float, k: int, queries: int, epsilon: float, de
     from privdiff.accounting import calibrate
 
     return float(
-        calibrate("sample_rate", target_epsilon=epsilon, delta=delta, sigma=sigma, k=k, queries=queries,
-                  accountant=accountant).value
+        calibrate(
+            "sample_rate",
+            target_epsilon=epsilon,
+            delta=delta,
+            sigma=sigma,
+            k=k,
+            queries=queries,
+            accountant=accountant,
+        ).value
     )
 
 
@@ -59,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="RDM directory (default: shipped checkpoint)")
     ap.add_argument("--samples", type=int, default=500, help="images per setting (FID sample count)")
-    ap.add_argument("--reference", type=int, default=2000, help="fashion-mnist:test images for the FID reference")
+    ap.add_argument(
+        "--reference",
+        type=int,
+        default=2000,
+        help="fashion-mnist:test images for the FID reference",
+    )
     ap.add_argument("--queries", type=int, nargs="+", default=[10, 100, 1000, 10000], help="T values")
     ap.add_argument("--lams", type=float, nargs="+", default=[1.0], help="λ values for DP-RDM")
     ap.add_argument("--epsilon", type=float, default=10.0)
@@ -74,16 +85,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="out/dprdm_fid", help="per-setting cache (resumable)")
     ap.add_argument("--out", default="docs/results/dprdm")
     args = ap.parse_args(argv)
-    command = shlex.join(["python", "experiments/dp_rdm_fid_vs_queries.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(
+        [
+            "python",
+            "experiments/dp_rdm_fid_vs_queries.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
 
     warnings.filterwarnings("ignore", module="privdiff.evaluation.fid")
     from privdiff.accounting import DPRDMQuery, compute_epsilon
     from privdiff.accounting.ledger import Ledger
     from privdiff.data import load_dataset
     from privdiff.encoders import load_image_encoder, load_text_encoder
-    from privdiff.evaluation.fid import compute_fid, fid_stats
     from privdiff.evaluation.baselines import NonPrivateRetrievalContext
-    from privdiff.rdm.conditioning import DPRetrievalContext, PublicRetrievalContext, QueryOnlyContext
+    from privdiff.evaluation.fid import compute_fid, fid_stats
+    from privdiff.rdm.conditioning import (
+        DPRetrievalContext,
+        PublicRetrievalContext,
+        QueryOnlyContext,
+    )
     from privdiff.rdm.model import RDMModel, read_model_info
     from privdiff.rdm.pipeline import DPRDMPipeline, generation_defaults, resolve_model_dir
     from privdiff.rdm.train import cached_embeddings
@@ -141,16 +162,21 @@ def main(argv: list[str] | None = None) -> int:
         source = make_source()
         pipe = DPRDMPipeline(model, source, text)
         t0 = time.time()
-        imgs, privacy = [], None
+        imgs = []
         # Chunks of contexts so each pipeline call samples about batch_size images.
         chunk = max(1, args.batch_size // per_ctx)
         from tqdm.auto import tqdm
 
         for s in tqdm(range(0, n_ctx, chunk), desc=key):
-            res = pipe(prompts[s : s + chunk], images_per_prompt=per_ctx, guidance_scale=w,
-                       num_inference_steps=steps, seed=args.seed + s, batch_size=args.batch_size)
+            res = pipe(
+                prompts[s : s + chunk],
+                images_per_prompt=per_ctx,
+                guidance_scale=w,
+                num_inference_steps=steps,
+                seed=args.seed + s,
+                batch_size=args.batch_size,
+            )
             imgs.append(res.flat_images())
-            privacy = res.privacy
         images = np.concatenate(imgs)[: args.samples]
         labels = np.repeat(classes, per_ctx)[: args.samples]
         fid = compute_fid(images, ref_stats)
@@ -193,17 +219,35 @@ def main(argv: list[str] | None = None) -> int:
             def make_source(q=q, lam=lam, ledger_path=ledger_path):
                 if ledger_path.exists():
                     ledger_path.unlink()
-                ledger = Ledger.create(ledger_path, epsilon=args.epsilon, delta=delta, accountant=args.accountant,
-                                       dataset=private.name)
+                ledger = Ledger.create(
+                    ledger_path,
+                    epsilon=args.epsilon,
+                    delta=delta,
+                    accountant=args.accountant,
+                    dataset=private.name,
+                )
                 retriever = DPRetriever(private_index, k, sigma, q, ledger)
                 return DPRetrievalContext(retriever, lam=lam, mix_with="query")
 
-            rec = run_setting(key, make_source, n_ctx, {
-                "T": T, "lam": lam, "sigma": sigma, "k": k, "sample_rate": q,
-                "expected_subsample_size": q * n_private, "noise_multiplier": sigma * k / 2,
-                "epsilon_at_T": eps_T, "epsilon_at_T_paper_accountant": eps_paper, "delta": delta,
-                "accountant": args.accountant, "queries_executed": n_ctx,
-            })
+            rec = run_setting(
+                key,
+                make_source,
+                n_ctx,
+                {
+                    "T": T,
+                    "lam": lam,
+                    "sigma": sigma,
+                    "k": k,
+                    "sample_rate": q,
+                    "expected_subsample_size": q * n_private,
+                    "noise_multiplier": sigma * k / 2,
+                    "epsilon_at_T": eps_T,
+                    "epsilon_at_T_paper_accountant": eps_paper,
+                    "delta": delta,
+                    "accountant": args.accountant,
+                    "queries_executed": n_ctx,
+                },
+            )
             results.append(rec)
 
     baseline_sources = {
@@ -221,13 +265,21 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "model": str(model_dir),
         "model_training": read_model_info(model_dir).get("training"),
-        "private_set": private.name, "n_private": n_private, "delta": delta,
+        "private_set": private.name,
+        "n_private": n_private,
+        "delta": delta,
         "reference": f"fashion-mnist:test, {len(ref_idx)} images (seeded subset, rng 12345)",
         "samples_per_setting": args.samples,
-        "target_epsilon": args.epsilon, "accountant": args.accountant,
-        "sigma": sigma, "k": k, "guidance_scale": w, "ddim_steps": steps, "seed": args.seed,
+        "target_epsilon": args.epsilon,
+        "accountant": args.accountant,
+        "sigma": sigma,
+        "k": k,
+        "guidance_scale": w,
+        "ddim_steps": steps,
+        "seed": args.seed,
         "prompts": "privdiff.encoders.captions.CANONICAL_PROMPTS, classes balanced-uniform over 10, seeded",
-        "dp_rdm": results, "baselines": baselines,
+        "dp_rdm": results,
+        "baselines": baselines,
     }
     (out / "fid_vs_queries.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot(summary, out / "fid_vs_queries.png")
@@ -245,7 +297,13 @@ def plot(summary: dict, path: Path) -> None:
     lams = sorted({r["lam"] for r in summary["dp_rdm"]}, reverse=True)
     for lam in lams:
         rows = sorted((r for r in summary["dp_rdm"] if r["lam"] == lam), key=lambda r: r["T"])
-        ax.plot([r["T"] for r in rows], [r["fid"] for r in rows], "o-", lw=2, label=f"DP-RDM, λ={lam:g} (ε≤{summary['target_epsilon']:g})")
+        ax.plot(
+            [r["T"] for r in rows],
+            [r["fid"] for r in rows],
+            "o-",
+            lw=2,
+            label=f"DP-RDM, λ={lam:g} (ε≤{summary['target_epsilon']:g})",
+        )
     styles = {
         "public-retrieval": ("tab:green", "--", "public-only retrieval (ε=0)"),
         "non-private": ("tab:red", ":", "non-private retrieval (ε=∞)"),

@@ -33,7 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="docs/results/dprdm")
     args = ap.parse_args(argv)
-    command = shlex.join(["python", "experiments/dp_rdm_noise_robustness.py", *(argv if argv is not None else sys.argv[1:])])
+    command = shlex.join(
+        [
+            "python",
+            "experiments/dp_rdm_noise_robustness.py",
+            *(argv if argv is not None else sys.argv[1:]),
+        ]
+    )
 
     import torch
 
@@ -58,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     labels = np.repeat(np.arange(n_cls), args.per_class)
     # One r̄ per image: the mean of k random test images of its class (normalised rows).
-    r_bar = np.stack([emb[rng.choice(np.flatnonzero(test.labels == c), args.k, replace=False)].mean(axis=0) for c in labels])
+    r_bar = np.stack(
+        [emb[rng.choice(np.flatnonzero(test.labels == c), args.k, replace=False)].mean(axis=0) for c in labels]
+    )
     scheduler = model.ddim_scheduler()
     gen = torch.Generator().manual_seed(args.seed)
     x_T = torch.randn((labels.size, 1, model.config.sample_size, model.config.sample_size), generator=gen)
@@ -72,17 +80,28 @@ def main(argv: list[str] | None = None) -> int:
             ctx = torch.zeros(labels.size, model.config.k, model.embedding_dim)
         else:
             ctx = (torch.from_numpy(r_bar) + sigma * noise)[:, None, :].expand(-1, model.config.k, -1)
-        x0 = ddim_sample(ClassifierFreeGuidance(model, ctx, args.guidance_scale), scheduler, x_T,
-                         num_inference_steps=args.steps, progress=True, desc=name)
+        x0 = ddim_sample(
+            ClassifierFreeGuidance(model, ctx, args.guidance_scale),
+            scheduler,
+            x_T,
+            num_inference_steps=args.steps,
+            progress=True,
+            desc=name,
+        )
         images = to_uint8(x0)
         pred = np.argmax(enc.encode_images(images) @ centroids.T, axis=1)
         acc = float((pred == labels).mean())
         foot = np.isin(labels, [5, 7, 9])
-        rows.append({
-            "setting": name, "sigma": sigma, "noise_norm": None if sigma is None else sigma * model.embedding_dim ** 0.5,
-            "class_accuracy": acc, "footwear_class_accuracy": float((pred == labels)[foot].mean()),
-            "seconds": round(time.time() - t0, 1),
-        })
+        rows.append(
+            {
+                "setting": name,
+                "sigma": sigma,
+                "noise_norm": None if sigma is None else sigma * model.embedding_dim**0.5,
+                "class_accuracy": acc,
+                "footwear_class_accuracy": float((pred == labels)[foot].mean()),
+                "seconds": round(time.time() - t0, 1),
+            }
+        )
         print(f"{name}: class accuracy {acc:.2f}")
         grids.append(images[np.concatenate([np.flatnonzero(labels == c)[:2] for c in range(n_cls)])])
 
@@ -90,9 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {
-        "command": command, "model": str(model_dir), "s_max": info.get("training", {}).get("s_max"),
-        "embedding_dim": model.embedding_dim, "k": args.k, "images_per_setting": int(labels.size),
-        "ddim_steps": args.steps, "guidance_scale": args.guidance_scale, "seed": args.seed,
+        "command": command,
+        "model": str(model_dir),
+        "s_max": info.get("training", {}).get("s_max"),
+        "embedding_dim": model.embedding_dim,
+        "k": args.k,
+        "images_per_setting": int(labels.size),
+        "ddim_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "seed": args.seed,
         "yardstick": "nearest class centroid of fashion-mnist:test embeddings (chance = 0.1)",
         "results": rows,
     }
@@ -107,10 +132,21 @@ def main(argv: list[str] | None = None) -> int:
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
     pts = [r for r in rows if r["sigma"] is not None]
     ax.plot([r["sigma"] for r in pts], [r["class_accuracy"] for r in pts], "o-", label="all classes")
-    ax.plot([r["sigma"] for r in pts], [r["footwear_class_accuracy"] for r in pts], "s--", label="footwear (rare in public set)")
+    ax.plot(
+        [r["sigma"] for r in pts],
+        [r["footwear_class_accuracy"] for r in pts],
+        "s--",
+        label="footwear (rare in public set)",
+    )
     ax.axhline(rows[0]["class_accuracy"], color="gray", ls=":", label="null context")
     if summary["s_max"] is not None:
-        ax.axvline(summary["s_max"], color="tab:red", ls="--", lw=1, label=f"training s_max={summary['s_max']:g}")
+        ax.axvline(
+            summary["s_max"],
+            color="tab:red",
+            ls="--",
+            lw=1,
+            label=f"training s_max={summary['s_max']:g}",
+        )
     ax.set_xlabel("σ (noise std per coordinate of the context)")
     ax.set_ylabel("class accuracy of generated images")
     ax.set_ylim(0, 1.02)

@@ -77,9 +77,19 @@ def main() -> None:
     results = []
     for label, images in tqdm(sets.items(), desc="FID against train subset", unit="set"):
         t1 = time.perf_counter()
-        res = fidmod.compute_fid(stats_train, images, batch_size=args.batch_size, cache=not args.no_cache, progress=True)
-        results.append({"comparison": f"train vs {label}", "fid": res.fid, "n_a": res.n_a, "n_b": res.n_b,
-                        "seconds": time.perf_counter() - t1, "diagnostics": res.diagnostics})
+        res = fidmod.compute_fid(
+            stats_train, images, batch_size=args.batch_size, cache=not args.no_cache, progress=True
+        )
+        results.append(
+            {
+                "comparison": f"train vs {label}",
+                "fid": res.fid,
+                "n_a": res.n_a,
+                "n_b": res.n_b,
+                "seconds": time.perf_counter() - t1,
+                "diagnostics": res.diagnostics,
+            }
+        )
         print(f"FID(train, {label}) = {res.fid:.2f}")
 
     throughput = fidmod.images_per_second(100, batch_size=args.batch_size)
@@ -93,28 +103,34 @@ def main() -> None:
         "ordering_holds": ordering_ok,
         "results": results,
         "settings": {
-            "n_per_set": args.n, "seed": args.seed, "batch_size": args.batch_size,
+            "n_per_set": args.n,
+            "seed": args.seed,
+            "batch_size": args.batch_size,
             "train_source": "fashion-mnist:train (random subset, indices from seed)",
             "test_source": "fashion-mnist:test (random subset, indices from seed)",
-            "blur_sigma_px": args.blur_sigma, "down_factor": args.down_factor,
+            "blur_sigma_px": args.blur_sigma,
+            "down_factor": args.down_factor,
             "feature_extractor": fidmod.FEATURE_EXTRACTOR_ID,
             "cache": not args.no_cache,
         },
         "throughput": {
             "train_stats_seconds": train_seconds,
             "images_per_second": throughput,
-            "throughput_measurement": "fid.images_per_second(n=100, batch_size=50): 28x28 uint8 images, after a warm-up batch",
+            "throughput_measurement": (
+                "fid.images_per_second(n=100, batch_size=50): 28x28 uint8 images, after a warm-up batch"
+            ),
             "note": "measured on the shared 2-core machine while other jobs ran; load average at the end below. "
-                    "train_stats_seconds and per-set seconds are 0-ish when the statistics came from the cache",
+            "train_stats_seconds and per-set seconds are 0-ish when the statistics came from the cache",
             "torch_threads": torch.get_num_threads(),
             "load_average_1_5_15": list(os.getloadavg()),
             "machine": platform.processor() or platform.machine(),
         },
         "caveat": fidmod.COMPARABILITY_NOTE + f" Here n={args.n} < 2048: covariances are rank-deficient, "
-                  "so absolute values are inflated relative to 10k/50k-sample FIDs.",
+        "so absolute values are inflated relative to 10k/50k-sample FIDs.",
         "versions": fidmod.library_versions(),
-        "command": "python experiments/fid_validation.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "no_cache") + (" --no-cache" if args.no_cache else ""),
+        "command": "python experiments/fid_validation.py "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "no_cache")
+        + (" --no-cache" if args.no_cache else ""),
     }
     (args.out / "fid_validation.json").write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -127,14 +143,25 @@ def main() -> None:
     labels = [r["comparison"].replace("train vs ", "") for r in results]
     bars = ax.barh(labels[::-1], fids[::-1], color=["#c44", "#d93", "#d93", "#4a4"])
     for bar, v in zip(bars, fids[::-1], strict=True):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.1f}", va="center", fontsize=9)
+        ax.text(
+            bar.get_width(),
+            bar.get_y() + bar.get_height() / 2,
+            f" {v:.1f}",
+            va="center",
+            fontsize=9,
+        )
     ax.set_xlabel(f"FID against {args.n} Fashion-MNIST train images (n={args.n} per set)")
     ax.set_xlim(0, max(fids) * 1.18)
     ax.set_title("privdiff FID sanity check (lower = closer to train)", fontsize=10)
     fig.tight_layout()
     fig.savefig(args.out / "fid_validation.png", dpi=120)
     plt.close(fig)
-    save_grid(np.concatenate([imgs[:8] for imgs in sets.values()]), args.out / "fid_validation_examples.png", ncols=8, scale=2)
+    save_grid(
+        np.concatenate([imgs[:8] for imgs in sets.values()]),
+        args.out / "fid_validation_examples.png",
+        ncols=8,
+        scale=2,
+    )
     print(json.dumps({k: payload[k] for k in ("ordering_holds", "throughput")}, indent=2))
 
 

@@ -45,12 +45,15 @@ def main() -> None:
     parser.add_argument("--max-fpr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/results/evaluation"))
-    parser.add_argument("--merge", action="store_true",
-                        help="keep spaces already in the JSON that are not recomputed in this run")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep spaces already in the JSON that are not recomputed in this run",
+    )
     args = parser.parse_args()
 
     from privdiff.data import load_dataset
-    from privdiff.evaluation.features import check_feature_space
+    from privdiff.evaluation.features import check_feature_space, extract_features
     from privdiff.evaluation.fid import library_versions
     from privdiff.evaluation.replication import (
         augment_copies,
@@ -59,7 +62,6 @@ def main() -> None:
         save_calibration_plot,
         threshold_at_fpr,
     )
-    from privdiff.evaluation.features import extract_features
 
     spaces = [check_feature_space(s) for s in args.spaces]
     rng = np.random.default_rng(args.seed)
@@ -68,7 +70,9 @@ def main() -> None:
     ref_idx = np.sort(rng.choice(train_all.shape[0], size=args.n, replace=False))
     neg_idx = np.sort(rng.choice(test_all.shape[0], size=args.n, replace=False))
     reference, non_copies = train_all[ref_idx], test_all[neg_idx]
-    copies = {name: augment_copies(reference, seed=args.seed + i, **kw) for i, (name, kw) in enumerate(FAMILIES.items())}
+    copies = {
+        name: augment_copies(reference, seed=args.seed + i, **kw) for i, (name, kw) in enumerate(FAMILIES.items())
+    }
 
     path = args.out / "replication_threshold.json"
     previous = json.loads(path.read_text()) if (args.merge and path.is_file()) else {}
@@ -77,10 +81,20 @@ def main() -> None:
         t0 = time.perf_counter()
         primary_copies, primary_aug = copies[PRIMARY_FAMILY]
         cal = calibrate_threshold(
-            reference, primary_copies, non_copies, feature_space=space, max_fpr=args.max_fpr,
-            copy_sources=np.arange(args.n), progress=True,
-            settings={"augmentation": primary_aug, "family": PRIMARY_FAMILY, "n": args.n, "seed": args.seed,
-                      "reference_indices_from_seed": True},
+            reference,
+            primary_copies,
+            non_copies,
+            feature_space=space,
+            max_fpr=args.max_fpr,
+            copy_sources=np.arange(args.n),
+            progress=True,
+            settings={
+                "augmentation": primary_aug,
+                "family": PRIMARY_FAMILY,
+                "n": args.n,
+                "seed": args.seed,
+                "reference_indices_from_seed": True,
+            },
         )
         assert cal.threshold == threshold_at_fpr(cal.noncopy_similarities, args.max_fpr)
         entry = cal.to_dict()
@@ -108,31 +122,41 @@ def main() -> None:
         plot = save_calibration_plot(cal, args.out / f"replication_threshold_{space}.png")
         entry["plot"] = plot.name
         per_space[space] = entry
-        print(f"{space}: τ={cal.threshold:.4f} FPR={cal.fpr:.3f} AUC={cal.auc:.3f} "
-              + " ".join(f"TPR[{k}]={v['tpr_at_threshold']:.3f}" for k, v in families.items()), flush=True)
+        print(
+            f"{space}: τ={cal.threshold:.4f} FPR={cal.fpr:.3f} AUC={cal.auc:.3f} "
+            + " ".join(f"TPR[{k}]={v['tpr_at_threshold']:.3f}" for k, v in families.items()),
+            flush=True,
+        )
 
     payload = {
         "experiment": "replication threshold calibration on Fashion-MNIST",
         "rule": f"τ = smallest threshold with <= {args.max_fpr:g} of held-out non-copies above it; "
-                "an image is replicated when its NN cosine similarity > τ",
+        "an image is replicated when its NN cosine similarity > τ",
         "settings": {
             "n_reference = n_noncopies = n_copies_per_family": "per space, see spaces.<space>.settings.n",
             "reference_source": "fashion-mnist:train (random subset from seed)",
             "noncopy_source": "fashion-mnist:test (random subset from seed)",
-            "max_fpr": args.max_fpr, "families": FAMILIES, "primary_family": PRIMARY_FAMILY,
+            "max_fpr": args.max_fpr,
+            "families": FAMILIES,
+            "primary_family": PRIMARY_FAMILY,
         },
         "spaces": per_space,
-        "recommended": {s: {"threshold": e["threshold"], "fpr": e["fpr"], "tpr": e["tpr"], "auc": e["auc"]}
-                        for s, e in per_space.items()},
+        "recommended": {
+            s: {"threshold": e["threshold"], "fpr": e["fpr"], "tpr": e["tpr"], "auc": e["auc"]}
+            for s, e in per_space.items()
+        },
         "versions": library_versions(),
         "command": f"python experiments/replication_threshold.py --n {args.n} --spaces {' '.join(args.spaces)} "
-                   f"--max-fpr {args.max_fpr} --seed {args.seed}" + (" --merge" if args.merge else ""),
+        f"--max-fpr {args.max_fpr} --seed {args.seed}" + (" --merge" if args.merge else ""),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {path}")
     for s, e in per_space.items():
-        print(f'    "{s}": {{"threshold": {e["threshold"]!r}, "fpr": {e["fpr"]!r}, "tpr": {e["tpr"]!r}, "auc": {e["auc"]!r}}},')
+        print(
+            f'    "{s}": {{"threshold": {e["threshold"]!r}, "fpr": {e["fpr"]!r}, '
+            f'"tpr": {e["tpr"]!r}, "auc": {e["auc"]!r}}},'
+        )
 
 
 if __name__ == "__main__":

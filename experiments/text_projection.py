@@ -126,9 +126,7 @@ def figure(project, test, test_emb, path):
     q = project(FIGURE_PHRASINGS)
     top = np.argsort(-(q @ test_emb.T), axis=1)[:, :8]
     expected = {p: c for c, ps in HELDOUT_PHRASINGS.items() for p in ps}
-    fig, axes = plt.subplots(
-        len(FIGURE_PHRASINGS), 8, figsize=(8 * 1.0 + 2.2, len(FIGURE_PHRASINGS) * 1.05)
-    )
+    fig, axes = plt.subplots(len(FIGURE_PHRASINGS), 8, figsize=(8 * 1.0 + 2.2, len(FIGURE_PHRASINGS) * 1.05))
     for r, phrase in enumerate(FIGURE_PHRASINGS):
         for c in range(8):
             ax = axes[r, c]
@@ -140,21 +138,15 @@ def figure(project, test, test_emb, path):
                 spine.set_linewidth(2)
             ax.set_xticks([])
             ax.set_yticks([])
-        axes[r, 0].set_ylabel(
-            f'"{phrase}"\n→ {expected.get(phrase)}', rotation=0, ha="right", va="center", fontsize=8
-        )
-    fig.suptitle(
-        "Unseen phrasings → top-8 Fashion-MNIST test images (green: expected class)", fontsize=9
-    )
+        axes[r, 0].set_ylabel(f'"{phrase}"\n→ {expected.get(phrase)}', rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle("Unseen phrasings → top-8 Fashion-MNIST test images (green: expected class)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(
-        description="Train the MiniLM → image-space projection (public data only)."
-    )
+    ap = argparse.ArgumentParser(description="Train the MiniLM → image-space projection (public data only).")
     ap.add_argument("--space", default="effnet-lite0-64px-c/v1", help="target image space id")
     ap.add_argument("--kinds", nargs="+", default=["linear", "mlp"], choices=["linear", "mlp"])
     ap.add_argument("--steps", type=int, default=800)
@@ -165,9 +157,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("docs/results/encoders"))
     ap.add_argument("--no-save", action="store_true", help="evaluate only; keep the shipped asset")
     args = ap.parse_args(argv)
-    command = "python experiments/text_projection.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = "python experiments/text_projection.py " + " ".join(argv if argv is not None else sys.argv[1:])
 
     encoder = load_image_encoder(args.space)
     public = load_dataset("fashion-mnist:dprdm-public")
@@ -175,9 +165,7 @@ def main(argv=None):
     pub_emb = embed_images(encoder, public.images, args.cache, "dprdm-public-full")
     test_emb = embed_images(encoder, test.images, args.cache, f"test{args.n_test}")
 
-    kind, selection = (
-        select_kind(pub_emb, public.labels, args) if len(args.kinds) > 1 else (args.kinds[0], {})
-    )
+    kind, selection = select_kind(pub_emb, public.labels, args) if len(args.kinds) > 1 else (args.kinds[0], {})
     texts, labels = training_captions()
     t0 = time.perf_counter()
     net, history = train_text_projection(
@@ -218,9 +206,7 @@ def main(argv=None):
             text_to_image_precision(held_emb, held_labels, test_emb, test.labels, k=k), 4
         )
         metrics[f"text_to_image_precision@{k}_canonical"] = round(
-            text_to_image_precision(
-                project(CANONICAL_PROMPTS), np.arange(10), test_emb, test.labels, k=k
-            ),
+            text_to_image_precision(project(CANONICAL_PROMPTS), np.arange(10), test_emb, test.labels, k=k),
             4,
         )
     sims = held_emb @ test_emb.T
@@ -233,9 +219,7 @@ def main(argv=None):
                 "phrase": phrase,
                 "expected": FASHION_MNIST_CLASSES[held_labels[i]],
                 "top8_majority_class": FASHION_MNIST_CLASSES[majority],
-                "nearest_public_image_centroid": FASHION_MNIST_CLASSES[
-                    int(np.argmax(held_emb[i] @ centroids.T))
-                ],
+                "nearest_public_image_centroid": FASHION_MNIST_CLASSES[int(np.argmax(held_emb[i] @ centroids.T))],
                 "precision@8": round(float((test.labels[top8] == held_labels[i]).mean()), 3),
             }
         )

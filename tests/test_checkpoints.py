@@ -28,7 +28,12 @@ def _fake(root: Path, ckpt=RDM_MODEL) -> Path:
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    for var in (RDM_MODEL.env_var, CPSAMPLE_MODEL.env_var, checkpoints.HOME_ENV_VAR, "XDG_DATA_HOME"):
+    for var in (
+        RDM_MODEL.env_var,
+        CPSAMPLE_MODEL.env_var,
+        checkpoints.HOME_ENV_VAR,
+        "XDG_DATA_HOME",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "userhome"))
     return monkeypatch
@@ -81,7 +86,10 @@ def test_a_missing_checkpoint_names_every_place_it_looked(clean_env, tmp_path):
         resolve_checkpoint(CPSAMPLE_MODEL)
     err = exc.value
     assert isinstance(err, CheckpointError) and err.checkpoint is CPSAMPLE_MODEL
-    assert err.looked_in == [tmp_path / "pkg" / "cpsample/fmnist64", tmp_path / "home" / "checkpoints/cpsample/fmnist64"]
+    assert err.looked_in == [
+        tmp_path / "pkg" / "cpsample/fmnist64",
+        tmp_path / "home" / "checkpoints/cpsample/fmnist64",
+    ]
     for where in err.looked_in:
         assert str(where) in str(err)
     assert "PRIVDIFF_CPSAMPLE_MODEL" in str(err) and "privdiff train diffusion" in str(err)

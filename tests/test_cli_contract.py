@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -81,9 +80,23 @@ def _one_error_line(err: str) -> str:
 def test_the_walk_finds_every_command_and_its_int_options():
     # A guard for the enumeration itself: if it found nothing, every contract test below would pass.
     groups = {p[0] for p, _ in COMMANDS}
-    assert {"account", "budget", "data", "eval", "index", "train", "protect", "sample", "generate", "demo"} <= groups
+    assert {
+        "account",
+        "budget",
+        "data",
+        "eval",
+        "index",
+        "train",
+        "protect",
+        "sample",
+        "generate",
+        "demo",
+    } <= groups
     assert len(COMMANDS) >= 20
-    assert (["account", "epsilon"], "--k") in INT_CASES and (["index", "build"], "--size") in INT_CASES
+    assert (["account", "epsilon"], "--k") in INT_CASES and (
+        ["index", "build"],
+        "--size",
+    ) in INT_CASES
 
 
 @pytest.mark.parametrize("path", [p for p, _ in COMMANDS], ids=COMMAND_IDS)
@@ -162,14 +175,32 @@ def test_errors_raised_inside_a_command_exit_with_their_code(tmp_path, capsys, m
     ledger = tmp_path / "l.sqlite"
     Ledger.create(ledger, epsilon=1.0, delta=1e-5).close()
     over = PrivacyBudgetExceeded(epsilon_spent=0.0, epsilon_would_be=9.0, epsilon_budget=1.0, delta=1e-5)
-    for exc, code in ((over, 3), (LedgerError("ledger\nis corrupt"), 4), (IndexCorrupt("bad index"), 4),
-                      (EncoderMismatch("a/v1", "b/v1"), 4), (DataError("bad data"), 2)):
+    for exc, code in (
+        (over, 3),
+        (LedgerError("ledger\nis corrupt"), 4),
+        (IndexCorrupt("bad index"), 4),
+        (EncoderMismatch("a/v1", "b/v1"), 4),
+        (DataError("bad data"), 2),
+    ):
+
         def refuse(self, query, count=1, _exc=exc):
             raise _exc
 
         monkeypatch.setattr(Ledger, "preview", refuse)
-        got, _, err = _run(["budget", "preview", str(ledger), "--sigma", "0.05", "--sample-rate", "0.01",
-                            "--k", "20"], capsys)
+        got, _, err = _run(
+            [
+                "budget",
+                "preview",
+                str(ledger),
+                "--sigma",
+                "0.05",
+                "--sample-rate",
+                "0.01",
+                "--k",
+                "20",
+            ],
+            capsys,
+        )
         assert got == code, (type(exc).__name__, got)
         assert _one_error_line(err)  # a multi-line message is folded into one line
 
@@ -201,8 +232,10 @@ def test_corrupt_index_is_exit_4(tmp_path, capsys):
 # --- datasets ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["fashion-mnist:train[5:2]", "fashion-mnist:train[0:0]", "digits[-1:-5]",
-                                  "digits[5000:]"])
+@pytest.mark.parametrize(
+    "spec",
+    ["fashion-mnist:train[5:2]", "fashion-mnist:train[0:0]", "digits[-1:-5]", "digits[5000:]"],
+)
 def test_empty_slice_is_exit_2_and_writes_nothing(spec, tmp_path, capsys):
     grid = tmp_path / "grid.png"
     code, out, err = _run(["data", "show", spec, "--out", str(grid)], capsys)
@@ -216,7 +249,16 @@ SIZE_COMMANDS = {
     "index build": ["index", "build", "--data", "digits", "--out", "{tmp}/idx"],
     "train rdm": ["train", "rdm", "--public", "digits", "--out", "{tmp}/rdm"],
     "train diffusion": ["train", "diffusion", "--data", "digits", "--out", "{tmp}/dm"],
-    "protect train": ["protect", "train", "--data", "digits", "--model", "{tmp}/m", "--out", "{tmp}/clf"],
+    "protect train": [
+        "protect",
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "{tmp}/m",
+        "--out",
+        "{tmp}/clf",
+    ],
     "eval fid": ["eval", "fid", "digits", "digits"],
     "eval replication": ["eval", "replication", "digits", "digits"],
     "eval calibrate": ["eval", "calibrate", "digits", "digits"],
@@ -267,8 +309,19 @@ def test_the_error_that_suggests_size_names_an_option_that_exists(tmp_path, caps
     code, out, err = _run(["eval", "replication", str(tmp_path), str(tmp_path), "--size", "8", "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["n_generated"] == 2
-    code, out, _ = _run(["data", "show", f"folder:{tmp_path}", "--size", "16", "--json",
-                         "--out", str(tmp_path / "g" / "grid.png")], capsys)
+    code, out, _ = _run(
+        [
+            "data",
+            "show",
+            f"folder:{tmp_path}",
+            "--size",
+            "16",
+            "--json",
+            "--out",
+            str(tmp_path / "g" / "grid.png"),
+        ],
+        capsys,
+    )
     assert code == 0 and json.loads(out)["shape"] == [2, 16, 16, 1]
 
 
@@ -277,13 +330,48 @@ def test_the_error_that_suggests_size_names_an_option_that_exists(tmp_path, caps
 
 @pytest.mark.integration
 def test_calibrate_with_no_query_fitting_says_so_and_exits_2(capsys):
-    code, out, err = _run(["account", "calibrate", "--target-epsilon", "0.01", "--solve", "queries",
-                           "--sigma", "0.05", "--sample-rate", "0.01", "--k", "20", "--delta", "1e-5"], capsys)
+    code, out, err = _run(
+        [
+            "account",
+            "calibrate",
+            "--target-epsilon",
+            "0.01",
+            "--solve",
+            "queries",
+            "--sigma",
+            "0.05",
+            "--sample-rate",
+            "0.01",
+            "--k",
+            "20",
+            "--delta",
+            "1e-5",
+        ],
+        capsys,
+    )
     assert code == 2 and out == ""
     assert "T = 0" in _one_error_line(err)
     # A target that fits queries is answered as before.
-    code, out, _ = _run(["account", "calibrate", "--target-epsilon", "10", "--solve", "queries", "--sigma", "0.05",
-                         "--sample-rate", "0.01", "--k", "20", "--delta", "1e-5", "--json"], capsys)
+    code, out, _ = _run(
+        [
+            "account",
+            "calibrate",
+            "--target-epsilon",
+            "10",
+            "--solve",
+            "queries",
+            "--sigma",
+            "0.05",
+            "--sample-rate",
+            "0.01",
+            "--k",
+            "20",
+            "--delta",
+            "1e-5",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0 and json.loads(out)["queries"] > 0
 
 
@@ -299,9 +387,30 @@ def test_dp_accounting_convergence_chatter_is_not_shown():
 
     env = dict(os.environ, PYTHONPATH=str(Path(privdiff.__file__).resolve().parents[1]))
     proc = subprocess.run(
-        [sys.executable, "-m", "privdiff", "account", "epsilon", "--sigma", "1", "--sample-rate", "0.1", "--k", "1",
-         "--queries", "10", "--delta", "1e-5", "--accountant", "rdp", "--json"],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "privdiff",
+            "account",
+            "epsilon",
+            "--sigma",
+            "1",
+            "--sample-rate",
+            "0.1",
+            "--k",
+            "1",
+            "--queries",
+            "10",
+            "--delta",
+            "1e-5",
+            "--accountant",
+            "rdp",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["epsilon"] > 0
@@ -319,7 +428,11 @@ def test_budget_preview_defaults_to_the_models_generation_settings(tmp_path, cap
     assert code == 0, err
     shipped = generation_defaults(resolve_model_dir())
     got = json.loads(out)
-    assert (got["sigma"], got["sample_rate"], got["k"]) == (shipped["sigma"], shipped["sample_rate"], shipped["k"])
+    assert (got["sigma"], got["sample_rate"], got["k"]) == (
+        shipped["sigma"],
+        shipped["sample_rate"],
+        shipped["k"],
+    )
 
     # Another model's stored defaults are used for what is not given on the command line.
     other = tmp_path / "model"
@@ -338,8 +451,21 @@ def test_budget_preview_defaults_to_the_models_generation_settings(tmp_path, cap
 
 
 def test_demo_with_a_skipped_section_is_an_error(tmp_path, capsys):
-    code, _, err = _run(["demo", "--quick", "--out", str(tmp_path / "d"), "--cache-dir", str(tmp_path / "c"),
-                         "--rdm-model", str(tmp_path / "no-rdm"), "--only", "dprdm"], capsys)
+    code, _, err = _run(
+        [
+            "demo",
+            "--quick",
+            "--out",
+            str(tmp_path / "d"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+            "--rdm-model",
+            str(tmp_path / "no-rdm"),
+            "--only",
+            "dprdm",
+        ],
+        capsys,
+    )
     assert code == 1
     line = _one_error_line(err)
     assert "skipped" in line and "no-rdm" in line

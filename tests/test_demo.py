@@ -3,7 +3,8 @@
 The demo runs on the shipped checkpoints (package data privdiff/assets/checkpoints/rdm/fashion-mnist,
 cpsample/fmnist64 and its classifier/). A missing one makes these tests FAIL with the demo's own
 reason, never skip: the checkpoints are part of the product. The quick demo needs the shipped
-checkpoints and the real Fashion-MNIST data, so everything that runs it is in the `integration` tier. The quick private index and the embeddings are cached in
+checkpoints and the real Fashion-MNIST data, so everything that runs it is in the `integration` tier. The quick
+private index and the embeddings are cached in
 <repo>/out/cache (the CLI's default cache), so only the first run encodes images (~5,700 of them).
 """
 
@@ -33,8 +34,11 @@ def _console():
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     console = _console()
-    result = run_demo(demo_config("quick", out=out, cache_dir=ROOT / "out" / "cache"),
-                      command="privdiff demo --quick (test)", console=console)
+    result = run_demo(
+        demo_config("quick", out=out, cache_dir=ROOT / "out" / "cache"),
+        command="privdiff demo --quick (test)",
+        console=console,
+    )
     return out, result, console.file.getvalue()
 
 
@@ -75,8 +79,16 @@ def test_summary_records_settings_timings_and_command(quick):
     assert set(summary["sections"]) == set(SECTIONS)
     assert summary["skipped"] == {}, f"sections skipped or failed: {summary['skipped']}"
     assert summary["settings"]["private_data"] == "fashion-mnist:dprdm-private[:3000]"
-    for phase in ("dprdm.index", "dprdm.generate", "dprdm.refusal", "cpsample.sample_ddim", "cpsample.sample_cpsample",
-                  "cpsample.replication", "planner", "report"):
+    for phase in (
+        "dprdm.index",
+        "dprdm.generate",
+        "dprdm.refusal",
+        "cpsample.sample_ddim",
+        "cpsample.sample_cpsample",
+        "cpsample.replication",
+        "planner",
+        "report",
+    ):
         assert phase in summary["timings"] and phase in summary["cpu_timings"]
     # The phases are disjoint parts of the run, so the total covers their sum.
     assert summary["total_seconds"] >= sum(summary["timings"].values()) - 1.0
@@ -161,8 +173,15 @@ def test_report_is_self_contained_and_says_what_the_guarantees_mean(quick):
     out, summary, _ = quick
     d, c = _ok(summary, "dprdm"), _ok(summary, "cpsample")
     doc = (out / "report.html").read_text()
-    for heading in ("At a glance", "What the guarantees mean", "DP-RDM: answering prompts", "over budget is refused",
-                    "CPSample: a memorising model", "Privacy planner", "Timings and reproduction"):
+    for heading in (
+        "At a glance",
+        "What the guarantees mean",
+        "DP-RDM: answering prompts",
+        "over budget is refused",
+        "CPSample: a memorising model",
+        "Privacy planner",
+        "Timings and reproduction",
+    ):
         assert heading in doc
     assert "(ε, δ)-differential privacy" in doc and "not a guarantee about the public data" in doc
     assert "no formal differential-privacy guarantee" in doc
@@ -182,8 +201,14 @@ def test_missing_checkpoints_skip_with_the_reason(tmp_path):
     fake_model = tmp_path / "cps"  # a model directory whose classifier has not been trained yet
     fake_model.mkdir()
     (fake_model / "model.json").write_text("{}")
-    cfg = demo_config("quick", out=tmp_path / "d", cache_dir=tmp_path / "cache", rdm_model=tmp_path / "no-rdm",
-                      cpsample_model=fake_model, sections=("dprdm", "cpsample"))
+    cfg = demo_config(
+        "quick",
+        out=tmp_path / "d",
+        cache_dir=tmp_path / "cache",
+        rdm_model=tmp_path / "no-rdm",
+        cpsample_model=fake_model,
+        sections=("dprdm", "cpsample"),
+    )
     result = run_demo(cfg, console=_console())
     assert result.sections["dprdm"].status == "skipped" and "no-rdm" in result.skipped["dprdm"]
     assert result.sections["cpsample"].status == "skipped"

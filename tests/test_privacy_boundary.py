@@ -36,11 +36,29 @@ ESCAPE_HATCH_ALLOWED = {
 ALWAYS_INTERNAL = {"_vectors", "_index", "_rows"}
 #: What the boundary package exports: the only names the rest of privdiff may use.
 EXPORTS = {
-    "DPRetriever", "PrivateRelease", "EmbeddingIndex", "IndexManifest", "build_index",
-    "build_index_from_images", "load_index", "read_manifest", "shared_source_rows",
-    "check_public_disjoint", "domain_similarity", "mean_max_similarity", "validated_unit_rows",
-    "TopKBackend", "ExactTopK", "IVFTopK", "IVFLayout", "PublicCoarseQuantizer",
-    "NoiseStrategy", "PaddingStrategy", "GaussianNoise", "ZeroPadding", "PadWithLastRecord",
+    "DPRetriever",
+    "PrivateRelease",
+    "EmbeddingIndex",
+    "IndexManifest",
+    "build_index",
+    "build_index_from_images",
+    "load_index",
+    "read_manifest",
+    "shared_source_rows",
+    "check_public_disjoint",
+    "domain_similarity",
+    "mean_max_similarity",
+    "validated_unit_rows",
+    "TopKBackend",
+    "ExactTopK",
+    "IVFTopK",
+    "IVFLayout",
+    "PublicCoarseQuantizer",
+    "NoiseStrategy",
+    "PaddingStrategy",
+    "GaussianNoise",
+    "ZeroPadding",
+    "PadWithLastRecord",
     ESCAPE_HATCH,
 }
 #: Classes refused as bases even in a tree that has no boundary package yet (the original one).
@@ -53,8 +71,10 @@ def package_root() -> Path:
 
 
 def _modules(root: Path) -> dict[str, ast.Module]:
-    return {p.relative_to(root).as_posix(): ast.parse(p.read_text(encoding="utf-8"), str(p))
-            for p in sorted(root.rglob("*.py"))}
+    return {
+        p.relative_to(root).as_posix(): ast.parse(p.read_text(encoding="utf-8"), str(p))
+        for p in sorted(root.rglob("*.py"))
+    }
 
 
 def _inside(rel: str) -> bool:
@@ -91,15 +111,26 @@ def _boundary_internals(modules: dict[str, ast.Module]) -> tuple[set[str], set[s
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
                 if node.attr.startswith("_") and not node.attr.startswith("__") and isinstance(node.ctx, ast.Store):
                     attrs.add(node.attr)
-            elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets):
+            elif isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets
+            ):
                 if isinstance(node.value, (ast.Tuple, ast.List)):
-                    attrs |= {e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                    attrs |= {
+                        e.value for e in node.value.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)
+                    }
     return submodules, attrs, classes
 
 
 def _own_private_attrs(cls: ast.ClassDef) -> set[str]:
-    return {n.attr for n in ast.walk(cls) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
-            and n.value.id == "self" and isinstance(n.ctx, ast.Store) and n.attr.startswith("_")}
+    return {
+        n.attr
+        for n in ast.walk(cls)
+        if isinstance(n, ast.Attribute)
+        and isinstance(n.value, ast.Name)
+        and n.value.id == "self"
+        and isinstance(n.ctx, ast.Store)
+        and n.attr.startswith("_")
+    }
 
 
 def _is_dunder(name: str) -> bool:
@@ -116,7 +147,7 @@ def boundary_violations(root: Path | None = None) -> list[str]:
         if _inside(rel):
             continue
 
-        def bad(node: ast.AST, message: str) -> None:
+        def bad(node: ast.AST, message: str, rel: str = rel) -> None:
             out.append(f"{rel}:{getattr(node, 'lineno', 0)}: {message}")
 
         # (a) imports of the boundary's internals
@@ -132,7 +163,10 @@ def boundary_violations(root: Path | None = None) -> list[str]:
                 elif mod == BOUNDARY_MODULE:
                     for alias in node.names:
                         if alias.name in submodules or alias.name.startswith("_"):
-                            bad(node, f"(a) imports {alias.name} from {mod} (a submodule or private name)")
+                            bad(
+                                node,
+                                f"(a) imports {alias.name} from {mod} (a submodule or private name)",
+                            )
         # (b) underscore attributes of other objects; (d) subclasses of boundary classes
         own: dict[ast.AST, set[str]] = {}
         for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
@@ -192,9 +226,14 @@ def test_no_code_outside_the_boundary_crosses_it():
 
 def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
     root = tmp_path / "privdiff"
-    for rel, text in {"retrieval/private/__init__.py": "", "retrieval/private/index.py": (
-        "class EmbeddingIndex:\n    __slots__ = ('_vectors', '_manifest')\n"
-        "def unsafe_nonprivate_rows(index, *, reason):\n    return index._vectors\n"), **files}.items():
+    for rel, text in {
+        "retrieval/private/__init__.py": "",
+        "retrieval/private/index.py": (
+            "class EmbeddingIndex:\n    __slots__ = ('_vectors', '_manifest')\n"
+            "def unsafe_nonprivate_rows(index, *, reason):\n    return index._vectors\n"
+        ),
+        **files,
+    }.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
     return root
@@ -211,12 +250,28 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
         ("rdm/x.py", "def f(idx):\n    return idx._vectors\n", "(b)"),
         ("rdm/x.py", "def f(r):\n    return r._manifest\n", "(b)"),
         ("rdm/x.py", "def f(o):\n    return o._anything\n", "(b)"),
-        ("rdm/x.py", "class A:\n    def __init__(self):\n        self._vectors = 1\n    def f(self, o):\n"
-                     "        return o._vectors\n", "(b)"),
+        (
+            "rdm/x.py",
+            "class A:\n    def __init__(self):\n        self._vectors = 1\n    def f(self, o):\n"
+            "        return o._vectors\n",
+            "(b)",
+        ),
         ("rdm/x.py", "from privdiff.retrieval.private import unsafe_nonprivate_rows\n", "(c)"),
-        ("rdm/x.py", "import privdiff.retrieval.private as p\nrows = p.unsafe_nonprivate_rows(i, reason='x')\n", "(c)"),
-        ("evaluation/audit.py", "from privdiff.retrieval import DPRetriever\nclass B(DPRetriever):\n    pass\n", "(d)"),
-        ("evaluation/audit.py", "import privdiff.retrieval.private as p\nclass B(p.EmbeddingIndex):\n    pass\n", "(d)"),
+        (
+            "rdm/x.py",
+            "import privdiff.retrieval.private as p\nrows = p.unsafe_nonprivate_rows(i, reason='x')\n",
+            "(c)",
+        ),
+        (
+            "evaluation/audit.py",
+            "from privdiff.retrieval import DPRetriever\nclass B(DPRetriever):\n    pass\n",
+            "(d)",
+        ),
+        (
+            "evaluation/audit.py",
+            "import privdiff.retrieval.private as p\nclass B(p.EmbeddingIndex):\n    pass\n",
+            "(d)",
+        ),
     ],
 )
 def test_each_rule_catches_its_violation(tmp_path, rel, source, rule):
@@ -227,11 +282,11 @@ def test_each_rule_catches_its_violation(tmp_path, rel, source, rule):
 def test_what_the_rules_allow(tmp_path):
     ok = {
         "rdm/a.py": "from privdiff.retrieval.private import EmbeddingIndex, load_index\n"
-                    "from privdiff.retrieval import DPRetriever\n",
+        "from privdiff.retrieval import DPRetriever\n",
         "rdm/b.py": "class L:\n    def __init__(self):\n        self._conn = 1\n"
-                    "    @classmethod\n    def make(cls):\n        other = cls()\n        return other._conn\n",
+        "    @classmethod\n    def make(cls):\n        other = cls()\n        return other._conn\n",
         "evaluation/baselines.py": "from privdiff.retrieval.private import unsafe_nonprivate_rows\n"
-                                   "rows = unsafe_nonprivate_rows(i, reason='baseline')\n",
+        "rows = unsafe_nonprivate_rows(i, reason='baseline')\n",
         "retrieval/private/mechanism.py": "def f(index):\n    return index._vectors\n",
     }
     assert boundary_violations(_tree(tmp_path, ok)) == []

@@ -12,7 +12,8 @@ A checkpoint is looked for, in this order, and the first place that is set wins:
 
 An explicit path or an environment variable is what the user asked for: when it does not hold
 the checkpoint the resolver raises instead of quietly falling back to another model. Only the
-last two are searched. Every miss is a :class:`CheckpointNotFound` (a :class:`~privdiff.errors.CheckpointError`) that names each
+last two are searched. Every miss is a :class:`CheckpointNotFound` (a
+:class:`~privdiff.errors.CheckpointError`) that names each
 place it looked and how to make the checkpoint.
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from privdiff.errors import CheckpointError
 
+
 class CheckpointNotFound(CheckpointError):
     """A checkpoint is in none of the places the resolver looked.
 
@@ -33,7 +35,7 @@ class CheckpointNotFound(CheckpointError):
         looked_in: every directory checked, in order.
     """
 
-    def __init__(self, message: str, checkpoint: "ShippedCheckpoint", looked_in: list[Path]):
+    def __init__(self, message: str, checkpoint: ShippedCheckpoint, looked_in: list[Path]):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.looked_in = looked_in
@@ -63,11 +65,17 @@ class ShippedCheckpoint:
 
 
 RDM_MODEL = ShippedCheckpoint(
-    "rdm/fashion-mnist", "PRIVDIFF_RDM_MODEL", "config.json", "RDM model",
+    "rdm/fashion-mnist",
+    "PRIVDIFF_RDM_MODEL",
+    "config.json",
+    "RDM model",
     "train one with `privdiff train rdm --out DIR`",
 )
 CPSAMPLE_MODEL = ShippedCheckpoint(
-    "cpsample/fmnist64", "PRIVDIFF_CPSAMPLE_MODEL", "model.json", "CPSample diffusion model",
+    "cpsample/fmnist64",
+    "PRIVDIFF_CPSAMPLE_MODEL",
+    "model.json",
+    "CPSample diffusion model",
     "train one with `privdiff train diffusion --data 'fashion-mnist:train[:64]' --out DIR`",
 )
 SHIPPED = (RDM_MODEL, CPSAMPLE_MODEL)
@@ -128,7 +136,8 @@ def _missing(checkpoint: ShippedCheckpoint, looked: list[tuple[str, Path]]) -> C
     return CheckpointNotFound(
         f"no {checkpoint.what} ({checkpoint.marker} not found); looked in {where}. Pass a directory, set "
         f"{checkpoint.env_var}, or put one in {home_dir() / 'checkpoints' / checkpoint.name} ({checkpoint.remedy})",
-        checkpoint, [path for _, path in looked],
+        checkpoint,
+        [path for _, path in looked],
     )
 
 

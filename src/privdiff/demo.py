@@ -41,20 +41,27 @@ import platform
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
+from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
+from privdiff.checkpoints import ENV_VARS as CHECKPOINT_ENV_VARS
+from privdiff.errors import (
+    CheckpointError,
+    InvalidParameter,
+    PrivacyBudgetExceeded,
+    PrivdiffError,
+    check_int,
+)
 from privdiff.utils.atomic import atomic_write_json
 from privdiff.utils.cache import cache_key
 from privdiff.utils.jsonsafe import jsonable
-from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
-from privdiff.checkpoints import ENV_VARS as CHECKPOINT_ENV_VARS
-from privdiff.errors import CheckpointError, InvalidParameter, PrivacyBudgetExceeded, PrivdiffError, check_int
 
 #: Demo sizes: ``quick`` (CI, the test), ``default`` (``make demo``), ``full`` (more of everything).
 SIZES = ("quick", "default", "full")
@@ -167,7 +174,14 @@ class DemoConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["prompts"] = [asdict(p) for p in self.prompts]
-        for key in ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier", "embedding_cache"):
+        for key in (
+            "out",
+            "cache_dir",
+            "rdm_model",
+            "cpsample_model",
+            "cpsample_classifier",
+            "embedding_cache",
+        ):
             d[key] = None if d[key] is None else str(d[key])
         return d
 
@@ -194,15 +208,34 @@ def demo_config(
     if size not in SIZES:
         raise InvalidParameter("size", size, "one of " + ", ".join(SIZES))
     presets: dict[str, dict[str, Any]] = {
-        "quick": dict(private_data="fashion-mnist:dprdm-private[:3000]", public_data="fashion-mnist:dprdm-public[::4]",
-                      modes=("dp-rdm", "public-retrieval", "non-private"), images_per_prompt=4, rdm_steps=15,
-                      cpsample_n=16, cpsample_steps=20, planner_quick=True),
-        "default": dict(private_data="fashion-mnist:dprdm-private", public_data="fashion-mnist:dprdm-public",
-                        modes=("dp-rdm", "public-retrieval", "non-private"), images_per_prompt=4,
-                        cpsample_n=64, cpsample_steps=50, planner_quick=False),
-        "full": dict(private_data="fashion-mnist:dprdm-private", public_data="fashion-mnist:dprdm-public",
-                     modes=("dp-rdm", "public-retrieval", "non-private", "no-retrieval"), images_per_prompt=8,
-                     cpsample_n=100, cpsample_steps=50, planner_quick=False),
+        "quick": dict(
+            private_data="fashion-mnist:dprdm-private[:3000]",
+            public_data="fashion-mnist:dprdm-public[::4]",
+            modes=("dp-rdm", "public-retrieval", "non-private"),
+            images_per_prompt=4,
+            rdm_steps=15,
+            cpsample_n=16,
+            cpsample_steps=20,
+            planner_quick=True,
+        ),
+        "default": dict(
+            private_data="fashion-mnist:dprdm-private",
+            public_data="fashion-mnist:dprdm-public",
+            modes=("dp-rdm", "public-retrieval", "non-private"),
+            images_per_prompt=4,
+            cpsample_n=64,
+            cpsample_steps=50,
+            planner_quick=False,
+        ),
+        "full": dict(
+            private_data="fashion-mnist:dprdm-private",
+            public_data="fashion-mnist:dprdm-public",
+            modes=("dp-rdm", "public-retrieval", "non-private", "no-retrieval"),
+            images_per_prompt=8,
+            cpsample_n=100,
+            cpsample_steps=50,
+            planner_quick=False,
+        ),
     }
     values = presets[size] | {"prompts": _prompts(size)}
     unknown = sorted(set(overrides) - set(DemoConfig.__dataclass_fields__))
@@ -215,9 +248,22 @@ def demo_config(
 def _validated(cfg: DemoConfig) -> DemoConfig:
     from privdiff.rdm.conditioning import MODES
 
-    path_fields = ("out", "cache_dir", "rdm_model", "cpsample_model", "cpsample_classifier", "embedding_cache")
+    path_fields = (
+        "out",
+        "cache_dir",
+        "rdm_model",
+        "cpsample_model",
+        "cpsample_classifier",
+        "embedding_cache",
+    )
     paths = {k: Path(getattr(cfg, k)) for k in path_fields if getattr(cfg, k) is not None}
-    cfg = replace(cfg, **paths, prompts=tuple(cfg.prompts), modes=tuple(cfg.modes), sections=tuple(cfg.sections))
+    cfg = replace(
+        cfg,
+        **paths,
+        prompts=tuple(cfg.prompts),
+        modes=tuple(cfg.modes),
+        sections=tuple(cfg.sections),
+    )
     check_int("images_per_prompt", cfg.images_per_prompt, 1, 64)
     check_int("cpsample_n", cfg.cpsample_n, 2, 1000)
     check_int("cpsample_steps", cfg.cpsample_steps, 1, 1000)
@@ -515,16 +561,27 @@ class DemoResult:
     @property
     def skipped(self) -> dict[str, str]:
         """Sections that were selected but skipped or failed → why."""
-        return {n: s.reason for n, s in self.sections.items()
-                if isinstance(s, SectionNotDone) and s.status in ("skipped", "failed")}
+        return {
+            n: s.reason
+            for n, s in self.sections.items()
+            if isinstance(s, SectionNotDone) and s.status in ("skipped", "failed")
+        }
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "kind": self.kind, "format_version": self.format_version, "command": self.command,
-            "started_utc": self.started_utc, "size": self.size, "settings": self.config.to_dict(),
-            "sections": {n: _plain(s) for n, s in self.sections.items()}, "skipped": self.skipped,
-            "timings": self.timings, "cpu_timings": self.cpu_timings, "total_seconds": self.total_seconds,
-            "total_cpu_seconds": self.total_cpu_seconds, "environment": self.environment,
+            "kind": self.kind,
+            "format_version": self.format_version,
+            "command": self.command,
+            "started_utc": self.started_utc,
+            "size": self.size,
+            "settings": self.config.to_dict(),
+            "sections": {n: _plain(s) for n, s in self.sections.items()},
+            "skipped": self.skipped,
+            "timings": self.timings,
+            "cpu_timings": self.cpu_timings,
+            "total_seconds": self.total_seconds,
+            "total_cpu_seconds": self.total_cpu_seconds,
+            "environment": self.environment,
         }
         if self.outputs:
             out["outputs"] = self.outputs
@@ -562,10 +619,24 @@ class _Phases:
 
 
 def _generation_progress(console: Any):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=False)
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
 
 
 def _prepare_out(out: Path) -> None:
@@ -578,7 +649,9 @@ def _prepare_out(out: Path) -> None:
     owned = [out / name for name in _OWNED if (out / name).exists()]
     if owned and not (out / MARKER).is_file():
         raise InvalidParameter(
-            "out", str(out), "an empty directory or one written by an earlier `privdiff demo`",
+            "out",
+            str(out),
+            "an empty directory or one written by an earlier `privdiff demo`",
             hint=f"it holds {', '.join(p.name for p in owned)} but no {MARKER} marker; choose another --out",
         )
     for p in owned:
@@ -617,19 +690,34 @@ def _section_planner(cfg: DemoConfig, phases: _Phases, command: str) -> PlannerR
 
     out = cfg.out / "planner"
     with phases("planner", f"privacy planner ({'quick' if cfg.planner_quick else 'full'} grids)"):
-        result = run_planner(out, quick=cfg.planner_quick, target_epsilon=cfg.epsilon_budget, command=command,
-                             show_progress=False)
+        result = run_planner(
+            out,
+            quick=cfg.planner_quick,
+            target_epsilon=cfg.epsilon_budget,
+            command=command,
+            show_progress=False,
+        )
     rows = tuple(
         PlannerSetting(
-            name=s["name"], dataset_size=s["dataset_size"], sigma=s["sigma"], sample_rate=s["sample_rate"],
-            k=s["k"], figure_queries=s["figure_queries"],
+            name=s["name"],
+            dataset_size=s["dataset_size"],
+            sigma=s["sigma"],
+            sample_rate=s["sample_rate"],
+            k=s["k"],
+            figure_queries=s["figure_queries"],
             epsilon_at_figure_queries={a: v["epsilon"] for a, v in s["epsilon_at_figure_queries"].items()},
             queries_at_target={a: v["queries"] for a, v in s["queries_at_target"].items()},
         )
         for s in result["settings"]
     )
-    return PlannerResult(figures=tuple(f"planner/{f}" for f in result["figures"]), json="planner/planner.json",
-                         target_epsilon=result["target_epsilon"], settings=rows)
+    return PlannerResult(
+        figures=tuple(f"planner/{f}" for f in result["figures"]),
+        json="planner/planner.json",
+        target_epsilon=result["target_epsilon"],
+        settings=rows,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Phase 2: DP-RDM
 # ---------------------------------------------------------------------------------------------
@@ -687,14 +775,25 @@ def _private_index(cfg: DemoConfig, encoder: Any, phases: _Phases) -> tuple[Path
         t0 = time.perf_counter()
         emb = _embeddings(cfg, ds, watched, private=True)
         encode_s = time.perf_counter() - t0
-        idx = build_index(path, emb, space_id=encoder.space_id, source=cfg.private_data, visibility="private",
-                          overwrite=True, source_images=ds.images)
+        idx = build_index(
+            path,
+            emb,
+            space_id=encoder.space_id,
+            source=cfg.private_data,
+            visibility="private",
+            overwrite=True,
+            source_images=ds.images,
+        )
         rate = round(len(ds) / max(encode_s, 1e-9), 1) if watched.encoded else None
-        return path, IndexInfo(path=str(path), cached=False, count=idx.count, dim=idx.dim,
-                               embeddings_from_cache=not watched.encoded, embed_seconds=round(encode_s, 2),
-                               images_per_second=rate)
-
-
+        return path, IndexInfo(
+            path=str(path),
+            cached=False,
+            count=idx.count,
+            dim=idx.dim,
+            embeddings_from_cache=not watched.encoded,
+            embed_seconds=round(encode_s, 2),
+            images_per_second=rate,
+        )
 
 
 def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
@@ -726,16 +825,24 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
         # encoders are loaded once here and shared, the mode → context source choice is its own.
         model = RDMModel.load(model_dir)
         text = _DedupTextEncoder(load_text_encoder(cfg.encoder))
-        shared = dict(encoder=cfg.encoder, model=model, text_encoder=text, image_encoder=image_encoder,
-                      embedding_cache=cfg.embedding_cache, public_data=cfg.public_data)
+        shared = dict(
+            encoder=cfg.encoder,
+            model=model,
+            text_encoder=text,
+            image_encoder=image_encoder,
+            embedding_cache=cfg.embedding_cache,
+            public_data=cfg.public_data,
+        )
         pipes, defaults = {}, None
         for mode in cfg.modes:
             # dp-rdm: the cached index + the fresh ledger. public-retrieval: the index too, so its
             # "public" set is checked to share no image with the private one. non-private: the
             # private spec itself (the ε = ∞ reference reads it directly, never sees the ledger).
-            kwargs = {"dp-rdm": dict(index=index_path, ledger=ledger_path),
-                      "public-retrieval": dict(index=index_path),
-                      "non-private": dict(private_data=cfg.private_data)}.get(mode, {})
+            kwargs = {
+                "dp-rdm": dict(index=index_path, ledger=ledger_path),
+                "public-retrieval": dict(index=index_path),
+                "non-private": dict(private_data=cfg.private_data),
+            }.get(mode, {})
             pipes[mode], defaults = make_pipeline(model_dir, mode=mode, **shared, **kwargs)
         k = pipes["dp-rdm"].source.k
 
@@ -743,13 +850,19 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
     query = DPRDMQuery(sigma, q, k)  # what each prompt is charged as (the retriever's own query)
     guidance_scale = cfg.guidance_scale if cfg.guidance_scale is not None else float(defaults["guidance_scale"])
     steps = cfg.rdm_steps if cfg.rdm_steps is not None else int(defaults["num_inference_steps"])
-    gen_kwargs = dict(images_per_prompt=cfg.images_per_prompt, guidance_scale=guidance_scale,
-                      num_inference_steps=steps)
+    gen_kwargs = dict(
+        images_per_prompt=cfg.images_per_prompt,
+        guidance_scale=guidance_scale,
+        num_inference_steps=steps,
+    )
 
     prompts_out: list[PromptResult] = []
     mode_seconds = {m: 0.0 for m in cfg.modes}
-    with phases("dprdm.generate", f"answering {len(cfg.prompts)} prompts × {len(cfg.modes)} modes "
-                                  f"× {cfg.images_per_prompt} images ({steps} DDIM steps)"):
+    with phases(
+        "dprdm.generate",
+        f"answering {len(cfg.prompts)} prompts × {len(cfg.modes)} modes "
+        f"× {cfg.images_per_prompt} images ({steps} DDIM steps)",
+    ):
         with _generation_progress(console) as progress:
             task = progress.add_task("generate", total=len(cfg.prompts) * len(cfg.modes))
             for i, p in enumerate(cfg.prompts):
@@ -759,19 +872,37 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
                     rel = Path("rdm") / mode / f"prompt-{i:02d}"
                     t0 = time.perf_counter()
                     # Same seed for every mode of a prompt: same x_T, so only the context differs.
-                    record = generate_to_directory(pipes[mode], [p.text], cfg.out / rel, seed=cfg.seed + i,
-                                                   request_id=f"demo-prompt-{i}", **gen_kwargs)
+                    record = generate_to_directory(
+                        pipes[mode],
+                        [p.text],
+                        cfg.out / rel,
+                        seed=cfg.seed + i,
+                        request_id=f"demo-prompt-{i}",
+                        **gen_kwargs,
+                    )
                     mode_seconds[mode] += time.perf_counter() - t0
-                    outputs[mode] = ModeOutput(dir=str(rel), grid=str(rel / "grid.png"), private=record["private"],
-                                               privacy=record["privacy"])
+                    outputs[mode] = ModeOutput(
+                        dir=str(rel),
+                        grid=str(rel / "grid.png"),
+                        private=record["private"],
+                        privacy=record["privacy"],
+                    )
                     progress.advance(task)
                 dp = outputs["dp-rdm"].privacy
-                row = PromptResult(text=p.text, concept=p.concept, heldout=p.heldout, footwear=p.footwear,
-                                   modes=outputs, epsilon_spent_after=dp["epsilon_spent"],
-                                   epsilon_remaining_after=dp["epsilon_remaining"])
+                row = PromptResult(
+                    text=p.text,
+                    concept=p.concept,
+                    heldout=p.heldout,
+                    footwear=p.footwear,
+                    modes=outputs,
+                    epsilon_spent_after=dp["epsilon_spent"],
+                    epsilon_remaining_after=dp["epsilon_remaining"],
+                )
                 prompts_out.append(row)
-                console.print(f"  {p.text!r}: ε spent {row.epsilon_spent_after:.4g}, "
-                              f"left {row.epsilon_remaining_after:.4g} of {cfg.epsilon_budget:g}")
+                console.print(
+                    f"  {p.text!r}: ε spent {row.epsilon_spent_after:.4g}, "
+                    f"left {row.epsilon_remaining_after:.4g} of {cfg.epsilon_budget:g}"
+                )
 
     with phases("dprdm.refusal", "a request larger than the remaining budget"):
         refusal = _refused_request(cfg, pipes["dp-rdm"], ledger_path, query, gen_kwargs)
@@ -780,25 +911,41 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
         status = led.status()
         history = tuple(r.to_dict() for r in led.history())
     return DPRDMResult(
-        model=RDMModelInfo(dir=str(model_dir), space_id=model.space_id,
-                           steps_done=(info.get("training") or {}).get("steps_done"),
-                           training={k_: info.get(k_) for k_ in ("data", "command") if k_ in info}),
+        model=RDMModelInfo(
+            dir=str(model_dir),
+            space_id=model.space_id,
+            steps_done=(info.get("training") or {}).get("steps_done"),
+            training={k_: info.get(k_) for k_ in ("data", "command") if k_ in info},
+        ),
         private_data=cfg.private_data,
         public_data=cfg.public_data,
         index=index_info,
         ledger=LedgerInfo(path=str(ledger_path.relative_to(cfg.out)), status=status, history=history),
-        mechanism=Mechanism(sigma=sigma, sample_rate=q, k=k, noise_multiplier=query.noise_multiplier,
-                            expected_subsample=q * n_private, delta=delta, lam=float(defaults.get("lam", 1.0))),
-        generation=GenerationSettings(guidance_scale=guidance_scale, num_inference_steps=steps,
-                                      images_per_prompt=cfg.images_per_prompt, modes=tuple(cfg.modes),
-                                      seed=cfg.seed, seconds_per_mode={m: round(s, 2) for m, s in mode_seconds.items()}),
+        mechanism=Mechanism(
+            sigma=sigma,
+            sample_rate=q,
+            k=k,
+            noise_multiplier=query.noise_multiplier,
+            expected_subsample=q * n_private,
+            delta=delta,
+            lam=float(defaults.get("lam", 1.0)),
+        ),
+        generation=GenerationSettings(
+            guidance_scale=guidance_scale,
+            num_inference_steps=steps,
+            images_per_prompt=cfg.images_per_prompt,
+            modes=tuple(cfg.modes),
+            seed=cfg.seed,
+            seconds_per_mode={m: round(s, 2) for m, s in mode_seconds.items()},
+        ),
         prompts=tuple(prompts_out),
         refused_request=refusal,
     )
 
 
-def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any,
-                     gen_kwargs: dict[str, Any]) -> RefusedRequest:
+def _refused_request(
+    cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any, gen_kwargs: dict[str, Any]
+) -> RefusedRequest:
     """Ask for more prompts than the budget allows; record that nothing was charged or written."""
     from privdiff.accounting import Ledger, solve_queries
     from privdiff.encoders.captions import HELDOUT_PHRASINGS
@@ -807,8 +954,14 @@ def _refused_request(cfg: DemoConfig, pipe: Any, ledger_path: Path, query: Any,
     with Ledger.open(ledger_path) as led:
         before = led.status()
         # Largest total T with ε ≤ budget for this (σ, q, k), minus what is already spent.
-        total = solve_queries(before.epsilon_budget, before.delta, sigma=query.sigma, sample_rate=query.sample_rate,
-                              k=query.k, accountant=before.accountant).value
+        total = solve_queries(
+            before.epsilon_budget,
+            before.delta,
+            sigma=query.sigma,
+            sample_rate=query.sample_rate,
+            k=query.k,
+            accountant=before.accountant,
+        ).value
         fits = max(0, int(total) - before.queries)
         # One prompt more than fits is already refused (recorded below), but its ε lands a hair
         # above the budget; half as many again makes the point readable ("would bring ε to 13").
@@ -871,8 +1024,10 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> CPSampleResult:
     model_dir = resolve_checkpoint(CPSAMPLE_MODEL, cfg.cpsample_model)
     clf_dir = cfg.cpsample_classifier if cfg.cpsample_classifier is not None else model_dir / "classifier"
     if not clf_dir.is_dir():
-        raise CheckpointError(f"no CPSample protection classifier at {clf_dir} (train one with `privdiff protect train "
-                              f"--data SPEC --model {model_dir} --out {clf_dir}`)")
+        raise CheckpointError(
+            f"no CPSample protection classifier at {clf_dir} (train one with `privdiff protect train "
+            f"--data SPEC --model {model_dir} --out {clf_dir}`)"
+        )
     # Validate α, s and the mode before loading anything.
     CPSampleGuidance(lambda x, t: x, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode)  # type: ignore[arg-type]
     with phases("cpsample.load", f"loading the memorising model {model_dir} and its classifier"):
@@ -891,40 +1046,83 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> CPSampleResult:
         guidance = None
         if name == "cpsample":
             guidance = CPSampleGuidance(protection.classifier, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode)
-        with phases(f"cpsample.sample_{name}", f"{label}: {cfg.cpsample_n} samples, {cfg.cpsample_steps} DDIM steps"):
+        with phases(
+            f"cpsample.sample_{name}",
+            f"{label}: {cfg.cpsample_n} samples, {cfg.cpsample_steps} DDIM steps",
+        ):
             with phases.console.status(f"sampling ({label})"):
                 # Same seed → same x_T for both conditions: differences come from the guidance alone.
-                imgs, sinfo = generate(model, cfg.cpsample_n, num_inference_steps=cfg.cpsample_steps,
-                                       seed=cfg.seed, guidance=guidance, batch_size=cfg.cpsample_n, progress=False)
+                imgs, sinfo = generate(
+                    model,
+                    cfg.cpsample_n,
+                    num_inference_steps=cfg.cpsample_steps,
+                    seed=cfg.seed,
+                    guidance=guidance,
+                    batch_size=cfg.cpsample_n,
+                    progress=False,
+                )
         images[name] = imgs
-        sampled[name] = {"label": label, "sample_seconds": round(sinfo["wall_seconds"], 2),
-                         "gate": None if guidance is None else
-                         {k: v for k, v in guidance.stats.summary().items() if k != "per_step"},
-                         "cpsample": None if guidance is None else guidance.settings()}
+        sampled[name] = {
+            "label": label,
+            "sample_seconds": round(sinfo["wall_seconds"], 2),
+            "gate": None
+            if guidance is None
+            else {k: v for k, v in guidance.stats.summary().items() if k != "per_step"},
+            "cpsample": None if guidance is None else guidance.settings(),
+        }
     conditions: dict[str, CPSampleCondition] = {}
     with phases("cpsample.replication", "replication rates against the training set"):
         reports = {n: replication_report(images[n], train, feature_space="pixel") for n in images}
         for n, rep in reports.items():
             # 8 wide (10 beyond 64 images) so the two grids fit side by side in the report.
-            save_grid(images[n], out / f"samples_{n}.png", ncols=8 if cfg.cpsample_n <= 64 else 10, scale=2)
+            save_grid(
+                images[n],
+                out / f"samples_{n}.png",
+                ncols=8 if cfg.cpsample_n <= 64 else 10,
+                scale=2,
+            )
             save_top_pairs(rep, images[n], train, out / f"top_pairs_{n}.png", n=4)
             d = rep.to_dict(include_arrays=False, top_n=4)
             conditions[n] = CPSampleCondition(
-                **sampled[n], replication_rate=d["rate"], n_replicated=d["n_replicated"],
-                n_generated=d["n_generated"], similarity=d["similarity_summary"], top_pairs=d["top_pairs"],
-                samples_png=f"cpsample/samples_{n}.png", top_pairs_png=f"cpsample/top_pairs_{n}.png")
+                **sampled[n],
+                replication_rate=d["rate"],
+                n_replicated=d["n_replicated"],
+                n_generated=d["n_generated"],
+                similarity=d["similarity_summary"],
+                top_pairs=d["top_pairs"],
+                samples_png=f"cpsample/samples_{n}.png",
+                top_pairs_png=f"cpsample/top_pairs_{n}.png",
+            )
         save_grid(train, out / "training_images.png", ncols=16, scale=2)
         fisher = compare_rates(reports["ddim"], reports["cpsample"])
     tau = recommended_threshold_info("pixel")
     return CPSampleResult(
-        model=CPSampleModelInfo(dir=str(model_dir), data_spec=data_spec, steps_done=model.meta.get("steps_done"),
-                                num_train_images=int(len(train))),
-        classifier=ClassifierInfo(dir=str(clf_dir), data_spec=clf_spec, matches_model_data=clf_spec in (None, data_spec)),
-        settings=CPSampleSettings(n=cfg.cpsample_n, num_inference_steps=cfg.cpsample_steps, eta=0.0, seed=cfg.seed,
-                                  alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode,
-                                  torch_threads=torch.get_num_threads()),
-        threshold=ReplicationThreshold(feature_space="pixel", tau=tau["threshold"], fpr=tau.get("fpr"),
-                                       tpr=tau.get("tpr"), provenance=tau.get("provenance")),
+        model=CPSampleModelInfo(
+            dir=str(model_dir),
+            data_spec=data_spec,
+            steps_done=model.meta.get("steps_done"),
+            num_train_images=int(len(train)),
+        ),
+        classifier=ClassifierInfo(
+            dir=str(clf_dir), data_spec=clf_spec, matches_model_data=clf_spec in (None, data_spec)
+        ),
+        settings=CPSampleSettings(
+            n=cfg.cpsample_n,
+            num_inference_steps=cfg.cpsample_steps,
+            eta=0.0,
+            seed=cfg.seed,
+            alpha=cfg.alpha,
+            scale=cfg.scale,
+            mode=cfg.guidance_mode,
+            torch_threads=torch.get_num_threads(),
+        ),
+        threshold=ReplicationThreshold(
+            feature_space="pixel",
+            tau=tau["threshold"],
+            fpr=tau.get("fpr"),
+            tpr=tau.get("tpr"),
+            provenance=tau.get("provenance"),
+        ),
         conditions=conditions,
         fisher_exact=fisher,
         training_png="cpsample/training_images.png",
@@ -947,8 +1145,9 @@ def check_complete(result: DemoResult) -> None:
     if not bad:
         return
     report = f"; report written to {result.config.out / 'report.html'}"
-    msg = "demo incomplete: " + "; ".join(f"{_TITLES.get(n, n)} {s.status} ({s.reason})"
-                                          for n, s in bad.items()) + report
+    msg = (
+        "demo incomplete: " + "; ".join(f"{_TITLES.get(n, n)} {s.status} ({s.reason})" for n, s in bad.items()) + report
+    )
     if all(s.status == "skipped" for s in bad.values()):
         raise CheckpointError(msg)
     raise PrivdiffError(msg)
@@ -968,13 +1167,15 @@ def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = N
     _prepare_out(cfg.out)
     phases = _Phases(console)
     started, cpu_started = time.perf_counter(), time.process_time()
-    started_utc = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started_utc = datetime.now(UTC).isoformat(timespec="seconds")
     console.rule(f"[bold]privdiff demo[/] ({cfg.size}) → {cfg.out}")
 
     sections: dict[str, Section] = {}
-    runners = {"planner": lambda: _section_planner(cfg, phases, command),
-               "dprdm": lambda: _section_dprdm(cfg, phases),
-               "cpsample": lambda: _section_cpsample(cfg, phases)}
+    runners = {
+        "planner": lambda: _section_planner(cfg, phases, command),
+        "dprdm": lambda: _section_dprdm(cfg, phases),
+        "cpsample": lambda: _section_cpsample(cfg, phases),
+    }
     order = ("dprdm", "cpsample", "planner")  # the two methods first: they are the point
     for name in order:
         if name not in cfg.sections:
@@ -991,10 +1192,17 @@ def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = N
             console.print(f"[bold red]{_TITLES[name]} failed:[/] {type(exc).__name__}: {exc}")
 
     result = DemoResult(
-        command=command, started_utc=started_utc, config=cfg, sections=sections,
-        environment={"python": platform.python_version(), "cpus": os.cpu_count(), "machine": platform.machine(),
-                     # Variables that change what the command above does, so they belong to it.
-                     "variables": {v: os.environ[v] for v in _ENV_VARS if os.environ.get(v)}},
+        command=command,
+        started_utc=started_utc,
+        config=cfg,
+        sections=sections,
+        environment={
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            # Variables that change what the command above does, so they belong to it.
+            "variables": {v: os.environ[v] for v in _ENV_VARS if os.environ.get(v)},
+        },
     )
     with phases("report", "writing report.html and summary.json"):
         from privdiff.report.demo_report import write_report
@@ -1045,10 +1253,15 @@ def print_summary(result: DemoResult, console: Any) -> None:
 
             console.print("private index: reused from the cache. " + COLD_INDEX_NOTE)
         else:
-            how = "embeddings from the cache" if idx.embeddings_from_cache else (
-                f"encoded at {idx.images_per_second or 0:.0f} img/s")
-            console.print(f"private index: built this run ({idx.count:,} images, {how}; "
-                          f"{result.timings.get('dprdm.index', 0):.0f} s); later runs reuse it.")
+            how = (
+                "embeddings from the cache"
+                if idx.embeddings_from_cache
+                else (f"encoded at {idx.images_per_second or 0:.0f} img/s")
+            )
+            console.print(
+                f"private index: built this run ({idx.count:,} images, {how}; "
+                f"{result.timings.get('dprdm.index', 0):.0f} s); later runs reuse it."
+            )
     console.print(f"report: {result.config.out / 'report.html'}")
 
 
@@ -1058,15 +1271,19 @@ def _headline(s: Section) -> str:
     if isinstance(s, DPRDMResult):
         led, r = s.ledger.status, s.refused_request
         cached = "cached index" if s.index.cached else "index built"
-        return (f"{len(s.prompts)} prompts answered, ε spent {led.epsilon_spent:.3g} of "
-                f"{led.epsilon_budget:g} (δ={led.delta:.2g}); request of {r.prompts_requested} prompts "
-                + ("[green]refused[/], ledger unchanged" if r.refused and r.ledger_unchanged
-                   else "[red]NOT refused[/]") + f"; {cached}")
+        return (
+            f"{len(s.prompts)} prompts answered, ε spent {led.epsilon_spent:.3g} of "
+            f"{led.epsilon_budget:g} (δ={led.delta:.2g}); request of {r.prompts_requested} prompts "
+            + ("[green]refused[/], ledger unchanged" if r.refused and r.ledger_unchanged else "[red]NOT refused[/]")
+            + f"; {cached}"
+        )
     if isinstance(s, CPSampleResult):
         c = s.conditions
-        return (f"replication {c['ddim'].replication_rate:.0%} (DDIM) → {c['cpsample'].replication_rate:.0%} "
-                f"(CPSample), gate fired on {c['cpsample'].gate['firing_rate']:.1%} of steps; "
-                f"Fisher p={s.fisher_exact['p_value']:.2g}")
+        return (
+            f"replication {c['ddim'].replication_rate:.0%} (DDIM) → {c['cpsample'].replication_rate:.0%} "
+            f"(CPSample), gate fired on {c['cpsample'].gate['firing_rate']:.1%} of steps; "
+            f"Fisher p={s.fisher_exact['p_value']:.2g}"
+        )
     best = {r.name: r.queries_at_target["pld"] for r in s.settings}
     return "queries at ε ≤ 10 (pld): " + ", ".join(f"{n} {v:,}" for n, v in best.items())
 

@@ -61,8 +61,10 @@ class PrivacyBudgetExceeded(PrivdiffError):
         self.queries_remaining = queries_remaining
         fit = ""
         if queries_remaining is not None:
-            fit = (f" {queries_remaining} quer{'y' if queries_remaining == 1 else 'ies'} of this setting "
-                   f"still fit{'s' if queries_remaining == 1 else ''}.")
+            fit = (
+                f" {queries_remaining} quer{'y' if queries_remaining == 1 else 'ies'} of this setting "
+                f"still fit{'s' if queries_remaining == 1 else ''}."
+            )
         super().__init__(
             f"privacy budget exceeded: answering {queries_requested} more quer"
             f"{'y' if queries_requested == 1 else 'ies'} would bring ε to {epsilon_would_be:.4g} "
@@ -99,9 +101,7 @@ class EncoderMismatch(PrivdiffError):
     def __init__(self, expected: str, found: str, what: str = "artefact"):
         self.expected = expected
         self.found = found
-        super().__init__(
-            f"embedding-space mismatch: {what} uses encoder {found!r} but {expected!r} is required"
-        )
+        super().__init__(f"embedding-space mismatch: {what} uses encoder {found!r} but {expected!r} is required")
 
 
 class IndexCorrupt(PrivdiffError):

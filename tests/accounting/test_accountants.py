@@ -118,7 +118,14 @@ def test_heterogeneous_paper_history_sums_rdp_curves():
 
     a, b = DPRDMQuery(0.2, 0.01, 18), DPRDMQuery(0.1, 0.03, 25)
     rdp = sum(
-        np.asarray(compute_rdp(q=q.sample_rate, noise_multiplier=q.noise_multiplier, steps=n, orders=list(PAPER_ORDERS)))
+        np.asarray(
+            compute_rdp(
+                q=q.sample_rate,
+                noise_multiplier=q.noise_multiplier,
+                steps=n,
+                orders=list(PAPER_ORDERS),
+            )
+        )
         for q, n in [(a, 300), (b, 50)]
     )
     eps, _ = get_privacy_spent(orders=list(PAPER_ORDERS), rdp=rdp, delta=1e-6)
@@ -159,7 +166,11 @@ def test_pld_agrees_with_prv_accountant():
 def test_rdp_accountant_matches_dp_accounting_directly():
     query = DPRDMQuery(0.05, 0.01, 23)
     acc = dp_accounting.rdp.RdpAccountant()
-    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(0.575)), 1000))
+    acc.compose(
+        dp_accounting.SelfComposedDpEvent(
+            dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(0.575)), 1000
+        )
+    )
     eps, order = acc.get_epsilon_and_optimal_order(2e-5)
     rep = compute_epsilon([(query, 1000)], 2e-5, "rdp")
     assert rep.epsilon == pytest.approx(eps, rel=1e-12) and rep.order == order
@@ -286,8 +297,12 @@ def test_heterogeneous_rdp_composition_adds_rdp_curves():
 
 @pytest.mark.integration
 @_fast
-@given(q=st.tuples(_sigmas, _rates, _ks), na=st.integers(1, 800), nb=st.integers(1, 800),
-       acc=st.sampled_from(["rdp", "pld"]))
+@given(
+    q=st.tuples(_sigmas, _rates, _ks),
+    na=st.integers(1, 800),
+    nb=st.integers(1, 800),
+    acc=st.sampled_from(["rdp", "pld"]),
+)
 @example(q=(0.5, 0.001953125, 26), na=1, nb=129, acc="pld")  # tiny ε: library rounds twice
 @example(q=(0.033012320472807784, 0.19789044901959063, 1), na=183, nb=183, acc="pld")  # PLD → RDP fallback
 @example(q=(0.212, 0.0447, 1), na=1, nb=794, acc="pld")  # PLD → RDP fallback
@@ -304,8 +319,11 @@ def test_split_homogeneous_history_equals_library_composition(q, na, nb, acc):
         # ε = 2.0e5 vs our RDP 7.3e5), so check the fallback is exactly the RDP accountant's value.
         assert rep.epsilon == pytest.approx(compute_epsilon([(query, na + nb)], 1e-6, "rdp").epsilon, rel=1e-12)
         return
-    lib = (dp_accounting.rdp.RdpAccountant() if acc == "rdp"
-           else dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3))
+    lib = (
+        dp_accounting.rdp.RdpAccountant()
+        if acc == "rdp"
+        else dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+    )
     lib.compose(dp_accounting.ComposedDpEvent([query.dp_event(na), query.dp_event(nb)]))
     ours, expected = rep.epsilon, lib.get_epsilon(1e-6)
     if acc == "rdp":

@@ -17,7 +17,10 @@ def test_ledger_benchmark_quick_runs_and_writes_json(tmp_path):
     out = tmp_path / "ledger.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "ledger.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio long-history / empty" in proc.stdout and "ratio pld / paper" in proc.stdout
@@ -39,7 +42,10 @@ def test_ledger_benchmark_compares_concurrent_charging_old_and_new(tmp_path):
     out = tmp_path / "ledger.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "ledger.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ratio longest charge old / new" in proc.stdout

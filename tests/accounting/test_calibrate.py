@@ -9,7 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privdiff.accounting import DPRDMQuery, OrderOnEdgeWarning, compute_epsilon
-from privdiff.accounting.calibrate import calibrate, solve_k, solve_queries, solve_sample_rate, solve_sigma
+from privdiff.accounting.calibrate import (
+    calibrate,
+    solve_k,
+    solve_queries,
+    solve_sample_rate,
+    solve_sigma,
+)
 from privdiff.errors import InvalidParameter
 
 
@@ -75,7 +81,15 @@ def test_unreachable_target_is_a_typed_error_naming_the_best_epsilon():
         dict(solve="k", target_epsilon=1, delta=1e-5, sigma=1, sample_rate=0.1),
         dict(solve="k", target_epsilon=-1, delta=1e-5, sigma=1, sample_rate=0.1, queries=10),
         dict(solve="sigma", target_epsilon=1, delta=1e-5, sample_rate=1.5, k=2, queries=10),
-        dict(solve="queries", target_epsilon=1, delta=1e-5, sigma=1, sample_rate=0.1, k=2, bounds=(5, 1)),
+        dict(
+            solve="queries",
+            target_epsilon=1,
+            delta=1e-5,
+            sigma=1,
+            sample_rate=0.1,
+            k=2,
+            bounds=(5, 1),
+        ),
     ],
 )
 def test_bad_calibration_requests_are_rejected(kwargs):

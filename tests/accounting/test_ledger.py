@@ -37,7 +37,12 @@ def test_create_then_open_round_trips_budget(tmp_path):
         assert led.status().queries == 0 and led.status().epsilon_spent == 0.0
     with Ledger.open(path) as led:
         st = led.status()
-        assert (st.epsilon_budget, st.delta, st.accountant, st.dataset) == (10.0, DELTA, "rdp", "cifar10")
+        assert (st.epsilon_budget, st.delta, st.accountant, st.dataset) == (
+            10.0,
+            DELTA,
+            "rdp",
+            "cifar10",
+        )
         assert st.epsilon_remaining == 10.0
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -55,8 +60,12 @@ def test_create_refuses_to_overwrite(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,name",
-    [(dict(epsilon=0, delta=1e-5), "epsilon"), (dict(epsilon=1, delta=1.0), "delta"),
-     (dict(epsilon=float("nan"), delta=1e-5), "epsilon"), (dict(epsilon=1, delta=1e-5, accountant="x"), "accountant")],
+    [
+        (dict(epsilon=0, delta=1e-5), "epsilon"),
+        (dict(epsilon=1, delta=1.0), "delta"),
+        (dict(epsilon=float("nan"), delta=1e-5), "epsilon"),
+        (dict(epsilon=1, delta=1e-5, accountant="x"), "accountant"),
+    ],
 )
 def test_create_rejects_bad_budget_without_writing(tmp_path, kwargs, name):
     with pytest.raises(InvalidParameter) as ei:
@@ -112,9 +121,14 @@ def test_over_budget_charge_records_nothing(tmp_path):
 
 @pytest.mark.parametrize(
     "call",
-    [lambda led: led.charge(Q, count=0), lambda led: led.charge(Q, count=1.5),
-     lambda led: led.charge((0.2, 0.05, 10)), lambda led: led.charge(Q, request_id=""),
-     lambda led: led.charge_many([]), lambda led: led.charge_many([Q, "x"])],
+    [
+        lambda led: led.charge(Q, count=0),
+        lambda led: led.charge(Q, count=1.5),
+        lambda led: led.charge((0.2, 0.05, 10)),
+        lambda led: led.charge(Q, request_id=""),
+        lambda led: led.charge_many([]),
+        lambda led: led.charge_many([Q, "x"]),
+    ],
 )
 def test_bad_charge_parameters_are_rejected_before_anything_is_recorded(tmp_path, call):
     led = Ledger.create(tmp_path / "l.sqlite", epsilon=50, delta=DELTA)
@@ -165,7 +179,7 @@ def test_open_refuses_truncated_and_corrupted_ledger(tmp_path):
     _assert_refused_unchanged(truncated)
     corrupt = tmp_path / "c.sqlite"
     middle = len(data) // 2
-    corrupt.write_bytes(data[:middle] + os.urandom(4096) + data[middle + 4096:])
+    corrupt.write_bytes(data[:middle] + os.urandom(4096) + data[middle + 4096 :])
     _assert_refused_unchanged(corrupt)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def test_byte_flips_never_change_epsilon_silently(tmp_path):
 
 @pytest.mark.slow
 def test_every_single_byte_flip_leaves_epsilon_or_is_refused(tmp_path):
-    size = (_filled(tmp_path / "probe.sqlite") and (tmp_path / "probe.sqlite").stat().st_size)
+    size = _filled(tmp_path / "probe.sqlite") and (tmp_path / "probe.sqlite").stat().st_size
     _check_flips(tmp_path, range(size))
 
 
@@ -150,9 +149,13 @@ def test_metadata_is_protected_by_its_checksum(tmp_path, statement):
 
 def _make_schema_1(path: Path, **meta_updates: str) -> None:
     """Turn a fresh ledger into what privdiff wrote before schema 2 (no checksum, no index)."""
-    _sql(path, "DELETE FROM meta WHERE key IN ('checksum', 'index')", "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
-         *(f"UPDATE meta SET value = {v!r} WHERE key = {k!r}" for k, v in meta_updates.items()),
-         "PRAGMA user_version=1")
+    _sql(
+        path,
+        "DELETE FROM meta WHERE key IN ('checksum', 'index')",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+        *(f"UPDATE meta SET value = {v!r} WHERE key = {k!r}" for k, v in meta_updates.items()),
+        "PRAGMA user_version=1",
+    )
 
 
 @pytest.mark.parametrize(
@@ -226,8 +229,11 @@ def test_only_stale_unowned_temp_files_of_this_ledger_are_removed(tmp_path):
     old = time.time() - 2 * ledger_mod.STALE_TMP_S
     stale, stale_journal, fresh, owned = (_temp_name(path) for _ in range(4))
     stale_journal = stale_journal.with_name(stale_journal.name + "-journal")
-    others = [tmp_path / ".other.sqlite.0123456789abcdef0123456789abcdef.tmp", tmp_path / ".l.sqlite.notatemp.tmp",
-              tmp_path / "l.sqlite.tmp"]
+    others = [
+        tmp_path / ".other.sqlite.0123456789abcdef0123456789abcdef.tmp",
+        tmp_path / ".l.sqlite.notatemp.tmp",
+        tmp_path / "l.sqlite.tmp",
+    ]
     for p in [stale, stale_journal, fresh, owned, *others]:
         p.write_bytes(b"x")
         if p is not fresh:
@@ -345,7 +351,8 @@ def test_a_bound_ledger_accepts_its_index_by_any_path_and_refuses_another(tmp_pa
 def test_an_old_ledger_naming_its_index_by_a_relative_path_accepts_the_absolute_one(tmp_path, monkeypatch):
     from privdiff.retrieval import DPRetriever, load_index
 
-    a, b = _index(tmp_path, "a", 0), _index(tmp_path, "b", 1)
+    _index(tmp_path, "a", 0)
+    b = _index(tmp_path, "b", 1)
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "l.sqlite"
     Ledger.create(path, epsilon=5, delta=DELTA, dataset="a").close()
@@ -387,8 +394,23 @@ def test_budget_init_with_index_binds_and_status_shows_the_short_fingerprint(tmp
 
     a, b = _index(tmp_path, "a", 0), _index(tmp_path, "b", 1)
     path = tmp_path / "l.sqlite"
-    assert main(["budget", "init", str(path), "--epsilon", "5", "--delta", "1e-5", "--index", str(tmp_path / "a"),
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "budget",
+                "init",
+                str(path),
+                "--epsilon",
+                "5",
+                "--delta",
+                "1e-5",
+                "--index",
+                str(tmp_path / "a"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     created = json.loads(capsys.readouterr().out)
     assert created["index"] == a.short_fingerprint
     assert main(["budget", "status", str(path)]) == 0

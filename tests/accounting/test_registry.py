@@ -91,7 +91,15 @@ def test_a_registered_accountant_reaches_every_entry_point(toy, tmp_path):
     assert toy in accountant_names()
     # The calibrator answers fewer queries under the looser bound.
     loose = calibrate("queries", target_epsilon=10, delta=2e-5, sigma=0.05, sample_rate=0.01, k=23, accountant=toy)
-    tight = calibrate("queries", target_epsilon=10, delta=2e-5, sigma=0.05, sample_rate=0.01, k=23, accountant="paper")
+    tight = calibrate(
+        "queries",
+        target_epsilon=10,
+        delta=2e-5,
+        sigma=0.05,
+        sample_rate=0.01,
+        k=23,
+        accountant="paper",
+    )
     assert 0 < loose.value < tight.value and loose.epsilon <= 10
     # A ledger created with it charges under it.
     with Ledger.create(tmp_path / "l.db", epsilon=100, delta=2e-5, accountant=toy) as led:
@@ -143,7 +151,12 @@ def test_accounting_holds_no_plotting():
     for path in sorted((SRC / "accounting").rglob("*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 assert not name.startswith(("matplotlib", "privdiff.report")), f"{path.name} imports {name}"

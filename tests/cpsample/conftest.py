@@ -26,7 +26,15 @@ def tiny_train_set() -> torch.Tensor:
 def memorised(tiny_train_set, alphas_cumprod):
     """(classifier, labels) overfit on the tiny set at small t (t < 40)."""
     torch.manual_seed(0)
-    cfg = ClassifierTrainConfig(steps=250, batch_size=6, lr=3e-3, small_t_fraction=1.0, small_t_max=40,
-                                label_seed=1, seed=0, block_out_channels=(8, 16))
+    cfg = ClassifierTrainConfig(
+        steps=250,
+        batch_size=6,
+        lr=3e-3,
+        small_t_fraction=1.0,
+        small_t_max=40,
+        label_seed=1,
+        seed=0,
+        block_out_channels=(8, 16),
+    )
     clf, labels, _ = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, progress=False)
     return clf, labels

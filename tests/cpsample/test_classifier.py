@@ -41,10 +41,19 @@ def test_small_t_oversampling_puts_the_requested_share_below_small_t_max():
     assert int(t.min()) >= 0 and int(t.max()) <= 999
 
 
-def test_overfit_classifier_is_accurate_and_confident_on_training_images_at_small_t(memorised, tiny_train_set, alphas_cumprod):
+def test_overfit_classifier_is_accurate_and_confident_on_training_images_at_small_t(
+    memorised, tiny_train_set, alphas_cumprod
+):
     clf, labels = memorised
-    report = evaluate_classifier(clf, tiny_train_set, labels, alphas_cumprod=alphas_cumprod, bands=((0, 10), (900, 1000)),
-                                 alphas=(0.5, 0.01), draws=4)
+    report = evaluate_classifier(
+        clf,
+        tiny_train_set,
+        labels,
+        alphas_cumprod=alphas_cumprod,
+        bands=((0, 10), (900, 1000)),
+        alphas=(0.5, 0.01),
+        draws=4,
+    )
     small, large = report
     assert small["accuracy"] == 1.0
     assert small["fraction_above_1_minus_alpha"]["0.5"] == 1.0
@@ -68,7 +77,9 @@ def test_heldout_report_without_labels_measures_label_free_confidence(memorised,
 
 def test_save_and_load_round_trip_keeps_logits_labels_and_provenance(memorised, tmp_path):
     clf, labels = memorised
-    ProtectionClassifier(classifier=clf, labels=labels, meta={"label_seed": 1, "data_spec": "tiny"}).save(tmp_path / "c")
+    ProtectionClassifier(classifier=clf, labels=labels, meta={"label_seed": 1, "data_spec": "tiny"}).save(
+        tmp_path / "c"
+    )
     loaded = load_classifier(tmp_path / "c")
     x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 10, 500])
     # The weights must survive bit for bit; the logits only to float tolerance, since CPU kernels
@@ -91,8 +102,16 @@ def test_loading_a_non_classifier_directory_is_a_checkpoint_error(tmp_path):
         load_classifier(tmp_path)
 
 
-@pytest.mark.parametrize("field,value", [("steps", 0), ("small_t_fraction", 1.5), ("small_t_max", 0),
-                                         ("block_out_channels", (12,)), ("lr", 0.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("steps", 0),
+        ("small_t_fraction", 1.5),
+        ("small_t_max", 0),
+        ("block_out_channels", (12,)),
+        ("lr", 0.0),
+    ],
+)
 def test_bad_classifier_settings_are_typed_errors(field, value):
     with pytest.raises(InvalidParameter, match=field):
         ClassifierTrainConfig(**{field: value}).validate()
@@ -105,11 +124,21 @@ def test_calibration_images_pull_confidence_off_the_training_set_towards_half(ti
     g = torch.Generator().manual_seed(21)
     calib = torch.rand((24, 1, 8, 8), generator=g) * 2 - 1
     probe = torch.rand((24, 1, 8, 8), generator=g) * 2 - 1  # neither trained on nor calibrated
-    cfg = ClassifierTrainConfig(steps=200, batch_size=6, lr=3e-3, small_t_fraction=1.0, small_t_max=40,
-                                label_seed=1, seed=0, block_out_channels=(8, 16), calibration_batch_size=12)
+    cfg = ClassifierTrainConfig(
+        steps=200,
+        batch_size=6,
+        lr=3e-3,
+        small_t_fraction=1.0,
+        small_t_max=40,
+        label_seed=1,
+        seed=0,
+        block_out_channels=(8, 16),
+        calibration_batch_size=12,
+    )
     plain, labels, _ = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, progress=False)
-    calibrated, _, _ = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, calibration=calib,
-                                        progress=False)
+    calibrated, _, _ = train_classifier(
+        tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, calibration=calib, progress=False
+    )
     t = torch.zeros(24, dtype=torch.long)
     with torch.no_grad():
         conf_plain = torch.sigmoid(plain(probe, t).abs()).mean()
@@ -124,5 +153,10 @@ def test_calibration_images_of_another_shape_are_a_data_error(tiny_train_set, al
     from privdiff.errors import DataError
 
     with pytest.raises(DataError, match="calibration"):
-        train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, calibration=torch.zeros(2, 1, 4, 4),
-                         config=ClassifierTrainConfig(steps=1, block_out_channels=(8, 16)), progress=False)
+        train_classifier(
+            tiny_train_set,
+            alphas_cumprod=alphas_cumprod,
+            calibration=torch.zeros(2, 1, 4, 4),
+            config=ClassifierTrainConfig(steps=1, block_out_channels=(8, 16)),
+            progress=False,
+        )

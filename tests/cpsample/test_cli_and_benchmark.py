@@ -20,8 +20,13 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 1), dtype=np.uint8)
-    train_diffusion(images, out, unet_config=unet_config("tiny"), progress=False,
-                    config=TrainConfig(steps=2, batch_size=4, checkpoint_every=2))
+    train_diffusion(
+        images,
+        out,
+        unet_config=unet_config("tiny"),
+        progress=False,
+        config=TrainConfig(steps=2, batch_size=4, checkpoint_every=2),
+    )
     return out
 
 
@@ -35,10 +40,33 @@ def tiny_classifier_dir(tmp_path_factory, memorised):
 
 def test_sample_with_protection_writes_pngs_grid_and_json(tmp_path, tiny_model_dir, tiny_classifier_dir, capsys):
     out = tmp_path / "s"
-    code = main(["sample", "--model", str(tiny_model_dir), "--protect", str(tiny_classifier_dir), "--alpha", "0.5",
-                 "--scale", "10", "-n", "3", "--steps", "4", "--out", str(out), "--seed", "1"])
+    code = main(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--protect",
+            str(tiny_classifier_dir),
+            "--alpha",
+            "0.5",
+            "--scale",
+            "10",
+            "-n",
+            "3",
+            "--steps",
+            "4",
+            "--out",
+            str(out),
+            "--seed",
+            "1",
+        ]
+    )
     assert code == 0
-    assert sorted(p.name for p in (out / "images").glob("0*.png")) == ["00000.png", "00001.png", "00002.png"]
+    assert sorted(p.name for p in (out / "images").glob("0*.png")) == [
+        "00000.png",
+        "00001.png",
+        "00002.png",
+    ]
     assert (out / "grid.png").stat().st_size > 0
     record = json.loads((out / "sample.json").read_text())
     assert record["cpsample"] == {"alpha": 0.5, "scale": 10.0, "mode": "toward_opposite"}
@@ -52,8 +80,24 @@ def test_sample_without_protection_is_plain_ddim_and_seeded(tmp_path, tiny_model
     from PIL import Image
 
     for name in ("a", "b"):
-        assert main(["sample", "--model", str(tiny_model_dir), "-n", "2", "--steps", "3", "--out",
-                     str(tmp_path / name), "--seed", "4"]) == 0
+        assert (
+            main(
+                [
+                    "sample",
+                    "--model",
+                    str(tiny_model_dir),
+                    "-n",
+                    "2",
+                    "--steps",
+                    "3",
+                    "--out",
+                    str(tmp_path / name),
+                    "--seed",
+                    "4",
+                ]
+            )
+            == 0
+        )
     a = np.asarray(Image.open(tmp_path / "a" / "images" / "00001.png"))
     b = np.asarray(Image.open(tmp_path / "b" / "images" / "00001.png"))
     assert np.array_equal(a, b)
@@ -61,11 +105,25 @@ def test_sample_without_protection_is_plain_ddim_and_seeded(tmp_path, tiny_model
 
 
 @pytest.mark.parametrize("flag,value", [("--alpha", "0.7"), ("--alpha", "0"), ("--scale", "-1")])
-def test_sample_rejects_bad_cpsample_settings_before_writing(tmp_path, tiny_model_dir, tiny_classifier_dir, capsys,
-                                                            flag, value):
+def test_sample_rejects_bad_cpsample_settings_before_writing(
+    tmp_path, tiny_model_dir, tiny_classifier_dir, capsys, flag, value
+):
     out = tmp_path / "bad"
-    code = main(["sample", "--model", str(tiny_model_dir), "--protect", str(tiny_classifier_dir), flag, value,
-                 "-n", "1", "--out", str(out)])
+    code = main(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--protect",
+            str(tiny_classifier_dir),
+            flag,
+            value,
+            "-n",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 2
     assert flag.lstrip("-") in capsys.readouterr().err
     assert not out.exists()
@@ -85,14 +143,34 @@ def test_protect_train_reports_bands_for_train_and_holdout(tmp_path, tiny_model_
     except Exception:  # noqa: BLE001
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     out = tmp_path / "clf"
-    code = main(["protect", "train", "--data", "fashion-mnist:train[:8]", "--model", str(tiny_model_dir),
-                 "--out", str(out), "--holdout", "fashion-mnist:test[:8]", "--steps", "3", "--batch-size", "8",
-                 "--json"])
+    code = main(
+        [
+            "protect",
+            "train",
+            "--data",
+            "fashion-mnist:train[:8]",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(out),
+            "--holdout",
+            "fashion-mnist:test[:8]",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+            "--json",
+        ]
+    )
     assert code == 0
     saved = json.loads((out / "report.json").read_text())
     assert [row["band"] for row in saved["report"]["train"]][0] == [0, 50]
     assert set(saved["report"]) == {"train", "holdout"}
-    assert set(saved["report"]["train"][0]["fraction_above_1_minus_alpha"]) == {"0.5", "0.25", "0.001"}
+    assert set(saved["report"]["train"][0]["fraction_above_1_minus_alpha"]) == {
+        "0.5",
+        "0.25",
+        "0.001",
+    }
     assert saved["settings"]["command"].startswith("privdiff protect train --data 'fashion-mnist:train[:8]'")
     assert len(json.loads((out / "classifier.json").read_text())["labels"]) == 8
 
@@ -106,8 +184,19 @@ def test_train_diffusion_command_trains_and_resumes(tmp_path, capsys):
     except Exception:  # noqa: BLE001
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     out = tmp_path / "m"
-    args = ["train", "diffusion", "--data", "fashion-mnist:train[:4]", "--out", str(out), "--batch-size", "2",
-            "--checkpoint-every", "1", "--json"]
+    args = [
+        "train",
+        "diffusion",
+        "--data",
+        "fashion-mnist:train[:4]",
+        "--out",
+        str(out),
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "1",
+        "--json",
+    ]
     assert main(args + ["--steps", "1"]) == 0
     assert main(args + ["--steps", "2", "--resume"]) == 0
     manifest = json.loads((out / "model.json").read_text())

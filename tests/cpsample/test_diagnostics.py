@@ -20,18 +20,30 @@ def _rows(q01: float, median: float, *, late_q01: float = 0.5) -> list[dict]:
     rows = []
     for band in BANDS:
         inside = band[0] < 300
-        rows.append({
-            "band": band, "accuracy": 1.0, "mean_confidence": median,
-            "fraction_above_1_minus_alpha": {"0.5": 1.0, "0.25": 1.0, "0.001": 0.0},
-            "confidence_quantiles": {"0.01": q01 if inside else late_q01, "0.5": median, "0.99": 1.0},
-            "evaluations": 256,
-        })
+        rows.append(
+            {
+                "band": band,
+                "accuracy": 1.0,
+                "mean_confidence": median,
+                "fraction_above_1_minus_alpha": {"0.5": 1.0, "0.25": 1.0, "0.001": 0.0},
+                "confidence_quantiles": {
+                    "0.01": q01 if inside else late_q01,
+                    "0.5": median,
+                    "0.99": 1.0,
+                },
+                "evaluations": 256,
+            }
+        )
     return rows
 
 
 def _meta(train, holdout=None, calibration=None, small_t_max=300):
     report = {"train": train} | ({"holdout": holdout} if holdout is not None else {})
-    return {"report": report, "calibration_spec": calibration, "train_config": {"small_t_max": small_t_max}}
+    return {
+        "report": report,
+        "calibration_spec": calibration,
+        "train_config": {"small_t_max": small_t_max},
+    }
 
 
 def test_gate_window_is_the_oversampled_range():
@@ -78,14 +90,27 @@ def test_confident_on_held_out_without_calibration_warns():
 
 def test_recorded_quantiles_give_an_alpha_that_fires_on_99_percent(memorised, tiny_train_set, alphas_cumprod):
     clf, labels = memorised
-    rows = evaluate_classifier(clf, tiny_train_set, labels, alphas_cumprod=alphas_cumprod, seed=3,
-                               bands=((0, 20), (20, 40)))
+    rows = evaluate_classifier(
+        clf,
+        tiny_train_set,
+        labels,
+        alphas_cumprod=alphas_cumprod,
+        seed=3,
+        bands=((0, 20), (20, 40)),
+    )
     assert all(set(r["confidence_quantiles"]) == {"0.01", "0.5", "0.99"} for r in rows)
     alpha = alpha_to_fire(rows)
     assert alpha is not None
     # Re-evaluated on the same draws (same seed) at that α, ≥ 99 % of the images exceed 1 − α.
-    again = evaluate_classifier(clf, tiny_train_set, labels, alphas_cumprod=alphas_cumprod, seed=3,
-                                bands=((0, 20), (20, 40)), alphas=(alpha,))
+    again = evaluate_classifier(
+        clf,
+        tiny_train_set,
+        labels,
+        alphas_cumprod=alphas_cumprod,
+        seed=3,
+        bands=((0, 20), (20, 40)),
+        alphas=(alpha,),
+    )
     assert all(r["fraction_above_1_minus_alpha"][str(alpha)] >= 0.99 for r in again)
 
 
@@ -95,8 +120,13 @@ def tiny_model_dir(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("model")
     images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 1), dtype=np.uint8)
-    train_diffusion(images, out, unet_config=unet_config("tiny"), progress=False,
-                    config=TrainConfig(steps=2, batch_size=4, checkpoint_every=2))
+    train_diffusion(
+        images,
+        out,
+        unet_config=unet_config("tiny"),
+        progress=False,
+        config=TrainConfig(steps=2, batch_size=4, checkpoint_every=2),
+    )
     return out
 
 
@@ -112,8 +142,21 @@ def test_sample_warns_before_generating(tmp_path, tiny_model_dir, memorised, cap
         raise PrivdiffError("generation reached")
 
     monkeypatch.setattr(privdiff.diffusion.generate, "generate", stop)
-    code = main(["sample", "--model", str(tiny_model_dir), "--protect", str(clf_dir), "--alpha", "0.001",
-                 "-n", "1", "--out", str(tmp_path / "s")])
+    code = main(
+        [
+            "sample",
+            "--model",
+            str(tiny_model_dir),
+            "--protect",
+            str(clf_dir),
+            "--alpha",
+            "0.001",
+            "-n",
+            "1",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     lines = err.splitlines()
@@ -131,9 +174,26 @@ def test_protect_train_table_fits_80_columns_and_warns(tmp_path, tiny_model_dir,
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.chdir(tmp_path)  # a short --out, so the closing "saved clf" line is short too
-    code = main(["protect", "train", "--data", "fashion-mnist:train[:8]", "--size", "8", "--model",
-                 str(tiny_model_dir), "--out", "clf", "--holdout", "fashion-mnist:test[:8]",
-                 "--steps", "2", "--batch-size", "8"])
+    code = main(
+        [
+            "protect",
+            "train",
+            "--data",
+            "fashion-mnist:train[:8]",
+            "--size",
+            "8",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            "clf",
+            "--holdout",
+            "fashion-mnist:test[:8]",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert max(len(line) for line in out.splitlines()) <= 80, out

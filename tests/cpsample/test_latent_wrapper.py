@@ -14,13 +14,28 @@ def tiny_latent_parts():
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 16),
-                        latent_channels=4, norm_num_groups=4, sample_size=16).eval()
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
-                                layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=12,
-                                attention_head_dim=4, norm_num_groups=8).eval()
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=16,
+    ).eval()
+    unet = UNet2DConditionModel(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=12,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    ).eval()
     clf = NoiseAwareClassifier(in_channels=4, block_out_channels=(8, 16), norm_num_groups=4, time_embed_dim=16).eval()
     acp = make_ddim_scheduler().alphas_cumprod
     return vae, unet, clf, acp
@@ -31,7 +46,11 @@ def _cfg_denoiser(unet, cond, uncond, w):
 
     def eps(z_t, t):
         n = z_t.shape[0]
-        out = unet(torch.cat([z_t, z_t]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])).sample
+        out = unet(
+            torch.cat([z_t, z_t]),
+            torch.cat([t, t]),
+            encoder_hidden_states=torch.cat([uncond, cond]),
+        ).sample
         e_u, e_c = out[:n], out[n:]
         return e_u + w * (e_c - e_u)
 
@@ -81,8 +100,15 @@ def test_classifier_trained_on_vae_latents_gates_its_training_latents(tiny_laten
     images = torch.rand((4, 3, 16, 16), generator=torch.Generator().manual_seed(3)) * 2 - 1
     with torch.no_grad():
         latents = vae.encode(images).latent_dist.mean * vae.config.scaling_factor
-    cfg = ClassifierTrainConfig(steps=150, batch_size=4, lr=3e-3, small_t_fraction=1.0, small_t_max=20,
-                                block_out_channels=(8, 16), label_seed=2)
+    cfg = ClassifierTrainConfig(
+        steps=150,
+        batch_size=4,
+        lr=3e-3,
+        small_t_fraction=1.0,
+        small_t_max=20,
+        block_out_channels=(8, 16),
+        label_seed=2,
+    )
     clf, labels, _ = train_classifier(latents, alphas_cumprod=acp, config=cfg, progress=False)
     fired, _ = CPSampleGuidance(clf, alpha=0.05, scale=1.0).gate(latents, torch.zeros(4, dtype=torch.long))
     assert fired.all()

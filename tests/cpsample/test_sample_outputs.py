@@ -15,17 +15,45 @@ from privdiff.diffusion import TrainConfig, train_diffusion, unet_config
 def tiny_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 1), dtype=np.uint8)
-    train_diffusion(images, out, unet_config=unet_config("tiny"), progress=False,
-                    config=TrainConfig(steps=2, batch_size=4, checkpoint_every=2))
+    train_diffusion(
+        images,
+        out,
+        unet_config=unet_config("tiny"),
+        progress=False,
+        config=TrainConfig(steps=2, batch_size=4, checkpoint_every=2),
+    )
     return out
 
 
-def test_sample_folder_has_images_npz_and_a_labelled_grid_and_eval_reads_only_the_images(tmp_path, tiny_model_dir, capsys):
+def test_sample_folder_has_images_npz_and_a_labelled_grid_and_eval_reads_only_the_images(
+    tmp_path, tiny_model_dir, capsys
+):
     from privdiff.evaluation.io import load_source
 
     out = tmp_path / "s"
-    assert main(["sample", "--model", str(tiny_model_dir), "-n", "12", "--steps", "2", "--out", str(out), "--quiet"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "images", "images.npz", "sample.json"]
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tiny_model_dir),
+                "-n",
+                "12",
+                "--steps",
+                "2",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "grid.png",
+        "images",
+        "images.npz",
+        "sample.json",
+    ]
     with np.load(out / "images.npz") as z:
         npz = z["images"]
     assert npz.shape == (12, 8, 8, 1) and len(list((out / "images").glob("*.png"))) == 12
@@ -34,8 +62,22 @@ def test_sample_folder_has_images_npz_and_a_labelled_grid_and_eval_reads_only_th
     src = load_source(out)
     assert np.array_equal(src.images, npz)
     capsys.readouterr()
-    assert main(["eval", "replication", str(out), str(out), "--feature-space", "pixel", "--threshold", "0.99",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "replication",
+                str(out),
+                str(out),
+                "--feature-space",
+                "pixel",
+                "--threshold",
+                "0.99",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["n_generated"] == 12
 
 
@@ -52,9 +94,41 @@ def test_sample_refuses_a_file_as_out_and_a_folder_with_earlier_output(tmp_path,
     assert main(["sample", "--model", str(tiny_model_dir), "-n", "1", "--steps", "1", "--out", str(f)]) == 2
     assert f.read_text() == "x"
     out = tmp_path / "s"
-    assert main(["sample", "--model", str(tiny_model_dir), "-n", "1", "--steps", "1", "--out", str(out), "-q"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tiny_model_dir),
+                "-n",
+                "1",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 0
+    )
     before = sorted(p.name for p in out.rglob("*"))
-    assert main(["sample", "--model", str(tiny_model_dir), "-n", "1", "--steps", "1", "--out", str(out), "-q"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                str(tiny_model_dir),
+                "-n",
+                "1",
+                "--steps",
+                "1",
+                "--out",
+                str(out),
+                "-q",
+            ]
+        )
+        == 2
+    )
     assert "earlier outputs" in capsys.readouterr().err and sorted(p.name for p in out.rglob("*")) == before
 
 

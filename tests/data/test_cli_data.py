@@ -40,9 +40,6 @@ def test_data_show_folder_with_skip_corrupt_reports_the_count(tmp_path, capsys):
     out = tmp_path / "g.png"
     assert main(["data", "show", f"folder:{tmp_path / 'imgs'}", "--out", str(out)]) == 2
     assert "b.png" in capsys.readouterr().err
-    assert (
-        main(["data", "show", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--skip-corrupt"])
-        == 0
-    )
+    assert main(["data", "show", f"folder:{tmp_path / 'imgs'}", "--out", str(out), "--skip-corrupt"]) == 0
     text = capsys.readouterr().out
     assert "N=1" in text and "skipped unreadable files: 1" in text and "cats" in text

@@ -66,11 +66,7 @@ def test_corrupt_files_raise_listing_them_or_are_skipped_and_counted(tmp_path):
     (tmp_path / "cls" / "bad2.jpg").write_bytes(b"")
     with pytest.raises(DataError) as info:
         load_dataset(f"folder:{tmp_path}")
-    assert (
-        "bad1.png" in str(info.value)
-        and "bad2.jpg" in str(info.value)
-        and "2 unreadable" in str(info.value)
-    )
+    assert "bad1.png" in str(info.value) and "bad2.jpg" in str(info.value) and "2 unreadable" in str(info.value)
     ds = load_dataset(f"folder:{tmp_path}", skip_corrupt=True)
     assert len(ds) == 1 and ds.labels.tolist() == [0]
     assert ds.metadata["n_skipped"] == 2

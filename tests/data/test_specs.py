@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from privdiff.data import ImageDataset, load_dataset, parse_spec
 from privdiff.errors import DataError, InvalidParameter
@@ -128,9 +130,6 @@ def test_image_dataset_validates_and_subsets():
         ImageDataset(np.zeros((2, 3, 3, 2), dtype=np.uint8))
 
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 _DIGITS = load_dataset("digits")
 _bound = st.one_of(st.none(), st.integers(-2000, 2000))
 
@@ -155,9 +154,17 @@ def test_slice_suffix_equals_python_slicing_for_any_bounds(start, stop, step):
     np.testing.assert_array_equal(ds.labels, _DIGITS.labels[sl])
 
 
-@pytest.mark.parametrize("spec", ["fashion-mnist:train[5:2]", "fashion-mnist:train[0:0]", "digits[-1:-5]",
-                                  "digits[3:3:2]", "digits[0:5:-1]",
-                                  "npz:/nowhere.npz[4:1]"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "fashion-mnist:train[5:2]",
+        "fashion-mnist:train[0:0]",
+        "digits[-1:-5]",
+        "digits[3:3:2]",
+        "digits[0:5:-1]",
+        "npz:/nowhere.npz[4:1]",
+    ],
+)
 def test_statically_empty_slice_is_refused_when_parsed(spec):
     # Refused by the parser, before any file is looked for or decoded.
     with pytest.raises(DataError, match="selects no images"):

@@ -32,9 +32,14 @@ def tiny():
 def test_plain_ddim_slice(tiny):
     model, _, x_T = tiny
     x0 = ddim_sample(model.denoiser(), model.ddim_scheduler(), x_T.clone(), num_inference_steps=2)
-    expected = np.array([[6.104253, -6.125810, -7.393128],
-                         [-1.745947, 0.337957, -1.690664],
-                         [-4.261132, 7.570629, -2.646555]], dtype=np.float32)
+    expected = np.array(
+        [
+            [6.104253, -6.125810, -7.393128],
+            [-1.745947, 0.337957, -1.690664],
+            [-4.261132, 7.570629, -2.646555],
+        ],
+        dtype=np.float32,
+    )
     np.testing.assert_allclose(x0[0, 0, -3:, -3:].numpy(), expected, atol=ATOL, rtol=0)
 
 
@@ -42,9 +47,20 @@ def test_cpsample_guided_ddim_slice(tiny):
     model, classifier, x_T = tiny
     # α = 1/2: the gate fires wherever the random classifier leans either way, i.e. at every step.
     guidance = CPSampleGuidance(classifier, alpha=0.5, scale=100.0)
-    x0 = ddim_sample(model.denoiser(), model.ddim_scheduler(), x_T.clone(), num_inference_steps=2, guidance=guidance)
-    expected = np.array([[3.984486, -7.922492, -4.814687],
-                         [-2.659318, 3.562080, -1.955128],
-                         [-1.331714, 7.333805, -3.311799]], dtype=np.float32)
+    x0 = ddim_sample(
+        model.denoiser(),
+        model.ddim_scheduler(),
+        x_T.clone(),
+        num_inference_steps=2,
+        guidance=guidance,
+    )
+    expected = np.array(
+        [
+            [3.984486, -7.922492, -4.814687],
+            [-2.659318, 3.562080, -1.955128],
+            [-1.331714, 7.333805, -3.311799],
+        ],
+        dtype=np.float32,
+    )
     np.testing.assert_allclose(x0[0, 0, -3:, -3:].numpy(), expected, atol=ATOL, rtol=0)
     assert guidance.stats.summary()["firing_rate"] == 1.0

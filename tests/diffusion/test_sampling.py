@@ -16,8 +16,14 @@ def test_ddim_loop_guidance_and_callback_are_called():
         seen.append(float(a))
         return eps
 
-    x = ddim_sample(denoiser, sched, torch.ones(2, 1, 4, 4), num_inference_steps=5, guidance=guidance,
-                    callback=lambda i, t, x, e: seen.append(-1))
+    x = ddim_sample(
+        denoiser,
+        sched,
+        torch.ones(2, 1, 4, 4),
+        num_inference_steps=5,
+        guidance=guidance,
+        callback=lambda i, t, x, e: seen.append(-1),
+    )
     assert x.shape == (2, 1, 4, 4)
     assert len(seen) == 10
     # with ε ≡ 0 the DDIM update rescales x by √(ᾱ_prev/ᾱ_t) each step: the final x grows

@@ -23,8 +23,5 @@ def test_heldout_phrasings_never_appear_in_training():
     joined = " ".join(texts)
     for word in ("trainers", "handbag", "jeans", "rucksack", "cardigan", "blazer"):
         assert word not in joined
-    assert (
-        "boots" in HELDOUT_PHRASINGS["Ankle boot"]
-        and "a pair of trainers" in HELDOUT_PHRASINGS["Sneaker"]
-    )
+    assert "boots" in HELDOUT_PHRASINGS["Ankle boot"] and "a pair of trainers" in HELDOUT_PHRASINGS["Sneaker"]
     assert sorted(set(held_labels)) == list(range(10))

@@ -38,9 +38,7 @@ def test_encoding_is_deterministic_and_batch_size_invariant(raw_encoder, faces):
 def test_grey_images_equal_their_rgb_replicas(raw_encoder, faces):
     grey = faces[:4]
     rgb = np.repeat(grey, 3, axis=-1)
-    np.testing.assert_allclose(
-        raw_encoder.encode_images(grey), raw_encoder.encode_images(rgb), atol=1e-6
-    )
+    np.testing.assert_allclose(raw_encoder.encode_images(grey), raw_encoder.encode_images(rgb), atol=1e-6)
 
 
 @pytest.mark.integration

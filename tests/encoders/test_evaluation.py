@@ -27,9 +27,7 @@ def test_leave_one_out_excludes_the_query_itself():
     emb = l2_normalize(np.array([[1.0, 0], [0.9, 0.1], [0, 1.0]]))
     labels = np.array([0, 1, 1])
     # With itself counted every query would score a hit (precision 1); left out, only query 2 does.
-    assert (
-        class_precision_at_k(emb, labels, k=1) == 1 / 3
-    )  # only query 2 finds a same-label neighbour
+    assert class_precision_at_k(emb, labels, k=1) == 1 / 3  # only query 2 finds a same-label neighbour
 
 
 def test_zero_shot_and_text_to_image_precision():

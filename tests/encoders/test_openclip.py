@@ -69,9 +69,7 @@ def test_preprocess_resizes_shorter_side_centre_crops_and_normalises(clip):
     # mean 0.5 / std 0.25 from the model's preprocess_cfg: white -> 2, black -> -2.
     assert torch.allclose(x, torch.full_like(x, 2.0), atol=1e-4)
     grey = np.full((1, 16, 16, 1), 128, dtype=np.uint8)
-    np.testing.assert_allclose(
-        clip.preprocess(grey), clip.preprocess(np.repeat(grey, 3, -1)), atol=1e-6
-    )
+    np.testing.assert_allclose(clip.preprocess(grey), clip.preprocess(np.repeat(grey, 3, -1)), atol=1e-6)
 
 
 def test_mean_std_fall_back_to_openai_clip_values():

@@ -29,15 +29,11 @@ def test_default_text_encoder_shares_the_image_space(text_encoder):
     z = text_encoder.encode_text(["a photo of a sneaker", "jeans", "a handbag"])
     assert z.shape == (3, image.dim) and z.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(z, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_array_equal(
-        z, text_encoder.encode_text(["a photo of a sneaker", "jeans", "a handbag"])
-    )
+    np.testing.assert_array_equal(z, text_encoder.encode_text(["a photo of a sneaker", "jeans", "a handbag"]))
 
 
 def test_shipped_projection_config_records_how_to_retrain_it():
-    config = json.loads(
-        projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text()
-    )
+    config = json.loads(projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text())
     assert config["command"].startswith("python experiments/text_projection.py")
     assert "dprdm-public" in config["trained_on"]
 
@@ -100,9 +96,7 @@ def test_projection_save_load_roundtrip_and_corruption(tmp_path):
     caps, cap_labels, imgs, img_labels = _synthetic(1)
     net, _ = train_text_projection(caps, cap_labels, imgs, img_labels, steps=5, batch_size=16)
     stem = tmp_path / "proj"
-    save_projection(
-        net, {"kind": "linear", "in_dim": 384, "out_dim": 16, "space_id": "toy/v1"}, stem
-    )
+    save_projection(net, {"kind": "linear", "in_dim": 384, "out_dim": 16, "space_id": "toy/v1"}, stem)
     loaded, cfg = load_projection(stem)
     x = torch.from_numpy(caps[:4])
     with torch.no_grad():
@@ -146,9 +140,7 @@ def test_projection_trained_against_another_centre_is_refused(tmp_path, monkeypa
 
 
 def test_shipped_projection_records_the_shipped_centre():
-    config = json.loads(
-        projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text()
-    )
+    config = json.loads(projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text())
     assert config["image_centre_sha256_12"] == load_image_encoder().centre_sha256_12
 
 

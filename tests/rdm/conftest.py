@@ -54,8 +54,14 @@ def tiny_model_dir(tmp_path_factory):
     from privdiff.rdm.model import RDMConfig, RDMModel
 
     torch.manual_seed(0)
-    cfg = RDMConfig(space_id=TINY_SPACE, embedding_dim=TINY_DIM, k=4, sample_size=12,
-                    block_out_channels=(8, 8, 8), attention_head_dim=2)
+    cfg = RDMConfig(
+        space_id=TINY_SPACE,
+        embedding_dim=TINY_DIM,
+        k=4,
+        sample_size=12,
+        block_out_channels=(8, 8, 8),
+        attention_head_dim=2,
+    )
     out = tmp_path_factory.mktemp("rdm") / "model"
     RDMModel(cfg).save(out, extra={"generation_defaults": {"k": 4, "sigma": 1.0, "sample_rate": 0.5}})
     return out

@@ -29,8 +29,29 @@ def setup(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("PRIVDIFF_CACHE_DIR", str(root / "cache"))
     model = root / "model"
-    assert main(["train", "rdm", "--public", SPEC, "--out", str(model), "--steps", "2", "--batch-size", "4",
-                 "--channels", "8,8,8", "--checkpoint-every", "2", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "rdm",
+                "--public",
+                SPEC,
+                "--out",
+                str(model),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--channels",
+                "8,8,8",
+                "--checkpoint-every",
+                "2",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     enc = load_image_encoder("default")
     emb = enc.encode_images(load_dataset("fashion-mnist:train[40:100]").images)
     index = build_index(root / "index", emb, space_id=enc.space_id, source="fashion-mnist:train[40:100]")
@@ -46,9 +67,34 @@ def _ledger(path, epsilon):
 
 
 def _generate(model, index, ledger, out, *extra):
-    return main(["generate", "--model", str(model), "--index", str(index), "--ledger", str(ledger),
-                 "--prompt", "a photo of a sneaker", "--prompt", "a photo of a bag", "-n", "2",
-                 "--steps", "2", "--k", "4", "--sigma", "0.5", "--sample-rate", "0.5", "--out", str(out), *extra])
+    return main(
+        [
+            "generate",
+            "--model",
+            str(model),
+            "--index",
+            str(index),
+            "--ledger",
+            str(ledger),
+            "--prompt",
+            "a photo of a sneaker",
+            "--prompt",
+            "a photo of a bag",
+            "-n",
+            "2",
+            "--steps",
+            "2",
+            "--k",
+            "4",
+            "--sigma",
+            "0.5",
+            "--sample-rate",
+            "0.5",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_train_command_records_the_exact_command_and_space(setup):
@@ -89,8 +135,27 @@ def test_generate_needs_an_existing_ledger(setup, tmp_path):
 
 def test_generate_public_baseline_needs_no_ledger_and_reports_zero_epsilon(setup, tmp_path):
     _, model, _ = setup
-    code = main(["generate", "--model", str(model), "--mode", "public-retrieval", "--public-data", SPEC,
-                 "--prompt", "a photo of a coat", "-n", "1", "--steps", "2", "--k", "3", "--out", str(tmp_path / "g")])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model),
+            "--mode",
+            "public-retrieval",
+            "--public-data",
+            SPEC,
+            "--prompt",
+            "a photo of a coat",
+            "-n",
+            "1",
+            "--steps",
+            "2",
+            "--k",
+            "3",
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     assert code == 0
     rec = json.loads((tmp_path / "g" / "generation.json").read_text())
     assert rec["mode"] == "public-retrieval" and rec["privacy"]["epsilon"] == 0.0
@@ -108,5 +173,20 @@ def test_generate_refuses_an_index_of_another_space(setup, tmp_path):
 
 def test_generate_rejects_unknown_mode_with_exit_2(setup, tmp_path):
     _, model, _ = setup
-    assert main(["generate", "--model", str(model), "--mode", "magic", "--prompt", "x", "--out", str(tmp_path / "g")]) == 2
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(model),
+                "--mode",
+                "magic",
+                "--prompt",
+                "x",
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "g").exists()

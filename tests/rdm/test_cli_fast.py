@@ -4,20 +4,54 @@ from privdiff.cli import main
 
 
 def test_generate_rejects_unknown_mode_before_loading_anything(tmp_path, capsys):
-    code = main(["generate", "--model", str(tmp_path / "nowhere"), "--mode", "magic", "--prompt", "x",
-                 "--out", str(tmp_path / "g")])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--mode",
+            "magic",
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     assert code == 2 and "mode" in capsys.readouterr().err
     assert not (tmp_path / "g").exists()
 
 
 def test_generate_rejects_zero_images_per_prompt(tmp_path, capsys):
-    code = main(["generate", "--model", str(tmp_path / "nowhere"), "--prompt", "x", "-n", "0", "--out", str(tmp_path / "g")])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--prompt",
+            "x",
+            "-n",
+            "0",
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     assert code == 2 and "n" in capsys.readouterr().err
 
 
 def test_generate_with_a_missing_model_directory_fails_cleanly(tmp_path, capsys):
-    code = main(["generate", "--model", str(tmp_path / "nowhere"), "--mode", "no-retrieval", "--prompt", "x",
-                 "--out", str(tmp_path / "g")])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--mode",
+            "no-retrieval",
+            "--prompt",
+            "x",
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     err = capsys.readouterr().err
     # The resolver's CheckpointError names the directory it was given (and nothing else is tried).
     assert code == 1 and "no RDM model" in err and "nowhere" in err

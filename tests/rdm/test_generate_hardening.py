@@ -14,7 +14,6 @@ import pytest
 from privdiff.cli import main
 from privdiff.errors import InvalidParameter, PrivacyBudgetExceeded, PrivdiffWarning
 from privdiff.rdm.pipeline import (
-    DPRDMPipeline,
     MAX_SEED,
     check_budget,
     domain_warning,
@@ -54,8 +53,22 @@ def _state(ledger):
 
 def _gen(env, out, *extra, prompts=("a sandal", "a bag")):
     model, index, ledger = env
-    args = ["generate", "--model", str(model), "--index", str(index), "--ledger", str(ledger), "-n", "2",
-            "--steps", "2", "--out", str(out), "--quiet"]
+    args = [
+        "generate",
+        "--model",
+        str(model),
+        "--index",
+        str(index),
+        "--ledger",
+        str(ledger),
+        "-n",
+        "2",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     for p in prompts:
         args += ["--prompt", p]
     return main(args + list(extra))
@@ -71,10 +84,20 @@ def _files_under(path):
 def test_generate_writes_the_chainable_layout_and_charges_once_per_prompt(env, tmp_path):
     out = tmp_path / "g"
     assert _gen(env, out) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["generation.json", "grid.png", "images", "images.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "generation.json",
+        "grid.png",
+        "images",
+        "images.npz",
+    ]
     with np.load(out / "images.npz") as z:
         assert z["images"].shape == (4, 12, 12, 1) and z["images"].dtype == np.uint8
-    assert sorted(p.name for p in (out / "images").iterdir()) == ["p00_000.png", "p00_001.png", "p01_000.png", "p01_001.png"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "p00_000.png",
+        "p00_001.png",
+        "p01_000.png",
+        "p01_001.png",
+    ]
     assert _state(env[2])[1] == 2
 
 
@@ -127,7 +150,9 @@ def test_out_below_a_file_is_refused_and_leaves_nothing(env, tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err and _state(env[2]) == before
 
 
-def test_unwritable_out_is_refused_before_the_charge_and_created_folders_are_removed(env, tmp_path, monkeypatch, capsys):
+def test_unwritable_out_is_refused_before_the_charge_and_created_folders_are_removed(
+    env, tmp_path, monkeypatch, capsys
+):
     import tempfile
 
     def deny(*a, **k):
@@ -185,8 +210,21 @@ def test_over_budget_is_refused_before_the_model_loads_and_says_how_many_still_f
         assert 1 <= fit < 40
         assert book.preview(query, fit) <= 3.0 < book.preview(query, fit + 1)
     model, index, _ = env
-    code = main(["generate", "--model", str(model), "--index", str(index), "--ledger", str(small), "--quiet",
-                 "--out", str(tmp_path / "g")] + [a for i in range(fit + 1) for a in ("--prompt", f"p{i}")])
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model),
+            "--index",
+            str(index),
+            "--ledger",
+            str(small),
+            "--quiet",
+            "--out",
+            str(tmp_path / "g"),
+        ]
+        + [a for i in range(fit + 1) for a in ("--prompt", f"p{i}")]
+    )
     err = capsys.readouterr().err
     assert code == 3 and f" {fit} quer" in err and "of this setting still fit" in err
     assert _state(small) == (0.0, 0, 0) and not (tmp_path / "g").exists()
@@ -194,10 +232,10 @@ def test_over_budget_is_refused_before_the_model_loads_and_says_how_many_still_f
 
 @pytest.mark.integration
 def test_queries_that_fit_accounts_for_earlier_charges():
-    from privdiff.accounting import DPRDMQuery, Ledger
-
     import tempfile
     from pathlib import Path
+
+    from privdiff.accounting import DPRDMQuery, Ledger
 
     with tempfile.TemporaryDirectory() as d:
         book = Ledger.create(Path(d) / "b.db", epsilon=2.0, delta=1e-5)
@@ -335,8 +373,22 @@ def test_generate_output_folder_is_read_by_eval_as_its_images_only(env, tmp_path
     (out / "images.npz").unlink()  # images/ alone is read too, still without grid.png
     assert load_source(out).images.shape == (4, 12, 12, 1)
     capsys.readouterr()
-    assert main(["eval", "replication", str(out), str(out), "--feature-space", "pixel", "--threshold", "0.99",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "replication",
+                str(out),
+                str(out),
+                "--feature-space",
+                "pixel",
+                "--threshold",
+                "0.99",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["n_generated"] == 4
 
 
@@ -346,6 +398,7 @@ def test_labelled_grid_size_is_capped():
     many = [np.zeros((GRID_MAX_COLS + 40, 4, 4, 1), dtype=np.uint8)] * (GRID_MAX_ROWS + 30)
     capped = make_labelled_grid(many, [str(i) for i in range(len(many))], title="t")
     exact = make_labelled_grid(
-        [np.zeros((GRID_MAX_COLS, 4, 4, 1), dtype=np.uint8)] * GRID_MAX_ROWS, [str(i) for i in range(GRID_MAX_ROWS)]
+        [np.zeros((GRID_MAX_COLS, 4, 4, 1), dtype=np.uint8)] * GRID_MAX_ROWS,
+        [str(i) for i in range(GRID_MAX_ROWS)],
     )
     assert capped.shape[0] <= exact.shape[0] + 20 and capped.shape[1] <= max(exact.shape[1], 600)

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -10,8 +9,14 @@ from .conftest import TINY_DIM, TINY_SPACE
 
 def _tiny_model(seed=0):
     torch.manual_seed(seed)
-    cfg = RDMConfig(space_id=TINY_SPACE, embedding_dim=TINY_DIM, k=4, sample_size=12,
-                    block_out_channels=(8, 8, 8), attention_head_dim=2)
+    cfg = RDMConfig(
+        space_id=TINY_SPACE,
+        embedding_dim=TINY_DIM,
+        k=4,
+        sample_size=12,
+        block_out_channels=(8, 8, 8),
+        attention_head_dim=2,
+    )
     return RDMModel(cfg).eval()
 
 

@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from privdiff.errors import EncoderMismatch, InvalidParameter, PrivacyBudgetExceeded
 from privdiff.evaluation.baselines import NonPrivateRetrievalContext
@@ -129,7 +128,11 @@ def test_non_private_baseline_over_an_index_reads_it_through_the_escape_hatch(pr
     _, emb, enc = tiny_data
     reasons = []
     real = baselines.unsafe_nonprivate_rows
-    monkeypatch.setattr(baselines, "unsafe_nonprivate_rows", lambda idx, reason: reasons.append(reason) or real(idx, reason=reason))
+    monkeypatch.setattr(
+        baselines,
+        "unsafe_nonprivate_rows",
+        lambda idx, reason: reasons.append(reason) or real(idx, reason=reason),
+    )
     q = enc.encode_text(PROMPTS)
     from_index = NonPrivateRetrievalContext(private_index, k=3).condition(q)
     from_array = NonPrivateRetrievalContext(emb, k=3, space_id=enc.space_id).condition(q)
@@ -172,7 +175,11 @@ def test_pipeline_refuses_components_from_another_space(model):
     with pytest.raises(EncoderMismatch):
         DPRDMPipeline(model, QueryOnlyContext(4, TINY_DIM, "other/v1"), PixelProjectionEncoder())
     with pytest.raises(EncoderMismatch):
-        DPRDMPipeline(model, QueryOnlyContext(4, TINY_DIM, TINY_SPACE), PixelProjectionEncoder(space_id="other/v1"))
+        DPRDMPipeline(
+            model,
+            QueryOnlyContext(4, TINY_DIM, TINY_SPACE),
+            PixelProjectionEncoder(space_id="other/v1"),
+        )
 
 
 def test_generate_to_directory_writes_pngs_grid_and_record(model, private_index, ledger, tmp_path):

@@ -67,7 +67,13 @@ def test_drop_context_zeroes_whole_rows_at_the_requested_rate():
 
 
 def _cfg(**kw):
-    base = dict(steps=4, batch_size=8, block_out_channels=(8, 8, 8), attention_head_dim=2, checkpoint_every=2)
+    base = dict(
+        steps=4,
+        batch_size=8,
+        block_out_channels=(8, 8, 8),
+        attention_head_dim=2,
+        checkpoint_every=2,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -75,8 +81,15 @@ def _cfg(**kw):
 @pytest.mark.integration
 def test_training_writes_loadable_model_loss_curve_and_config(tmp_path, tiny_data):
     images, emb, enc = tiny_data
-    res = train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(),
-                    progress=False, extra_info={"command": "cmd"})
+    res = train_rdm(
+        images,
+        emb,
+        space_id=enc.space_id,
+        out_dir=tmp_path / "m",
+        config=_cfg(),
+        progress=False,
+        extra_info={"command": "cmd"},
+    )
     assert res.steps_done == 4 and np.isfinite(res.final_loss)
     model = RDMModel.load(tmp_path / "m", space_id=enc.space_id)
     assert model.config.k == 4 and model.config.embedding_dim == emb.shape[1]
@@ -91,8 +104,23 @@ def test_training_writes_loadable_model_loss_curve_and_config(tmp_path, tiny_dat
 def test_resumed_training_matches_uninterrupted_training(tmp_path, tiny_data):
     images, emb, enc = tiny_data
     train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "full", config=_cfg(), progress=False)
-    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "part", config=_cfg(steps=2), progress=False)
-    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "part", config=_cfg(), progress=False, resume=True)
+    train_rdm(
+        images,
+        emb,
+        space_id=enc.space_id,
+        out_dir=tmp_path / "part",
+        config=_cfg(steps=2),
+        progress=False,
+    )
+    train_rdm(
+        images,
+        emb,
+        space_id=enc.space_id,
+        out_dir=tmp_path / "part",
+        config=_cfg(),
+        progress=False,
+        resume=True,
+    )
     a = RDMModel.load(tmp_path / "full").state_dict()
     b = RDMModel.load(tmp_path / "part").state_dict()
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
@@ -101,17 +129,46 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path, tiny_data):
 @pytest.mark.integration
 def test_training_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_data):
     images, emb, enc = tiny_data
-    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(steps=2), progress=False)
+    train_rdm(
+        images,
+        emb,
+        space_id=enc.space_id,
+        out_dir=tmp_path / "m",
+        config=_cfg(steps=2),
+        progress=False,
+    )
     with pytest.raises(CheckpointError, match="resume"):
-        train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(steps=2), progress=False)
+        train_rdm(
+            images,
+            emb,
+            space_id=enc.space_id,
+            out_dir=tmp_path / "m",
+            config=_cfg(steps=2),
+            progress=False,
+        )
 
 
 @pytest.mark.integration
 def test_resume_refuses_a_different_embedding_space(tmp_path, tiny_data):
     images, emb, enc = tiny_data
-    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(steps=2), progress=False)
+    train_rdm(
+        images,
+        emb,
+        space_id=enc.space_id,
+        out_dir=tmp_path / "m",
+        config=_cfg(steps=2),
+        progress=False,
+    )
     with pytest.raises(CheckpointError, match="different"):
-        train_rdm(images, emb, space_id="another/v1", out_dir=tmp_path / "m", config=_cfg(), progress=False, resume=True)
+        train_rdm(
+            images,
+            emb,
+            space_id="another/v1",
+            out_dir=tmp_path / "m",
+            config=_cfg(),
+            progress=False,
+            resume=True,
+        )
 
 
 def test_train_config_rejects_bad_values_by_name():

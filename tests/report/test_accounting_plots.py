@@ -26,8 +26,12 @@ def test_a_registered_accountant_is_drawn_with_its_label(tmp_path):
         style = accountant_style("rdp-copy")
         assert style["label"] == "rdp copy (test)"
         assert style["color"] not in {accountant_style(n)["color"] for n in ACCOUNTANTS}
-        settings = [{"name": "s", "queries_at_target": {n: {"queries": 10 + i} for i, n in
-                                                         enumerate((*ACCOUNTANTS, "rdp-copy"))}}]
+        settings = [
+            {
+                "name": "s",
+                "queries_at_target": {n: {"queries": 10 + i} for i, n in enumerate((*ACCOUNTANTS, "rdp-copy"))},
+            }
+        ]
         png = plot_answerable(settings, tmp_path / "bars.png", 10.0)
         assert png.read_bytes()[:4] == b"\x89PNG"
     finally:

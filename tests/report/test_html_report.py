@@ -30,8 +30,12 @@ def test_image_table_embeds_image_cells_and_marks_header_classes(tmp_path):
     from privdiff.report.images import save_png
 
     save_png(img, png)
-    rep.section("s").image_table([["a <b>", img, png, None, 0.5]], ["row", "array", "file", "none", "num"],
-                                 header_classes=[None, "bad"], width=40)
+    rep.section("s").image_table(
+        [["a <b>", img, png, None, 0.5]],
+        ["row", "array", "file", "none", "num"],
+        header_classes=[None, "bad"],
+        width=40,
+    )
     doc = rep.render()
     assert '<th class="bad">array</th>' in doc and "<th>file</th>" in doc
     assert doc.count('<td class="img"><img alt="" src="data:image/png;base64,') == 2 and 'width="40"' in doc

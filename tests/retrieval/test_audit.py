@@ -72,8 +72,14 @@ def test_real_mechanism_with_subsampling_stays_below_the_accountant():
 
 def test_audit_flags_padding_with_the_last_private_record():
     # q·N = 0.5 << k: almost every subsample is padded, and the broken pad is the canary.
-    res = audit_retrieval(sigma=0.2, sample_rate=0.05, k=10, runs=5000, n_records=10,
-                          mechanism="broken-pad-last-record")
+    res = audit_retrieval(
+        sigma=0.2,
+        sample_rate=0.05,
+        k=10,
+        runs=5000,
+        n_records=10,
+        mechanism="broken-pad-last-record",
+    )
     assert res.epsilon_hat > 2 * res.epsilon_accountant
     assert not res.passed
     # The same setting with the real (zero-padding) mechanism passes.
@@ -98,7 +104,15 @@ def test_broken_variants_are_composed_from_the_real_retriever_not_subclasses_of_
     # No seed, no mechanism-name switch: the steps are objects, and the defaults are the real ones.
     params = inspect.signature(DPRetriever.__init__).parameters
     assert set(params) == {
-        "self", "backend", "k", "sigma", "sample_rate", "ledger", "query_space", "noise", "padding",
+        "self",
+        "backend",
+        "k",
+        "sigma",
+        "sample_rate",
+        "ledger",
+        "query_space",
+        "noise",
+        "padding",
     }
     assert params["noise"].default is None and params["padding"].default is None
 
@@ -113,7 +127,14 @@ def test_broken_strategies_do_what_their_names_say(recording_ledger):
     sums = np.tile(rows.sum(axis=0, dtype=np.float64), (2, 1))
     padded = PadWithLastRecord().complete(sums, np.array([3, 3]), 5, ExactTopK(index))
     np.testing.assert_allclose(padded, np.tile(rows.sum(axis=0) + 2 * rows[-1], (2, 1)))
-    r = DPRetriever(index, k=5, sigma=0.1, sample_rate=1.0, ledger=recording_ledger, **MECHANISMS["broken-pad-last-record"])
+    r = DPRetriever(
+        index,
+        k=5,
+        sigma=0.1,
+        sample_rate=1.0,
+        ledger=recording_ledger,
+        **MECHANISMS["broken-pad-last-record"],
+    )
     assert "PadWithLastRecord(BROKEN)" in repr(r)
 
 
@@ -148,10 +169,24 @@ def test_suite_is_ok_when_real_mechanism_passes_and_broken_control_is_flagged():
     from privdiff.evaluation.audit import run_suite
 
     suite = (
-        {"mechanism": "dp", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10, "runs": 3000,
-         "expect_pass": True},
-        {"mechanism": "broken-pad-last-record", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10,
-         "runs": 3000, "expect_pass": False},
+        {
+            "mechanism": "dp",
+            "sigma": 0.2,
+            "sample_rate": 0.05,
+            "k": 10,
+            "n_records": 10,
+            "runs": 3000,
+            "expect_pass": True,
+        },
+        {
+            "mechanism": "broken-pad-last-record",
+            "sigma": 0.2,
+            "sample_rate": 0.05,
+            "k": 10,
+            "n_records": 10,
+            "runs": 3000,
+            "expect_pass": False,
+        },
     )
     results, ok = run_suite(suite)
     assert ok and [r.passed for r in results] == [True, False]

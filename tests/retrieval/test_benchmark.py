@@ -14,15 +14,40 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_benchmark_smoke_run_prints_ratio_and_writes_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "retrieval.py"), "--n", "5000", "--d", "32",
-         "--queries", "8", "--k", "5", "--q", "0.05", "--out", str(out)],
-        capture_output=True, text=True, timeout=300, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "retrieval.py"),
+            "--n",
+            "5000",
+            "--d",
+            "32",
+            "--queries",
+            "8",
+            "--k",
+            "5",
+            "--q",
+            "0.05",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stderr
     assert "speed-up privdiff / authors" in proc.stdout
     res = json.loads(out.read_text())
     assert res["same_topk_on_shared_subsample"] is True
-    assert res["settings"] == {"n": 5000, "d": 32, "sample_rate": 0.05, "k": 5, "queries": 8,
-                               "repeats": 1, "seed": 0, "threads": 1}
+    assert res["settings"] == {
+        "n": 5000,
+        "d": 32,
+        "sample_rate": 0.05,
+        "k": 5,
+        "queries": 8,
+        "repeats": 1,
+        "seed": 0,
+        "threads": 1,
+    }
     assert [r["qps"] > 0 for r in res["results"]] == [True, True, True]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"

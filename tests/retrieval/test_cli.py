@@ -38,7 +38,12 @@ def test_index_build_then_info_shows_manifest_without_labels(tmp_path, npz_datas
     out = tmp_path / "idx"
     assert main(["index", "build", "--data", f"npz:{npz_dataset}", "--out", str(out), "--json"]) == 0
     built = json.loads(capsys.readouterr().out)
-    assert (built["count"], built["dim"], built["space_id"], built["visibility"]) == (20, 4, "tiny-mean/v1", "private")
+    assert (built["count"], built["dim"], built["space_id"], built["visibility"]) == (
+        20,
+        4,
+        "tiny-mean/v1",
+        "private",
+    )
     assert main(["index", "info", str(out), "--verify", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["verified"] == "full" and info["fingerprint"] == built["fingerprint"]
@@ -57,8 +62,11 @@ def test_index_info_shows_a_short_manifest_fingerprint_never_the_vectors_hash(
     built = capsys.readouterr().out
     vectors_sha = read_manifest(out).sha256
     manifest_sha = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
-    for argv in (["index", "info", str(out)], ["index", "info", str(out), "--json"],
-                 ["index", "info", str(out), "--verify"]):
+    for argv in (
+        ["index", "info", str(out)],
+        ["index", "info", str(out), "--json"],
+        ["index", "info", str(out), "--verify"],
+    ):
         assert main(argv) == 0
         shown = capsys.readouterr().out
         assert manifest_sha[:12] in shown and manifest_sha not in shown
@@ -94,7 +102,21 @@ def test_index_info_on_corrupt_index_exits_4_naming_the_problem(tmp_path, npz_da
 @pytest.mark.integration
 def test_audit_cli_writes_json_and_png_and_passes_for_the_real_mechanism(tmp_path, capsys):
     out = tmp_path / "audit"
-    rc = main(["audit", "retrieval", "--sigma", "0.3", "--k", "10", "--runs", "3000", "--out", str(out), "--json"])
+    rc = main(
+        [
+            "audit",
+            "retrieval",
+            "--sigma",
+            "0.3",
+            "--k",
+            "10",
+            "--runs",
+            "3000",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
     assert rc == 0
     res = json.loads(capsys.readouterr().out)
     assert res["passed"] and res["epsilon_hat"] <= res["epsilon_accountant"]
@@ -103,10 +125,26 @@ def test_audit_cli_writes_json_and_png_and_passes_for_the_real_mechanism(tmp_pat
 
 @pytest.mark.integration
 def test_audit_cli_exits_1_when_it_catches_a_broken_mechanism(tmp_path, capsys):
-    rc = main([
-        "audit", "retrieval", "--sigma", "0.2", "--sample-rate", "0.05", "--k", "10", "--n-records", "10",
-        "--runs", "3000", "--mechanism", "broken-pad-last-record", "--out", str(tmp_path),
-    ])
+    rc = main(
+        [
+            "audit",
+            "retrieval",
+            "--sigma",
+            "0.2",
+            "--sample-rate",
+            "0.05",
+            "--k",
+            "10",
+            "--n-records",
+            "10",
+            "--runs",
+            "3000",
+            "--mechanism",
+            "broken-pad-last-record",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert rc == 1
     assert "VIOLATION" in capsys.readouterr().out
 
@@ -123,8 +161,22 @@ def test_index_build_with_the_real_encoder_on_fashion_mnist(tmp_path, capsys):
     if not Path("/usr/share/datasets/fashion-mnist").is_dir():
         pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
     out = tmp_path / "idx"
-    assert main(["index", "build", "--data", "fashion-mnist:train[:64]", "--encoder", "effnet-lite0-32px",
-                 "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--data",
+                "fashion-mnist:train[:64]",
+                "--encoder",
+                "effnet-lite0-32px",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     m = json.loads(capsys.readouterr().out)
     assert (m["count"], m["dim"]) == (64, 1280)
 
@@ -133,8 +185,22 @@ def test_index_build_from_precomputed_embeddings(tmp_path, capsys):
     emb = np.random.default_rng(0).standard_normal((30, 6)).astype(np.float32)
     np.save(tmp_path / "emb.npy", emb)
     out = tmp_path / "idx"
-    assert main(["index", "build", "--embeddings", str(tmp_path / "emb.npy"), "--space-id", "metaclip-b16/v1",
-                 "--out", str(out), "--json"]) == 0
+    assert (
+        main(
+            [
+                "index",
+                "build",
+                "--embeddings",
+                str(tmp_path / "emb.npy"),
+                "--space-id",
+                "metaclip-b16/v1",
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     m = json.loads(capsys.readouterr().out)
     assert (m["count"], m["dim"], m["space_id"]) == (30, 6, "metaclip-b16/v1")
     from privdiff.retrieval import load_index
@@ -160,6 +226,17 @@ def test_index_build_needs_exactly_one_source(tmp_path, capsys, args, message):
 
 def test_index_build_reports_unreadable_embeddings_as_data_error(tmp_path, capsys):
     (tmp_path / "e.npy").write_bytes(b"not numpy")
-    rc = main(["index", "build", "--embeddings", str(tmp_path / "e.npy"), "--space-id", "s", "--out", str(tmp_path / "i")])
+    rc = main(
+        [
+            "index",
+            "build",
+            "--embeddings",
+            str(tmp_path / "e.npy"),
+            "--space-id",
+            "s",
+            "--out",
+            str(tmp_path / "i"),
+        ]
+    )
     assert rc == 2
     assert "cannot read embeddings" in capsys.readouterr().err

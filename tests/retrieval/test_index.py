@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
-from privdiff.retrieval import EmbeddingIndex, build_index, build_index_from_images, load_index, read_manifest
+from privdiff.retrieval import (
+    EmbeddingIndex,
+    build_index,
+    build_index_from_images,
+    load_index,
+    read_manifest,
+)
 from privdiff.retrieval.private import unsafe_nonprivate_rows
 from privdiff.retrieval.private.index import MANIFEST_FILE, VECTORS_FILE
 
@@ -33,8 +39,18 @@ def test_manifest_records_only_public_metadata(tmp_path):
     build_index(tmp_path / "idx", _emb(), space_id=SPACE, source="folder:/data/x")
     raw = json.loads((tmp_path / "idx" / MANIFEST_FILE).read_text())
     assert set(raw) == {
-        "format", "format_version", "space_id", "dim", "count", "dtype", "vectors_file",
-        "vectors_bytes", "sha256", "created_utc", "source", "visibility",
+        "format",
+        "format_version",
+        "space_id",
+        "dim",
+        "count",
+        "dtype",
+        "vectors_file",
+        "vectors_bytes",
+        "sha256",
+        "created_utc",
+        "source",
+        "visibility",
     }
     assert sorted(os.listdir(tmp_path / "idx")) == [VECTORS_FILE, MANIFEST_FILE]
     assert raw["vectors_bytes"] == (tmp_path / "idx" / VECTORS_FILE).stat().st_size
@@ -193,7 +209,10 @@ def test_private_index_refuses_to_hand_out_rows_and_repr_has_no_data(tmp_path):
     with pytest.raises(PrivdiffError, match="private"):
         idx.public_vectors()
     text = repr(idx)
-    assert all(f"{v:.4f}" not in text for v in np.asarray(unsafe_nonprivate_rows(idx, reason="test: rows must not be in the repr")[:3]).ravel())
+    assert all(
+        f"{v:.4f}" not in text
+        for v in np.asarray(unsafe_nonprivate_rows(idx, reason="test: rows must not be in the repr")[:3]).ravel()
+    )
     pub = build_index(tmp_path / "pub", _emb(), space_id=SPACE, visibility="public")
     assert pub.public_vectors().shape == (50, 8)
 
@@ -207,5 +226,9 @@ def test_bad_row_in_a_later_chunk_is_reported_with_its_global_index(tmp_path, mo
     with pytest.raises(InvalidParameter, match="row 9 is the zero vector"):
         build_index(tmp_path / "idx", emb, space_id=SPACE)
     ok = build_index(tmp_path / "idx", _emb(n=10), space_id=SPACE)  # chunked path gives unit rows
-    np.testing.assert_allclose(np.linalg.norm(unsafe_nonprivate_rows(ok, reason="test: stored rows are unit"), axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(
+        np.linalg.norm(unsafe_nonprivate_rows(ok, reason="test: stored rows are unit"), axis=1),
+        1.0,
+        rtol=1e-6,
+    )
     load_index(tmp_path / "idx")  # full verification, also chunked

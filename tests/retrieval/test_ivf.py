@@ -7,6 +7,7 @@ from scipy import stats
 from privdiff.errors import EncoderMismatch, InvalidParameter
 from privdiff.retrieval import DPRetriever, EmbeddingIndex, IVFTopK, PublicEmbeddings
 from privdiff.retrieval.private.ivf import IVFLayout, PublicCoarseQuantizer, ivf_subsampled_topk
+
 from ._helpers import RecordingLedger, unit_rows
 
 SPACE = "s/v1"

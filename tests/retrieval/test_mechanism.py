@@ -10,6 +10,7 @@ from privdiff.errors import EncoderMismatch, InvalidParameter, PrivacyBudgetExce
 from privdiff.retrieval import DPRetriever, EmbeddingIndex, ExactTopK, PrivateRelease
 from privdiff.retrieval.private import GaussianNoise, ZeroPadding
 from privdiff.retrieval.private.backends import padded_topk_sums
+
 from ._helpers import RecordingLedger, unit_rows
 
 SPACE = "test-space/v1"
@@ -105,8 +106,13 @@ def test_pre_noise_aggregate_is_mean_of_exact_topk_when_q_is_one(recording_ledge
 
 def test_noise_is_gaussian_with_std_sigma_around_the_aggregate(recording_ledger):
     v = unit_rows(20, 16, seed=6)
-    r = DPRetriever(EmbeddingIndex.from_embeddings(v, space_id=SPACE), k=20, sigma=0.3, sample_rate=1.0,
-                    ledger=recording_ledger)
+    r = DPRetriever(
+        EmbeddingIndex.from_embeddings(v, space_id=SPACE),
+        k=20,
+        sigma=0.3,
+        sample_rate=1.0,
+        ledger=recording_ledger,
+    )
     q = np.tile(unit_rows(1, 16, seed=7), (400, 1))
     out = r.query(q).vectors.astype(np.float64)
     resid = (out - v.sum(axis=0) / 20).ravel() / 0.3  # q = 1, k = N: aggregate is known exactly
@@ -119,8 +125,15 @@ def test_release_carries_only_noisy_vectors_and_public_parameters(recording_ledg
     rel = _retriever(recording_ledger).query(unit_rows(3, 8, seed=1))
     assert isinstance(rel, PrivateRelease)
     assert {f.name for f in dataclasses.fields(rel)} == {
-        "vectors", "sigma", "sample_rate", "k", "noise_multiplier", "delta",
-        "epsilon_spent", "epsilon_remaining", "space_id",
+        "vectors",
+        "sigma",
+        "sample_rate",
+        "k",
+        "noise_multiplier",
+        "delta",
+        "epsilon_spent",
+        "epsilon_remaining",
+        "space_id",
     }
     assert rel.vectors.shape == (3, 8) and rel.vectors.dtype == np.float32
     assert not rel.vectors.flags.writeable
@@ -133,10 +146,17 @@ def test_release_carries_only_noisy_vectors_and_public_parameters(recording_ledg
 def test_retriever_exposes_no_index_ids_or_rows(recording_ledger):
     r = _retriever(recording_ledger)
     public = {a for a in dir(r) if not a.startswith("_")}
-    assert public == {"dim", "dp_query", "k", "noise_multiplier", "query", "sample_rate", "sigma", "space_id"}
-    assert repr(r) == (
-        "DPRetriever(k=5, sigma=0.1, sample_rate=0.5, noise_multiplier=0.25, space_id='test-space/v1')"
-    )
+    assert public == {
+        "dim",
+        "dp_query",
+        "k",
+        "noise_multiplier",
+        "query",
+        "sample_rate",
+        "sigma",
+        "space_id",
+    }
+    assert repr(r) == ("DPRetriever(k=5, sigma=0.1, sample_rate=0.5, noise_multiplier=0.25, space_id='test-space/v1')")
     with pytest.raises(AttributeError):
         r.extra = 1  # __slots__: no ad-hoc attributes to stash private data on
 
@@ -274,7 +294,13 @@ def test_real_ledger_records_one_charge_of_all_rows(tmp_path):
         assert rel.epsilon_remaining == pytest.approx(status.epsilon_remaining)
         assert rel.delta == 1e-5
         (row,) = ledger.history()
-        assert (row.count, row.request_id, row.k, row.sigma, row.sample_rate) == (3, "batch-1", 5, 0.5, 0.1)
+        assert (row.count, row.request_id, row.k, row.sigma, row.sample_rate) == (
+            3,
+            "batch-1",
+            5,
+            0.5,
+            0.1,
+        )
 
 
 def test_real_ledger_over_budget_refuses_and_records_nothing(tmp_path):
@@ -375,13 +401,24 @@ def test_backend_breaking_the_sensitivity_bound_releases_nothing(sums, counts):
     assert ledger.charged == 2  # the charge stands; spending without releasing is the safe side
 
 
-def test_an_index_is_served_by_the_exact_backend_and_strategies_default_to_the_real_ones(recording_ledger):
+def test_an_index_is_served_by_the_exact_backend_and_strategies_default_to_the_real_ones(
+    recording_ledger,
+):
     index = _index()
     a = DPRetriever(index, k=5, sigma=0.1, sample_rate=0.5, ledger=recording_ledger)
-    b = DPRetriever(ExactTopK(index), k=5, sigma=0.1, sample_rate=0.5, ledger=recording_ledger,
-                    noise=GaussianNoise(), padding=ZeroPadding())
-    assert repr(a) == repr(b) == (
-        "DPRetriever(k=5, sigma=0.1, sample_rate=0.5, noise_multiplier=0.25, space_id='test-space/v1')"
+    b = DPRetriever(
+        ExactTopK(index),
+        k=5,
+        sigma=0.1,
+        sample_rate=0.5,
+        ledger=recording_ledger,
+        noise=GaussianNoise(),
+        padding=ZeroPadding(),
+    )
+    assert (
+        repr(a)
+        == repr(b)
+        == ("DPRetriever(k=5, sigma=0.1, sample_rate=0.5, noise_multiplier=0.25, space_id='test-space/v1')")
     )
 
 
@@ -395,6 +432,12 @@ def test_an_index_is_served_by_the_exact_backend_and_strategies_default_to_the_r
     ],
 )
 def test_what_is_not_a_backend_or_a_strategy_is_refused(kw, name):
-    args = {"backend": _index(), "k": 5, "sigma": 0.1, "sample_rate": 0.5, "ledger": RecordingLedger()} | kw
+    args = {
+        "backend": _index(),
+        "k": 5,
+        "sigma": 0.1,
+        "sample_rate": 0.5,
+        "ledger": RecordingLedger(),
+    } | kw
     with pytest.raises(InvalidParameter, match=name):
         DPRetriever(**args)

@@ -11,6 +11,7 @@ from privdiff.retrieval import (
     PublicRetriever,
     mix_context,
 )
+
 from ._helpers import RecordingLedger, unit_rows
 
 
@@ -61,9 +62,7 @@ def test_mix_context_extremes_are_pure_private_and_pure_public():
     priv = np.random.default_rng(0).standard_normal((2, 5)).astype(np.float32)
     query = 2.0 * unit_rows(2, 5, seed=3)  # normalised inside, as q̂ in the paper
     np.testing.assert_allclose(mix_context(priv, query, 1.0, 3), np.repeat(priv[:, None], 3, axis=1))
-    np.testing.assert_allclose(
-        mix_context(priv, query, 0.0, 3), np.repeat((query / 2)[:, None], 3, axis=1), rtol=1e-6
-    )
+    np.testing.assert_allclose(mix_context(priv, query, 0.0, 3), np.repeat((query / 2)[:, None], 3, axis=1), rtol=1e-6)
 
 
 def test_mix_context_accepts_a_release_and_costs_no_privacy():

@@ -71,8 +71,13 @@ def test_a_private_cache_directory_left_group_readable_is_tightened(tmp_path):
 
     (tmp_path / PRIVATE_CACHE_SUBDIR).mkdir(mode=0o755)
     (tmp_path / PRIVATE_CACHE_SUBDIR).chmod(0o755)
-    cached_embeddings(ImageDataset(images=_images(4, 0), name="p"), _TinyEncoder(), private=True,
-                      cache_dir=tmp_path, progress=False)
+    cached_embeddings(
+        ImageDataset(images=_images(4, 0), name="p"),
+        _TinyEncoder(),
+        private=True,
+        cache_dir=tmp_path,
+        progress=False,
+    )
     assert _mode(tmp_path / PRIVATE_CACHE_SUBDIR) == 0o700
 
 
@@ -91,8 +96,9 @@ def test_building_an_index_leaves_nothing_in_the_cache_and_private_files_are_own
     from privdiff.retrieval import build_index_from_images
 
     monkeypatch.setenv("PRIVDIFF_CACHE_DIR", str(tmp_path / "cache"))
-    idx = build_index_from_images(tmp_path / "idx", _images(12, 0), _TinyEncoder(), source="folder:/secret",
-                                  progress=False)
+    idx = build_index_from_images(
+        tmp_path / "idx", _images(12, 0), _TinyEncoder(), source="folder:/secret", progress=False
+    )
     assert _files(tmp_path / "cache") == []
     assert _mode(idx.path) == 0o700
     assert _mode(idx.path / "embeddings.npy") == 0o600 and _mode(idx.path / "source_rows.npy") == 0o600
@@ -117,7 +123,12 @@ def test_a_public_set_sharing_images_with_the_private_index_is_refused(tmp_path)
 
 
 def test_the_overlap_check_needs_the_recorded_hashes_intact(tmp_path):
-    from privdiff.retrieval import build_index, build_index_from_images, check_public_disjoint, load_index
+    from privdiff.retrieval import (
+        build_index,
+        build_index_from_images,
+        check_public_disjoint,
+        load_index,
+    )
 
     emb_only = build_index(tmp_path / "emb", np.random.default_rng(0).normal(size=(5, 4)), space_id="s/v1")
     with warnings.catch_warnings(record=True) as caught:
@@ -158,5 +169,8 @@ def test_manifest_of_an_index_without_source_hashes_is_unchanged(tmp_path):
     idx = build_index(tmp_path / "idx", np.random.default_rng(0).normal(size=(5, 4)), space_id="s/v1")
     raw = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     assert "source_rows_sha256" not in raw
-    assert load_index(tmp_path / "idx").fingerprint == hashlib.sha256(
-        (tmp_path / "idx" / "manifest.json").read_bytes()).hexdigest() == idx.fingerprint
+    assert (
+        load_index(tmp_path / "idx").fingerprint
+        == hashlib.sha256((tmp_path / "idx" / "manifest.json").read_bytes()).hexdigest()
+        == idx.fingerprint
+    )

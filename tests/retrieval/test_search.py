@@ -28,7 +28,7 @@ def test_select_topk_matches_lexicographic_sort_with_many_ties():
         want = _brute_topk(scores[b], ids[b], k)
         got = out[b][out[b] >= 0].tolist()
         assert got == want
-        assert (out[b][len(want):] == -1).all()
+        assert (out[b][len(want) :] == -1).all()
 
 
 def test_select_topk_ignores_nan_scores():

@@ -9,7 +9,13 @@ import stat
 import numpy as np
 import pytest
 
-from privdiff.utils.atomic import atomic_open, atomic_path, atomic_write_json, atomic_write_text, fsync_dir
+from privdiff.utils.atomic import (
+    atomic_open,
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    fsync_dir,
+)
 
 
 def _entries(d):

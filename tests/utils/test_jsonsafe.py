@@ -25,9 +25,22 @@ def test_numpy_paths_tuples_sets_and_dataclasses_are_converted():
         k: int
         path: Path
 
-    out = jsonable({1: (np.int64(2), np.bool_(True)), "a": np.arange(4).reshape(2, 2), "s": {3, 1, 2},
-                    "row": Row(3, Path("/x/y")), "f": np.float64(0.25)})
-    assert out == {"1": [2, True], "a": [[0, 1], [2, 3]], "s": [1, 2, 3], "row": {"k": 3, "path": "/x/y"}, "f": 0.25}
+    out = jsonable(
+        {
+            1: (np.int64(2), np.bool_(True)),
+            "a": np.arange(4).reshape(2, 2),
+            "s": {3, 1, 2},
+            "row": Row(3, Path("/x/y")),
+            "f": np.float64(0.25),
+        }
+    )
+    assert out == {
+        "1": [2, True],
+        "a": [[0, 1], [2, 3]],
+        "s": [1, 2, 3],
+        "row": {"k": 3, "path": "/x/y"},
+        "f": 0.25,
+    }
     assert type(out["f"]) is float and type(out["1"][0]) is int
 
 

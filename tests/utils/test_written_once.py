@@ -46,8 +46,11 @@ def _durability_calls(tree: ast.AST) -> list[int]:
 
 
 def test_only_the_atomic_module_renames_or_fsyncs():
-    offenders = {rel: lines for rel, tree in _modules()
-                 if rel not in OWN_DURABILITY and rel not in PENDING and (lines := _durability_calls(tree))}
+    offenders = {
+        rel: lines
+        for rel, tree in _modules()
+        if rel not in OWN_DURABILITY and rel not in PENDING and (lines := _durability_calls(tree))
+    }
     assert offenders == {}
 
 
@@ -58,7 +61,11 @@ def test_no_private_json_sanitiser_or_lossy_default():
         if rel in ("utils/jsonsafe.py",) or rel in PENDING:
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in ("dump", "dumps"):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("dump", "dumps")
+            ):
                 if any(k.arg == "default" for k in node.keywords):
                     offenders.append(f"{rel}:{node.lineno} json default=")
             if isinstance(node, ast.Return) and isinstance(node.value, ast.Constant) and node.value.value == "inf":
@@ -73,6 +80,9 @@ def test_no_module_imports_another_modules_underscore_names():
             continue
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("privdiff"):
-                offenders += [f"{rel}:{node.lineno} {node.module}.{a.name}" for a in node.names
-                              if a.name.startswith("_") and not a.name.startswith("__")]
+                offenders += [
+                    f"{rel}:{node.lineno} {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.startswith("__")
+                ]
     assert offenders == []

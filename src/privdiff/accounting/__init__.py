@@ -19,16 +19,16 @@ Public API (others call exactly these):
 from privdiff.accounting.accountants import (
     ACCOUNTANTS,
     DEFAULT_ACCOUNTANT,
-    Accountant,
     PAPER_ORDERS,
     PLD_DISCRETIZATION,
     RDP_ORDERS,
+    Accountant,
     EpsilonReport,
     OrderOnEdgeWarning,
+    accountant_names,
     compute_delta,
     compute_epsilon,
     epsilon_for,
-    accountant_names,
     get_accountant,
     group_history,
     register_accountant,
@@ -42,7 +42,14 @@ from privdiff.accounting.calibrate import (
     solve_sample_rate,
     solve_sigma,
 )
-from privdiff.accounting.ledger import APPLICATION_ID, SCHEMA_VERSION, Charge, ChargeRecord, Ledger, LedgerStatus
+from privdiff.accounting.ledger import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    Charge,
+    ChargeRecord,
+    Ledger,
+    LedgerStatus,
+)
 from privdiff.accounting.query import DPRDMQuery, check_delta, default_delta
 
 __all__ = [

@@ -36,7 +36,8 @@ queries may differ in σ, q and k. The three accountants bound the same history:
     "Connect the Dots"), composed exactly as its ``PLDAccountant`` composes a
     ``ComposedDpEvent`` of ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)))``
     (``tests/accounting`` checks agreement with ``PLDAccountant``); single-query PLDs and
-    composed sub-histories are cached, so a sweep over T or a ledger charge rebuilds little. PLD is near-tight, so it answers more queries for the
+    composed sub-histories are cached, so a sweep over T or a ledger charge rebuilds little. PLD is near-tight,
+    so it answers more queries for the
     same budget than the RDP bounds. It is discretised with the *pessimistic* estimate, so the ε
     it returns is a valid upper bound on the true ε, never an underestimate; a coarser grid only
     makes it more pessimistic. ``value_discretization_interval`` is :data:`PLD_DISCRETIZATION`
@@ -201,16 +202,12 @@ def register_accountant(accountant: Accountant, *, replace: bool = False) -> Acc
     silently changing what it means would change the ε of every existing ledger.
     """
     if not isinstance(accountant, Accountant):
-        raise InvalidParameter(
-            "accountant", accountant, "an object with name, label, epsilon(), delta(), configured()"
-        )
+        raise InvalidParameter("accountant", accountant, "an object with name, label, epsilon(), delta(), configured()")
     name = accountant.name
     if not isinstance(name, str) or not name or name == "all":
         raise InvalidParameter("accountant.name", name, "a non-empty string other than 'all'")
     if name in _REGISTRY and not replace:
-        raise InvalidParameter(
-            "accountant.name", name, "a name not yet registered (pass replace=True to rebind)"
-        )
+        raise InvalidParameter("accountant.name", name, "a name not yet registered (pass replace=True to rebind)")
     _REGISTRY[name] = accountant
     _cached_epsilon.cache_clear()
     return accountant
@@ -349,8 +346,13 @@ def _cached_epsilon(
 ) -> EpsilonReport:
     groups = tuple((DPRDMQuery(s, q, k), c) for s, q, k, c in key)
     if not groups:
-        return EpsilonReport(0.0, order=None, order_on_edge=False, pld_discretization=accountant.pld_discretization,
-                             **accountant.common(groups, delta))
+        return EpsilonReport(
+            0.0,
+            order=None,
+            order_on_edge=False,
+            pld_discretization=accountant.pld_discretization,
+            **accountant.common(groups, delta),
+        )
     return accountant.epsilon_of_groups(groups, delta)
 
 
@@ -399,7 +401,12 @@ class LibraryRdpAccountant(GroupedAccountant):
 
     def delta_of_groups(self, groups: Groups, epsilon: float) -> float:
         """dp-accounting's ``compute_delta`` on the composed RDP curve."""
-        return float(min(1.0, rdp_privacy_accountant.compute_delta(RDP_ORDERS, _library_rdp(groups), epsilon)[0]))
+        return float(
+            min(
+                1.0,
+                rdp_privacy_accountant.compute_delta(RDP_ORDERS, _library_rdp(groups), epsilon)[0],
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -428,8 +435,12 @@ class PldAccountant(GroupedAccountant):
             # gigabytes, and no meaningful budget is anywhere near. The RDP bound is also a valid
             # upper bound, so report it and say so.
             return EpsilonReport(
-                float(eps_rdp), order=None, order_on_edge=False, pld_discretization=None,
-                fallback="rdp", **common,
+                float(eps_rdp),
+                order=None,
+                order_on_edge=False,
+                pld_discretization=None,
+                fallback="rdp",
+                **common,
             )
         vdi = _pld_interval(self.discretization, float(eps_rdp))
         pld = _composed_pld(tuple((q.noise_multiplier, q.sample_rate, c) for q, c in groups), vdi)
@@ -486,11 +497,10 @@ def _library_unit_rdp(sample_rate: float, noise_multiplier: float) -> np.ndarray
     multiplying gives the same numbers without recomputing the series for every T.
     """
     acc = dp_accounting.rdp.RdpAccountant(
-        orders=list(RDP_ORDERS), neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+        orders=list(RDP_ORDERS),
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
     )
-    acc.compose(
-        dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier))
-    )
+    acc.compose(dp_accounting.PoissonSampledDpEvent(sample_rate, dp_accounting.GaussianDpEvent(noise_multiplier)))
     rdp = np.array(acc.rdp, dtype=np.float64)
     rdp.setflags(write=False)
     return rdp

@@ -131,11 +131,22 @@ def calibrate(
         queries = check_int("queries", queries, minimum=0)
 
     def epsilon_at(value):
-        setting = {"sigma": sigma, "sample_rate": sample_rate, "k": k, "queries": queries, solve: value}
+        setting = {
+            "sigma": sigma,
+            "sample_rate": sample_rate,
+            "k": k,
+            "queries": queries,
+            solve: value,
+        }
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", OrderOnEdgeWarning)
             return compute_epsilon(
-                [(DPRDMQuery(setting["sigma"], setting["sample_rate"], setting["k"]), setting["queries"])],
+                [
+                    (
+                        DPRDMQuery(setting["sigma"], setting["sample_rate"], setting["k"]),
+                        setting["queries"],
+                    )
+                ],
                 delta,
                 accountant,
             )
@@ -165,33 +176,79 @@ def calibrate(
 
 def solve_sigma(target_epsilon, delta, *, sample_rate, k, queries, accountant=DEFAULT_ACCOUNTANT, bounds=None):
     """Smallest σ with ε ≤ target (authors' ``find_sigma``, made one-sided)."""
-    return calibrate("sigma", target_epsilon=target_epsilon, delta=delta, sample_rate=sample_rate,
-                     k=k, queries=queries, accountant=accountant, bounds=bounds)
+    return calibrate(
+        "sigma",
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=sample_rate,
+        k=k,
+        queries=queries,
+        accountant=accountant,
+        bounds=bounds,
+    )
 
 
 def solve_sample_rate(target_epsilon, delta, *, sigma, k, queries, accountant=DEFAULT_ACCOUNTANT, bounds=None):
     """Largest q with ε ≤ target (authors' ``find_q``, made one-sided)."""
-    return calibrate("sample_rate", target_epsilon=target_epsilon, delta=delta, sigma=sigma, k=k,
-                     queries=queries, accountant=accountant, bounds=bounds)
+    return calibrate(
+        "sample_rate",
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sigma=sigma,
+        k=k,
+        queries=queries,
+        accountant=accountant,
+        bounds=bounds,
+    )
 
 
-def solve_k(target_epsilon, delta, *, sigma, sample_rate, queries, accountant=DEFAULT_ACCOUNTANT, bounds=None):
+def solve_k(
+    target_epsilon,
+    delta,
+    *,
+    sigma,
+    sample_rate,
+    queries,
+    accountant=DEFAULT_ACCOUNTANT,
+    bounds=None,
+):
     """Smallest integer k with ε ≤ target (authors' ``find_k``, made one-sided)."""
-    return calibrate("k", target_epsilon=target_epsilon, delta=delta, sigma=sigma,
-                     sample_rate=sample_rate, queries=queries, accountant=accountant, bounds=bounds)
+    return calibrate(
+        "k",
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sigma=sigma,
+        sample_rate=sample_rate,
+        queries=queries,
+        accountant=accountant,
+        bounds=bounds,
+    )
 
 
 def solve_queries(target_epsilon, delta, *, sigma, sample_rate, k, accountant=DEFAULT_ACCOUNTANT, bounds=None):
     """Largest number of queries T with ε ≤ target."""
-    return calibrate("queries", target_epsilon=target_epsilon, delta=delta, sigma=sigma,
-                     sample_rate=sample_rate, k=k, accountant=accountant, bounds=bounds)
+    return calibrate(
+        "queries",
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sigma=sigma,
+        sample_rate=sample_rate,
+        k=k,
+        accountant=accountant,
+        bounds=bounds,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 def _bounds(solve: str, bounds) -> tuple[float, float]:
-    default = {"sigma": SIGMA_RANGE, "sample_rate": SAMPLE_RATE_RANGE, "k": K_RANGE, "queries": QUERIES_RANGE}[solve]
+    default = {
+        "sigma": SIGMA_RANGE,
+        "sample_rate": SAMPLE_RATE_RANGE,
+        "k": K_RANGE,
+        "queries": QUERIES_RANGE,
+    }[solve]
     if bounds is None:
         return default
     try:
@@ -219,8 +276,7 @@ def _solve_monotone(eps, target, lo, hi, safer_high, integer, name):
         raise InvalidParameter(
             "target_epsilon",
             target,
-            f"reachable with {name} in [{lo:g}, {hi:g}]: the best there is ε={eps_safe:.6g} at "
-            f"{name}={safe_end:g}",
+            f"reachable with {name} in [{lo:g}, {hi:g}]: the best there is ε={eps_safe:.6g} at {name}={safe_end:g}",
             hint="relax the target or change the other parameters",
         )
     if eps(unsafe_end) <= target:

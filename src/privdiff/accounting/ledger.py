@@ -65,7 +65,12 @@ from pathlib import Path
 
 import dp_accounting
 
-from privdiff.accounting.accountants import DEFAULT_ACCOUNTANT, check_accountant, compute_epsilon, to_dp_event
+from privdiff.accounting.accountants import (
+    DEFAULT_ACCOUNTANT,
+    check_accountant,
+    compute_epsilon,
+    to_dp_event,
+)
 from privdiff.accounting.query import DPRDMQuery, check_delta, check_epsilon
 from privdiff.errors import (
     InvalidParameter,
@@ -241,7 +246,9 @@ class Ledger:
             raise InvalidParameter("dataset", dataset, "a string")
         if not isinstance(index_fingerprint, str) or (index_fingerprint and not _HEX64.fullmatch(index_fingerprint)):
             raise InvalidParameter(
-                "index_fingerprint", index_fingerprint, "'' or 64 lowercase hex digits (an index manifest's sha256)"
+                "index_fingerprint",
+                index_fingerprint,
+                "'' or 64 lowercase hex digits (an index manifest's sha256)",
             )
         path = Path(path)
         if path.exists() or path.is_symlink():
@@ -376,7 +383,9 @@ class Ledger:
         """
         if not isinstance(index_fingerprint, str) or not _HEX64.fullmatch(index_fingerprint):
             raise InvalidParameter(
-                "index_fingerprint", index_fingerprint, "64 lowercase hex digits (an index manifest's sha256)"
+                "index_fingerprint",
+                index_fingerprint,
+                "64 lowercase hex digits (an index manifest's sha256)",
             )
         with self._write_transaction() as conn:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -433,7 +442,11 @@ class Ledger:
         return self._epsilon(self._grouped() + [(query, count)])
 
     def _charge_groups(
-        self, groups: dict[DPRDMQuery, int], request_id: str | None, *, optimistic: int = OPTIMISTIC_ATTEMPTS
+        self,
+        groups: dict[DPRDMQuery, int],
+        request_id: str | None,
+        *,
+        optimistic: int = OPTIMISTIC_ATTEMPTS,
     ) -> Charge:
         if request_id is None:
             request_id = uuid.uuid4().hex
@@ -576,9 +589,11 @@ class Ledger:
         with self._lock:
             try:
                 # NOT INDEXED: read the table itself, never a (possibly stale) copy in its index.
-                rows = (conn or self._conn).execute(
-                    "SELECT sigma, sample_rate, k, count FROM query_groups NOT INDEXED"
-                ).fetchall()
+                rows = (
+                    (conn or self._conn)
+                    .execute("SELECT sigma, sample_rate, k, count FROM query_groups NOT INDEXED")
+                    .fetchall()
+                )
             except (sqlite3.Error, UnicodeDecodeError) as exc:
                 raise LedgerError(f"ledger {self._path} is unreadable: {exc}") from exc
         try:
@@ -699,9 +714,7 @@ def _check_history_consistent(conn: sqlite3.Connection, path: Path) -> None:
     groups = table(
         "SELECT sigma, sample_rate, k, sum(count) FROM query_groups NOT INDEXED GROUP BY sigma, sample_rate, k"
     )
-    charges = table(
-        "SELECT sigma, sample_rate, k, sum(count) FROM charges NOT INDEXED GROUP BY sigma, sample_rate, k"
-    )
+    charges = table("SELECT sigma, sample_rate, k, sum(count) FROM charges NOT INDEXED GROUP BY sigma, sample_rate, k")
     if groups != charges:
         raise LedgerCorrupt(
             f"ledger {path} is corrupt: its grouped history ({len(groups)} (σ, q, k) groups, "
@@ -776,6 +789,4 @@ def _check_header(path: Path) -> None:
     # change counter (offset 24); every SQLite since 3.7.0 keeps them in step.
     pages_valid = header[92:96] == header[24:28]
     if pages_valid and pages and size < pages * page_size and not (wal.exists() and wal.stat().st_size > 0):
-        raise LedgerError(
-            f"ledger {path} is truncated ({size} bytes, header says {pages} pages of {page_size})"
-        )
+        raise LedgerError(f"ledger {path} is truncated ({size} bytes, header says {pages} pages of {page_size})")

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from privdiff.accounting.accountants import OrderOnEdgeWarning, accountant_names, check_accountant, compute_epsilon
+from privdiff.accounting.accountants import (
+    OrderOnEdgeWarning,
+    accountant_names,
+    check_accountant,
+    compute_epsilon,
+)
 from privdiff.accounting.calibrate import solve_queries
 from privdiff.accounting.query import DPRDMQuery, check_delta, check_epsilon
 from privdiff.errors import InvalidParameter, check_int, check_positive
@@ -64,6 +69,7 @@ HEADLINE_RATIO: tuple[str, str] = ("pld", "paper")
 DENSITY_DATASET_SIZES: tuple[int, ...] = (1_000_000, 10_000_000, 100_000_000)
 DENSITY_SETTING = {"sigma": 0.2, "queries": 1000, "delta": 1e-7, "accountant": "paper"}
 
+
 def query_grid(max_queries: int, points: int = 25) -> list[int]:
     """Log-spaced distinct integers from 1 to ``max_queries`` (inclusive)."""
     max_queries = check_int("max_queries", max_queries, minimum=1)
@@ -91,8 +97,14 @@ def epsilon_curve(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", OrderOnEdgeWarning)
                 rep = compute_epsilon([(query, int(t))], delta, acc)
-            rows.append({"queries": int(t), "epsilon": rep.epsilon, "order": rep.order,
-                         "order_on_edge": rep.order_on_edge})
+            rows.append(
+                {
+                    "queries": int(t),
+                    "epsilon": rep.epsilon,
+                    "order": rep.order,
+                    "order_on_edge": rep.order_on_edge,
+                }
+            )
             if progress:
                 progress()
         out[acc] = rows
@@ -194,8 +206,14 @@ def plan_figure_settings(
             at_figure[acc] = {"epsilon": rep.epsilon, "order": rep.order}
             if progress:
                 progress()
-            cal = solve_queries(target_epsilon, delta, sigma=fs.sigma, sample_rate=fs.sample_rate, k=fs.k,
-                                accountant=acc)
+            cal = solve_queries(
+                target_epsilon,
+                delta,
+                sigma=fs.sigma,
+                sample_rate=fs.sample_rate,
+                k=fs.k,
+                accountant=acc,
+            )
             answerable[acc] = {"queries": cal.value, "epsilon": cal.epsilon}
             if progress:
                 progress()
@@ -213,7 +231,9 @@ def plan_figure_settings(
         }
         tight, authors = HEADLINE_RATIO
         if tight in answerable and authors in answerable:
-            row[f"{tight}_over_{authors}_queries"] = answerable[tight]["queries"] / max(1, answerable[authors]["queries"])
+            row[f"{tight}_over_{authors}_queries"] = answerable[tight]["queries"] / max(
+                1, answerable[authors]["queries"]
+            )
         settings_out.append(row)
     density = concept_density_curve(DENSITY_DATASET_SIZES, densities, progress=progress, **DENSITY_SETTING)
     return {
@@ -222,7 +242,10 @@ def plan_figure_settings(
         "max_queries": max_queries,
         "accountants": list(names),
         "settings": settings_out,
-        "concept_density": {**DENSITY_SETTING, "curves": {str(n): rows for n, rows in density.items()}},
+        "concept_density": {
+            **DENSITY_SETTING,
+            "curves": {str(n): rows for n, rows in density.items()},
+        },
     }
 
 

@@ -43,9 +43,7 @@ class DPRDMQuery:
         # Coerce once here so equal queries hash equal (0.2 and numpy.float64(0.2) group together
         # in a ledger) and so nothing downstream needs to re-validate.
         object.__setattr__(self, "sigma", check_positive("sigma", self.sigma))
-        object.__setattr__(
-            self, "sample_rate", check_in_range("sample_rate", self.sample_rate, 0.0, 1.0)
-        )
+        object.__setattr__(self, "sample_rate", check_in_range("sample_rate", self.sample_rate, 0.0, 1.0))
         object.__setattr__(self, "k", check_int("k", self.k, minimum=1))
 
     @property

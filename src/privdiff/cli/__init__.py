@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib
 import logging
 import sys
-from typing import Optional
 
 import typer
 
@@ -70,8 +69,12 @@ def _version_callback(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Optional[bool] = typer.Option(
-        None, "--version", help="Print the version and exit.", callback=_version_callback, is_eager=True
+    version: bool | None = typer.Option(
+        None,
+        "--version",
+        help="Print the version and exit.",
+        callback=_version_callback,
+        is_eager=True,
     ),
 ) -> None:
     """Generate images with diffusion models without leaking the images behind them."""

@@ -14,6 +14,8 @@ def size_option() -> Any:
     any model, encoder or dataset is loaded.
     """
     return typer.Option(
-        None, "--size", metavar="N",
+        None,
+        "--size",
+        metavar="N",
         help="Resize every image to N×N, N in [8, 1024] (Lanczos; folders are centre-cropped first).",
     )

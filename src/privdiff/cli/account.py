@@ -14,7 +14,6 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -24,7 +23,7 @@ _ACCOUNTANT_HELP = (
 )
 
 
-def _delta(delta: Optional[float], dataset_size: Optional[int]) -> float:
+def _delta(delta: float | None, dataset_size: int | None) -> float:
     """δ from --delta, or δ = 1/N from --dataset-size (the authors' default, methods note §4.5)."""
     from privdiff.accounting import check_delta, default_delta
     from privdiff.errors import InvalidParameter
@@ -38,7 +37,7 @@ def _delta(delta: Optional[float], dataset_size: Optional[int]) -> float:
     raise InvalidParameter("delta", None, "in (0, 1): pass --delta, or --dataset-size N for δ = 1/N")
 
 
-def _accountant(accountant: Optional[str]) -> str:
+def _accountant(accountant: str | None) -> str:
     """The named accountant, or the registry's default when the option was not given."""
     from privdiff.accounting import DEFAULT_ACCOUNTANT
     from privdiff.accounting.accountants import check_accountant
@@ -46,7 +45,7 @@ def _accountant(accountant: Optional[str]) -> str:
     return check_accountant(DEFAULT_ACCOUNTANT if accountant is None else accountant)
 
 
-def _accountants(accountant: Optional[str]) -> list[str]:
+def _accountants(accountant: str | None) -> list[str]:
     from privdiff.accounting import accountant_names
 
     return list(accountant_names()) if accountant == "all" else [_accountant(accountant)]
@@ -57,7 +56,9 @@ def _command() -> str:
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
-    account_app = typer.Typer(help="Privacy accounting of DP-RDM queries (ε, calibration, curves).", no_args_is_help=True)
+    account_app = typer.Typer(
+        help="Privacy accounting of DP-RDM queries (ε, calibration, curves).", no_args_is_help=True
+    )
     app.add_typer(account_app, name="account")
 
     @account_app.command("epsilon")
@@ -66,17 +67,17 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         sample_rate: float = typer.Option(..., "--sample-rate", help="q: Poisson subsampling rate, in (0, 1]."),
         k: int = typer.Option(..., "--k", help="k: neighbours averaged (sensitivity 2/k)."),
         queries: int = typer.Option(..., "--queries", help="T: number of queries composed."),
-        delta: Optional[float] = typer.Option(None, "--delta", help="δ in (0, 1)."),
-        dataset_size: Optional[int] = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
-        accountant: Optional[str] = typer.Option(None, "--accountant", help=_ACCOUNTANT_HELP + " 'all' shows every one."),
+        delta: float | None = typer.Option(None, "--delta", help="δ in (0, 1)."),
+        dataset_size: int | None = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
+        accountant: str | None = typer.Option(None, "--accountant", help=_ACCOUNTANT_HELP + " 'all' shows every one."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """ε(δ) of T queries of DP-RDM with (σ, q, k)."""
+        import warnings
+
         from privdiff.accounting import DPRDMQuery, OrderOnEdgeWarning, compute_epsilon
         from privdiff.errors import check_int
         from privdiff.utils.jsonsafe import dumps
-
-        import warnings
 
         query = DPRDMQuery(sigma, sample_rate, k)
         queries = check_int("queries", queries, minimum=0)
@@ -94,13 +95,18 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"DP-RDM: σ={query.sigma:g}, q={query.sample_rate:g}, k={query.k} "
-                            f"(z=σk/2={query.noise_multiplier:g}), T={queries}, δ={d:.3g}")
+        table = Table(
+            title=f"DP-RDM: σ={query.sigma:g}, q={query.sample_rate:g}, k={query.k} "
+            f"(z=σk/2={query.noise_multiplier:g}), T={queries}, δ={d:.3g}"
+        )
         for col in ("accountant", "ε", "optimal α", "note"):
             table.add_column(col, justify="right" if col != "note" else "left")
         for r in reports:
-            note = "α on grid edge: bound may be loose" if r.order_on_edge else (
-                f"RDP bound (loss too large for PLD)" if r.fallback else "")
+            note = (
+                "α on grid edge: bound may be loose"
+                if r.order_on_edge
+                else ("RDP bound (loss too large for PLD)" if r.fallback else "")
+            )
             table.add_row(r.accountant, f"{r.epsilon:.6g}", "-" if r.order is None else f"{r.order:g}", note)
         Console().print(table)
         if caught:
@@ -110,33 +116,59 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def calibrate_cmd(
         target_epsilon: float = typer.Option(..., "--target-epsilon", help="Target ε (the result never exceeds it)."),
         solve: str = typer.Option(..., "--solve", help="Parameter to solve: sigma, sample-rate, k or queries."),
-        sigma: Optional[float] = typer.Option(None, "--sigma"),
-        sample_rate: Optional[float] = typer.Option(None, "--sample-rate"),
-        k: Optional[int] = typer.Option(None, "--k"),
-        queries: Optional[int] = typer.Option(None, "--queries"),
-        delta: Optional[float] = typer.Option(None, "--delta", help="δ in (0, 1)."),
-        dataset_size: Optional[int] = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
-        low: Optional[float] = typer.Option(None, "--min", help="Lower end of the search range."),
-        high: Optional[float] = typer.Option(None, "--max", help="Upper end of the search range."),
-        accountant: Optional[str] = typer.Option(None, "--accountant", help=_ACCOUNTANT_HELP),
+        sigma: float | None = typer.Option(None, "--sigma"),
+        sample_rate: float | None = typer.Option(None, "--sample-rate"),
+        k: int | None = typer.Option(None, "--k"),
+        queries: int | None = typer.Option(None, "--queries"),
+        delta: float | None = typer.Option(None, "--delta", help="δ in (0, 1)."),
+        dataset_size: int | None = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
+        low: float | None = typer.Option(None, "--min", help="Lower end of the search range."),
+        high: float | None = typer.Option(None, "--max", help="Upper end of the search range."),
+        accountant: str | None = typer.Option(None, "--accountant", help=_ACCOUNTANT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Solve for σ, q, k or the number of queries that meets (ε, δ), on the safe side."""
         from privdiff.accounting import calibrate
-        from privdiff.accounting.calibrate import K_RANGE, QUERIES_RANGE, SAMPLE_RATE_RANGE, SIGMA_RANGE
+        from privdiff.accounting.calibrate import (
+            K_RANGE,
+            QUERIES_RANGE,
+            SAMPLE_RATE_RANGE,
+            SIGMA_RANGE,
+        )
         from privdiff.errors import InvalidParameter
         from privdiff.utils.jsonsafe import dumps
 
-        name = {"sample-rate": "sample_rate", "sample_rate": "sample_rate", "q": "sample_rate",
-                "T": "queries"}.get(solve, solve)
-        defaults = {"sigma": SIGMA_RANGE, "sample_rate": SAMPLE_RATE_RANGE, "k": K_RANGE, "queries": QUERIES_RANGE}
+        name = {
+            "sample-rate": "sample_rate",
+            "sample_rate": "sample_rate",
+            "q": "sample_rate",
+            "T": "queries",
+        }.get(solve, solve)
+        defaults = {
+            "sigma": SIGMA_RANGE,
+            "sample_rate": SAMPLE_RATE_RANGE,
+            "k": K_RANGE,
+            "queries": QUERIES_RANGE,
+        }
         if name not in defaults:
             raise InvalidParameter("solve", solve, "one of sigma, sample-rate, k, queries")
         bounds = None
         if low is not None or high is not None:
-            bounds = (defaults[name][0] if low is None else low, defaults[name][1] if high is None else high)
-        cal = calibrate(name, target_epsilon=target_epsilon, delta=_delta(delta, dataset_size), sigma=sigma,
-                        sample_rate=sample_rate, k=k, queries=queries, accountant=_accountant(accountant), bounds=bounds)
+            bounds = (
+                defaults[name][0] if low is None else low,
+                defaults[name][1] if high is None else high,
+            )
+        cal = calibrate(
+            name,
+            target_epsilon=target_epsilon,
+            delta=_delta(delta, dataset_size),
+            sigma=sigma,
+            sample_rate=sample_rate,
+            k=k,
+            queries=queries,
+            accountant=_accountant(accountant),
+            bounds=bounds,
+        )
         if name == "queries" and cal.queries == 0:
             # T = 0 is the library's correct answer, but as a plan it is a refusal: say so (exit 2)
             # with the price of the first query, rather than print a table of zeros.
@@ -144,7 +176,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
             one = compute_epsilon([(cal.query, 1)], cal.delta, cal.accountant).epsilon
             raise InvalidParameter(
-                "target_epsilon", target_epsilon,
+                "target_epsilon",
+                target_epsilon,
                 f"at least ε of one query ({one:.4g} with σ={cal.sigma:g}, q={cal.sample_rate:g}, k={cal.k}, "
                 f"δ={cal.delta:.3g}, {cal.accountant})",
                 hint="no query fits: T = 0; raise the target, σ or k, or lower q",
@@ -158,11 +191,21 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         table = Table(title=f"Calibrated {name} for ε ≤ {cal.target_epsilon:g}, δ={cal.delta:.3g} ({cal.accountant})")
         for col in ("σ", "q", "k", "T", "z = σk/2", "ε achieved"):
             table.add_column(col, justify="right")
-        cell = {"sigma": f"{cal.sigma:.6g}", "sample_rate": f"{cal.sample_rate:.6g}", "k": str(cal.k),
-                "queries": str(cal.queries)}
+        cell = {
+            "sigma": f"{cal.sigma:.6g}",
+            "sample_rate": f"{cal.sample_rate:.6g}",
+            "k": str(cal.k),
+            "queries": str(cal.queries),
+        }
         cell[name] = f"[bold]{cell[name]}[/bold]"
-        table.add_row(cell["sigma"], cell["sample_rate"], cell["k"], cell["queries"],
-                      f"{cal.query.noise_multiplier:.4g}", f"{cal.epsilon:.6g}")
+        table.add_row(
+            cell["sigma"],
+            cell["sample_rate"],
+            cell["k"],
+            cell["queries"],
+            f"{cal.query.noise_multiplier:.4g}",
+            f"{cal.epsilon:.6g}",
+        )
         Console().print(table)
 
     @account_app.command("curve")
@@ -170,8 +213,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         sigma: float = typer.Option(..., "--sigma"),
         sample_rate: float = typer.Option(..., "--sample-rate"),
         k: int = typer.Option(..., "--k"),
-        delta: Optional[float] = typer.Option(None, "--delta", help="δ in (0, 1)."),
-        dataset_size: Optional[int] = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
+        delta: float | None = typer.Option(None, "--delta", help="δ in (0, 1)."),
+        dataset_size: int | None = typer.Option(None, "--dataset-size", help="N: use δ = 1/N instead of --delta."),
         max_queries: int = typer.Option(100_000, "--max-queries", help="Largest T on the x axis."),
         points: int = typer.Option(25, "--points", help="Points on the log-spaced T grid."),
         target_epsilon: float = typer.Option(10.0, "--target-epsilon", help="Horizontal reference line."),
@@ -194,12 +237,19 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             curves = epsilon_curve(query, d, grid, names, progress=bar.update)
         title = f"σ={query.sigma:g}, q={query.sample_rate:g}, k={query.k} (z={query.noise_multiplier:g})"
         png = plot_epsilon_curves([(title, curves, d)], out / "epsilon_vs_queries.png", target_epsilon=target_epsilon)
-        record = {"command": _command() or None, **query.as_dict(), "delta": d, "max_queries": max_queries,
-                  "curves": curves}
+        record = {
+            "command": _command() or None,
+            **query.as_dict(),
+            "delta": d,
+            "max_queries": max_queries,
+            "curves": curves,
+        }
         atomic_write_json(out / "epsilon_vs_queries.json", record, indent=1)
         last = {acc: rows[-1]["epsilon"] for acc, rows in curves.items()}
-        typer.echo(f"wrote {png} and {out / 'epsilon_vs_queries.json'}; ε at T={grid[-1]}: "
-                   + ", ".join(f"{a} {e:.4g}" for a, e in last.items()))
+        typer.echo(
+            f"wrote {png} and {out / 'epsilon_vs_queries.json'}; ε at T={grid[-1]}: "
+            + ", ".join(f"{a} {e:.4g}" for a, e in last.items())
+        )
 
     @account_app.command("density")
     def density_cmd(
@@ -207,18 +257,21 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         sigma: float = typer.Option(0.2, "--sigma"),
         queries: int = typer.Option(1000, "--queries"),
         delta: float = typer.Option(1e-7, "--delta"),
-        accountant: Optional[str] = typer.Option(
+        accountant: str | None = typer.Option(
             None,
             "--accountant",
-            help=_ACCOUNTANT_HELP + " Default here: the note's own (paper), whose order grid "
-            "makes its ≈0.18 floor.",
+            help=_ACCOUNTANT_HELP + " Default here: the note's own (paper), whose order grid makes its ≈0.18 floor.",
         ),
     ) -> None:
         """ε against concept density r for N ∈ {1M, 10M, 100M} (methods note §4.8)."""
         from tqdm import tqdm
 
         from privdiff.accounting.accountants import check_accountant
-        from privdiff.accounting.planner import DENSITY_DATASET_SIZES, DENSITY_SETTING, concept_density_curve
+        from privdiff.accounting.planner import (
+            DENSITY_DATASET_SIZES,
+            DENSITY_SETTING,
+            concept_density_curve,
+        )
         from privdiff.report.accounting_plots import plot_concept_density
         from privdiff.utils.atomic import atomic_write_json
 
@@ -226,11 +279,29 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         sizes = DENSITY_DATASET_SIZES
         out.mkdir(parents=True, exist_ok=True)
         with tqdm(total=len(sizes) * 9, desc="concept density", unit="r") as bar:
-            curves = concept_density_curve(sizes, sigma=sigma, queries=queries, delta=delta, accountant=accountant,
-                                           progress=bar.update)
-        png = plot_concept_density(curves, out / "concept_density.png", delta=delta, sigma=sigma, queries=queries,
-                                   accountant=accountant)
-        record = {"command": _command() or None, "sigma": sigma, "queries": queries, "delta": delta,
-                  "accountant": accountant, "curves": {str(n): rows for n, rows in curves.items()}}
+            curves = concept_density_curve(
+                sizes,
+                sigma=sigma,
+                queries=queries,
+                delta=delta,
+                accountant=accountant,
+                progress=bar.update,
+            )
+        png = plot_concept_density(
+            curves,
+            out / "concept_density.png",
+            delta=delta,
+            sigma=sigma,
+            queries=queries,
+            accountant=accountant,
+        )
+        record = {
+            "command": _command() or None,
+            "sigma": sigma,
+            "queries": queries,
+            "delta": delta,
+            "accountant": accountant,
+            "curves": {str(n): rows for n, rows in curves.items()},
+        }
         atomic_write_json(out / "concept_density.json", record, indent=1)
         typer.echo(f"wrote {png} and {out / 'concept_density.json'}")

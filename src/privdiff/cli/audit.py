@@ -8,7 +8,9 @@ import typer
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
-    audit_app = typer.Typer(help="Empirical privacy audits (canary tests with confidence bounds).", no_args_is_help=True)
+    audit_app = typer.Typer(
+        help="Empirical privacy audits (canary tests with confidence bounds).", no_args_is_help=True
+    )
     app.add_typer(audit_app, name="audit")
 
     @audit_app.command("retrieval")
@@ -23,12 +25,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         confidence: float = typer.Option(0.95, "--confidence", help="Confidence of the lower bound."),
         accountant: str = typer.Option("pld", "--accountant", help="Accountant for ε of one query: pld, rdp, paper."),
         mechanism: str = typer.Option(
-            "dp", "--mechanism",
+            "dp",
+            "--mechanism",
             help="dp (the real mechanism), or a deliberately broken control: broken-pad-last-record, "
             "broken-half-noise (to see the audit catch a bug).",
         ),
         suite: bool = typer.Option(
-            False, "--suite",
+            False,
+            "--suite",
             help="Run the documented suite instead (real mechanism in 3 settings + both broken controls); "
             "--runs then scales each audit's runs relative to 20000.",
         ),
@@ -46,21 +50,37 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             json_path, png_path = write_audit_report(results, out)
             rows = [r.to_dict() for r in results]
             if as_json:
-                typer.echo(json.dumps({"audits": rows, "ok": ok, "json": str(json_path), "png": str(png_path)}, indent=2))
+                typer.echo(
+                    json.dumps(
+                        {"audits": rows, "ok": ok, "json": str(json_path), "png": str(png_path)},
+                        indent=2,
+                    )
+                )
             else:
                 typer.echo(f"{'mechanism':<24} {'σ':>5} {'q':>6} {'k':>3} {'runs':>7} {'ε̂':>7} {'ε acc':>7}  verdict")
                 for r in results:
                     verdict = "ok (ε̂ ≤ ε)" if r.passed else "FLAGGED (ε̂ > ε)"
-                    typer.echo(f"{r.mechanism:<24} {r.sigma:>5g} {r.sample_rate:>6g} {r.k:>3} {r.runs:>7} "
-                               f"{r.epsilon_hat:>7.3f} {r.epsilon_accountant:>7.3f}  {verdict}")
+                    typer.echo(
+                        f"{r.mechanism:<24} {r.sigma:>5g} {r.sample_rate:>6g} {r.k:>3} {r.runs:>7} "
+                        f"{r.epsilon_hat:>7.3f} {r.epsilon_accountant:>7.3f}  {verdict}"
+                    )
                 typer.echo(f"wrote {json_path} and {png_path}")
             if not ok:
                 raise PrivdiffError("audit suite: a real-mechanism audit failed or a broken control was not flagged")
             return
 
         res = audit_retrieval(
-            sigma, sample_rate, k, runs=runs, delta=delta, dim=dim, n_records=n_records,
-            mechanism=mechanism, confidence=confidence, accountant=accountant, progress=not as_json,
+            sigma,
+            sample_rate,
+            k,
+            runs=runs,
+            delta=delta,
+            dim=dim,
+            n_records=n_records,
+            mechanism=mechanism,
+            confidence=confidence,
+            accountant=accountant,
+            progress=not as_json,
         )
         json_path, png_path = write_audit_report([res], out)
         summary = res.to_dict() | {"json": str(json_path), "png": str(png_path)}

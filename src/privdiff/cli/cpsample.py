@@ -18,17 +18,27 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
     @protect_app.command("train")
     def protect_train_cmd(
-        data: str = typer.Option(..., "--data", help="The model's training set (spec), e.g. fashion-mnist:train[:128]."),
+        data: str = typer.Option(
+            ..., "--data", help="The model's training set (spec), e.g. fashion-mnist:train[:128]."
+        ),
         size: int | None = size_option(),
         model: Path = typer.Option(..., "--model", help="Diffusion model directory (its noise schedule is used)."),
         out: Path = typer.Option(..., "--out", help="Where to write the classifier directory."),
-        holdout: str | None = typer.Option(None, "--holdout", help="Held-out images (spec) for the report; never trained on."),
-        calibration: str | None = typer.Option(None, "--calibration", help="Non-training images (spec, disjoint from --holdout) trained towards p = 1/2."),
+        holdout: str | None = typer.Option(
+            None, "--holdout", help="Held-out images (spec) for the report; never trained on."
+        ),
+        calibration: str | None = typer.Option(
+            None,
+            "--calibration",
+            help="Non-training images (spec, disjoint from --holdout) trained towards p = 1/2.",
+        ),
         calibration_batch_size: int = typer.Option(32, "--calibration-batch-size"),
         steps: int = typer.Option(3000, "--steps"),
         batch_size: int = typer.Option(128, "--batch-size"),
         lr: float = typer.Option(1e-3, "--lr"),
-        small_t_fraction: float = typer.Option(0.5, "--small-t-fraction", help="Share of t drawn from [0, small-t-max)."),
+        small_t_fraction: float = typer.Option(
+            0.5, "--small-t-fraction", help="Share of t drawn from [0, small-t-max)."
+        ),
         small_t_max: int = typer.Option(300, "--small-t-max"),
         label_seed: int = typer.Option(0, "--label-seed", help="Seed of the Bernoulli(1/2) labels."),
         seed: int = typer.Option(0, "--seed"),
@@ -48,9 +58,16 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.utils.atomic import atomic_write_json
 
         size = check_size(size)
-        config = ClassifierTrainConfig(steps=steps, batch_size=batch_size, lr=lr, small_t_fraction=small_t_fraction,
-                                       small_t_max=small_t_max, label_seed=label_seed, seed=seed,
-                                       calibration_batch_size=calibration_batch_size).validate()
+        config = ClassifierTrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            small_t_fraction=small_t_fraction,
+            small_t_max=small_t_max,
+            label_seed=label_seed,
+            seed=seed,
+            calibration_batch_size=calibration_batch_size,
+        ).validate()
         diffusion = load_model(model)
         ds = load_dataset(data, size=size)
         held = load_dataset(holdout, size=size) if holdout else None
@@ -60,22 +77,62 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         clf, labels, log = train_classifier(x0, alphas_cumprod=acp, config=config, calibration=calib)
         report: dict[str, Any] = {"train": evaluate_classifier(clf, x0, labels, alphas_cumprod=acp, seed=seed + 1)}
         if held is not None:
-            report["holdout"] = evaluate_classifier(clf, to_model_space(held.images), None, alphas_cumprod=acp, seed=seed + 2)
-        args = ["--data", data, "--model", str(model), "--out", str(out), *(["--holdout", holdout] if holdout else []),
-                "--steps", str(steps), "--batch-size", str(batch_size), "--lr", repr(lr),
-                "--small-t-fraction", repr(small_t_fraction), "--small-t-max", str(small_t_max),
-                "--label-seed", str(label_seed), "--seed", str(seed), *(["--size", str(size)] if size is not None else []),
-                *(["--calibration", calibration, "--calibration-batch-size", str(calibration_batch_size)] if calibration else [])]
+            report["holdout"] = evaluate_classifier(
+                clf, to_model_space(held.images), None, alphas_cumprod=acp, seed=seed + 2
+            )
+        args = [
+            "--data",
+            data,
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            *(["--holdout", holdout] if holdout else []),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch_size),
+            "--lr",
+            repr(lr),
+            "--small-t-fraction",
+            repr(small_t_fraction),
+            "--small-t-max",
+            str(small_t_max),
+            "--label-seed",
+            str(label_seed),
+            "--seed",
+            str(seed),
+            *(["--size", str(size)] if size is not None else []),
+            *(
+                [
+                    "--calibration",
+                    calibration,
+                    "--calibration-batch-size",
+                    str(calibration_batch_size),
+                ]
+                if calibration
+                else []
+            ),
+        ]
         meta = {
-            "data_spec": data, "holdout_spec": holdout, "calibration_spec": calibration, "model": str(model), "num_train_images": int(len(ds.images)),
-            "label_seed": label_seed, "train_config": training_config_dict(config),
-            "parameters": log["parameters"], "train_wall_seconds": log["train_wall_seconds"],
+            "data_spec": data,
+            "holdout_spec": holdout,
+            "calibration_spec": calibration,
+            "model": str(model),
+            "num_train_images": int(len(ds.images)),
+            "label_seed": label_seed,
+            "train_config": training_config_dict(config),
+            "parameters": log["parameters"],
+            "train_wall_seconds": log["train_wall_seconds"],
             "final_bce": float(sum(log["loss_per_step"][-50:]) / len(log["loss_per_step"][-50:])),
-            "report": report, "command": "privdiff protect train " + " ".join(shlex.quote(a) for a in args),
+            "report": report,
+            "command": "privdiff protect train " + " ".join(shlex.quote(a) for a in args),
         }
         ProtectionClassifier(classifier=clf, labels=labels, meta=meta).save(out)
-        atomic_write_json(out / "report.json", {"settings": {k: meta[k] for k in meta if k != "report"},
-                                                "report": report})
+        atomic_write_json(
+            out / "report.json",
+            {"settings": {k: meta[k] for k in meta if k != "report"}, "report": report},
+        )
         if json_out:
             typer.echo(json.dumps(report, indent=2))
         else:
@@ -83,15 +140,18 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             typer.echo(f"saved {out} ({log['parameters'] / 1e6:.2f} M params, {log['train_wall_seconds']:.0f} s)")
         _warn_about_classifier(meta, alpha=None)
 
-
     @app.command("sample")
     def sample_cmd(
         model: Path = typer.Option(..., "--model", help="Diffusion model directory (privdiff train diffusion)."),
         n: int = typer.Option(16, "-n", "--n", help="Number of images."),
         out: Path = typer.Option(
-            ..., "--out", help="Output directory: images/*.png, images.npz (key 'images'), grid.png, sample.json."
+            ...,
+            "--out",
+            help="Output directory: images/*.png, images.npz (key 'images'), grid.png, sample.json.",
         ),
-        protect: Path | None = typer.Option(None, "--protect", help="CPSample classifier directory (privdiff protect train)."),
+        protect: Path | None = typer.Option(
+            None, "--protect", help="CPSample classifier directory (privdiff protect train)."
+        ),
         alpha: float = typer.Option(0.001, "--alpha", help="CPSample confidence threshold α ∈ (0, 0.5]."),
         scale: float = typer.Option(1000.0, "--scale", help="CPSample guidance scale s ≥ 0."),
         mode: str = typer.Option("toward_opposite", "--mode", help="toward_opposite | away_from_predicted."),
@@ -126,19 +186,36 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 pc = load_classifier(protect)
                 _warn_about_classifier(pc.meta, alpha=alpha)
                 guidance = CPSampleGuidance(pc.classifier, alpha=alpha, scale=scale, mode=mode)
-            images, info = generate(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, guidance=guidance,
-                                    batch_size=batch_size, progress=not quiet)
+            images, info = generate(
+                diffusion,
+                n,
+                num_inference_steps=steps,
+                eta=eta,
+                seed=seed,
+                guidance=guidance,
+                batch_size=batch_size,
+                progress=not quiet,
+            )
             target.write_images(images, [f"{i:05d}" for i in range(n)])
             ncols = min(10, n)
             rows = [images[i : i + ncols] for i in range(0, n, ncols)]
-            setting = (f"CPSample alpha={alpha:g} s={scale:g} {mode}" if guidance else "unprotected") + \
-                f"  steps={steps} eta={eta:g} seed={seed}"
-            target.write_grid(lambda path: save_labelled_grid(
-                rows, [f"#{i}-{i + len(r) - 1}" for i, r in zip(range(0, n, ncols), rows)], path, title=setting,
-                scale=3 if images.shape[1] <= 64 else 1))
+            setting = (
+                f"CPSample alpha={alpha:g} s={scale:g} {mode}" if guidance else "unprotected"
+            ) + f"  steps={steps} eta={eta:g} seed={seed}"
+            target.write_grid(
+                lambda path: save_labelled_grid(
+                    rows,
+                    [f"#{i}-{i + len(r) - 1}" for i, r in zip(range(0, n, ncols), rows)],
+                    path,
+                    title=setting,
+                    scale=3 if images.shape[1] <= 64 else 1,
+                )
+            )
             result = {
-                "model": str(model), "protect": str(protect) if protect else None,
-                "cpsample": guidance.settings() if guidance else None, **info,
+                "model": str(model),
+                "protect": str(protect) if protect else None,
+                "cpsample": guidance.settings() if guidance else None,
+                **info,
                 "seconds_per_image": info["wall_seconds"] / n,
                 "gate": guidance.stats.summary() if guidance else None,
                 "files": files_record("<index:05d>.png", "sample.json"),
@@ -148,8 +225,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             target.abort()
             raise
         if json_out:
-            typer.echo(json.dumps({k: v for k, v in result.items() if k != "gate"} | (
-                {"gate_firing_rate": guidance.stats.firing_rate} if guidance else {}), indent=2))
+            typer.echo(
+                json.dumps(
+                    {k: v for k, v in result.items() if k != "gate"}
+                    | ({"gate_firing_rate": guidance.stats.firing_rate} if guidance else {}),
+                    indent=2,
+                )
+            )
         else:
             msg = f"wrote {n} images to {out} in {info['wall_seconds']:.1f} s"
             if guidance:
@@ -182,7 +264,8 @@ def print_classifier_report(report: dict[str, Any]) -> None:
     table = Table(
         title="CPSample classifier per timestep band",
         caption="conf: mean max(p, 1−p); >c: share of images with conf > c (c = 1 − α)",
-        box=box.SIMPLE_HEAD, caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        caption_justify="left",
     )
     table.add_column("t", no_wrap=True)
     table.add_column("train\nacc", justify="right", no_wrap=True)
@@ -193,10 +276,17 @@ def print_classifier_report(report: dict[str, Any]) -> None:
         table.add_column("held-out\nconf", justify="right", no_wrap=True)
         table.add_column(f"held-out\n{thresholds[alphas[-1]]}", justify="right", no_wrap=True)
     for i, row in enumerate(report["train"]):
-        cells = [f"{row['band'][0]}-{row['band'][1]}", f"{row['accuracy']:.3f}", f"{row['mean_confidence']:.3f}"]
+        cells = [
+            f"{row['band'][0]}-{row['band'][1]}",
+            f"{row['accuracy']:.3f}",
+            f"{row['mean_confidence']:.3f}",
+        ]
         cells += [f"{row['fraction_above_1_minus_alpha'][a]:.3f}" for a in alphas]
         if has_holdout:
             h = report["holdout"][i]
-            cells += [f"{h['mean_confidence']:.3f}", f"{h['fraction_above_1_minus_alpha'][alphas[-1]]:.3f}"]
+            cells += [
+                f"{h['mean_confidence']:.3f}",
+                f"{h['fraction_above_1_minus_alpha'][alphas[-1]]:.3f}",
+            ]
         table.add_row(*cells)
     Console().print(table)

@@ -34,30 +34,94 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.diffusion.training import TrainConfig, train_diffusion
 
         size = check_size(size)
-        config = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay,
-                             checkpoint_every=checkpoint_every, seed=seed).validate()
+        config = TrainConfig(
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            ema_decay=ema_decay,
+            checkpoint_every=checkpoint_every,
+            seed=seed,
+        ).validate()
         ds = load_dataset(data, size=size)
         h, w, c = ds.images.shape[1:]
         cfg = unet_config(unet, image_shape=(c, h, w))
         # Recorded with every option explicit, so re-running it reproduces the run whatever the defaults.
         command = "privdiff train diffusion " + " ".join(
-            shlex.quote(a) for a in _explicit_args(data, out, steps, batch_size, lr, ema_decay, unet,
-                                                   checkpoint_every, seed, resume, init_from, size))
-        model = train_diffusion(ds.images, out, unet_config=cfg, config=config, data_spec=data,
-                                command=command, resume=resume, init_from=init_from)
-        result = {"out": str(out), "steps_done": model.meta["steps_done"], "parameters": count_parameters(model.unet),
-                  "final_loss": model.meta["final_loss_ema"], "train_wall_seconds": model.meta["train_wall_seconds"]}
+            shlex.quote(a)
+            for a in _explicit_args(
+                data,
+                out,
+                steps,
+                batch_size,
+                lr,
+                ema_decay,
+                unet,
+                checkpoint_every,
+                seed,
+                resume,
+                init_from,
+                size,
+            )
+        )
+        model = train_diffusion(
+            ds.images,
+            out,
+            unet_config=cfg,
+            config=config,
+            data_spec=data,
+            command=command,
+            resume=resume,
+            init_from=init_from,
+        )
+        result = {
+            "out": str(out),
+            "steps_done": model.meta["steps_done"],
+            "parameters": count_parameters(model.unet),
+            "final_loss": model.meta["final_loss_ema"],
+            "train_wall_seconds": model.meta["train_wall_seconds"],
+        }
         if json_out:
             typer.echo(json.dumps(result, indent=2))
         else:
-            typer.echo(f"saved {out}: {result['steps_done']} steps, {result['parameters'] / 1e6:.2f} M params, "
-                       f"loss {result['final_loss']:.4f}, {result['train_wall_seconds']:.0f} s")
+            typer.echo(
+                f"saved {out}: {result['steps_done']} steps, {result['parameters'] / 1e6:.2f} M params, "
+                f"loss {result['final_loss']:.4f}, {result['train_wall_seconds']:.0f} s"
+            )
 
 
-def _explicit_args(data, out, steps, batch_size, lr, ema_decay, unet, checkpoint_every, seed, resume, init_from,
-                   size=None) -> list[str]:
-    args = ["--data", data, "--out", str(out), "--steps", str(steps), "--batch-size", str(batch_size),
-            "--lr", repr(lr), "--ema-decay", repr(ema_decay), "--unet", unet,
-            "--checkpoint-every", str(checkpoint_every), "--seed", str(seed)]
+def _explicit_args(
+    data,
+    out,
+    steps,
+    batch_size,
+    lr,
+    ema_decay,
+    unet,
+    checkpoint_every,
+    seed,
+    resume,
+    init_from,
+    size=None,
+) -> list[str]:
+    args = [
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(batch_size),
+        "--lr",
+        repr(lr),
+        "--ema-decay",
+        repr(ema_decay),
+        "--unet",
+        unet,
+        "--checkpoint-every",
+        str(checkpoint_every),
+        "--seed",
+        str(seed),
+    ]
     args += ["--size", str(size)] if size is not None else []
     return args + (["--resume"] if resume else []) + (["--init-from", str(init_from)] if init_from else [])

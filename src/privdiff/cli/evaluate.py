@@ -70,8 +70,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         with warnings.catch_warnings():
             # The same messages are in result.warnings and printed below; avoid printing them twice.
             warnings.simplefilter("ignore", FIDSampleSizeWarning)
-            result = compute_fid(src_a.images, src_b.images, batch_size=batch_size, cache=not no_cache,
-                                 progress=progress and not as_json)
+            result = compute_fid(
+                src_a.images,
+                src_b.images,
+                batch_size=batch_size,
+                cache=not no_cache,
+                progress=progress and not as_json,
+            )
         result.settings.update(source_a=src_a.spec, source_b=src_b.spec)
         payload = result.to_dict()
         if out is not None:
@@ -92,7 +97,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         generated: str = typer.Argument(..., help="Generated images: dataset spec, folder or .npz."),
         reference: str = typer.Argument(..., help="Reference (training) images: dataset spec, folder or .npz."),
         feature_space: str = typer.Option("pixel", "--feature-space", help="pixel, effnet or inception."),
-        threshold: float = typer.Option(None, "--threshold", help="Replication threshold τ (default: the calibrated one for the feature space)."),
+        threshold: float = typer.Option(
+            None,
+            "--threshold",
+            help="Replication threshold τ (default: the calibrated one for the feature space).",
+        ),
         out: Path = typer.Option(None, "--out", help="Directory for replication.json, top_pairs.png, histogram.png."),
         top_n: int = typer.Option(4, "--top-n", help="Number of most-similar pairs in the grid."),
         batch_size: int = typer.Option(None, "--batch-size", help="Batch size of the feature extractor."),
@@ -124,7 +133,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         size = check_size(size)
         gen, ref = _load(generated, size), _load(reference, size)
         report = replication_report(
-            gen.images, ref.images, feature_space=feature_space, threshold=threshold, batch_size=batch_size,
+            gen.images,
+            ref.images,
+            feature_space=feature_space,
+            threshold=threshold,
+            batch_size=batch_size,
             settings={"generated": gen.spec, "reference": ref.spec},
         )
         summary = report.to_dict(include_arrays=False, top_n=top_n)
@@ -133,8 +146,13 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             summary["files"] = {
                 "json": str(_write_json(report.to_dict(include_arrays=True, top_n=top_n), out / "replication.json")),
                 "top_pairs": str(save_top_pairs(report, gen.images, ref.images, out / "top_pairs.png", n=top_n)),
-                "histogram": str(save_histogram(report, out / "histogram.png",
-                                                title=f"NN similarity of {gen.spec} to {ref.spec}")),
+                "histogram": str(
+                    save_histogram(
+                        report,
+                        out / "histogram.png",
+                        title=f"NN similarity of {gen.spec} to {ref.spec}",
+                    )
+                ),
             }
         if as_json:
             typer.echo(json.dumps(summary, indent=2))
@@ -144,7 +162,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             f"τ={report.threshold:.4f}, feature space {feature_space}, {report.n_reference} reference images)"
         )
         for pair in report.top_pairs(min(top_n, report.n_generated)):
-            typer.echo(f"  generated #{pair['generated_index']:<5} ~ reference #{pair['reference_index']:<5} s={pair['similarity']:.4f}")
+            typer.echo(
+                f"  generated #{pair['generated_index']:<5} ~ reference #{pair['reference_index']:<5} "
+                f"s={pair['similarity']:.4f}"
+            )
         if out is not None:
             typer.echo(f"outputs -> {out}")
 
@@ -156,7 +177,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         max_fpr: float = typer.Option(0.01, "--max-fpr", help="Allowed false-positive rate on the non-copies."),
         max_shift: int = typer.Option(0, "--max-shift", help="Copies: max integer translation in pixels."),
         noise_std: float = typer.Option(8.0, "--noise-std", help="Copies: Gaussian pixel noise std (0-255 scale)."),
-        brightness: float = typer.Option(0.1, "--brightness", help="Copies: additive brightness jitter, fraction of 255."),
+        brightness: float = typer.Option(
+            0.1, "--brightness", help="Copies: additive brightness jitter, fraction of 255."
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed of the copy augmentations."),
         size: int | None = size_option(),
         out: Path = typer.Option(None, "--out", help="Directory for calibration.json and calibration.png."),
@@ -170,35 +193,53 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.data import check_size
         from privdiff.errors import check_in_range
         from privdiff.evaluation.features import check_feature_space
-        from privdiff.evaluation.replication import augment_copies, calibrate_threshold, save_calibration_plot
+        from privdiff.evaluation.replication import (
+            augment_copies,
+            calibrate_threshold,
+            save_calibration_plot,
+        )
 
         feature_space = check_feature_space(feature_space)
         check_in_range("max_fpr", max_fpr, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
         size = check_size(size)
         ref, neg = _load(reference, size), _load(non_copies, size)
-        copies, aug = augment_copies(ref.images, seed=seed, max_shift=max_shift, noise_std=noise_std, brightness=brightness)
+        copies, aug = augment_copies(
+            ref.images, seed=seed, max_shift=max_shift, noise_std=noise_std, brightness=brightness
+        )
         cal = calibrate_threshold(
-            ref.images, copies, neg.images, feature_space=feature_space, max_fpr=max_fpr,
+            ref.images,
+            copies,
+            neg.images,
+            feature_space=feature_space,
+            max_fpr=max_fpr,
             copy_sources=np.arange(ref.images.shape[0]),
             settings={"reference": ref.spec, "non_copies": neg.spec, "augmentation": aug},
         )
         payload = cal.to_dict()
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            payload["files"] = {"json": str(out / "calibration.json"),
-                                "plot": str(save_calibration_plot(cal, out / "calibration.png"))}
+            payload["files"] = {
+                "json": str(out / "calibration.json"),
+                "plot": str(save_calibration_plot(cal, out / "calibration.png")),
+            }
             _write_json(payload, out / "calibration.json")
         if as_json:
             typer.echo(json.dumps(payload, indent=2))
             return
-        typer.echo(f"τ = {cal.threshold:.4f} ({feature_space}): FPR {cal.fpr:.4f} on {neg.spec}, TPR {cal.tpr:.4f} on "
-                   f"augmented copies, AUC {cal.auc:.4f}")
+        typer.echo(
+            f"τ = {cal.threshold:.4f} ({feature_space}): FPR {cal.fpr:.4f} on {neg.spec}, TPR {cal.tpr:.4f} on "
+            f"augmented copies, AUC {cal.auc:.4f}"
+        )
 
     @eval_app.command("domain")
     def domain(
-        generated: str = typer.Argument(..., help="Generated images: a generate/sample output folder, folder, .npz or spec."),
+        generated: str = typer.Argument(
+            ..., help="Generated images: a generate/sample output folder, folder, .npz or spec."
+        ),
         reference: str = typer.Argument(..., help="Real images of the domain, e.g. 'fashion-mnist:test{classes=2,4}'."),
-        classes: str = typer.Option(..., "--classes", help="The domain's classes, ids or names, e.g. 2,4 or Pullover,Coat."),
+        classes: str = typer.Option(
+            ..., "--classes", help="The domain's classes, ids or names, e.g. 2,4 or Pullover,Coat."
+        ),
         yardstick: str = typer.Option("fashion-mnist", "--yardstick", help="Shipped yardstick name or a directory."),
         n_boot: int = typer.Option(200, "--n-boot", help="Bootstrap replicates for the FID/KID intervals."),
         seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap (evaluation randomness only)."),
@@ -228,7 +269,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             elif tok.lower() in lowered:
                 ids.append(lowered[tok.lower()])
             else:
-                raise InvalidParameter("classes", tok, "class ids in [0, %d] or names: %s" % (len(names) - 1, ", ".join(names)))
+                raise InvalidParameter(
+                    "classes",
+                    tok,
+                    f"class ids in [0, {len(names) - 1}] or names: {', '.join(names)}",
+                )
         gen, ref = _load(generated, size), _load(reference, size)
         pred = yard.predict(gen.images)
         rate = in_domain_rate(pred, ids)
@@ -237,10 +282,16 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         kid_e = distance_with_ci(fg, fr, metric="kid", n_boot=n_boot, seed=seed)
         counts = np.bincount(pred, minlength=len(names))
         payload = {
-            "generated": gen.spec, "reference": ref.spec, "n_generated": int(len(pred)), "n_reference": int(len(fr)),
-            "yardstick": yardstick, "yardstick_test_accuracy": yard.config.report.get("test_accuracy"),
+            "generated": gen.spec,
+            "reference": ref.spec,
+            "n_generated": int(len(pred)),
+            "n_reference": int(len(fr)),
+            "yardstick": yardstick,
+            "yardstick_test_accuracy": yard.config.report.get("test_accuracy"),
             "domain_classes": [names[i] for i in sorted(set(ids))],
-            "in_domain_rate": rate.to_dict(), "domain_fid": fid_e.to_dict(), "domain_kid": kid_e.to_dict(),
+            "in_domain_rate": rate.to_dict(),
+            "domain_fid": fid_e.to_dict(),
+            "domain_kid": kid_e.to_dict(),
             "predicted_classes": {names[i]: int(c) for i, c in enumerate(counts)},
             "interval": "95 %: Wilson for the rate; centred bootstrap for FID/KID (privdiff.evaluation.domain)",
         }
@@ -249,12 +300,19 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(payload, indent=2))
             return
-        typer.echo(f"in-domain rate {rate}  ({int(round(rate.value * rate.n))}/{rate.n} in {', '.join(payload['domain_classes'])})")
+        typer.echo(
+            f"in-domain rate {rate}  ({int(round(rate.value * rate.n))}/{rate.n} "
+            f"in {', '.join(payload['domain_classes'])})"
+        )
         typer.echo(f"domain FID {fid_e}   domain KID {kid_e}   (n={len(pred)} vs {len(fr)} reference)")
         top = sorted(payload["predicted_classes"].items(), key=lambda kv: -kv[1])[:5]
         typer.echo("predicted: " + ", ".join(f"{k} {v}" for k, v in top if v))
         if len(pred) < 1000:
-            typer.secho(f"warning: {len(pred)} generated images; FID differences of a few points need >= 1,000 "
-                        "(compare only equal n)", err=True, fg=typer.colors.YELLOW)
+            typer.secho(
+                f"warning: {len(pred)} generated images; FID differences of a few points need >= 1,000 "
+                "(compare only equal n)",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
         if out is not None:
             typer.echo(f"result -> {out}")

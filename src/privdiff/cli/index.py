@@ -19,15 +19,20 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         data: str = typer.Option(None, "--data", help="Dataset spec, e.g. fashion-mnist:dprdm-private, folder:/path."),
         encoder: str = typer.Option("default", "--encoder", help="Image encoder name or space id."),
         embeddings: Path = typer.Option(
-            None, "--embeddings",
+            None,
+            "--embeddings",
             help="Instead of --data: a .npy (N, d) float array of precomputed image embeddings "
             "(e.g. MetaCLIP); needs --space-id.",
         ),
-        space_id: str = typer.Option(None, "--space-id", help="Embedding space of --embeddings (e.g. 'metaclip-b16/v1')."),
+        space_id: str = typer.Option(
+            None, "--space-id", help="Embedding space of --embeddings (e.g. 'metaclip-b16/v1')."
+        ),
         batch_size: int = typer.Option(256, "--batch-size", help="Images per encoder batch."),
         size: int = size_option(),
         public: bool = typer.Option(
-            False, "--public", help="Mark the index public (allows PublicRetriever). Only for public data."
+            False,
+            "--public",
+            help="Mark the index public (allows PublicRetriever). Only for public data.",
         ),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index directory."),
         as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -57,8 +62,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 emb = np.load(embeddings, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as exc:
                 raise DataError(f"cannot read embeddings {str(embeddings)!r}: {exc}") from None
-            idx = build_index(out, emb, space_id=space_id, source=f"npy:{embeddings}", visibility=visibility,
-                              overwrite=overwrite)
+            idx = build_index(
+                out,
+                emb,
+                space_id=space_id,
+                source=f"npy:{embeddings}",
+                visibility=visibility,
+                overwrite=overwrite,
+            )
         else:
             from privdiff.data import load_dataset
             from privdiff.encoders import load_image_encoder
@@ -66,8 +77,14 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             enc = load_image_encoder(encoder)
             ds = load_dataset(data, size=size, progress=True)
             idx = build_index_from_images(
-                out, ds.images, enc, source=data, visibility=visibility,
-                batch_size=batch_size, progress=True, overwrite=overwrite,
+                out,
+                ds.images,
+                enc,
+                source=data,
+                visibility=visibility,
+                batch_size=batch_size,
+                progress=True,
+                overwrite=overwrite,
             )
         if as_json:
             typer.echo(json.dumps(idx.manifest.shown(), indent=2))
@@ -77,9 +94,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @index_app.command("info")
     def info(
         index_dir: Path = typer.Argument(..., help="Index directory."),
-        verify: bool = typer.Option(
-            False, "--verify", help="Also re-hash the vectors and check every row (slower)."
-        ),
+        verify: bool = typer.Option(False, "--verify", help="Also re-hash the vectors and check every row (slower)."),
         as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
     ) -> None:
         """Show an index's manifest (never its vectors, nor their hash: the index is named by a short

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -14,9 +13,13 @@ _MODES = ("dp-rdm", "public-retrieval", "non-private", "no-retrieval")
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     @train_app.command("rdm")
     def train_rdm_cmd(
-        public: str = typer.Option("fashion-mnist:dprdm-public", "--public", help="Public training set (dataset spec)."),
-        size: Optional[int] = typer.Option(
-            None, "--size", metavar="N",
+        public: str = typer.Option(
+            "fashion-mnist:dprdm-public", "--public", help="Public training set (dataset spec)."
+        ),
+        size: int | None = typer.Option(
+            None,
+            "--size",
+            metavar="N",
             help="Resize every image to N×N, N in [8, 1024] (Lanczos; folders are centre-cropped first).",
         ),
         encoder: str = typer.Option("default", "--encoder", help="Image encoder name (privdiff.encoders)."),
@@ -30,7 +33,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         channels: str = typer.Option("32,32,64", "--channels", help="U-Net block_out_channels (3 levels)."),
         checkpoint_every: int = typer.Option(250, "--checkpoint-every"),
         seed: int = typer.Option(0, "--seed"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+        threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
     ) -> None:
         """Adapt-train the RDM on public images (context = noisy mean of k public neighbours)."""
@@ -46,17 +49,48 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         except ValueError:
             raise InvalidParameter("channels", channels, "three comma-separated integers, e.g. 32,32,64") from None
         config = TrainConfig(
-            block_out_channels=block_out_channels, steps=steps, batch_size=batch_size, lr=lr, k=k, s_max=s_max, p_uncond=p_uncond,
-            seed=seed, checkpoint_every=checkpoint_every,
+            block_out_channels=block_out_channels,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            k=k,
+            s_max=s_max,
+            p_uncond=p_uncond,
+            seed=seed,
+            checkpoint_every=checkpoint_every,
         ).validate()
         if threads is not None:
             import torch
 
             torch.set_num_threads(check_int("threads", threads, 1))
         command = shlex.join(
-            ["privdiff", "train", "rdm", "--public", public, "--encoder", encoder, "--out", str(out),
-             "--steps", str(steps), "--batch-size", str(batch_size), "--k", str(k), "--s-max", str(s_max),
-             "--p-uncond", str(p_uncond), "--lr", str(lr), "--channels", channels, "--seed", str(seed)]
+            [
+                "privdiff",
+                "train",
+                "rdm",
+                "--public",
+                public,
+                "--encoder",
+                encoder,
+                "--out",
+                str(out),
+                "--steps",
+                str(steps),
+                "--batch-size",
+                str(batch_size),
+                "--k",
+                str(k),
+                "--s-max",
+                str(s_max),
+                "--p-uncond",
+                str(p_uncond),
+                "--lr",
+                str(lr),
+                "--channels",
+                channels,
+                "--seed",
+                str(seed),
+            ]
             + (["--size", str(size)] if size is not None else [])
         )
         dataset = load_dataset(public, size=size)
@@ -64,8 +98,19 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         typer.echo(f"public set {dataset.name}: {len(dataset)} images; encoder {enc.space_id} (d={enc.dim})")
         emb = cached_embeddings(dataset, enc, private=False, progress=True)
         result = train_rdm(
-            dataset.images, emb, space_id=enc.space_id, out_dir=out, config=config, resume=resume, progress=True,
-            extra_info={"data": public, "encoder": encoder, "command": command, "generation_defaults": dict(DEFAULT_GENERATION)},
+            dataset.images,
+            emb,
+            space_id=enc.space_id,
+            out_dir=out,
+            config=config,
+            resume=resume,
+            progress=True,
+            extra_info={
+                "data": public,
+                "encoder": encoder,
+                "command": command,
+                "generation_defaults": dict(DEFAULT_GENERATION),
+            },
         )
         from privdiff.rdm.pipeline import write_domain_reference
 
@@ -78,28 +123,42 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
     @app.command("generate")
     def generate_cmd(
-        prompt: Optional[list[str]] = typer.Option(None, "--prompt", help="Text prompt (repeat for several; one private query each)."),
-        prompts_file: Optional[Path] = typer.Option(
-            None, "--prompts", help="File with one prompt per line (blank lines and # comments ignored); combines with --prompt."
+        prompt: list[str] | None = typer.Option(
+            None, "--prompt", help="Text prompt (repeat for several; one private query each)."
+        ),
+        prompts_file: Path | None = typer.Option(
+            None,
+            "--prompts",
+            help="File with one prompt per line (blank lines and # comments ignored); combines with --prompt.",
         ),
         n: int = typer.Option(16, "-n", "--images-per-prompt", help="Images per prompt (free: one context each)."),
-        model: Optional[Path] = typer.Option(None, "--model", help="RDM directory (default: the shipped checkpoint)."),
-        mode: str = typer.Option("dp-rdm", "--mode", help=f"One of {', '.join(_MODES)} (the last three are baselines)."),
-        index: Optional[Path] = typer.Option(None, "--index", help="Private index directory (dp-rdm)."),
-        ledger: Optional[Path] = typer.Option(None, "--ledger", help="Privacy ledger (dp-rdm; create with `privdiff budget init`)."),
-        k: Optional[int] = typer.Option(None, "--k", help="k neighbours (default: the model's generation defaults)."),
-        sigma: Optional[float] = typer.Option(None, "--sigma", help="σ: noise std per coordinate."),
-        sample_rate: Optional[float] = typer.Option(None, "--sample-rate", help="q: Poisson subsampling rate."),
+        model: Path | None = typer.Option(None, "--model", help="RDM directory (default: the shipped checkpoint)."),
+        mode: str = typer.Option(
+            "dp-rdm", "--mode", help=f"One of {', '.join(_MODES)} (the last three are baselines)."
+        ),
+        index: Path | None = typer.Option(None, "--index", help="Private index directory (dp-rdm)."),
+        ledger: Path | None = typer.Option(
+            None, "--ledger", help="Privacy ledger (dp-rdm; create with `privdiff budget init`)."
+        ),
+        k: int | None = typer.Option(None, "--k", help="k neighbours (default: the model's generation defaults)."),
+        sigma: float | None = typer.Option(None, "--sigma", help="σ: noise std per coordinate."),
+        sample_rate: float | None = typer.Option(None, "--sample-rate", help="q: Poisson subsampling rate."),
         lam: float = typer.Option(1.0, "--lam", help="λ: weight of the private context (1 = omit query)."),
         mix_with: str = typer.Option("query", "--mix-with", help="What λ mixes with: query | public."),
-        public_data: str = typer.Option("fashion-mnist:dprdm-public", "--public-data", help="Public retrieval set (spec)."),
-        private_data: Optional[str] = typer.Option(None, "--private-data", help="Private set spec, only for --mode non-private."),
+        public_data: str = typer.Option(
+            "fashion-mnist:dprdm-public", "--public-data", help="Public retrieval set (spec)."
+        ),
+        private_data: str | None = typer.Option(
+            None, "--private-data", help="Private set spec, only for --mode non-private."
+        ),
         encoder: str = typer.Option("default", "--encoder", help="Encoder name (text + image, one space)."),
-        guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="w of classifier-free guidance."),
-        steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps."),
+        guidance_scale: float | None = typer.Option(None, "--guidance-scale", help="w of classifier-free guidance."),
+        steps: int | None = typer.Option(None, "--steps", help="DDIM steps."),
         seed: int = typer.Option(0, "--seed", help="Seed of the public sampler noise x_T (not of the DP noise)."),
         out: Path = typer.Option(
-            ..., "--out", help="Output directory: images/*.png, images.npz (key 'images'), grid.png, generation.json."
+            ...,
+            "--out",
+            help="Output directory: images/*.png, images.npz (key 'images'), grid.png, generation.json.",
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the JSON record."),
@@ -146,7 +205,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             warnings.showwarning = show
             if mode == "dp-rdm":
                 if index is None or ledger is None:
-                    raise InvalidParameter("index/ledger", (index, ledger), "both given in dp-rdm mode (--index DIR --ledger FILE)")
+                    raise InvalidParameter(
+                        "index/ledger",
+                        (index, ledger),
+                        "both given in dp-rdm mode (--index DIR --ledger FILE)",
+                    )
                 defaults = generation_defaults(model_dir)
                 # Cheap refusal: the ledger alone decides, before the model and encoders load.
                 check_budget(
@@ -157,15 +220,28 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                     count=len(prompt_list),
                 )
             pipe, defaults = make_pipeline(
-                model_dir, mode=mode, index=index, ledger=ledger, k=k, sigma=sigma,
-                sample_rate=sample_rate, lam=lam, mix_with=mix_with, public_data=public_data,
-                private_data=private_data, encoder=encoder,
+                model_dir,
+                mode=mode,
+                index=index,
+                ledger=ledger,
+                k=k,
+                sigma=sigma,
+                sample_rate=sample_rate,
+                lam=lam,
+                mix_with=mix_with,
+                public_data=public_data,
+                private_data=private_data,
+                encoder=encoder,
             )
             record = generate_to_directory(
-                pipe, prompt_list, out, images_per_prompt=n,
+                pipe,
+                prompt_list,
+                out,
+                images_per_prompt=n,
                 guidance_scale=guidance_scale if guidance_scale is not None else defaults["guidance_scale"],
                 num_inference_steps=steps if steps is not None else defaults["num_inference_steps"],
-                seed=seed, progress=not quiet,
+                seed=seed,
+                progress=not quiet,
             )
         if as_json:
             typer.echo(json.dumps(record, indent=2))
@@ -174,7 +250,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         typer.echo(f"mode {record['mode']}: {record['images_shape'][0]}×{record['images_shape'][1]} images -> {out}")
         if record["mode"] == "dp-rdm":
             typer.echo(
-                f"ε spent {priv['epsilon_spent']:.4g}, remaining {priv['epsilon_remaining']:.4g} (δ={priv['delta']:.3g}); "
+                f"ε spent {priv['epsilon_spent']:.4g}, remaining {priv['epsilon_remaining']:.4g} "
+                f"(δ={priv['delta']:.3g}); "
                 f"σ={priv['sigma']:g} q={priv['sample_rate']:g} k={priv['k']}"
             )
         elif not record["private"]:

@@ -33,12 +33,42 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         held = load_dataset(test)
         if train.labels is None or held.labels is None or train.class_names != held.class_names:
             raise DataError(f"--data {data!r} and --test {test!r} must both be labelled with the same classes")
-        command = shlex.join(["privdiff", "train", "yardstick", "--data", data, "--test", test, "--out", str(out),
-                              "--epochs", str(epochs), "--batch-size", str(batch_size), "--lr", str(lr),
-                              "--seed", str(seed), "--threads", str(threads)])
-        yard = train_yardstick(train.images, train.labels, train.class_names, test_images=held.images,
-                               test_labels=held.labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                               train_data=data, progress=True)
+        command = shlex.join(
+            [
+                "privdiff",
+                "train",
+                "yardstick",
+                "--data",
+                data,
+                "--test",
+                test,
+                "--out",
+                str(out),
+                "--epochs",
+                str(epochs),
+                "--batch-size",
+                str(batch_size),
+                "--lr",
+                str(lr),
+                "--seed",
+                str(seed),
+                "--threads",
+                str(threads),
+            ]
+        )
+        yard = train_yardstick(
+            train.images,
+            train.labels,
+            train.class_names,
+            test_images=held.images,
+            test_labels=held.labels,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            train_data=data,
+            progress=True,
+        )
         yard.config.report["command"] = command
         yard.config.report["test_data"] = test
         yard.save_pretrained(out)

@@ -54,8 +54,14 @@ class NoiseAwareClassifier(ModelMixin, ConfigMixin):
         for level, ch in enumerate(block_out_channels):
             resnets = nn.ModuleList()
             for _ in range(layers_per_block):
-                resnets.append(ResnetBlock2D(in_channels=prev, out_channels=ch, temb_channels=time_embed_dim,
-                                             groups=norm_num_groups))
+                resnets.append(
+                    ResnetBlock2D(
+                        in_channels=prev,
+                        out_channels=ch,
+                        temb_channels=time_embed_dim,
+                        groups=norm_num_groups,
+                    )
+                )
                 prev = ch
             self.blocks.append(resnets)
             last = level == len(block_out_channels) - 1

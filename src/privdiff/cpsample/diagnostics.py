@@ -128,19 +128,25 @@ def classifier_warnings(meta: dict[str, Any], alpha: float | None = None) -> lis
     out: list[str] = []
     share = f"{MEMBER_COVERAGE:.0%}"
     if needed is None:
-        out.append(f"CPSample: no α ≤ {MAX_ALPHA:g} makes the gate fire on {share} of the training images at "
-                   f"{window}: the classifier never becomes confident enough on them (train longer)")
+        out.append(
+            f"CPSample: no α ≤ {MAX_ALPHA:g} makes the gate fire on {share} of the training images at "
+            f"{window}: the classifier never becomes confident enough on them (train longer)"
+        )
     elif judged < needed:
         how = f"α ≥ {needed:g}" if has_quantiles(members) else f"α = {needed:g} (the smallest recorded α that does)"
-        out.append(f"CPSample: at α = {judged:g} the gate fires on fewer than {share} of the training images at "
-                   f"{window}, so it protects few of them; {how} would fire on {share}")
+        out.append(
+            f"CPSample: at α = {judged:g} the gate fires on fewer than {share} of the training images at "
+            f"{window}, so it protects few of them; {how} would fire on {share}"
+        )
     holdout = report.get("holdout")
     if holdout and not meta.get("calibration_spec"):
         gate_alpha = judged if alpha is not None else needed
         if gate_alpha is not None:
             conf = _confident_on_most(gate_rows(holdout, small_t_max), gate_alpha)
             if conf is not None:
-                out.append(f"CPSample: trained without --calibration images, the classifier is confident on most "
-                           f"held-out images at {window} (median confidence {conf:.3f} > 1 − α = {1 - gate_alpha:g}): "
-                           "the gate would push novel samples as well as copies; retrain with --calibration SPEC")
+                out.append(
+                    f"CPSample: trained without --calibration images, the classifier is confident on most "
+                    f"held-out images at {window} (median confidence {conf:.3f} > 1 − α = {1 - gate_alpha:g}): "
+                    "the gate would push novel samples as well as copies; retrain with --calibration SPEC"
+                )
     return out

@@ -22,8 +22,9 @@ protect a diffusers ``UNet2DConditionModel`` inside a latent (Stable-Diffusion-s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 
@@ -40,12 +41,14 @@ class GateStats:
     per_step: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, t: torch.Tensor, fired: torch.Tensor, conf: torch.Tensor) -> None:
-        self.per_step.append({
-            "t": int(t.max()) if t.numel() else -1,
-            "fired": int(fired.sum()),
-            "batch": int(fired.numel()),
-            "max_confidence": float(conf.max()) if conf.numel() else float("nan"),
-        })
+        self.per_step.append(
+            {
+                "t": int(t.max()) if t.numel() else -1,
+                "fired": int(fired.sum()),
+                "batch": int(fired.numel()),
+                "max_confidence": float(conf.max()) if conf.numel() else float("nan"),
+            }
+        )
 
     @property
     def evaluations(self) -> int:
@@ -88,8 +91,14 @@ class CPSampleGuidance:
         mode: ``"toward_opposite"`` or ``"away_from_predicted"`` (see module docstring).
     """
 
-    def __init__(self, classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, alpha: float = 0.001,
-                 scale: float = 1000.0, mode: GuidanceMode = "toward_opposite"):
+    def __init__(
+        self,
+        classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        *,
+        alpha: float = 0.001,
+        scale: float = 1000.0,
+        mode: GuidanceMode = "toward_opposite",
+    ):
         self.alpha = check_in_range("alpha", alpha, 0.0, 0.5, low_inclusive=False, high_inclusive=True)
         self.scale = check_nonnegative("scale", scale)
         if mode not in MODES:
@@ -108,7 +117,9 @@ class CPSampleGuidance:
         conf = torch.sigmoid(z.abs())  # = max(p, 1−p), exact near 1
         return conf > 1.0 - self.alpha, conf
 
-    def correction(self, x_t: torch.Tensor, t: torch.Tensor, alpha_prod_t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    def correction(
+        self, x_t: torch.Tensor, t: torch.Tensor, alpha_prod_t: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(δ, fired) with ε̂ = ε_θ + δ; δ is zero where the gate did not fire. Records gate stats."""
         t = _as_batch(t, x_t.shape[0], x_t.device)
         fired, conf = self.gate(x_t, t)
@@ -119,7 +130,7 @@ class CPSampleGuidance:
         xg = x_t[fired].detach().requires_grad_(True)
         with torch.enable_grad():
             z = self.classifier(xg, t[fired])
-            y_hat_is_one = (z.detach() >= 0)
+            y_hat_is_one = z.detach() >= 0
             if self.mode == "toward_opposite":
                 # log p(1−ŷ) = log σ(−z) if ŷ = 1 else log σ(z)
                 log_p = torch.nn.functional.logsigmoid(torch.where(y_hat_is_one, -z, z))
@@ -134,8 +145,13 @@ class CPSampleGuidance:
         delta[fired] = sign * self.scale * (1.0 - a_g).sqrt() * grad.to(x_t.dtype)
         return delta, fired
 
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
-                 alpha_prod_t: torch.Tensor | float) -> torch.Tensor:
+    def __call__(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        eps: torch.Tensor,
+        alpha_prod_t: torch.Tensor | float,
+    ) -> torch.Tensor:
         """ε̂_{θ,φ}(x_t, t) from ε = ε_θ(x_t, t) (the :class:`privdiff.diffusion.Guidance` protocol)."""
         delta, fired = self.correction(x_t, t, alpha_prod_t)
         if not bool(fired.any()) or self.scale == 0.0:
@@ -143,8 +159,11 @@ class CPSampleGuidance:
         return eps + delta.to(eps.dtype)
 
 
-def protected_denoiser(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], guidance: CPSampleGuidance,
-                       alphas_cumprod: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def protected_denoiser(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    guidance: CPSampleGuidance,
+    alphas_cumprod: torch.Tensor,
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """ε̂_{θ,φ} as a plain denoiser ``(x_t, t) -> ε̂``: what the MIA of Algorithm 1 queries."""
 
     def eps_hat(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -17,15 +17,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from privdiff.cpsample.classifier import NoiseAwareClassifier, confidence, random_labels
-from privdiff.errors import CheckpointError, DataError, InvalidParameter, check_in_range, check_int, check_positive
+from privdiff.errors import (
+    CheckpointError,
+    DataError,
+    InvalidParameter,
+    check_in_range,
+    check_int,
+    check_positive,
+)
 from privdiff.utils.atomic import atomic_write_json
 
 CLASSIFIER_DIR = "classifier"
@@ -33,7 +41,14 @@ CLASSIFIER_JSON = "classifier.json"
 KIND = "privdiff.cpsample.classifier"
 
 #: Timestep bands [lo, hi) of the evaluation report (T = 1000).
-DEFAULT_BANDS: tuple[tuple[int, int], ...] = ((0, 50), (50, 100), (100, 200), (200, 300), (300, 500), (500, 1000))
+DEFAULT_BANDS: tuple[tuple[int, int], ...] = (
+    (0, 50),
+    (50, 100),
+    (100, 200),
+    (200, 300),
+    (300, 500),
+    (500, 1000),
+)
 #: α values of the paper's MIA table (methods/cpsample.md §5.3).
 PAPER_ALPHAS: tuple[float, ...] = (0.5, 0.25, 0.001)
 #: Quantiles of the confidence recorded per band: 0.01 gives the α that fires on 99 % of the images
@@ -67,7 +82,7 @@ class ClassifierTrainConfig:
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     calibration_batch_size: int = 32
 
-    def validate(self, num_train_timesteps: int = 1000) -> "ClassifierTrainConfig":
+    def validate(self, num_train_timesteps: int = 1000) -> ClassifierTrainConfig:
         check_int("steps", self.steps, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         check_positive("lr", self.lr)
@@ -119,7 +134,9 @@ def load_classifier(directory: str | Path) -> ProtectionClassifier:
     return ProtectionClassifier(classifier=clf, labels=labels, meta=manifest)
 
 
-def sample_timesteps(n: int, config: ClassifierTrainConfig, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+def sample_timesteps(
+    n: int, config: ClassifierTrainConfig, num_train_timesteps: int, generator: torch.Generator
+) -> torch.Tensor:
     """t from the small-t-oversampling mixture described in the module docstring."""
     t_all = torch.randint(0, num_train_timesteps, (n,), generator=generator)
     t_small = torch.randint(0, config.small_t_max, (n,), generator=generator)
@@ -163,7 +180,9 @@ def train_classifier(
     if x0.ndim != 4 or x0.shape[0] < 2:
         raise DataError(f"need at least 2 training images (N, C, H, W); got shape {tuple(x0.shape)}")
     if calibration is not None and tuple(calibration.shape[1:]) != tuple(x0.shape[1:]):
-        raise DataError(f"calibration images {tuple(calibration.shape[1:])} do not match training images {tuple(x0.shape[1:])}")
+        raise DataError(
+            f"calibration images {tuple(calibration.shape[1:])} do not match training images {tuple(x0.shape[1:])}"
+        )
     labels = random_labels(x0.shape[0], config.label_seed)
     torch.manual_seed(config.seed)
     clf = NoiseAwareClassifier(in_channels=x0.shape[1], block_out_channels=tuple(config.block_out_channels)).train()
@@ -179,10 +198,19 @@ def train_classifier(
         x_t = q_sample(x0[idx], t, alphas_cumprod, torch.randn(x0[idx].shape, generator=g))
         loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(x_t, t), labels[idx])
         if calibration is not None:
-            cidx = torch.randint(0, calibration.shape[0], (min(config.calibration_batch_size, calibration.shape[0]),),
-                                 generator=g)
+            cidx = torch.randint(
+                0,
+                calibration.shape[0],
+                (min(config.calibration_batch_size, calibration.shape[0]),),
+                generator=g,
+            )
             tc = sample_timesteps(cidx.shape[0], config, n_t, g)
-            xc = q_sample(calibration[cidx], tc, alphas_cumprod, torch.randn(calibration[cidx].shape, generator=g))
+            xc = q_sample(
+                calibration[cidx],
+                tc,
+                alphas_cumprod,
+                torch.randn(calibration[cidx].shape, generator=g),
+            )
             zc = clf(xc, tc)
             loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(zc, torch.full_like(zc, 0.5))
         opt.zero_grad(set_to_none=True)
@@ -191,8 +219,11 @@ def train_classifier(
         losses.append(loss.item())
         bar.set_postfix(bce=f"{np.mean(losses[-50:]):.4f}")
     clf.eval()
-    log = {"loss_per_step": losses, "train_wall_seconds": round(time.perf_counter() - t0, 1),
-           "parameters": sum(p.numel() for p in clf.parameters())}
+    log = {
+        "loss_per_step": losses,
+        "train_wall_seconds": round(time.perf_counter() - t0, 1),
+        "parameters": sum(p.numel() for p in clf.parameters()),
+    }
     return clf, labels, log
 
 
@@ -209,7 +240,8 @@ def evaluate_classifier(
     seed: int = 0,
     batch_size: int = 256,
 ) -> list[dict[str, Any]]:
-    """Per-band accuracy, mean confidence, confidence quantiles and fraction above 1 − α, over ``draws`` draws of (t, ε).
+    """Per-band accuracy, mean confidence, confidence quantiles and fraction above 1 − α, over ``draws`` draws
+    of (t, ε).
 
     ``labels`` may be ``None`` for held-out images, which have no label: their "accuracy" is then
     measured against fresh Bernoulli(1/2) labels drawn from ``seed`` (expected 0.5 whatever the
@@ -235,16 +267,18 @@ def evaluate_classifier(
                 for a in alphas:
                     above[a] += int((conf > 1 - a).sum())
                 count += xb.shape[0]
-        rows.append({
-            "band": [lo, hi],
-            "accuracy": correct / count,
-            "mean_confidence": conf_sum / count,
-            "fraction_above_1_minus_alpha": {str(a): above[a] / count for a in alphas},
-            "confidence_quantiles": {
-                str(q): float(torch.quantile(torch.cat(confs), q)) for q in CONFIDENCE_QUANTILES
-            },
-            "evaluations": count,
-        })
+        rows.append(
+            {
+                "band": [lo, hi],
+                "accuracy": correct / count,
+                "mean_confidence": conf_sum / count,
+                "fraction_above_1_minus_alpha": {str(a): above[a] / count for a in alphas},
+                "confidence_quantiles": {
+                    str(q): float(torch.quantile(torch.cat(confs), q)) for q in CONFIDENCE_QUANTILES
+                },
+                "evaluations": count,
+            }
+        )
     return rows
 
 

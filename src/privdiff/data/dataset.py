@@ -45,9 +45,7 @@ class ImageDataset:
                 f"{type(imgs).__name__} {getattr(imgs, 'dtype', '?')} shape {getattr(imgs, 'shape', '?')}"
             )
         if imgs.shape[-1] not in (1, 3):
-            raise DataError(
-                f"dataset {self.name!r}: channel count must be 1 or 3, got {imgs.shape[-1]}"
-            )
+            raise DataError(f"dataset {self.name!r}: channel count must be 1 or 3, got {imgs.shape[-1]}")
         if self.labels is not None:
             labels = np.asarray(self.labels)
             if labels.shape != (imgs.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
@@ -97,17 +95,13 @@ class ImageDataset:
             idx = np.asarray(indices)
             if idx.dtype == bool:
                 if idx.shape != (len(self),):
-                    raise DataError(
-                        f"boolean mask of shape {idx.shape} does not match {len(self)} images"
-                    )
+                    raise DataError(f"boolean mask of shape {idx.shape} does not match {len(self)} images")
                 idx = np.flatnonzero(idx)
             elif idx.size and not np.issubdtype(idx.dtype, np.integer):
                 raise DataError(f"subset indices must be integers, got dtype {idx.dtype}")
             idx = idx.astype(np.int64, copy=False).reshape(-1)
             if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-                raise DataError(
-                    f"subset indices span [{idx.min()}, {idx.max()}] outside a dataset of {len(self)}"
-                )
+                raise DataError(f"subset indices span [{idx.min()}, {idx.max()}] outside a dataset of {len(self)}")
         return ImageDataset(
             images=np.ascontiguousarray(self.images[idx]),
             labels=None if self.labels is None else self.labels[idx].copy(),

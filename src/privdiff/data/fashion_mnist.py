@@ -54,9 +54,7 @@ _FILES = {
 #: Footwear classes (5 Sandal, 7 Sneaker, 9 Ankle boot): nearly absent from the public split.
 FOOTWEAR_CLASSES: tuple[int, ...] = (5, 7, 9)
 #: Public images per class in the DP-RDM split.
-DPRDM_PUBLIC_PER_CLASS: dict[int, int] = {
-    c: (60 if c in FOOTWEAR_CLASSES else 1500) for c in range(10)
-}
+DPRDM_PUBLIC_PER_CLASS: dict[int, int] = {c: (60 if c in FOOTWEAR_CLASSES else 1500) for c in range(10)}
 DPRDM_SPLIT_SEED = 0
 
 
@@ -109,9 +107,7 @@ def _load_split_cached(directory: str, split: str) -> tuple[np.ndarray, np.ndarr
     images = read_idx(_find(d, img_stem))
     labels = read_idx(_find(d, lab_stem))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"Fashion-MNIST {split} files in {d} disagree: images {images.shape}, labels {labels.shape}"
-        )
+        raise DataError(f"Fashion-MNIST {split} files in {d} disagree: images {images.shape}, labels {labels.shape}")
     if labels.size and labels.max() >= len(FASHION_MNIST_CLASSES):
         raise DataError(f"Fashion-MNIST {split} labels in {d} exceed 9 (max {labels.max()})")
     # Read-only so the cached arrays can never be changed by a consumer.
@@ -122,9 +118,7 @@ def _load_split_cached(directory: str, split: str) -> tuple[np.ndarray, np.ndarr
     return images, labels
 
 
-def load_fashion_mnist_arrays(
-    split: str, directory: str | os.PathLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def load_fashion_mnist_arrays(split: str, directory: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Read-only (images uint8 (N, 28, 28, 1), labels int64 (N,)) for ``split`` in {train, test}.
 
     Cached per process; copy before modifying.

@@ -115,9 +115,7 @@ def _to_mode(img, channels: int):
         # 16-bit / float greys: rescale to 0..255 instead of clipping.
         arr = np.asarray(img, dtype=np.float64)
         hi = arr.max() if arr.size else 1.0
-        img = Image.fromarray(
-            np.clip(arr * (255.0 / (hi if hi > 255 else 255.0)), 0, 255).astype(np.uint8)
-        )
+        img = Image.fromarray(np.clip(arr * (255.0 / (hi if hi > 255 else 255.0)), 0, 255).astype(np.uint8))
     return img.convert("L" if channels == 1 else "RGB")
 
 
@@ -173,8 +171,18 @@ def load_folder(
                 im.load()
                 decoded.append(im.copy())
             kept.append(i)
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError,
-                EOFError, IndexError, TypeError, struct.error, MemoryError) as exc:
+        except (
+            UnidentifiedImageError,
+            Image.DecompressionBombError,
+            OSError,
+            ValueError,
+            SyntaxError,
+            EOFError,
+            IndexError,
+            TypeError,
+            struct.error,
+            MemoryError,
+        ) as exc:
             # Decoders of untrusted files fail in many ways; each is "this file is unreadable".
             bad.append((str(f), f"{type(exc).__name__}: {exc}"))
     if bad and not skip_corrupt:
@@ -197,12 +205,7 @@ def load_folder(
                 f"folder {str(root)!r} holds images of {len(shapes)} different sizes "
                 f"(e.g. {shapes[:4]} as W×H); pass size=N (--size N) to resize them to N×N"
             )
-    images = np.stack(
-        [
-            np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], channels)
-            for im in converted
-        ]
-    )
+    images = np.stack([np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], channels) for im in converted])
     if labels is not None:
         labels = labels[np.asarray(kept, dtype=np.int64)]
     metadata: dict[str, Any] = {"source": str(root.resolve()), "channels": channels}

@@ -52,9 +52,7 @@ VALID_SPECS = (
 FASHION_SPLITS = ("train", "test", "dprdm-public", "dprdm-private")
 LFW_CLASSES = ["face", "non-face"]
 
-_SLICE_RE = re.compile(
-    r"^(?P<base>.*)\[(?P<start>[+-]?\d*):(?P<stop>[+-]?\d*)(?::(?P<step>[+-]?\d*))?\]$"
-)
+_SLICE_RE = re.compile(r"^(?P<base>.*)\[(?P<start>[+-]?\d*):(?P<stop>[+-]?\d*)(?::(?P<step>[+-]?\d*))?\]$")
 _FILTER_RE = re.compile(r"^(?P<base>.*)\{(?P<opts>[^{}]*)\}$")
 
 
@@ -71,9 +69,7 @@ class DatasetSpec:
 
 
 def _bad_spec(spec: str, why: str) -> DataError:
-    return DataError(
-        f"invalid dataset spec {spec!r}: {why}; valid forms: " + ", ".join(VALID_SPECS)
-    )
+    return DataError(f"invalid dataset spec {spec!r}: {why}; valid forms: " + ", ".join(VALID_SPECS))
 
 
 def _statically_empty(index: slice) -> bool:
@@ -116,7 +112,7 @@ def parse_spec(spec: str) -> DatasetSpec:
             raise _bad_spec(spec, "slice step cannot be 0")
         base, index = m.group("base"), slice(_int(m.group("start")), _int(m.group("stop")), step)
         if _statically_empty(index):
-            raise _bad_spec(spec, f"the slice {text[len(m.group('base')):]} selects no images")
+            raise _bad_spec(spec, f"the slice {text[len(m.group('base')) :]} selects no images")
     elif "[" in text or "]" in text:
         raise _bad_spec(spec, "a slice suffix must look like [start:stop] or [start:stop:step]")
     base, classes = _parse_filter(spec, base)
@@ -174,8 +170,10 @@ def _class_ids(parsed: DatasetSpec, labels: np.ndarray | None, class_names: list
         elif tok.lower() in lowered:
             i = lowered[tok.lower()]
         else:
-            raise DataError(f"dataset spec {parsed.text!r}: unknown class {tok!r}; classes are "
-                            + ", ".join(f"{j}={n}" for j, n in enumerate(names)))
+            raise DataError(
+                f"dataset spec {parsed.text!r}: unknown class {tok!r}; classes are "
+                + ", ".join(f"{j}={n}" for j, n in enumerate(names))
+            )
         ids.append(i)
     return np.unique(np.asarray(ids, dtype=np.int64))
 
@@ -202,9 +200,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     out = np.empty((n, size, size, c), dtype=np.uint8)
     for i in range(n):
         im = Image.fromarray(images[i, :, :, 0] if c == 1 else images[i])
-        out[i] = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS)).reshape(
-            size, size, c
-        )
+        out[i] = np.asarray(im.resize((size, size), Image.Resampling.LANCZOS)).reshape(size, size, c)
     return out
 
 
@@ -220,9 +216,7 @@ def _fashion(spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray, list[str], dict
     meta.update(
         {
             "split_definition": f"dprdm_split_indices(seed={DPRDM_SPLIT_SEED}) of fashion-mnist:train",
-            "public_per_class": {
-                FASHION_MNIST_CLASSES[c]: n for c, n in DPRDM_PUBLIC_PER_CLASS.items()
-            },
+            "public_per_class": {FASHION_MNIST_CLASSES[c]: n for c, n in DPRDM_PUBLIC_PER_CLASS.items()},
         }
     )
     # Maps each row back to its fashion-mnist:train row (the index uses it for provenance).
@@ -261,11 +255,7 @@ def _bundled(kind: str) -> tuple[np.ndarray, np.ndarray, list[str], dict[str, An
         images = raw
     else:
         hi = float(raw.max()) if raw.size else 1.0
-        images = (
-            np.rint(np.clip(raw, 0, None) * (255.0 if hi <= 1.0 else 1.0))
-            .clip(0, 255)
-            .astype(np.uint8)
-        )
+        images = np.rint(np.clip(raw, 0, None) * (255.0 if hi <= 1.0 else 1.0)).clip(0, 255).astype(np.uint8)
     images = images[..., None]
     # First 100 are faces, last 100 non-faces (skimage.data.lfw_subset docstring).
     labels = np.repeat(np.arange(2, dtype=np.int64), 100)[: images.shape[0]]
@@ -291,17 +281,13 @@ def _npz(path_text: str) -> tuple[np.ndarray, np.ndarray | None, list[str] | Non
     except DataError:
         raise
     except Exception as exc:  # zipfile/pickle/format errors all mean "not a usable npz"
-        raise DataError(
-            f"cannot read npz dataset {str(path)!r}: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise DataError(f"cannot read npz dataset {str(path)!r}: {type(exc).__name__}: {exc}") from exc
     if images.dtype != np.uint8:
         raise DataError(f"{str(path)!r}: 'images' must be uint8 (N, H, W[, C]), got {images.dtype}")
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4:
-        raise DataError(
-            f"{str(path)!r}: 'images' must be (N, H, W) or (N, H, W, C), got {images.shape}"
-        )
+        raise DataError(f"{str(path)!r}: 'images' must be (N, H, W) or (N, H, W, C), got {images.shape}")
     if labels is not None and not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{str(path)!r}: 'labels' must be integers, got {labels.dtype}")
     return images, labels, class_names, {"source": str(path.resolve())}
@@ -335,9 +321,7 @@ def load_dataset(
         raise InvalidParameter("channels", channels, "None (auto), 1 or 3")
     parsed = parse_spec(spec)
     if parsed.kind != "folder" and (channels is not None or skip_corrupt):
-        raise DataError(
-            f"channels/skip_corrupt apply to folder: datasets only, not {parsed.text!r}"
-        )
+        raise DataError(f"channels/skip_corrupt apply to folder: datasets only, not {parsed.text!r}")
 
     if parsed.kind == "folder" and parsed.classes is None:
         images, labels, class_names, meta = load_folder(
@@ -352,7 +336,12 @@ def load_dataset(
         return ImageDataset(images, labels, class_names, parsed.text, meta | {"size": size})
     if parsed.kind == "folder":  # a class filter must see every file's label before the slice
         images, labels, class_names, meta = load_folder(
-            parsed.arg, size=size, channels=channels, skip_corrupt=skip_corrupt, index=None, progress=progress
+            parsed.arg,
+            size=size,
+            channels=channels,
+            skip_corrupt=skip_corrupt,
+            index=None,
+            progress=progress,
         )
         size = None  # already resized by the folder loader
 

@@ -53,18 +53,36 @@ def generate(
     out = []
     t0 = time.perf_counter()
     n_batches = -(-n // batch_size)
-    bar = tqdm(total=n_batches * num_inference_steps, desc="sampling", unit="step",
-               disable=None if progress else True)  # None: off when stderr is not a terminal
+    bar = tqdm(
+        total=n_batches * num_inference_steps,
+        desc="sampling",
+        unit="step",
+        disable=None if progress else True,
+    )  # None: off when stderr is not a terminal
     try:
         for s in range(0, n, batch_size):
-            x0 = ddim_sample(denoiser, scheduler, x_T[s : s + batch_size], num_inference_steps=num_inference_steps,
-                             eta=eta, guidance=guidance, generator=g, callback=lambda *a: bar.update(1))
+            x0 = ddim_sample(
+                denoiser,
+                scheduler,
+                x_T[s : s + batch_size],
+                num_inference_steps=num_inference_steps,
+                eta=eta,
+                guidance=guidance,
+                generator=g,
+                callback=lambda *a: bar.update(1),
+            )
             out.append(to_uint8(x0.clamp(-1, 1)))
     finally:
         bar.close()
     wall = time.perf_counter() - t0
-    info = {"n": n, "num_inference_steps": num_inference_steps, "eta": eta, "seed": seed, "batch_size": batch_size,
-            "wall_seconds": wall}
+    info = {
+        "n": n,
+        "num_inference_steps": num_inference_steps,
+        "eta": eta,
+        "seed": seed,
+        "batch_size": batch_size,
+        "wall_seconds": wall,
+    }
     return np.concatenate(out), info
 
 
@@ -77,7 +95,12 @@ MAX_SAMPLE_BYTES = 8 * 2**30
 
 
 def check_sampling(
-    model: DiffusionModel, n: int, *, num_inference_steps: int = 50, eta: float = 0.0, seed: int = 0,
+    model: DiffusionModel,
+    n: int,
+    *,
+    num_inference_steps: int = 50,
+    eta: float = 0.0,
+    seed: int = 0,
     batch_size: int = 100,
 ) -> tuple[int, int, float, int, int]:
     """Validate a sampling request before any work: (n, steps, η, batch size, seed).
@@ -88,7 +111,9 @@ def check_sampling(
     c, h, w = model.image_shape
     per_image = 6 * c * h * w
     n = check_int("n", n, minimum=1, maximum=max(1, MAX_SAMPLE_BYTES // per_image))
-    num_inference_steps = check_int("steps", num_inference_steps, minimum=1, maximum=model.schedule["num_train_timesteps"])
+    num_inference_steps = check_int(
+        "steps", num_inference_steps, minimum=1, maximum=model.schedule["num_train_timesteps"]
+    )
     eta = check_nonnegative("eta", eta)
     batch_size = check_int("batch_size", batch_size, minimum=1)
     seed = check_int("seed", seed, 0, MAX_SEED)

@@ -65,7 +65,9 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def unet_config(preset_or_config: str | dict[str, Any], *, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+def unet_config(
+    preset_or_config: str | dict[str, Any], *, image_shape: tuple[int, int, int] | None = None
+) -> dict[str, Any]:
     """Resolve a preset name (or pass a dict through), adapting it to ``image_shape`` = (C, H, W)."""
     if isinstance(preset_or_config, str):
         if preset_or_config not in UNET_PRESETS:
@@ -82,7 +84,9 @@ def unet_config(preset_or_config: str | dict[str, Any], *, image_shape: tuple[in
         # back, so the side must survive (levels − 1) exact halvings.
         if h % (2 ** (levels - 1)):
             raise InvalidParameter(
-                "image_shape", image_shape, f"a side divisible by {2 ** (levels - 1)} for a {levels}-level U-Net"
+                "image_shape",
+                image_shape,
+                f"a side divisible by {2 ** (levels - 1)} for a {levels}-level U-Net",
             )
         cfg.update(sample_size=h, in_channels=c, out_channels=c)
     return cfg
@@ -182,4 +186,3 @@ def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"cannot load the U-Net weights in {directory / UNET_DIR}: {exc}") from None
     meta = {k: v for k, v in manifest.items() if k not in ("kind", "schedule", "unet_config", "parameters")}
     return DiffusionModel(unet=unet, schedule=dict(manifest["schedule"]), meta=meta)
-

@@ -14,7 +14,8 @@ The DDIM update itself (Song et al. 2021, Eq. 12) with η = 0 is deterministic g
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from diffusers import DDIMScheduler
@@ -28,8 +29,7 @@ class Guidance(Protocol):
 
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alpha_prod_t: torch.Tensor
-    ) -> torch.Tensor:
-        ...
+    ) -> torch.Tensor: ...
 
 
 @torch.no_grad()

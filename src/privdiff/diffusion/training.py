@@ -13,15 +13,29 @@ run stopped, and ``loss.json`` / ``loss.png`` with the loss curve.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from privdiff.diffusion.model import DDIM_SCHEDULE, DiffusionModel, build_unet, count_parameters, save_model
-from privdiff.errors import CheckpointError, DataError, InvalidParameter, check_int, check_nonnegative, check_positive
+from privdiff.diffusion.model import (
+    DDIM_SCHEDULE,
+    DiffusionModel,
+    build_unet,
+    count_parameters,
+    save_model,
+)
+from privdiff.errors import (
+    CheckpointError,
+    DataError,
+    InvalidParameter,
+    check_int,
+    check_nonnegative,
+    check_positive,
+)
 from privdiff.utils.atomic import atomic_open, atomic_write_json
 
 TRAINING_STATE = "training_state.pt"
@@ -53,7 +67,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     seed: int = 0
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         check_int("steps", self.steps, minimum=1)
         check_int("batch_size", self.batch_size, minimum=1)
         check_positive("lr", self.lr)
@@ -116,11 +130,14 @@ def train_diffusion(
     config = (config or TrainConfig()).validate()
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
-        raise DataError(f"training images must be a non-empty uint8 array (N, H, W, C); got {images.dtype} {images.shape}")
+        raise DataError(
+            f"training images must be a non-empty uint8 array (N, H, W, C); got {images.dtype} {images.shape}"
+        )
     c, size = images.shape[3], images.shape[1]
     if (unet_config["in_channels"], unet_config["sample_size"]) != (c, size) or images.shape[2] != size:
         raise InvalidParameter(
-            "unet_config", {k: unet_config[k] for k in ("in_channels", "sample_size")},
+            "unet_config",
+            {k: unet_config[k] for k in ("in_channels", "sample_size")},
             f"matching the data: in_channels={c}, sample_size={size} (square images)",
         )
     out_dir = Path(out_dir)
@@ -175,18 +192,36 @@ def train_diffusion(
         sample_unet.load_state_dict(unet.state_dict())
         if ema is not None:
             ema.copy_to(sample_unet.parameters())
-        meta = {**meta_base, "steps_done": step, "train_wall_seconds": round(wall, 1),
-                "weights": "ema" if ema is not None else "raw", "final_loss_ema": _smoothed(losses)}
+        meta = {
+            **meta_base,
+            "steps_done": step,
+            "train_wall_seconds": round(wall, 1),
+            "weights": "ema" if ema is not None else "raw",
+            "final_loss_ema": _smoothed(losses),
+        }
         save_model(out_dir, sample_unet, schedule=dict(DDIM_SCHEDULE), meta=meta)
         with atomic_open(state_path) as fh:
             torch.save(
-                {"step": step, "unet": unet.state_dict(), "optimizer": optimizer.state_dict(),
-                 "ema": ema.state_dict() if ema is not None else None, "generator": generator.get_state(),
-                 "torch_rng": torch.get_rng_state(), "losses": losses, "commands": commands, "order": order,
-                 "unet_config": unet_config, "wall_seconds": wall},
+                {
+                    "step": step,
+                    "unet": unet.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "generator": generator.get_state(),
+                    "torch_rng": torch.get_rng_state(),
+                    "losses": losses,
+                    "commands": commands,
+                    "order": order,
+                    "unet_config": unet_config,
+                    "wall_seconds": wall,
+                },
                 fh,
             )
-        write_loss_curve(losses, out_dir, title=f"{data_spec or 'training'} — {count_parameters(unet) / 1e6:.2f} M params")
+        write_loss_curve(
+            losses,
+            out_dir,
+            title=f"{data_spec or 'training'} — {count_parameters(unet) / 1e6:.2f} M params",
+        )
         model = DiffusionModel(unet=sample_unet.eval(), schedule=dict(DDIM_SCHEDULE), meta=meta)
         if on_checkpoint is not None:
             on_checkpoint(step, model)

@@ -22,9 +22,7 @@ class ImageEncoder(Protocol):
     space_id: str
     dim: int
 
-    def encode_images(
-        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
-    ) -> np.ndarray: ...
+    def encode_images(self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray: ...
 
 
 @runtime_checkable

@@ -37,9 +37,7 @@ from privdiff.utils.atomic import atomic_write_json
 # load them.
 
 
-def _variants(
-    pub: np.ndarray, test: np.ndarray, pca_dim: int
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _variants(pub: np.ndarray, test: np.ndarray, pca_dim: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """name -> (test embeddings, public embeddings) under each post-processing variant."""
     centre = pub.mean(axis=0)
     out = {
@@ -77,23 +75,17 @@ def noisy_mean_accuracy(
     top = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]
     release = test[top].mean(axis=1) + rng.normal(scale=noise_std, size=(len(q), test.shape[1]))
     # Unit centroids: a raw dot product would favour tight classes, whose mean vectors are longer.
-    centroids = l2_normalize(
-        np.stack([pub[pub_labels == c].mean(0) for c in np.unique(pub_labels)])
-    )
+    centroids = l2_normalize(np.stack([pub[pub_labels == c].mean(0) for c in np.unique(pub_labels)]))
     return float((np.argmax(release @ centroids.T, axis=1) == labels[:n_queries]).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64, 96])
-    ap.add_argument(
-        "--n-public", type=int, default=1500, help="public images used for the comparison"
-    )
+    ap.add_argument("--n-public", type=int, default=1500, help="public images used for the comparison")
     ap.add_argument("--n-test", type=int, default=2000, help="test images used as queries")
     ap.add_argument("--pca-dim", type=int, default=256)
-    ap.add_argument(
-        "--n-timing", type=int, default=256, help="images encoded afresh to time throughput"
-    )
+    ap.add_argument("--n-timing", type=int, default=256, help="images encoded afresh to time throughput")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument(
         "--noise-stds",
@@ -103,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         help="per-coordinate noise std for the noisy neighbour-mean metric",
     )
     ap.add_argument("--asset-size", type=int, default=64, help="input size of the shipped centre")
-    ap.add_argument(
-        "--no-asset", action="store_true", help="only compare, do not (re)write the asset"
-    )
+    ap.add_argument("--no-asset", action="store_true", help="only compare, do not (re)write the asset")
     ap.add_argument("--cache", type=Path, default=Path("out/encoders/cache"))
     ap.add_argument("--out", type=Path, default=Path("docs/results/encoders"))
     args = ap.parse_args(argv)
@@ -130,17 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         f_pub = cached_features(enc, pub_imgs, args.cache, f"pub{args.n_public}")
         row = {"input_size": size}
         for name, (emb, pub_emb) in _variants(f_pub, f_test, args.pca_dim).items():
-            row[f"precision@{args.k}/{name}"] = round(
-                class_precision_at_k(emb, test.labels, k=args.k), 4
-            )
-            row[f"mean_cosine_random_pairs/{name}"] = round(
-                float((emb[:500] @ emb[500:1000].T).mean()), 4
-            )
+            row[f"precision@{args.k}/{name}"] = round(class_precision_at_k(emb, test.labels, k=args.k), 4)
+            row[f"mean_cosine_random_pairs/{name}"] = round(float((emb[:500] @ emb[500:1000].T).mean()), 4)
             for std in args.noise_stds:
                 row[f"noisy_mean_accuracy@std{std:g}/{name}"] = round(
-                    noisy_mean_accuracy(
-                        emb, test.labels, pub_emb, public.labels[pub_idx], args.k, std
-                    ),
+                    noisy_mean_accuracy(emb, test.labels, pub_emb, public.labels[pub_idx], args.k, std),
                     4,
                 )
         row["images_per_s"] = round(images_per_s, 1)
@@ -153,8 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_cosine_random_pairs: mean cosine of unrelated test images; noisy_mean_accuracy: class accuracy of "
         "(mean of k nearest test images + Gaussian noise) by nearest public class centroid",
         "settings": vars(args) | {"cache": str(args.cache), "out": str(args.out)},
-        "command": "python -m privdiff.encoders.calibrate "
-        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m privdiff.encoders.calibrate " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {
             "cpus": os.cpu_count(),
             "load_avg_1m": os.getloadavg()[0],

@@ -2,7 +2,8 @@
 
 The text projection (``privdiff.encoders.text``) is learned on *public* images paired with
 captions built from ``TRAIN_TEMPLATES`` × ``TRAIN_SYNONYMS``. ``HELDOUT_PHRASINGS`` are never seen in
-training - no held-out string equals a training caption, the key words "trainers", "handbag" and "jeans" appear in no training caption,
+training - no held-out string equals a training caption, the key words "trainers", "handbag" and "jeans" appear
+in no training caption,
 and "boots" only inside "ankle boots" - so they
 measure whether the projection generalises through MiniLM's language knowledge rather than
 memorising strings.

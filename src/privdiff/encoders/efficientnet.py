@@ -91,16 +91,12 @@ class EfficientNetLite0Encoder:
 
     dim = FEATURE_DIM
 
-    def __init__(
-        self, input_size: int = 64, centre: np.ndarray | None = None, centre_id: str | None = None
-    ):
+    def __init__(self, input_size: int = 64, centre: np.ndarray | None = None, centre_id: str | None = None):
         self.input_size = check_int("input_size", input_size, minimum=32, maximum=512)
         if centre is not None:
             centre = np.asarray(centre, dtype=np.float32).reshape(-1)
             if centre.shape != (FEATURE_DIM,) or not np.all(np.isfinite(centre)):
-                raise InvalidParameter(
-                    "centre", f"array of shape {centre.shape}", f"a finite ({FEATURE_DIM},) vector"
-                )
+                raise InvalidParameter("centre", f"array of shape {centre.shape}", f"a finite ({FEATURE_DIM},) vector")
         self.centre = centre
         self.centre_id = centre_id
         self.space_id = effnet_space_id(self.input_size, centre is not None)
@@ -135,9 +131,7 @@ class EfficientNetLite0Encoder:
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
-    def features(
-        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
-    ) -> np.ndarray:
+    def features(self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """Raw pooled 1280-d features (before centring and normalisation), float32."""
         import torch
 
@@ -149,9 +143,7 @@ class EfficientNetLite0Encoder:
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(
-                starts, total=len(starts), desc=f"encoding ({self.space_id})", unit="batch"
-            )
+            starts = tqdm(starts, total=len(starts), desc=f"encoding ({self.space_id})", unit="batch")
         with torch.inference_mode():
             for s in starts:
                 x = self._preprocess(images[s : s + batch_size])
@@ -159,9 +151,7 @@ class EfficientNetLite0Encoder:
                 out[s : s + x.shape[0]] = f.numpy()
         return out
 
-    def encode_images(
-        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
-    ) -> np.ndarray:
+    def encode_images(self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """uint8 (N, H, W, C) → float32 (N, 1280) unit rows in this encoder's space."""
         feats = self.features(images, batch_size=batch_size, progress=progress)
         if self.centre is not None:
@@ -214,7 +204,5 @@ def load_centre(path: Path) -> tuple[np.ndarray, dict[str, str]]:
         meta = dict(f.metadata() or {})
     digest = hashlib.sha256(centre.tobytes()).hexdigest()[:12]
     if meta.get("sha256_12") not in (None, digest):
-        raise EncoderMismatch(
-            expected=meta["sha256_12"], found=digest, what=f"centring vector {path.name}"
-        )
+        raise EncoderMismatch(expected=meta["sha256_12"], found=digest, what=f"centring vector {path.name}")
     return centre, meta

@@ -76,9 +76,7 @@ class OpenCLIPEncoder:
         device: str = "cpu",
     ):
         if not model_name or not isinstance(model_name, str):
-            raise InvalidParameter(
-                "model_name", model_name, "an open_clip architecture name such as 'ViT-B-32'"
-            )
+            raise InvalidParameter("model_name", model_name, "an open_clip architecture name such as 'ViT-B-32'")
         self.model_name = model_name
         self.device = device
         ckpt = Path(checkpoint).expanduser() if checkpoint is not None else None
@@ -95,12 +93,8 @@ class OpenCLIPEncoder:
                 ) from exc
             if model is None:
                 if ckpt is None:
-                    raise InvalidParameter(
-                        "checkpoint", None, "a local open_clip weights file (nothing is downloaded)"
-                    )
-                model, _, _ = open_clip.create_model_and_transforms(
-                    model_name, pretrained=str(ckpt), device=device
-                )
+                    raise InvalidParameter("checkpoint", None, "a local open_clip weights file (nothing is downloaded)")
+                model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=str(ckpt), device=device)
             if tokenizer is None:
                 tokenizer = open_clip.get_tokenizer(model_name)
         self.model = model.eval() if hasattr(model, "eval") else model
@@ -112,19 +106,13 @@ class OpenCLIPEncoder:
         if isinstance(size, (tuple, list)):
             size = size[0]
         if size is None:
-            raise InvalidParameter(
-                "image_size", None, "an int (the model does not expose visual.image_size)"
-            )
+            raise InvalidParameter("image_size", None, "an int (the model does not expose visual.image_size)")
         self.image_size = check_int("image_size", size, minimum=8, maximum=2048)
         self.mean = tuple(mean or cfg.get("mean") or OPENAI_CLIP_MEAN)
         self.std = tuple(std or cfg.get("std") or OPENAI_CLIP_STD)
         digest = _file_digest(ckpt) if ckpt is not None else _params_digest(model)
         self.space_id = f"openclip/{model_name}/{digest}"
-        self.dim = int(
-            self._encode_image_tensor(
-                self.preprocess(np.zeros((1, 8, 8, 3), dtype=np.uint8))
-            ).shape[-1]
-        )
+        self.dim = int(self._encode_image_tensor(self.preprocess(np.zeros((1, 8, 8, 3), dtype=np.uint8))).shape[-1])
 
     def __repr__(self) -> str:
         return f"OpenCLIPEncoder(space_id={self.space_id!r}, dim={self.dim}, image_size={self.image_size})"
@@ -152,9 +140,7 @@ class OpenCLIPEncoder:
         s = self.image_size
         scale = s / min(h, w)
         nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
-        x = F.interpolate(
-            x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True
-        ).clamp_(0, 1)
+        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
         top, left = (nh - s) // 2, (nw - s) // 2
         x = x[:, :, top : top + s, left : left + s]
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
@@ -167,9 +153,7 @@ class OpenCLIPEncoder:
         with torch.inference_mode():
             return self.model.encode_image(x).float().cpu()
 
-    def encode_images(
-        self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False
-    ) -> np.ndarray:
+    def encode_images(self, images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         batch_size = check_int("batch_size", batch_size, minimum=1)
         starts = range(0, images.shape[0] if isinstance(images, np.ndarray) else 0, batch_size)
         if not isinstance(images, np.ndarray) or images.ndim != 4:
@@ -177,14 +161,10 @@ class OpenCLIPEncoder:
         if progress:
             from tqdm.auto import tqdm
 
-            starts = tqdm(
-                starts, total=len(starts), desc=f"encoding ({self.space_id})", unit="batch"
-            )
+            starts = tqdm(starts, total=len(starts), desc=f"encoding ({self.space_id})", unit="batch")
         out = np.empty((images.shape[0], self.dim), dtype=np.float32)
         for s in starts:
-            out[s : s + batch_size] = self._encode_image_tensor(
-                self.preprocess(images[s : s + batch_size])
-            ).numpy()
+            out[s : s + batch_size] = self._encode_image_tensor(self.preprocess(images[s : s + batch_size])).numpy()
         return l2_normalize(out)
 
     def encode_text(self, texts: list[str]) -> np.ndarray:

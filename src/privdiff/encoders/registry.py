@@ -117,9 +117,7 @@ def load_text_encoder(name: str = "default") -> TextEncoder:
                     what=f"text projection {stem.name} (centring-vector fingerprint)",
                 )
             if enc.space_id != space_id:
-                raise CheckpointError(
-                    f"{stem.name}.json declares space {enc.space_id!r}, expected {space_id!r}"
-                )
+                raise CheckpointError(f"{stem.name}.json declares space {enc.space_id!r}, expected {space_id!r}")
         elif key.startswith("openclip:"):
             # One object serves both towers, so an image and text encoder share the cache entry.
             enc = _IMAGE_CACHE.get(key) or _openclip(key)

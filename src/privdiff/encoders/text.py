@@ -54,9 +54,7 @@ def load_minilm():
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            _MINILM["model"] = SentenceTransformer(
-                str(minilm_path()), device="cpu", local_files_only=True
-            )
+            _MINILM["model"] = SentenceTransformer(str(minilm_path()), device="cpu", local_files_only=True)
         return _MINILM["model"]
 
 
@@ -244,9 +242,7 @@ def load_projection(path_stem: Path):
         )
         net.load_state_dict(load_file(str(weights)), strict=True)
     except (KeyError, ValueError, RuntimeError, OSError) as exc:
-        raise CheckpointError(
-            f"text projection {path_stem} is corrupt or of the wrong kind: {exc}"
-        ) from exc
+        raise CheckpointError(f"text projection {path_stem} is corrupt or of the wrong kind: {exc}") from exc
     net.eval()
     for p in net.parameters():
         p.requires_grad_(False)

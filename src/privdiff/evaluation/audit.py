@@ -263,8 +263,13 @@ def audit_retrieval(
         for name, rows in (("null", base), ("alt", with_canary)):
             # A real ledger, charged for every run (see _AUDIT_BUDGET).
             ledger_path = Path(tmp) / f"{name}.sqlite"
-            with Ledger.create(ledger_path, epsilon=_AUDIT_BUDGET, delta=delta, accountant="paper",
-                               dataset=f"audit:{name}") as ledger:
+            with Ledger.create(
+                ledger_path,
+                epsilon=_AUDIT_BUDGET,
+                delta=delta,
+                accountant="paper",
+                dataset=f"audit:{name}",
+            ) as ledger:
                 index = EmbeddingIndex.from_embeddings(rows, space_id=_AUDIT_SPACE, source=f"audit:{name}")
                 retriever = DPRetriever(index, k=k, sigma=sigma, sample_rate=sample_rate, ledger=ledger, **parts)
                 scores[name] = _release_scores(retriever, canary, runs, bar)
@@ -323,20 +328,57 @@ def audit_retrieval(
 #: (z = 1.5) and two subsampled settings, plus each broken control in the setting where its bug
 #: shows. ``expect_pass`` is what a correct implementation must produce.
 STANDARD_SUITE: tuple[dict[str, Any], ...] = (
-    {"mechanism": "dp", "sigma": 0.3, "sample_rate": 1.0, "k": 10, "runs": 200000, "expect_pass": True},
-    {"mechanism": "broken-half-noise", "sigma": 0.3, "sample_rate": 1.0, "k": 10, "runs": 200000,
-     "expect_pass": False},
-    {"mechanism": "dp", "sigma": 0.2, "sample_rate": 0.2, "k": 5, "n_records": 200, "runs": 50000,
-     "expect_pass": True},
-    {"mechanism": "dp", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10, "runs": 20000,
-     "expect_pass": True},
-    {"mechanism": "broken-pad-last-record", "sigma": 0.2, "sample_rate": 0.05, "k": 10, "n_records": 10,
-     "runs": 20000, "expect_pass": False},
+    {
+        "mechanism": "dp",
+        "sigma": 0.3,
+        "sample_rate": 1.0,
+        "k": 10,
+        "runs": 200000,
+        "expect_pass": True,
+    },
+    {
+        "mechanism": "broken-half-noise",
+        "sigma": 0.3,
+        "sample_rate": 1.0,
+        "k": 10,
+        "runs": 200000,
+        "expect_pass": False,
+    },
+    {
+        "mechanism": "dp",
+        "sigma": 0.2,
+        "sample_rate": 0.2,
+        "k": 5,
+        "n_records": 200,
+        "runs": 50000,
+        "expect_pass": True,
+    },
+    {
+        "mechanism": "dp",
+        "sigma": 0.2,
+        "sample_rate": 0.05,
+        "k": 10,
+        "n_records": 10,
+        "runs": 20000,
+        "expect_pass": True,
+    },
+    {
+        "mechanism": "broken-pad-last-record",
+        "sigma": 0.2,
+        "sample_rate": 0.05,
+        "k": 10,
+        "n_records": 10,
+        "runs": 20000,
+        "expect_pass": False,
+    },
 )
 
 
 def run_suite(
-    suite: tuple[dict[str, Any], ...] = STANDARD_SUITE, *, delta: float = 1e-5, scale: float = 1.0,
+    suite: tuple[dict[str, Any], ...] = STANDARD_SUITE,
+    *,
+    delta: float = 1e-5,
+    scale: float = 1.0,
     progress: bool = False,
 ) -> tuple[list[AuditResult], bool]:
     """Run every audit of ``suite`` (``runs`` multiplied by ``scale``); returns (results, ok).
@@ -385,19 +427,41 @@ def write_audit_report(results: list[AuditResult], out_dir: str | Path, name: st
         axes[1].axhline(r.epsilon_accountant, color=line.get_color(), linestyle="--", linewidth=1)
         axes[1].axvline(r.threshold, color=line.get_color(), linestyle=":", linewidth=0.8)
     axes[0].plot([1e-6, 1], [1e-6, 1], color="grey", linewidth=0.8, linestyle=":")
-    axes[0].set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate",
-                title="canary distinguisher ROC (evaluation runs)")
-    axes[1].set(xlabel="threshold on ⟨release, canary⟩", ylabel=f"ε̂ ({results[0].confidence:.0%} lower bound)",
-                title="ε̂ over thresholds (dashed: accountant ε)")
+    axes[0].set(
+        xscale="log",
+        yscale="log",
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title="canary distinguisher ROC (evaluation runs)",
+    )
+    axes[1].set(
+        xlabel="threshold on ⟨release, canary⟩",
+        ylabel=f"ε̂ ({results[0].confidence:.0%} lower bound)",
+        title="ε̂ over thresholds (dashed: accountant ε)",
+    )
     axes[0].legend(fontsize=7)
     # Summary: the selected-threshold ε̂ (held-out runs) next to the accountant's ε, per audit.
     x = np.arange(len(results))
     axes[2].bar(x - 0.2, [r.epsilon_hat for r in results], width=0.4, color=colours, label="ε̂ (audit)")
-    axes[2].bar(x + 0.2, [r.epsilon_accountant for r in results], width=0.4, color="white",
-                edgecolor=colours, hatch="//", label=f"ε ({results[0].accountant} accountant)")
+    axes[2].bar(
+        x + 0.2,
+        [r.epsilon_accountant for r in results],
+        width=0.4,
+        color="white",
+        edgecolor=colours,
+        hatch="//",
+        label=f"ε ({results[0].accountant} accountant)",
+    )
     for i, r in enumerate(results):
-        axes[2].text(i, max(r.epsilon_hat, r.epsilon_accountant) * 1.02, "ok" if r.passed else "FLAGGED",
-                     ha="center", va="bottom", fontsize=8, color="black" if r.passed else "red")
+        axes[2].text(
+            i,
+            max(r.epsilon_hat, r.epsilon_accountant) * 1.02,
+            "ok" if r.passed else "FLAGGED",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color="black" if r.passed else "red",
+        )
     axes[2].set_xticks(x, [f"{r.mechanism}\nq={r.sample_rate:g}" for r in results], fontsize=7, rotation=20)
     axes[2].set(ylabel="ε", title=f"audit vs accountant, one query (δ={results[0].delta:g})")
     axes[2].legend(fontsize=7)

@@ -79,6 +79,12 @@ class NonPrivateRetrievalContext:
             contexts,
             self.mode,
             False,
-            {"epsilon": math.inf, "sigma": 0.0, "sample_rate": 1.0, "k": self.k, "queries_charged": 0,
-             "warning": "non-private baseline: outputs carry no privacy guarantee"},
+            {
+                "epsilon": math.inf,
+                "sigma": 0.0,
+                "sample_rate": 1.0,
+                "k": self.k,
+                "queries_charged": 0,
+                "warning": "non-private baseline: outputs carry no privacy guarantee",
+            },
         )

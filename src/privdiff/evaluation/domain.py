@@ -29,8 +29,9 @@ Fashion-MNIST images score Inception-FID 54.8 ± 0.8 against one reference).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,8 +93,11 @@ def confusion(intended: Sequence[int], predicted: Sequence[int], num_classes: in
     if a.shape != b.shape or a.ndim != 1:
         raise InvalidParameter("intended/predicted", f"shapes {a.shape}/{b.shape}", "two 1-d arrays of equal length")
     if a.size and (min(a.min(), b.min()) < 0 or max(a.max(), b.max()) >= num_classes):
-        raise InvalidParameter("labels", f"range [{min(a.min(), b.min())}, {max(a.max(), b.max())}]",
-                               f"in [0, {num_classes - 1}]")
+        raise InvalidParameter(
+            "labels",
+            f"range [{min(a.min(), b.min())}, {max(a.max(), b.max())}]",
+            f"in [0, {num_classes - 1}]",
+        )
     out = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(out, (a, b), 1)
     return out
@@ -119,8 +123,9 @@ def kid_from_features(a: np.ndarray, b: np.ndarray) -> float:
     kbb = (b @ b.T / d + 1.0) ** 3
     kab = (a @ b.T / d + 1.0) ** 3
     # Unbiased: drop the diagonal (self-similarity) terms of the within-set sums.
-    return float((kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1))
-                 - 2.0 * kab.mean())
+    return float(
+        (kaa.sum() - np.trace(kaa)) / (m * (m - 1)) + (kbb.sum() - np.trace(kbb)) / (n * (n - 1)) - 2.0 * kab.mean()
+    )
 
 
 _METRICS = {"fid": fid_from_features, "kid": kid_from_features}
@@ -145,7 +150,8 @@ def distance_with_ci(
 
     Both sets are resampled with replacement in each replicate (both are finite samples of their
     distributions). The interval is the centred percentile interval of the replicates (module
-    docstring); the point value is the distance on the full sets. The bootstrap seed is public randomness of the *evaluation*.
+    docstring); the point value is the distance on the full sets. The bootstrap seed is public randomness of
+    the *evaluation*.
     """
     fn = _check_metric(metric)
     a, b = _feats("generated", generated), _feats("reference", reference)
@@ -185,10 +191,17 @@ def paired_difference(
     reference resample, so the noise the two modes share cancels in the difference.
     """
     fn = _check_metric(metric)
-    a, b, r = _feats("generated_a", generated_a), _feats("generated_b", generated_b), _feats("reference", reference)
+    a, b, r = (
+        _feats("generated_a", generated_a),
+        _feats("generated_b", generated_b),
+        _feats("reference", reference),
+    )
     if a.shape != b.shape or a.shape[1] != r.shape[1]:
-        raise InvalidParameter("features", f"shapes {a.shape}/{b.shape}/{r.shape}",
-                               "paired sets of equal shape (N, d) and a reference (M, d)")
+        raise InvalidParameter(
+            "features",
+            f"shapes {a.shape}/{b.shape}/{r.shape}",
+            "paired sets of equal shape (N, d) and a reference (M, d)",
+        )
     n_boot = check_int("n_boot", n_boot, 10, 100_000)
     level = check_in_range("level", level, 0.0, 1.0, high_inclusive=False)
     rng = np.random.default_rng(seed)

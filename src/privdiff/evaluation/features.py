@@ -73,7 +73,9 @@ def effnet_features(images: np.ndarray, *, batch_size: int = 256, progress: bool
             from privdiff.encoders.registry import load_image_encoder
     except ImportError as exc:
         raise InvalidParameter(
-            "feature_space", "effnet", "an available space (pixel, inception)",
+            "feature_space",
+            "effnet",
+            "an available space (pixel, inception)",
             hint=f"privdiff.encoders.load_image_encoder is not available: {exc}",
         ) from exc
     encoder = load_image_encoder(EFFNET_ENCODER)
@@ -85,7 +87,13 @@ def inception_features_unit(images: np.ndarray, *, batch_size: int = 50, progres
     return _unit_rows(cached_inception_features(images, batch_size=batch_size, progress=progress))
 
 
-def extract_features(images: np.ndarray, feature_space: str = "pixel", *, batch_size: int | None = None, progress: bool = False) -> np.ndarray:
+def extract_features(
+    images: np.ndarray,
+    feature_space: str = "pixel",
+    *,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Unit-norm float32 (N, D) features of uint8 NHWC ``images`` in ``feature_space``."""
     feature_space = check_feature_space(feature_space)
     images = check_images(images)
@@ -102,7 +110,16 @@ def describe_feature_space(feature_space: str) -> dict[str, Any]:
     """A JSON-friendly description of a space, recorded next to every replication number."""
     feature_space = check_feature_space(feature_space)
     if feature_space == "pixel":
-        return {"name": "pixel", "definition": "flattened pixels/255, centred per image, L2-normalised (cosine = Pearson correlation)"}
+        return {
+            "name": "pixel",
+            "definition": "flattened pixels/255, centred per image, L2-normalised (cosine = Pearson correlation)",
+        }
     if feature_space == "effnet":
-        return {"name": "effnet", "definition": f"privdiff.encoders.load_image_encoder({EFFNET_ENCODER!r}) embeddings, L2-normalised"}
-    return {"name": "inception", "definition": f"{FEATURE_EXTRACTOR_ID} pool features, L2-normalised"}
+        return {
+            "name": "effnet",
+            "definition": f"privdiff.encoders.load_image_encoder({EFFNET_ENCODER!r}) embeddings, L2-normalised",
+        }
+    return {
+        "name": "inception",
+        "definition": f"{FEATURE_EXTRACTOR_ID} pool features, L2-normalised",
+    }

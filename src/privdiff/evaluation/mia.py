@@ -23,8 +23,9 @@ scikit-learn, alongside the z-test statistic of the CPSample paper.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,9 +105,18 @@ def roc_summary(member_errors: np.ndarray, nonmember_errors: np.ndarray, *, max_
 def summarise(attack: str, t: int, member_errors: np.ndarray, nonmember_errors: np.ndarray) -> MIAResult:
     z, p = z_test(member_errors, nonmember_errors)
     roc = roc_summary(member_errors, nonmember_errors)
-    return MIAResult(attack=attack, t=int(t), n_members=int(len(member_errors)), n_nonmembers=int(len(nonmember_errors)),
-                     mean_member=float(np.mean(member_errors)), mean_nonmember=float(np.mean(nonmember_errors)),
-                     z=z, p=p, auc=roc["auc"], tpr_at_1pct_fpr=roc["tpr_at_fpr"])
+    return MIAResult(
+        attack=attack,
+        t=int(t),
+        n_members=int(len(member_errors)),
+        n_nonmembers=int(len(nonmember_errors)),
+        mean_member=float(np.mean(member_errors)),
+        mean_nonmember=float(np.mean(nonmember_errors)),
+        z=z,
+        p=p,
+        auc=roc["auc"],
+        tpr_at_1pct_fpr=roc["tpr_at_fpr"],
+    )
 
 
 def _validate(x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> int:
@@ -115,8 +125,16 @@ def _validate(x0: torch.Tensor, t: int, alphas_cumprod: torch.Tensor) -> int:
     return check_int("t", t, minimum=0, maximum=int(alphas_cumprod.shape[0]) - 1)
 
 
-def loss_attack_errors(denoiser: Denoiser, x0: torch.Tensor, t: int, *, alphas_cumprod: torch.Tensor,
-                       seed: int = 0, repeats: int = 1, batch_size: int = 128) -> np.ndarray:
+def loss_attack_errors(
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    t: int,
+    *,
+    alphas_cumprod: torch.Tensor,
+    seed: int = 0,
+    repeats: int = 1,
+    batch_size: int = 128,
+) -> np.ndarray:
     """Per-image ‖ε − ε̂(√ᾱ_t x + √(1−ᾱ_t) ε, t)‖² summed over pixels (Matsumoto et al. 2023; CPSample
     Algorithm 1), averaged over ``repeats`` noise draws (1 = the paper's single draw)."""
     t = _validate(x0, t, alphas_cumprod)
@@ -136,8 +154,15 @@ def loss_attack_errors(denoiser: Denoiser, x0: torch.Tensor, t: int, *, alphas_c
     return out / repeats
 
 
-def pia_errors(denoiser: Denoiser, x0: torch.Tensor, t: int, *, alphas_cumprod: torch.Tensor, p: float = 4.0,
-               batch_size: int = 128) -> np.ndarray:
+def pia_errors(
+    denoiser: Denoiser,
+    x0: torch.Tensor,
+    t: int,
+    *,
+    alphas_cumprod: torch.Tensor,
+    p: float = 4.0,
+    batch_size: int = 128,
+) -> np.ndarray:
     """PIA (Kong et al. 2024): ‖ε₀ − ε̂(√ᾱ_t x + √(1−ᾱ_t) ε₀, t)‖_p^p with ε₀ = ε̂(x, 0)."""
     t = _validate(x0, t, alphas_cumprod)
     check_positive("p", p)
@@ -154,9 +179,18 @@ def pia_errors(denoiser: Denoiser, x0: torch.Tensor, t: int, *, alphas_cumprod: 
     return out
 
 
-def run_attacks(denoiser: Denoiser, members: torch.Tensor, nonmembers: torch.Tensor, *, alphas_cumprod: torch.Tensor,
-                timesteps: Sequence[int] = DEFAULT_TIMESTEPS, attacks: Sequence[str] = ("loss", "pia"),
-                seed: int = 0, repeats: int = 1, progress: bool = False) -> list[MIAResult]:
+def run_attacks(
+    denoiser: Denoiser,
+    members: torch.Tensor,
+    nonmembers: torch.Tensor,
+    *,
+    alphas_cumprod: torch.Tensor,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    attacks: Sequence[str] = ("loss", "pia"),
+    seed: int = 0,
+    repeats: int = 1,
+    progress: bool = False,
+) -> list[MIAResult]:
     """Run the attacks at each t on members vs non-members (model-space tensors) and summarise.
 
     The loss attack uses the same noise seed for members and non-members' draws (different images,
@@ -172,7 +206,14 @@ def run_attacks(denoiser: Denoiser, members: torch.Tensor, nonmembers: torch.Ten
     for attack, t in tqdm(jobs, desc="MIA", disable=not progress):
         if attack == "loss":
             em = loss_attack_errors(denoiser, members, t, alphas_cumprod=alphas_cumprod, seed=seed, repeats=repeats)
-            en = loss_attack_errors(denoiser, nonmembers, t, alphas_cumprod=alphas_cumprod, seed=seed + 1, repeats=repeats)
+            en = loss_attack_errors(
+                denoiser,
+                nonmembers,
+                t,
+                alphas_cumprod=alphas_cumprod,
+                seed=seed + 1,
+                repeats=repeats,
+            )
         else:
             em = pia_errors(denoiser, members, t, alphas_cumprod=alphas_cumprod)
             en = pia_errors(denoiser, nonmembers, t, alphas_cumprod=alphas_cumprod)

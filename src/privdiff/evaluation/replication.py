@@ -28,7 +28,11 @@ from typing import Any
 import numpy as np
 
 from privdiff.errors import InvalidParameter, check_in_range, check_int, check_nonnegative
-from privdiff.evaluation.features import check_feature_space, describe_feature_space, extract_features
+from privdiff.evaluation.features import (
+    check_feature_space,
+    describe_feature_space,
+    extract_features,
+)
 from privdiff.evaluation.fid import check_images, library_versions
 
 # ---------------------------------------------------------------------------------------------
@@ -47,10 +51,22 @@ _PROVENANCE = (
 RECOMMENDED_THRESHOLDS: dict[str, dict[str, Any]] = {
     # Copies are caught (TPR 0.99 at FPR 0.01, AUC 0.999) unless translated: a 1-px shift drops TPR
     # to 0.13, so pixel space detects replicas, not re-positioned copies.
-    "pixel": {"threshold": 0.9705203175544739, "fpr": 0.01, "tpr": 0.99, "auc": 0.999492, "provenance": _PROVENANCE},
+    "pixel": {
+        "threshold": 0.9705203175544739,
+        "fpr": 0.01,
+        "tpr": 0.99,
+        "auc": 0.999492,
+        "provenance": _PROVENANCE,
+    },
     # EfficientNet features of 28-px greyscale items are dominated by texture: σ=8/255 noise moves a
     # copy further than the distance between two different shirts (AUC 0.55). Calibrated but weak.
-    "effnet": {"threshold": 0.8849606513977051, "fpr": 0.01, "tpr": 0.138, "auc": 0.545148, "provenance": _PROVENANCE},
+    "effnet": {
+        "threshold": 0.8849606513977051,
+        "fpr": 0.01,
+        "tpr": 0.138,
+        "auc": 0.545148,
+        "provenance": _PROVENANCE,
+    },
 }
 
 #: The feature space CPSample experiments should use by default.
@@ -62,8 +78,11 @@ def recommended_threshold_info(feature_space: str = DEFAULT_FEATURE_SPACE) -> di
     feature_space = check_feature_space(feature_space)
     if feature_space not in RECOMMENDED_THRESHOLDS:
         raise InvalidParameter(
-            "feature_space", feature_space,
-            "a space with a calibrated threshold: " + ", ".join(sorted(RECOMMENDED_THRESHOLDS)) if RECOMMENDED_THRESHOLDS else "a calibrated space",
+            "feature_space",
+            feature_space,
+            "a space with a calibrated threshold: " + ", ".join(sorted(RECOMMENDED_THRESHOLDS))
+            if RECOMMENDED_THRESHOLDS
+            else "a calibrated space",
             hint="pass an explicit threshold, or calibrate one with experiments/replication_threshold.py",
         )
     return dict(RECOMMENDED_THRESHOLDS[feature_space])
@@ -90,7 +109,9 @@ def nearest_neighbours(query: np.ndarray, reference: np.ndarray) -> tuple[np.nda
     reference = np.ascontiguousarray(reference, dtype=np.float32)
     if query.ndim != 2 or reference.ndim != 2 or query.shape[1] != reference.shape[1]:
         raise InvalidParameter(
-            "features", f"<query {query.shape}, reference {reference.shape}>", "2-d arrays with equal widths"
+            "features",
+            f"<query {query.shape}, reference {reference.shape}>",
+            "2-d arrays with equal widths",
         )
     if reference.shape[0] == 0 or query.shape[0] == 0:
         raise InvalidParameter("features", f"<query {query.shape}, reference {reference.shape}>", "non-empty")
@@ -105,7 +126,8 @@ def _check_pair(generated: np.ndarray, reference: np.ndarray, feature_space: str
     check_images(reference, "reference")
     if feature_space == "pixel" and generated.shape[1:] != reference.shape[1:]:
         raise InvalidParameter(
-            "generated", f"<images of shape {generated.shape[1:]}>",
+            "generated",
+            f"<images of shape {generated.shape[1:]}>",
             f"the reference image shape {reference.shape[1:]} in the pixel feature space",
             hint="resize one side, or use feature_space='effnet' or 'inception'",
         )
@@ -152,8 +174,11 @@ class ReplicationReport:
         n = check_int("n", n, minimum=1)
         order = np.argsort(-self.similarities, kind="stable")[:n]
         return [
-            {"generated_index": int(i), "reference_index": int(self.nearest_index[i]),
-             "similarity": float(self.similarities[i])}
+            {
+                "generated_index": int(i),
+                "reference_index": int(self.nearest_index[i]),
+                "similarity": float(self.similarities[i]),
+            }
             for i in order
         ]
 
@@ -162,7 +187,7 @@ class ReplicationReport:
         out: dict[str, Any] = {
             "metric": "replication_rate",
             "definition": "fraction of generated images whose nearest-neighbour cosine similarity "
-                          "to the reference set exceeds the threshold (CPSample, Kazdan et al. 2025, §2.2)",
+            "to the reference set exceeds the threshold (CPSample, Kazdan et al. 2025, §2.2)",
             "rate": self.rate,
             "n_replicated": self.n_replicated,
             "n_generated": self.n_generated,
@@ -171,8 +196,11 @@ class ReplicationReport:
             "threshold_source": self.threshold_source,
             "feature_space": describe_feature_space(self.feature_space),
             "similarity_summary": {
-                "min": float(sims.min()), "median": float(np.median(sims)), "mean": float(sims.mean()),
-                "p95": float(np.quantile(sims, 0.95)), "max": float(sims.max()),
+                "min": float(sims.min()),
+                "median": float(np.median(sims)),
+                "mean": float(sims.mean()),
+                "p95": float(np.quantile(sims, 0.95)),
+                "max": float(sims.max()),
             },
             "top_pairs": self.top_pairs(min(top_n, self.n_generated)),
             "settings": dict(self.settings),
@@ -238,14 +266,23 @@ def compare_rates(report_a: ReplicationReport, report_b: ReplicationReport) -> d
 
     if report_a.threshold != report_b.threshold or report_a.feature_space != report_b.feature_space:
         raise InvalidParameter(
-            "reports", f"<{report_a.feature_space}@{report_a.threshold} vs {report_b.feature_space}@{report_b.threshold}>",
+            "reports",
+            f"<{report_a.feature_space}@{report_a.threshold} vs {report_b.feature_space}@{report_b.threshold}>",
             "two reports with the same feature space and threshold",
         )
-    table = [[report_a.n_replicated, report_a.n_generated - report_a.n_replicated],
-             [report_b.n_replicated, report_b.n_generated - report_b.n_replicated]]
+    table = [
+        [report_a.n_replicated, report_a.n_generated - report_a.n_replicated],
+        [report_b.n_replicated, report_b.n_generated - report_b.n_replicated],
+    ]
     res = fisher_exact(table, alternative="two-sided")
-    return {"test": "fisher_exact (two-sided)", "table": table, "odds_ratio": float(res.statistic),
-            "p_value": float(res.pvalue), "rate_a": report_a.rate, "rate_b": report_b.rate}
+    return {
+        "test": "fisher_exact (two-sided)",
+        "table": table,
+        "odds_ratio": float(res.statistic),
+        "p_value": float(res.pvalue),
+        "rate_a": report_a.rate,
+        "rate_b": report_b.rate,
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +294,13 @@ def _as_display(img: np.ndarray) -> tuple[np.ndarray, str | None]:
     return (img[..., 0], "gray") if img.shape[-1] == 1 else (img, None)
 
 
-def save_top_pairs(report: ReplicationReport, generated: np.ndarray, reference: np.ndarray, path: str | Path, n: int = 4) -> Path:
+def save_top_pairs(
+    report: ReplicationReport,
+    generated: np.ndarray,
+    reference: np.ndarray,
+    path: str | Path,
+    n: int = 4,
+) -> Path:
     """PNG of the ``n`` most replicated samples: each row is generated | nearest reference image.
 
     The layout of CPSample Fig. 1 (the 4 samples closest to their nearest training neighbour), with
@@ -271,7 +314,11 @@ def save_top_pairs(report: ReplicationReport, generated: np.ndarray, reference: 
     check_images(generated, "generated")
     check_images(reference, "reference")
     if generated.shape[0] != report.n_generated:
-        raise InvalidParameter("generated", f"<{generated.shape[0]} images>", f"the {report.n_generated} images of the report")
+        raise InvalidParameter(
+            "generated",
+            f"<{generated.shape[0]} images>",
+            f"the {report.n_generated} images of the report",
+        )
     pairs = report.top_pairs(min(check_int("n", n, minimum=1), report.n_generated))
     fig, axes = plt.subplots(len(pairs), 2, figsize=(4.2, 2.1 * len(pairs)), squeeze=False)
     for row, pair in zip(axes, pairs, strict=True):
@@ -280,12 +327,18 @@ def save_top_pairs(report: ReplicationReport, generated: np.ndarray, reference: 
         row[0].imshow(g, cmap=gc, vmin=0, vmax=255)
         row[1].imshow(r, cmap=rc, vmin=0, vmax=255)
         above = "above" if pair["similarity"] > report.threshold else "below"
-        row[0].set_title(f"generated #{pair['generated_index']}\ns={pair['similarity']:.3f} ({above} τ)", fontsize=8)
+        row[0].set_title(
+            f"generated #{pair['generated_index']}\ns={pair['similarity']:.3f} ({above} τ)",
+            fontsize=8,
+        )
         row[1].set_title(f"nearest reference #{pair['reference_index']}", fontsize=8)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"top {len(pairs)} by NN similarity ({report.feature_space}, τ={report.threshold:.3f})", fontsize=9)
+    fig.suptitle(
+        f"top {len(pairs)} by NN similarity ({report.feature_space}, τ={report.threshold:.3f})",
+        fontsize=9,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +376,11 @@ def save_histogram(
             s = s.similarities
         arr = np.asarray(s, dtype=np.float64).ravel()
         if arr.size == 0 or not np.isfinite(arr).all():
-            raise InvalidParameter("similarities", f"<{arr.size} values for {label!r}>", "a non-empty array of finite values")
+            raise InvalidParameter(
+                "similarities",
+                f"<{arr.size} values for {label!r}>",
+                "a non-empty array of finite values",
+            )
         arrays[str(label)] = arr
     bins = check_int("bins", bins, minimum=1)
     lo = min(a.min() for a in arrays.values())
@@ -386,7 +443,12 @@ def augment_copies(
     out += rng.normal(0.0, noise_std, size=out.shape).astype(np.float32)
     out += (rng.uniform(-brightness, brightness, size=(n, 1, 1, 1)) * 255.0).astype(np.float32)
     copies = np.clip(np.rint(out), 0, 255).astype(np.uint8)
-    return copies, {"seed": seed, "max_shift": max_shift, "noise_std": noise_std, "brightness": brightness}
+    return copies, {
+        "seed": seed,
+        "max_shift": max_shift,
+        "noise_std": noise_std,
+        "brightness": brightness,
+    }
 
 
 def threshold_at_fpr(negatives: np.ndarray, max_fpr: float) -> float:
@@ -424,7 +486,8 @@ class ThresholdCalibration:
         out = {
             "feature_space": describe_feature_space(self.feature_space),
             "threshold": self.threshold,
-            "rule": f"smallest threshold with false-positive rate <= {self.max_fpr} on non-copies; replicated means similarity > threshold",
+            "rule": f"smallest threshold with false-positive rate <= {self.max_fpr} on non-copies; "
+            "replicated means similarity > threshold",
             "max_fpr": self.max_fpr,
             "fpr": self.fpr,
             "tpr": self.tpr,
@@ -474,11 +537,19 @@ def calibrate_threshold(
     if copy_sources is not None:
         copy_sources = np.asarray(copy_sources)
         if copy_sources.shape != (copies.shape[0],) or not np.issubdtype(copy_sources.dtype, np.integer):
-            raise InvalidParameter("copy_sources", f"<{copy_sources.dtype} {copy_sources.shape}>", f"integers of shape ({copies.shape[0]},)")
+            raise InvalidParameter(
+                "copy_sources",
+                f"<{copy_sources.dtype} {copy_sources.shape}>",
+                f"integers of shape ({copies.shape[0]},)",
+            )
 
     ref = extract_features(reference, feature_space, batch_size=batch_size, progress=progress)
-    pos, pos_idx = nearest_neighbours(extract_features(copies, feature_space, batch_size=batch_size, progress=progress), ref)
-    neg, _ = nearest_neighbours(extract_features(non_copies, feature_space, batch_size=batch_size, progress=progress), ref)
+    pos, pos_idx = nearest_neighbours(
+        extract_features(copies, feature_space, batch_size=batch_size, progress=progress), ref
+    )
+    neg, _ = nearest_neighbours(
+        extract_features(non_copies, feature_space, batch_size=batch_size, progress=progress), ref
+    )
     tau = threshold_at_fpr(neg, max_fpr)
     labels = np.r_[np.ones(pos.size), np.zeros(neg.size)]
     return ThresholdCalibration(
@@ -500,7 +571,10 @@ def save_calibration_plot(calibration: ThresholdCalibration, path: str | Path) -
     """Overlaid histograms of copy and non-copy NN similarities with the calibrated τ."""
     c = calibration
     return save_histogram(
-        {"known copies (augmented reference)": c.copy_similarities, "non-copies (held out)": c.noncopy_similarities},
+        {
+            "known copies (augmented reference)": c.copy_similarities,
+            "non-copies (held out)": c.noncopy_similarities,
+        },
         path,
         threshold=c.threshold,
         title=f"{c.feature_space}: τ={c.threshold:.3f}  FPR={c.fpr:.3f}  TPR={c.tpr:.3f}  AUC={c.auc:.3f}",

@@ -84,10 +84,20 @@ class YardstickNet(nn.Module):
         w1, w2 = config.widths
         c = config.channels
         self.body = nn.Sequential(
-            nn.Conv2d(c, w1, 3, padding=1), nn.BatchNorm2d(w1), nn.ReLU(),
-            nn.Conv2d(w1, w1, 3, padding=1), nn.BatchNorm2d(w1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(w1, w2, 3, padding=1), nn.BatchNorm2d(w2), nn.ReLU(),
-            nn.Conv2d(w2, w2, 3, padding=1), nn.BatchNorm2d(w2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(c, w1, 3, padding=1),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(),
+            nn.Conv2d(w1, w1, 3, padding=1),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(w1, w2, 3, padding=1),
+            nn.BatchNorm2d(w2),
+            nn.ReLU(),
+            nn.Conv2d(w2, w2, 3, padding=1),
+            nn.BatchNorm2d(w2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             nn.Flatten(),
         )
         side = config.image_size // 4
@@ -115,7 +125,9 @@ class Yardstick:
         want = (cfg.image_size, cfg.image_size, cfg.channels)
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != want:
             raise InvalidParameter(
-                "images", f"<{x.dtype} array of shape {x.shape}>", f"uint8 of shape (N, {', '.join(map(str, want))})"
+                "images",
+                f"<{x.dtype} array of shape {x.shape}>",
+                f"uint8 of shape (N, {', '.join(map(str, want))})",
             )
         return x
 
@@ -148,8 +160,12 @@ class Yardstick:
         """(overall accuracy, per-class accuracy array) on labelled images."""
         labels = np.asarray(labels, dtype=np.int64)
         pred = self.predict(images)
-        per = np.array([float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
-                        for c in range(self.config.num_classes)])
+        per = np.array(
+            [
+                float((pred[labels == c] == c).mean()) if (labels == c).any() else float("nan")
+                for c in range(self.config.num_classes)
+            ]
+        )
         return float((pred == labels).mean()), per
 
     # -- persistence -----------------------------------------------------------------------------
@@ -220,19 +236,31 @@ def train_yardstick(
     x = np.asarray(train_images)
     y = np.asarray(train_labels, dtype=np.int64)
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1] != x.shape[2] or x.shape[0] != y.shape[0] or x.shape[0] < 2:
-        raise InvalidParameter("train_images", f"<{x.dtype} array {x.shape}>", "uint8 (N >= 2, S, S, C) with one label each")
+        raise InvalidParameter(
+            "train_images",
+            f"<{x.dtype} array {x.shape}>",
+            "uint8 (N >= 2, S, S, C) with one label each",
+        )
     if x.shape[1] % 4:
         raise InvalidParameter("image_size", x.shape[1], "a multiple of 4 (two 2×2 poolings)")
     if len(class_names) < 2 or y.min() < 0 or y.max() >= len(class_names):
-        raise InvalidParameter("labels", f"range [{y.min()}, {y.max()}]", f"in [0, {len(class_names) - 1}] with >= 2 classes")
+        raise InvalidParameter(
+            "labels",
+            f"range [{y.min()}, {y.max()}]",
+            f"in [0, {len(class_names) - 1}] with >= 2 classes",
+        )
     epochs = check_int("epochs", epochs, 1, 1000)
     batch_size = check_int("batch_size", batch_size, 1, 65536)
     lr = check_positive("lr", lr)
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    config = YardstickConfig(image_size=int(x.shape[1]), channels=int(x.shape[3]), class_names=tuple(class_names),
-                             train_data=train_data)
+    config = YardstickConfig(
+        image_size=int(x.shape[1]),
+        channels=int(x.shape[3]),
+        class_names=tuple(class_names),
+        train_data=train_data,
+    )
     net = YardstickNet(config)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     steps_per_epoch = -(-x.shape[0] // batch_size)
@@ -264,14 +292,23 @@ def train_yardstick(
         losses.append(total / count)
     if bar is not None:
         bar.close()
-    report: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
-                              "train_images": int(x.shape[0]), "train_loss_per_epoch": [round(v, 5) for v in losses],
-                              "num_parameters": sum(p.numel() for p in net.parameters())}
+    report: dict[str, Any] = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "train_images": int(x.shape[0]),
+        "train_loss_per_epoch": [round(v, 5) for v in losses],
+        "num_parameters": sum(p.numel() for p in net.parameters()),
+    }
     yard = Yardstick(net, config)
     if test_images is not None and test_labels is not None:
         acc, per = yard.accuracy(test_images, test_labels)
-        report |= {"test_images": int(len(test_labels)), "test_accuracy": round(acc, 4),
-                   "test_accuracy_per_class": {n: round(float(a), 4) for n, a in zip(class_names, per)}}
+        report |= {
+            "test_images": int(len(test_labels)),
+            "test_accuracy": round(acc, 4),
+            "test_accuracy_per_class": {n: round(float(a), 4) for n, a in zip(class_names, per)},
+        }
     yard.config = YardstickConfig(**{**config.__dict__, "report": report})
     return yard
 

@@ -64,8 +64,7 @@ class ContextSource(Protocol):
     k: int
     space_id: str
 
-    def condition(self, queries: np.ndarray, *, request_id: str | None = None) -> Conditioning:
-        ...
+    def condition(self, queries: np.ndarray, *, request_id: str | None = None) -> Conditioning: ...
 
 
 def check_queries(queries: Any, dim: int) -> np.ndarray:
@@ -99,15 +98,29 @@ class DPRetrievalContext:
     mode = "dp-rdm"
     private = True
 
-    def __init__(self, retriever: Any, *, lam: float = 1.0, mix_with: str = "query", public_retriever: Any = None):
+    def __init__(
+        self,
+        retriever: Any,
+        *,
+        lam: float = 1.0,
+        mix_with: str = "query",
+        public_retriever: Any = None,
+    ):
         self.retriever = retriever
         self.lam = check_in_range("lam", lam, 0.0, 1.0)
         if mix_with not in ("query", "public"):
             raise InvalidParameter("mix_with", mix_with, "'query' or 'public'")
         if mix_with == "public" and self.lam < 1.0 and public_retriever is None:
             raise InvalidParameter("public_retriever", None, "a PublicRetriever when mix_with='public'")
-        if public_retriever is not None and getattr(public_retriever, "space_id", retriever.space_id) != retriever.space_id:
-            raise EncoderMismatch(expected=retriever.space_id, found=public_retriever.space_id, what="public retriever")
+        if (
+            public_retriever is not None
+            and getattr(public_retriever, "space_id", retriever.space_id) != retriever.space_id
+        ):
+            raise EncoderMismatch(
+                expected=retriever.space_id,
+                found=public_retriever.space_id,
+                what="public retriever",
+            )
         self.mix_with = mix_with
         self.public_retriever = public_retriever
 
@@ -183,4 +196,9 @@ class QueryOnlyContext:
 
     def condition(self, queries: np.ndarray, *, request_id: str | None = None) -> Conditioning:
         q = check_queries(queries, self.dim)
-        return Conditioning(replicate_context(q, self.k), self.mode, True, {"epsilon": 0.0, "k": self.k, "queries_charged": 0})
+        return Conditioning(
+            replicate_context(q, self.k),
+            self.mode,
+            True,
+            {"epsilon": 0.0, "k": self.k, "queries_charged": 0},
+        )

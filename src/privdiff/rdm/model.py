@@ -89,7 +89,9 @@ class RDMConfig:
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
                 raise InvalidParameter(
-                    "block_out_channels", self.block_out_channels, f"multiples of norm_num_groups={self.norm_num_groups}"
+                    "block_out_channels",
+                    self.block_out_channels,
+                    f"multiples of norm_num_groups={self.norm_num_groups}",
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,9 +150,7 @@ class RDMModel(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Predict ε for noisy images x_t (B, C, H, W) at integer steps t (B,) given C (B, k, d)."""
         if context.ndim != 3 or context.shape[-1] != self.config.embedding_dim:
-            raise InvalidParameter(
-                "context", tuple(context.shape), f"a (B, k, {self.config.embedding_dim}) tensor"
-            )
+            raise InvalidParameter("context", tuple(context.shape), f"a (B, k, {self.config.embedding_dim}) tensor")
         if context.shape[0] != x_t.shape[0]:
             raise InvalidParameter("context", tuple(context.shape), f"batch size {x_t.shape[0]} (as x_t)")
         return self.unet(x_t, t, encoder_hidden_states=context.to(x_t.dtype)).sample
@@ -189,7 +189,11 @@ class RDMModel(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
-        payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": self.config.to_dict()}
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": self.config.to_dict(),
+        }
         payload.update(extra or {})
         # Weights first, config last: a directory with a config always has matching weights.
         with atomic_path(directory / WEIGHTS_FILE) as tmp_w:
@@ -228,9 +232,7 @@ def read_model_info(directory: str | os.PathLike) -> dict[str, Any]:
     directory = Path(directory)
     cfg = directory / CONFIG_FILE
     if not directory.is_dir() or not cfg.is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise CheckpointError(
-            f"{directory} is not an RDM model directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
+        raise CheckpointError(f"{directory} is not an RDM model directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
         info = json.loads(cfg.read_text())
     except (OSError, ValueError) as exc:
@@ -263,7 +265,9 @@ class ClassifierFreeGuidance:
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         b = x_t.shape[0]
         eps = self.model(
-            torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([self.context.to(x_t.dtype), self._null.to(x_t.dtype)])
+            torch.cat([x_t, x_t]),
+            torch.cat([t, t]),
+            torch.cat([self.context.to(x_t.dtype), self._null.to(x_t.dtype)]),
         )
         eps_cond, eps_uncond = eps[:b], eps[b:]
         return eps_uncond + self.guidance_scale * (eps_cond - eps_uncond)

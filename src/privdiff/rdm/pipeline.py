@@ -22,9 +22,10 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from pathlib import Path
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,6 @@ from privdiff.errors import (
 from privdiff.rdm.conditioning import Conditioning, ContextSource
 from privdiff.rdm.model import ClassifierFreeGuidance, RDMModel
 from privdiff.utils.jsonsafe import jsonable
-
 
 #: Largest seed accepted for the public sampler noise: seeds are fed to ``torch.Generator``
 #: (unsigned 64-bit) and recorded in JSON/SQLite-friendly signed 64-bit form, and ``sample`` also
@@ -139,7 +139,14 @@ class DPRDMPipeline:
     Every component must live in the model's embedding space (else ``EncoderMismatch``).
     """
 
-    def __init__(self, model: RDMModel, source: ContextSource, text_encoder: Any = None, *, scheduler: Any = None):
+    def __init__(
+        self,
+        model: RDMModel,
+        source: ContextSource,
+        text_encoder: Any = None,
+        *,
+        scheduler: Any = None,
+    ):
         self.model = model.eval()
         self.source = source
         self.text_encoder = text_encoder
@@ -188,11 +195,21 @@ class DPRDMPipeline:
 
         # 1. Validate everything before the (possibly charged) context query.
         req = self.check_request(
-            prompts, query_embeddings=query_embeddings, images_per_prompt=images_per_prompt,
-            guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, eta=eta, seed=seed,
-            generator=generator, batch_size=batch_size,
+            prompts,
+            query_embeddings=query_embeddings,
+            images_per_prompt=images_per_prompt,
+            guidance_scale=guidance_scale,
+            num_inference_steps=num_inference_steps,
+            eta=eta,
+            seed=seed,
+            generator=generator,
+            batch_size=batch_size,
         )
-        images_per_prompt, seed, batch_size = req["images_per_prompt"], req["seed"], req["batch_size"]
+        images_per_prompt, seed, batch_size = (
+            req["images_per_prompt"],
+            req["seed"],
+            req["batch_size"],
+        )
         num_inference_steps = req["num_inference_steps"]
         queries, prompt_list = self._queries(prompts, query_embeddings)
         cfg = self.model.config
@@ -216,21 +233,32 @@ class DPRDMPipeline:
             from tqdm.auto import tqdm
 
             # One tick per DDIM step of every batch, so a long batch still shows movement.
-            bar = tqdm(total=n_batches * num_inference_steps, desc=f"generate ({cond.mode})", unit="step",
-                       disable=None)  # None: off when stderr is not a terminal
+            bar = tqdm(
+                total=n_batches * num_inference_steps,
+                desc=f"generate ({cond.mode})",
+                unit="step",
+                disable=None,
+            )  # None: off when stderr is not a terminal
         try:
             for start in range(0, n_total, batch_size):
                 rows = torch.arange(start, min(start + batch_size, n_total)) // images_per_prompt
                 denoiser = ClassifierFreeGuidance(self.model, contexts_p[rows], guidance_scale)
                 x0 = ddim_sample(
-                    denoiser, self.scheduler, x_T[start : start + batch_size], num_inference_steps=num_inference_steps,
-                    eta=eta, generator=generator, callback=(lambda *a: bar.update(1)) if bar is not None else None,
+                    denoiser,
+                    self.scheduler,
+                    x_T[start : start + batch_size],
+                    num_inference_steps=num_inference_steps,
+                    eta=eta,
+                    generator=generator,
+                    callback=(lambda *a: bar.update(1)) if bar is not None else None,
                 )
                 out.append(to_uint8(x0))
         finally:
             if bar is not None:
                 bar.close()
-        images = np.concatenate(out).reshape(len(prompt_list), images_per_prompt, cfg.sample_size, cfg.sample_size, cfg.channels)
+        images = np.concatenate(out).reshape(
+            len(prompt_list), images_per_prompt, cfg.sample_size, cfg.sample_size, cfg.channels
+        )
         return GenerationOutput(
             images=images,
             prompts=prompt_list,
@@ -289,14 +317,20 @@ class DPRDMPipeline:
         max_n = max(0, (MAX_GENERATION_BYTES - fixed) // (per_image * max(1, n_prompts)))
         if images_per_prompt > max_n:
             raise InvalidParameter(
-                "images_per_prompt", images_per_prompt, f"an integer in [1, {max_n}]",
+                "images_per_prompt",
+                images_per_prompt,
+                f"an integer in [1, {max_n}]",
                 hint=f"{n_prompts} prompt(s) × {images_per_prompt} images would need "
                 f"{(fixed + per_image * n_prompts * images_per_prompt) / 2**30:.1f} GiB; "
                 f"the limit is {MAX_GENERATION_BYTES / 2**30:.0f} GiB (run several smaller requests)",
             )
         return {
-            "images_per_prompt": images_per_prompt, "guidance_scale": guidance_scale,
-            "num_inference_steps": num_inference_steps, "eta": eta, "seed": seed, "batch_size": batch_size,
+            "images_per_prompt": images_per_prompt,
+            "guidance_scale": guidance_scale,
+            "num_inference_steps": num_inference_steps,
+            "eta": eta,
+            "seed": seed,
+            "batch_size": batch_size,
             "num_images": n_prompts * images_per_prompt,
             "memory_bytes": fixed + per_image * n_prompts * images_per_prompt,
             "image_bytes": cfg.channels * cfg.sample_size**2 * n_prompts * images_per_prompt,
@@ -318,7 +352,9 @@ class DPRDMPipeline:
         q = np.asarray(query_embeddings, dtype=np.float32)
         if q.ndim != 2 or q.shape[0] < 1 or q.shape[1] != self.model.embedding_dim:
             raise InvalidParameter(
-                "query_embeddings", f"array of shape {q.shape}", f"(P >= 1, {self.model.embedding_dim})"
+                "query_embeddings",
+                f"array of shape {q.shape}",
+                f"(P >= 1, {self.model.embedding_dim})",
             )
         return q, [None] * q.shape[0]
 
@@ -364,7 +400,11 @@ def generation_defaults(model_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def public_embeddings_for(
-    spec: str, image_encoder: Any, private_index: Any = None, *, cache_dir: str | os.PathLike | None = None
+    spec: str,
+    image_encoder: Any,
+    private_index: Any = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
 ) -> Any:
     """:class:`~privdiff.retrieval.PublicEmbeddings` of a public dataset spec (cached encoding in
     ``cache_dir``, default privdiff's shared cache).
@@ -416,7 +456,11 @@ def make_pipeline(
     """
     from privdiff.encoders import load_image_encoder, load_text_encoder
     from privdiff.evaluation.baselines import NonPrivateRetrievalContext
-    from privdiff.rdm.conditioning import DPRetrievalContext, PublicRetrievalContext, QueryOnlyContext
+    from privdiff.rdm.conditioning import (
+        DPRetrievalContext,
+        PublicRetrievalContext,
+        QueryOnlyContext,
+    )
 
     defaults = generation_defaults(model_dir)
     k = check_int("k", k if k is not None else defaults["k"], 1)
@@ -436,7 +480,11 @@ def make_pipeline(
         from privdiff.retrieval import DPRetriever, PublicRetriever, load_index
 
         if index is None or ledger is None:
-            raise InvalidParameter("index/ledger", (index, ledger), "both given in dp-rdm mode (--index DIR --ledger FILE)")
+            raise InvalidParameter(
+                "index/ledger",
+                (index, ledger),
+                "both given in dp-rdm mode (--index DIR --ledger FILE)",
+            )
         sigma = sigma if sigma is not None else defaults["sigma"]
         sample_rate = sample_rate if sample_rate is not None else defaults["sample_rate"]
         idx = load_index(index, expected_space=model.space_id)
@@ -449,7 +497,10 @@ def make_pipeline(
             warnings.warn(message, PrivdiffWarning, stacklevel=2)
         public = None
         if mix_with == "public" and lam < 1.0:
-            public = PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx, cache_dir=embedding_cache), k)
+            public = PublicRetriever(
+                public_embeddings_for(public_data, image_encoder(), idx, cache_dir=embedding_cache),
+                k,
+            )
         source: Any = DPRetrievalContext(retriever, lam=lam, mix_with=mix_with, public_retriever=public)
     elif mode == "public-retrieval":
         from privdiff.retrieval import PublicRetriever, load_index
@@ -457,7 +508,11 @@ def make_pipeline(
         # With --index, the "public" set is checked to share no image with the private one.
         idx = None if index is None else load_index(index, expected_space=model.space_id, verify="size")
         source = PublicRetrievalContext(
-            PublicRetriever(public_embeddings_for(public_data, image_encoder(), idx, cache_dir=embedding_cache), k))
+            PublicRetriever(
+                public_embeddings_for(public_data, image_encoder(), idx, cache_dir=embedding_cache),
+                k,
+            )
+        )
     elif mode == "non-private":
         from privdiff.data import load_dataset
         from privdiff.rdm.train import cached_embeddings
@@ -522,8 +577,10 @@ def generate_to_directory(
 def _setting_title(result: GenerationOutput) -> str:
     pv, st = result.privacy, result.settings
     if result.mode == "dp-rdm":
-        head = f"DP-RDM eps_spent={pv.get('epsilon_spent', 0):.3g} delta={pv.get('delta', 0):.2g} " \
-               f"sigma={pv.get('sigma')} q={pv.get('sample_rate')} k={pv.get('k')}"
+        head = (
+            f"DP-RDM eps_spent={pv.get('epsilon_spent', 0):.3g} delta={pv.get('delta', 0):.2g} "
+            f"sigma={pv.get('sigma')} q={pv.get('sample_rate')} k={pv.get('k')}"
+        )
     elif not result.private:
         head = "NON-PRIVATE baseline (eps = inf)"
     else:
@@ -643,7 +700,12 @@ def write_domain_reference(model_dir: str | os.PathLike, public_embeddings: np.n
     reference = emb[ref_idx]
     baseline = mean_max_similarity(emb[held], reference)
     path = Path(model_dir) / DOMAIN_REFERENCE_FILE
-    np.savez(path, reference=reference.astype(np.float16), baseline=np.float64(baseline), space_id=np.str_(space_id))
+    np.savez(
+        path,
+        reference=reference.astype(np.float16),
+        baseline=np.float64(baseline),
+        space_id=np.str_(space_id),
+    )
     return path
 
 

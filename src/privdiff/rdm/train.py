@@ -175,7 +175,12 @@ PRIVATE_CACHE_SUBDIR = "private"
 
 
 def cached_embeddings(
-    dataset, encoder, *, private: bool, cache_dir: str | os.PathLike | None = None, progress: bool = True
+    dataset,
+    encoder,
+    *,
+    private: bool,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """``encoder.encode_images(dataset.images)``, cached on disk by (space, dataset, content hash).
 
@@ -293,9 +298,7 @@ def train_rdm(
         except Exception as exc:  # any unpickling failure means the state is unusable
             raise CheckpointError(f"cannot read training state {state_path}: {exc}") from exc
         if state.get("model_config") != model_cfg.to_dict():
-            raise CheckpointError(
-                f"{state_path} was trained with a different model/encoder config; use a new --out"
-            )
+            raise CheckpointError(f"{state_path} was trained with a different model/encoder config; use a new --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         lr_sched.load_state_dict(state["lr_scheduler"])

@@ -88,14 +88,26 @@ def plot_epsilon_curves(
     return path
 
 
-def plot_concept_density(curves: dict[int, list[dict]], path: str | Path, *, delta: float, sigma: float,
-                         queries: int, accountant: str) -> Path:
+def plot_concept_density(
+    curves: dict[int, list[dict]],
+    path: str | Path,
+    *,
+    delta: float,
+    sigma: float,
+    queries: int,
+    accountant: str,
+) -> Path:
     """ε against concept density r, one line per N (methods note §4.8)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     for n, rows in curves.items():
-        ax.plot([r["density"] for r in rows], [r["epsilon"] for r in rows], marker="o", ms=3,
-                label=f"N = {int(n):,}")
+        ax.plot(
+            [r["density"] for r in rows],
+            [r["epsilon"] for r in rows],
+            marker="o",
+            ms=3,
+            label=f"N = {int(n):,}",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("concept density r (share of the private set relevant to a prompt)")
@@ -120,7 +132,13 @@ def plot_answerable(settings_out: list[dict], path: str | Path, target_epsilon: 
     for j, acc in enumerate(names):
         vals = [s["queries_at_target"][acc]["queries"] for s in settings_out]
         style = accountant_style(acc)
-        bars = ax.bar(x + (j - (len(names) - 1) / 2) * width, vals, width, color=style["color"], label=style["label"])
+        bars = ax.bar(
+            x + (j - (len(names) - 1) / 2) * width,
+            vals,
+            width,
+            color=style["color"],
+            label=style["label"],
+        )
         ax.bar_label(bars, labels=[f"{v:,}" for v in vals], fontsize=6, rotation=90, padding=2)
     ax.set_xticks(x, [s["name"] for s in settings_out])
     ax.set_yscale("log")
@@ -177,18 +195,34 @@ def run_planner(
     started = time.time()
     total = planner_evaluations(quick=quick, max_queries=max_queries)
     with tqdm(total=total, desc="planner", unit="eval", disable=not show_progress) as bar:
-        plan = plan_figure_settings(quick=quick, target_epsilon=target_epsilon, max_queries=max_queries,
-                                    progress=bar.update)
+        plan = plan_figure_settings(
+            quick=quick, target_epsilon=target_epsilon, max_queries=max_queries, progress=bar.update
+        )
     settings_out = plan["settings"]
-    panels = [(f"{s['name']}: σ={s['sigma']:g}, q={s['sample_rate']:g}, k={s['k']}, N={s['dataset_size']:,}",
-               s["curve"], s["delta"]) for s in settings_out]
-    png_curves = plot_epsilon_curves(panels, out / "epsilon_vs_queries.png", target_epsilon=plan["target_epsilon"],
-                                     marks=[fs.queries for fs in FIGURE_SETTINGS])
+    panels = [
+        (
+            f"{s['name']}: σ={s['sigma']:g}, q={s['sample_rate']:g}, k={s['k']}, N={s['dataset_size']:,}",
+            s["curve"],
+            s["delta"],
+        )
+        for s in settings_out
+    ]
+    png_curves = plot_epsilon_curves(
+        panels,
+        out / "epsilon_vs_queries.png",
+        target_epsilon=plan["target_epsilon"],
+        marks=[fs.queries for fs in FIGURE_SETTINGS],
+    )
     png_bars = plot_answerable(settings_out, out / "queries_at_target.png", plan["target_epsilon"])
     density = plan["concept_density"]
-    png_density = plot_concept_density(density["curves"], out / "concept_density.png", delta=DENSITY_SETTING["delta"],
-                                       sigma=DENSITY_SETTING["sigma"], queries=DENSITY_SETTING["queries"],
-                                       accountant=DENSITY_SETTING["accountant"])
+    png_density = plot_concept_density(
+        density["curves"],
+        out / "concept_density.png",
+        delta=DENSITY_SETTING["delta"],
+        sigma=DENSITY_SETTING["sigma"],
+        queries=DENSITY_SETTING["queries"],
+        accountant=DENSITY_SETTING["accountant"],
+    )
     result = {
         "command": command,
         **plan,

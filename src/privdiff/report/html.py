@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -77,11 +78,11 @@ def _fmt(v: Any) -> tuple[str, bool]:
     return html.escape(str(v)), False
 
 
-
 def _text_cell(v: Any) -> str:
     """A <td> for a formatted value; numbers are right-aligned."""
     text, numeric = _fmt(v)
     return f'<td class="num">{text}</td>' if numeric else f"<td>{text}</td>"
+
 
 @dataclass
 class Section:
@@ -89,7 +90,7 @@ class Section:
     level: int = 2
     parts: list[str] = field(default_factory=list)
 
-    def text(self, *paragraphs: str) -> "Section":
+    def text(self, *paragraphs: str) -> Section:
         """Plain paragraphs (escaped); ``code`` spans in backticks are kept as code."""
         for p in paragraphs:
             esc = html.escape(p)
@@ -98,16 +99,21 @@ class Section:
             self.parts.append(f"<p>{esc}</p>")
         return self
 
-    def bullets(self, items: Sequence[str]) -> "Section":
+    def bullets(self, items: Sequence[str]) -> Section:
         self.parts.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>")
         return self
 
-    def callout(self, text: str, kind: str = "info") -> "Section":
+    def callout(self, text: str, kind: str = "info") -> Section:
         cls = {"info": "callout", "warn": "callout warn", "bad": "callout bad"}[kind]
         self.parts.append(f'<div class="{cls}">{html.escape(text)}</div>')
         return self
 
-    def table(self, rows: Sequence[Sequence[Any]], headers: Sequence[str] | None = None, caption: str | None = None) -> "Section":
+    def table(
+        self,
+        rows: Sequence[Sequence[Any]],
+        headers: Sequence[str] | None = None,
+        caption: str | None = None,
+    ) -> Section:
         return self._table(rows, headers, None, caption, _text_cell)
 
     def image_table(
@@ -118,7 +124,7 @@ class Section:
         header_classes: Sequence[str | None] | None = None,
         width: int | None = None,
         caption: str | None = None,
-    ) -> "Section":
+    ) -> Section:
         """A table whose cells may hold images: a path, PNG bytes or uint8 array is embedded (base64),
         ``None`` is an empty cell and anything else is formatted like :meth:`table`.
 
@@ -135,7 +141,7 @@ class Section:
 
         return self._table(rows, headers, header_classes, caption, cell)
 
-    def _table(self, rows, headers, header_classes, caption, cell) -> "Section":
+    def _table(self, rows, headers, header_classes, caption, cell) -> Section:
         """The one table writer behind :meth:`table` and :meth:`image_table`; ``cell`` draws a <td>."""
         out = ["<table>"]
         if caption:
@@ -143,8 +149,10 @@ class Section:
         if headers:
             classes = list(header_classes or [])
             classes += [None] * (len(headers) - len(classes))
-            ths = ((f'<th class="{html.escape(c)}">' if c else "<th>") + html.escape(str(h)) + "</th>"
-                   for h, c in zip(headers, classes))
+            ths = (
+                (f'<th class="{html.escape(c)}">' if c else "<th>") + html.escape(str(h)) + "</th>"
+                for h, c in zip(headers, classes)
+            )
             out.append("<tr>" + "".join(ths) + "</tr>")
         for row in rows:
             out.append("<tr>" + "".join(cell(v) for v in row) + "</tr>")
@@ -152,7 +160,7 @@ class Section:
         self.parts.append("".join(out))
         return self
 
-    def image(self, image: Any, caption: str | None = None, *, scale: int = 1, width: int | None = None) -> "Section":
+    def image(self, image: Any, caption: str | None = None, *, scale: int = 1, width: int | None = None) -> Section:
         """Embed an image (path, PNG bytes or uint8 array) as a base64 data URI."""
         data = base64.b64encode(_png_bytes(image, scale=scale)).decode("ascii")
         w = f' width="{int(width)}"' if width else ""

@@ -139,7 +139,12 @@ def make_labelled_grid(
 
 
 def save_labelled_grid(
-    rows: list[np.ndarray], labels: list[str], path: str | Path, *, title: str | None = None, scale: int = 1
+    rows: list[np.ndarray],
+    labels: list[str],
+    path: str | Path,
+    *,
+    title: str | None = None,
+    scale: int = 1,
 ) -> Path:
     """:func:`make_labelled_grid` saved as one PNG (already scaled)."""
     return save_png(make_labelled_grid(rows, labels, title=title, scale=scale), path)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class OutputDir:
         self.staging = staging
 
     @classmethod
-    def prepare(cls, out: str | os.PathLike, *, record: str, estimate_bytes: int = 0) -> "OutputDir":
+    def prepare(cls, out: str | os.PathLike, *, record: str, estimate_bytes: int = 0) -> OutputDir:
         """Create ``out`` (and parents), refuse a file or a folder holding earlier outputs,
         write-test it and check ``estimate_bytes`` of free space.
 
@@ -67,7 +67,9 @@ class OutputDir:
             clash = [n for n in (record, IMAGES_NPZ, IMAGES_DIR, GRID_FILE) if (out / n).exists()]
             if clash:
                 raise InvalidParameter(
-                    "out", str(out), f"a directory without earlier outputs (it already holds {', '.join(clash)})"
+                    "out",
+                    str(out),
+                    f"a directory without earlier outputs (it already holds {', '.join(clash)})",
                 )
         # Which folders do not exist yet: abort() removes exactly those (deepest first).
         missing: list[Path] = []
@@ -96,8 +98,9 @@ class OutputDir:
         if estimate_bytes > free:
             self.abort()
             raise InvalidParameter(
-                "out", str(out), f"a file system with at least {estimate_bytes / 2**20:.1f} MiB free "
-                f"(it has {free / 2**20:.1f} MiB)"
+                "out",
+                str(out),
+                f"a file system with at least {estimate_bytes / 2**20:.1f} MiB free (it has {free / 2**20:.1f} MiB)",
             )
         return self
 

@@ -43,7 +43,11 @@ def mix_context(private: PrivateRelease | np.ndarray, public: np.ndarray, lam: f
     p = np.asarray(public)
     if p.ndim == 2:
         if p.shape != (B, d):
-            raise InvalidParameter("public", f"array of shape {p.shape}", f"({B}, {d}) query embeddings or ({B}, {k}, {d}) neighbours")
+            raise InvalidParameter(
+                "public",
+                f"array of shape {p.shape}",
+                f"({B}, {d}) query embeddings or ({B}, {k}, {d}) neighbours",
+            )
         p = np.broadcast_to(p[:, None, :], (B, k, d))
     elif p.ndim == 3:
         if p.shape != (B, k, d):

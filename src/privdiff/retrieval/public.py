@@ -26,6 +26,7 @@ import numpy as np
 
 from privdiff.encoders.base import l2_normalize
 from privdiff.errors import EncoderMismatch, InvalidParameter, PrivdiffError, check_int
+
 # check_public_disjoint lives in the boundary (it reads the private index's source hashes); it is
 # re-exported here because this module is where callers of public data look for it.
 from privdiff.retrieval.private import EmbeddingIndex, check_public_disjoint, validated_unit_rows

@@ -59,9 +59,7 @@ def cache_key(*parts: Any, length: int = KEY_LENGTH) -> str:
         elif isinstance(part, (str, int, float)) and not isinstance(part, bool):
             tag, data = type(part).__name__, str(part).encode()
         else:
-            raise TypeError(
-                f"cache key parts are str, int, float, bytes or arrays, not {type(part).__name__}"
-            )
+            raise TypeError(f"cache key parts are str, int, float, bytes or arrays, not {type(part).__name__}")
         # Length-prefixed, so no two different part lists hash the same bytes.
         h.update(f"{tag}:{len(data)}:".encode())
         h.update(data)
@@ -78,9 +76,7 @@ def owner_only_dir(directory: Path) -> Path:
         if directory.stat().st_mode & 0o077:
             os.chmod(directory, 0o700)
     except OSError as exc:
-        raise DataError(
-            f"cannot make the private cache {directory} owner-only (0700): {exc}"
-        ) from None
+        raise DataError(f"cannot make the private cache {directory} owner-only (0700): {exc}") from None
     return directory
 
 

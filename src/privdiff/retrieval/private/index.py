@@ -20,7 +20,8 @@ printed.
 The manifest holds nothing private beyond what an index inherently reveals (its size N, which
 the DP-RDM accountant's default δ = 1/N already treats as public): no labels, no file names, no
 per-record data. An index built from a private collection is marked ``"visibility": "private"``;
-only :class:`~privdiff.retrieval.private.mechanism.DPRetriever` (through a top-k backend) may read its rows. A ``public`` index
+only :class:`~privdiff.retrieval.private.mechanism.DPRetriever` (through a top-k backend) may read its rows. A
+``public`` index
 (e.g. embeddings of a public image set) can also feed
 :class:`~privdiff.retrieval.public.PublicRetriever`.
 
@@ -47,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from privdiff.utils.atomic import fsync_dir
 from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
+from privdiff.utils.atomic import fsync_dir
 
 __all__ = [
     "FORMAT_NAME",
@@ -123,7 +124,7 @@ class IndexManifest:
         return {"fingerprint": self.fingerprint[:SHORT_FINGERPRINT], **d}
 
     @classmethod
-    def from_dict(cls, raw: Any, where: str = "manifest") -> "IndexManifest":
+    def from_dict(cls, raw: Any, where: str = "manifest") -> IndexManifest:
         if not isinstance(raw, dict):
             raise IndexCorrupt(f"{where}: expected a JSON object, found {type(raw).__name__}")
         if raw.get("format") != FORMAT_NAME:
@@ -197,7 +198,7 @@ class EmbeddingIndex:
         space_id: str,
         source: str = "",
         visibility: str = "private",
-    ) -> "EmbeddingIndex":
+    ) -> EmbeddingIndex:
         """An in-memory index (normalised float32 copy); nothing is written to disk."""
         vectors = validated_unit_rows(embeddings)
         vectors.setflags(write=False)
@@ -325,7 +326,9 @@ def validated_unit_rows(embeddings: Any) -> np.ndarray:
         if (norms == 0).any():
             bad = s + int(np.flatnonzero(norms == 0)[0])
             raise InvalidParameter(
-                "embeddings", f"row {bad} is the zero vector", "non-zero rows (they are L2-normalised)"
+                "embeddings",
+                f"row {bad} is the zero vector",
+                "non-zero rows (they are L2-normalised)",
             )
         out[s : s + block.shape[0]] = block / norms[:, None]
     return out
@@ -378,7 +381,7 @@ def _make_manifest(vectors: np.ndarray, space_id: str, source: str, visibility: 
         vectors_file=VECTORS_FILE,
         vectors_bytes=len(header) + int(vectors.nbytes),
         sha256=sha256,
-        created_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         source=source,
         visibility=visibility,
     )
@@ -395,7 +398,6 @@ def _npy_header_bytes(a: np.ndarray) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Build (atomic) and load (verified)
 # ---------------------------------------------------------------------------------------------
-
 
 
 def build_index(
@@ -493,18 +495,32 @@ def build_index_from_images(
     imgs = np.asarray(images)
     if imgs.ndim != 4 or imgs.dtype != np.uint8 or imgs.shape[0] < 1:
         raise InvalidParameter(
-            "images", f"array of shape {imgs.shape} dtype {imgs.dtype}", "non-empty uint8 (N, H, W, C)"
+            "images",
+            f"array of shape {imgs.shape} dtype {imgs.dtype}",
+            "non-empty uint8 (N, H, W, C)",
         )
     if Path(out_dir).exists() and not overwrite:  # fail before the (slow) encoding
-        raise InvalidParameter("out", str(out_dir), "a path that does not exist yet", hint="pass overwrite to replace it")
+        raise InvalidParameter(
+            "out",
+            str(out_dir),
+            "a path that does not exist yet",
+            hint="pass overwrite to replace it",
+        )
     emb = encoder.encode_images(imgs, batch_size=batch_size, progress=progress)
     emb = np.asarray(emb)
     if emb.shape != (imgs.shape[0], int(encoder.dim)):
         raise InvalidParameter(
-            "encoder output", f"shape {emb.shape}", f"({imgs.shape[0]}, {encoder.dim}) for {encoder.space_id!r}"
+            "encoder output",
+            f"shape {emb.shape}",
+            f"({imgs.shape[0]}, {encoder.dim}) for {encoder.space_id!r}",
         )
     return build_index(
-        out_dir, emb, space_id=encoder.space_id, source=source, visibility=visibility, overwrite=overwrite,
+        out_dir,
+        emb,
+        space_id=encoder.space_id,
+        source=source,
+        visibility=visibility,
+        overwrite=overwrite,
         source_images=imgs,
     )
 
@@ -598,7 +614,9 @@ def check_public_disjoint(private_index: EmbeddingIndex, public_images: Any, *, 
         return None
     if shared:
         raise InvalidParameter(
-            "public_data", name, "a data set with no image in common with the private index",
+            "public_data",
+            name,
+            "a data set with no image in common with the private index",
             hint=f"{shared} of its {len(public_images)} images are private images of index "
             f"{private_index.short_fingerprint}; their neighbours would be released without noise as ε = 0",
         )
@@ -655,9 +673,7 @@ def load_index(
     size = vp.stat().st_size
     if size != m.vectors_bytes:
         kind = "truncated" if size < m.vectors_bytes else "larger than recorded"
-        raise IndexCorrupt(
-            f"{vp}: {kind}: {size} bytes on disk, manifest records {m.vectors_bytes}"
-        )
+        raise IndexCorrupt(f"{vp}: {kind}: {size} bytes on disk, manifest records {m.vectors_bytes}")
     if verify == "full":
         digest = _sha256_of_file(vp, progress=progress)
         if digest != m.sha256:
@@ -671,9 +687,7 @@ def load_index(
     except (ValueError, OSError) as exc:
         raise IndexCorrupt(f"{vp}: not a readable .npy file ({exc})") from None
     if vectors.dtype != np.float32 or vectors.shape != (m.count, m.dim) or not vectors.flags.c_contiguous:
-        raise IndexCorrupt(
-            f"{vp}: holds {vectors.dtype} {vectors.shape}, manifest says float32 ({m.count}, {m.dim})"
-        )
+        raise IndexCorrupt(f"{vp}: holds {vectors.dtype} {vectors.shape}, manifest says float32 ({m.count}, {m.dim})")
     if verify == "full":
         for s in range(0, m.count, _HASH_CHUNK_ROWS):
             block = np.asarray(vectors[s : s + _HASH_CHUNK_ROWS], dtype=np.float64)

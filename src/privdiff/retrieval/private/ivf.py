@@ -22,11 +22,16 @@ the same distribution as sampling all N records first. The only cost is recall (
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from privdiff.errors import EncoderMismatch, InvalidParameter, check_int
 from privdiff.retrieval.private.index import EmbeddingIndex, rows_for_mechanism
 from privdiff.retrieval.private.search import sparse_topk_from_subsets
+
+if TYPE_CHECKING:  # imported lazily below: retrieval.public imports this package
+    from privdiff.retrieval.public import PublicEmbeddings
 
 __all__ = ["IVFLayout", "PublicCoarseQuantizer", "ivf_subsampled_topk"]
 
@@ -44,9 +49,7 @@ class PublicCoarseQuantizer:
         self.source = source
 
     @classmethod
-    def train(
-        cls, public: PublicEmbeddings, nlist: int, *, niter: int = 20, seed: int = 0
-    ) -> "PublicCoarseQuantizer":
+    def train(cls, public: PublicEmbeddings, nlist: int, *, niter: int = 20, seed: int = 0) -> PublicCoarseQuantizer:
         """Spherical k-means (faiss ``Kmeans``) on public embeddings; the seed is public too."""
         import faiss
 
@@ -55,7 +58,8 @@ class PublicCoarseQuantizer:
 
         if not isinstance(public, PublicEmbeddings):
             raise InvalidParameter(
-                "public", type(public).__name__,
+                "public",
+                type(public).__name__,
                 "a PublicEmbeddings (wrap embeddings of a PUBLIC set); private rows must never "
                 "train index structures (DP-RDM §8 item 2)",
             )

@@ -53,10 +53,22 @@ from typing import Any
 
 import numpy as np
 
-from privdiff.errors import EncoderMismatch, InvalidParameter, PrivdiffError, check_in_range, check_int, check_positive
+from privdiff.errors import (
+    EncoderMismatch,
+    InvalidParameter,
+    PrivdiffError,
+    check_in_range,
+    check_int,
+    check_positive,
+)
 from privdiff.retrieval.private.backends import ExactTopK, TopKBackend
 from privdiff.retrieval.private.index import SHORT_FINGERPRINT, EmbeddingIndex, IndexManifest
-from privdiff.retrieval.private.strategies import GaussianNoise, NoiseStrategy, PaddingStrategy, ZeroPadding
+from privdiff.retrieval.private.strategies import (
+    GaussianNoise,
+    NoiseStrategy,
+    PaddingStrategy,
+    ZeroPadding,
+)
 
 __all__ = ["QUERY_NORM_TOLERANCE", "DPRetriever", "PrivateRelease"]
 
@@ -115,7 +127,10 @@ def _validate_queries(embeddings: Any, dim: int) -> np.ndarray:
         raise InvalidParameter("embeddings", f"dtype {arr.dtype}", "a real-valued array (B, d)")
     if arr.ndim != 2:
         raise InvalidParameter(
-            "embeddings", f"array of shape {arr.shape}", f"a 2-D array (B, {dim})", hint="use x[None] for one query"
+            "embeddings",
+            f"array of shape {arr.shape}",
+            f"a 2-D array (B, {dim})",
+            hint="use x[None] for one query",
         )
     if arr.shape[0] < 1:
         raise InvalidParameter("embeddings", f"array of shape {arr.shape}", "at least one query row")
@@ -171,8 +186,18 @@ class DPRetriever:
     The constructor takes no seed on purpose (module docstring, "Randomness").
     """
 
-    __slots__ = ("_backend", "_manifest", "_k", "_sigma", "_sample_rate", "_ledger", "_query", "_query_space",
-                 "_noise", "_padding")
+    __slots__ = (
+        "_backend",
+        "_manifest",
+        "_k",
+        "_sigma",
+        "_sample_rate",
+        "_ledger",
+        "_query",
+        "_query_space",
+        "_noise",
+        "_padding",
+    )
 
     def __init__(
         self,
@@ -192,7 +217,8 @@ class DPRetriever:
             backend = ExactTopK(backend)  # the convenience: an index means exact search
         if not isinstance(backend, TopKBackend) or not isinstance(backend.manifest, IndexManifest):
             raise InvalidParameter(
-                "backend", type(backend).__name__,
+                "backend",
+                type(backend).__name__,
                 "an EmbeddingIndex (see privdiff.retrieval.load_index) or a top-k backend (ExactTopK, IVFTopK)",
             )
         noise = GaussianNoise() if noise is None else noise
@@ -290,9 +316,7 @@ class DPRetriever:
             # would then go out unpaid. Refuse rather than trust it.
             from privdiff.errors import LedgerError
 
-            raise LedgerError(
-                f"ledger charged {charged} queries for a batch of {queries.shape[0]}; nothing released"
-            )
+            raise LedgerError(f"ledger charged {charged} queries for a batch of {queries.shape[0]}; nothing released")
         rng = _fresh_dp_rng()
         sums, counts = self._backend.topk_sums(queries, self._k, self._sample_rate, rng)
         _check_backend_sums(sums, counts, queries.shape, self._k, self._backend)
@@ -323,9 +347,12 @@ def _check_backend_sums(sums: Any, counts: Any, shape: tuple[int, int], k: int, 
     """
     B, d = shape
     ok = (
-        isinstance(sums, np.ndarray) and isinstance(counts, np.ndarray)
-        and sums.shape == (B, d) and counts.shape == (B,)
-        and np.issubdtype(counts.dtype, np.integer) and np.isfinite(sums).all()
+        isinstance(sums, np.ndarray)
+        and isinstance(counts, np.ndarray)
+        and sums.shape == (B, d)
+        and counts.shape == (B,)
+        and np.issubdtype(counts.dtype, np.integer)
+        and np.isfinite(sums).all()
     )
     if ok:
         norms = np.linalg.norm(np.asarray(sums, dtype=np.float64), axis=1)

@@ -38,7 +38,12 @@ import numpy as np
 from privdiff.errors import InvalidParameter, check_in_range, check_int
 from privdiff.retrieval.private.subsample import poisson_pairs
 
-__all__ = ["DENSE_SAMPLE_RATE_THRESHOLD", "select_topk", "sparse_topk_from_subsets", "subsampled_topk"]
+__all__ = [
+    "DENSE_SAMPLE_RATE_THRESHOLD",
+    "select_topk",
+    "sparse_topk_from_subsets",
+    "subsampled_topk",
+]
 
 #: Above this sample rate the dense path (BLAS over all rows + Bernoulli mask) is used. Measured
 #: with ``benchmarks/retrieval.py --crossover`` (N = 200k, d = 512, k = 20, 128 queries, one
@@ -99,9 +104,7 @@ def _as_f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def sparse_topk_from_subsets(
-    vectors: np.ndarray, queries: np.ndarray, subsets: np.ndarray, k: int
-) -> np.ndarray:
+def sparse_topk_from_subsets(vectors: np.ndarray, queries: np.ndarray, subsets: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k of each query over its own candidate set (rows of ``subsets``, -1 padded).
 
     ``subsets`` must be sorted ascending within each row (as ``padded_poisson_subsamples`` makes
@@ -125,8 +128,13 @@ def sparse_topk_from_subsets(
         # Pre-fill: faiss versions differ on whether they write -inf at padded (-1) slots.
         ip = np.full((nb, width), -np.inf, dtype=np.float32)
         faiss.fvec_inner_products_by_idx(
-            faiss.swig_ptr(ip), faiss.swig_ptr(qs), faiss.swig_ptr(vectors), faiss.swig_ptr(sub),
-            int(d), int(nb), int(width),
+            faiss.swig_ptr(ip),
+            faiss.swig_ptr(qs),
+            faiss.swig_ptr(vectors),
+            faiss.swig_ptr(sub),
+            int(d),
+            int(nb),
+            int(width),
         )
         out[s : s + nb], _ = select_topk(ip, sub, k)
     return out
@@ -160,8 +168,13 @@ def _sparse_topk(
             continue
         scores = np.empty(rows.size, dtype=np.float32)
         faiss.pairwise_indexed_inner_product(
-            int(d), int(rows.size), faiss.swig_ptr(qc), faiss.swig_ptr(qid),
-            faiss.swig_ptr(vectors), faiss.swig_ptr(rows), faiss.swig_ptr(scores),
+            int(d),
+            int(rows.size),
+            faiss.swig_ptr(qc),
+            faiss.swig_ptr(qid),
+            faiss.swig_ptr(vectors),
+            faiss.swig_ptr(rows),
+            faiss.swig_ptr(scores),
         )
         order = np.argsort(qid.astype(np.uint16), kind="stable")  # radix sort: O(pairs)
         counts = np.bincount(qid, minlength=nb)
@@ -234,7 +247,6 @@ def subsampled_topk(
     q = check_in_range("sample_rate", sample_rate, 0.0, 1.0)
     if method not in ("auto", "sparse", "dense"):
         raise InvalidParameter("method", method, "one of 'auto', 'sparse', 'dense'")
-    n = vectors.shape[0]
     if method == "auto":
         method = "dense" if q > DENSE_SAMPLE_RATE_THRESHOLD else "sparse"
     if method == "dense":

@@ -14,7 +14,8 @@ i.i.d. Bernoulli(q) inclusion:
 Stage 1 uses numpy's ``Generator.binomial``; stage 2 uses ``Generator.choice(..., replace=False,
 shuffle=False)``, which runs Robert Floyd's sampling algorithm (O(m), hash set) when N <= 10,000
 or m <= N/20 and a partial (tail) Fisher-Yates shuffle otherwise; both produce every m-subset
-with equal probability given unbiased bounded integers. The indices are then sorted: sorted gathers are cache friendly, and the search's
+with equal probability given unbiased bounded integers. The indices are then sorted: sorted gathers are cache
+friendly, and the search's
 tie-breaking (smallest index wins, see ``search.select_topk``) relies on ascending order.
 
 For a *batch* of B queries, :func:`poisson_pairs` draws all B subsamples at once as the set of
@@ -44,7 +45,12 @@ import numpy as np
 
 from privdiff.errors import check_in_range, check_int
 
-__all__ = ["poisson_pairs", "poisson_subsample", "poisson_subsample_sizes", "padded_poisson_subsamples"]
+__all__ = [
+    "poisson_pairs",
+    "poisson_subsample",
+    "poisson_subsample_sizes",
+    "padded_poisson_subsamples",
+]
 
 
 def _check(n: int, sample_rate: float) -> tuple[int, float]:
@@ -103,9 +109,7 @@ def _geometric_block_size(expected: float) -> int:
     return max(1024, int(expected + 6.0 * np.sqrt(expected) + 16))
 
 
-def poisson_pairs(
-    n: int, count: int, sample_rate: float, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
+def poisson_pairs(n: int, count: int, sample_rate: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """All (record, query) pairs of ``count`` independent Poisson(q) subsamples of range(n).
 
     Returns ``(rows, queries)``, int64 arrays of equal length, sorted by (row, query): pair j
