@@ -1205,7 +1205,7 @@ def run_demo(config: DemoConfig, *, command: str | None = None, console: Any = N
         },
     )
     with phases("report", "writing report.html and summary.json"):
-        from privdiff.report.demo_report import write_report
+        from privdiff.demo.report import write_report
 
         _record_times(result, phases, started, cpu_started)
         write_report(result, cfg.out)
@@ -1249,7 +1249,7 @@ def print_summary(result: DemoResult, console: Any) -> None:
     if isinstance(d, DPRDMResult):
         idx = d.index
         if idx.cached:
-            from privdiff.report.demo_report import COLD_INDEX_NOTE
+            from privdiff.demo.report import COLD_INDEX_NOTE
 
             console.print("private index: reused from the cache. " + COLD_INDEX_NOTE)
         else:
