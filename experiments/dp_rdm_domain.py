@@ -151,14 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         for lam in args.lams:
             key = f"dprdm_T{T}_lam{lam:g}"
             ledger_path = work / f"{key}.ledger"
+            pipe = None  # a cached setting is not generated again
             if not (work / f"{key}.npz").exists():
                 ledger_path.unlink(missing_ok=True)
                 # Budget = the ε of the queries this measurement executes (see the module docstring).
                 Ledger.create(
                     ledger_path, epsilon=max(eps_exec, args.epsilon) * 1.0001, delta=delta, accountant=args.accountant
                 ).close()
-            pipe, _ = (
-                make_pipeline(
+                pipe, _ = make_pipeline(
                     model_dir,
                     mode="dp-rdm",
                     index=index_dir,
@@ -169,9 +169,6 @@ def main(argv: list[str] | None = None) -> int:
                     lam=lam,
                     **shared,
                 )
-                if not (work / f"{key}.npz").exists()
-                else (None, None)
-            )
             t0 = time.time()
             images = generate(key, pipe)
             settings[key] = {

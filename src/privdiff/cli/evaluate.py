@@ -252,7 +252,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         import numpy as np
 
-        from privdiff.data import check_size
+        from privdiff.data import check_size, class_id
         from privdiff.errors import InvalidParameter, check_int
         from privdiff.evaluation.domain import distance_with_ci, in_domain_rate
         from privdiff.evaluation.yardstick import load_yardstick
@@ -261,19 +261,16 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         size = check_size(size)
         yard = load_yardstick(yardstick)
         names = list(yard.config.class_names)
-        lowered = {n.lower(): i for i, n in enumerate(names)}
         ids = []
         for tok in (t.strip() for t in classes.split(",")):
-            if tok.isdigit() and int(tok) < len(names):
-                ids.append(int(tok))
-            elif tok.lower() in lowered:
-                ids.append(lowered[tok.lower()])
-            else:
+            try:
+                ids.append(class_id(tok, names))
+            except (IndexError, KeyError):
                 raise InvalidParameter(
                     "classes",
                     tok,
                     f"class ids in [0, {len(names) - 1}] or names: {', '.join(names)}",
-                )
+                ) from None
         gen, ref = _load(generated, size), _load(reference, size)
         pred = yard.predict(gen.images)
         rate = in_domain_rate(pred, ids)

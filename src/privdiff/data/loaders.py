@@ -160,22 +160,36 @@ def _class_ids(parsed: DatasetSpec, labels: np.ndarray | None, class_names: list
     if labels is None:
         raise DataError(f"dataset spec {parsed.text!r}: a class filter needs labelled data, and this dataset has none")
     names = list(class_names) if class_names is not None else [str(i) for i in range(int(labels.max()) + 1)]
-    lowered = {n.lower(): i for i, n in enumerate(names)}
     ids = []
     for tok in parsed.classes or ():
-        if tok.lstrip("+-").isdigit():
-            i = int(tok)
-            if not 0 <= i < len(names):
-                raise DataError(f"dataset spec {parsed.text!r}: class id {i} is not in [0, {len(names) - 1}]")
-        elif tok.lower() in lowered:
-            i = lowered[tok.lower()]
-        else:
+        try:
+            ids.append(class_id(tok, names))
+        except IndexError:
+            raise DataError(
+                f"dataset spec {parsed.text!r}: class id {int(tok)} is not in [0, {len(names) - 1}]"
+            ) from None
+        except KeyError:
             raise DataError(
                 f"dataset spec {parsed.text!r}: unknown class {tok!r}; classes are "
                 + ", ".join(f"{j}={n}" for j, n in enumerate(names))
-            )
-        ids.append(i)
+            ) from None
     return np.unique(np.asarray(ids, dtype=np.int64))
+
+
+def class_id(token: str, names: list[str] | tuple[str, ...]) -> int:
+    """The class a token names: an id (digits, optionally signed) or a name (case-insensitive).
+
+    Raises:
+        IndexError: an id outside [0, len(names)).
+        KeyError: a name that is not one of ``names``.
+    """
+    if token.lstrip("+-").isdigit():
+        i = int(token)
+        if not 0 <= i < len(names):
+            raise IndexError(i)
+        return i
+    lowered = {n.lower(): i for i, n in enumerate(names)}
+    return lowered[token.lower()]
 
 
 #: ``--size`` on the command line: 8 px is the smallest bundled dataset (``digits``); above 1024 px

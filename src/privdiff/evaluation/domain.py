@@ -60,18 +60,15 @@ class Estimate:
 
 
 def wilson_interval(successes: int, n: int, level: float = 0.95) -> Estimate:
-    """Wilson score interval for a binomial proportion (Wilson 1927)."""
-    from scipy.stats import norm
+    """Wilson score interval for a binomial proportion (Wilson 1927), computed by SciPy's
+    ``binomtest(...).proportion_ci(method="wilson")`` (no continuity correction)."""
+    from scipy.stats import binomtest
 
     n = check_int("n", n, 1)
     successes = check_int("successes", successes, 0, n)
     level = check_in_range("level", level, 0.0, 1.0, high_inclusive=False)
-    z = float(norm.ppf(0.5 + level / 2))
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return Estimate(p, max(0.0, centre - half), min(1.0, centre + half), level, n)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
+    return Estimate(successes / n, float(ci.low), float(ci.high), level, n)
 
 
 def in_domain_rate(predicted: Sequence[int], domain_classes: Sequence[int], level: float = 0.95) -> Estimate:

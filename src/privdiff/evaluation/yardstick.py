@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -309,7 +309,7 @@ def train_yardstick(
             "test_accuracy": round(acc, 4),
             "test_accuracy_per_class": {n: round(float(a), 4) for n, a in zip(class_names, per)},
         }
-    yard.config = YardstickConfig(**{**config.__dict__, "report": report})
+    yard.config = replace(config, report=report)
     return yard
 
 
