@@ -171,7 +171,9 @@ class Kandinsky22Decoder(_Decoder):
         neg = np.asarray(negative_image_embed, dtype=np.float32).reshape(-1)
         if neg.shape[0] != self.embed_dim:
             raise InvalidParameter(
-                "negative_image_embed", f"dimension {neg.shape[0]}", f"dimension {self.embed_dim} (the decoder's)"
+                "encoder",
+                f"a {neg.shape[0]}-d CLIP space",
+                f"the {self.embed_dim}-d image-embedding space the kandinsky22 decoder was trained in",
             )
         self.negative = neg
 
@@ -296,7 +298,7 @@ def load_decoder(
         raise InvalidParameter("pipeline_type", family, "one of " + ", ".join(FAMILIES))
     folder = _check_pipeline_folder(path, family)
     dtype = dtype if dtype is not None else torch.float32
-    common = dict(local_files_only=True, torch_dtype=dtype)
+    common = dict(local_files_only=True, dtype=dtype)
     if family == "kandinsky22":
         from diffusers import KandinskyV22Pipeline
 

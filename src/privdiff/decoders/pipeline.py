@@ -206,8 +206,9 @@ class DecoderDPRDMPipeline:
         if generator is None:
             s = req["seed"] if req["seed"] is not None else int(torch.seed() % 2**63)
             generator = torch.Generator().manual_seed(s)
-        # Public initial latents for every image, drawn before the charge and independent of the
-        # batch size (the decoder's own generator use, e.g. DDPM steps, stays public too).
+        # Public initial latents for every image, drawn before the charge, so with a deterministic
+        # scheduler (DDIM, η = 0) the images do not depend on the batch size; a stochastic one
+        # (Kandinsky's DDPM) also draws step noise from the (public) generator, batch by batch.
         total = len(prompt_list) * n
         latents = torch.randn(self.decoder.latent_shape(total, h, w), generator=generator)
         device_gen = torch.Generator(device=self.decoder.device).manual_seed(
