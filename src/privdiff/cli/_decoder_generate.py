@@ -87,7 +87,16 @@ def generate_with_decoder(
         import torch
 
         from privdiff.decoders import make_decoder_pipeline
+        from privdiff.decoders.adapters import check_decoder_files
         from privdiff.encoders.hfclip import CLIPEncoder
+
+        check_decoder_files(pipeline_type, pipeline, ip_adapter)  # before anything loads
+        if quiet:  # the libraries' own loading bars
+            import diffusers.utils.logging
+            import transformers.utils.logging
+
+            diffusers.utils.logging.disable_progress_bar()
+            transformers.utils.logging.disable_progress_bar()
 
         dtype: Any = torch.float16 if device.startswith("cuda") else torch.float32
         clip = CLIPEncoder(encoder.split(":", 1)[1], device=device, dtype=dtype)

@@ -269,6 +269,33 @@ class IPAdapterDecoder(_Decoder):
         return self.pipe(prompt=prompts, ip_adapter_image_embeds=[e], **kwargs).images
 
 
+def check_decoder_files(
+    family: str, path: str | Path, ip_adapter: str | Path | None = None
+) -> tuple[Path, Path | None]:
+    """(pipeline folder, IP-Adapter weights or None) after checking they exist, loading nothing.
+
+    Raises:
+        InvalidParameter: unknown family, or ``ip-adapter`` without its weights file.
+        CheckpointError: a missing folder or file (the message names what to download elsewhere).
+    """
+    if family not in FAMILIES:
+        raise InvalidParameter("pipeline_type", family, "one of " + ", ".join(FAMILIES))
+    folder = _check_pipeline_folder(path, family)
+    if family != "ip-adapter":
+        return folder, None
+    if ip_adapter is None:
+        raise InvalidParameter(
+            "ip_adapter", None, "the IP-Adapter weights file (--ip-adapter FILE, e.g. h94/IP-Adapter models/...)"
+        )
+    weights = Path(ip_adapter).expanduser()
+    if not weights.is_file():
+        raise CheckpointError(
+            f"IP-Adapter weights {str(weights)!r} do not exist; download e.g. models/ip-adapter_sd15.safetensors "
+            "from h94/IP-Adapter elsewhere and pass the file"
+        )
+    return folder, weights
+
+
 def load_decoder(
     family: str,
     path: str | Path,
@@ -294,9 +321,7 @@ def load_decoder(
     """
     import torch
 
-    if family not in FAMILIES:
-        raise InvalidParameter("pipeline_type", family, "one of " + ", ".join(FAMILIES))
-    folder = _check_pipeline_folder(path, family)
+    folder, weights = check_decoder_files(family, path, ip_adapter)
     dtype = dtype if dtype is not None else torch.float32
     common = dict(local_files_only=True, dtype=dtype)
     if family == "kandinsky22":
@@ -313,16 +338,6 @@ def load_decoder(
         return StableUnCLIPDecoder(pipe, noise_level=noise_level, device=device)
     from diffusers import StableDiffusionPipeline
 
-    if ip_adapter is None:
-        raise InvalidParameter(
-            "ip_adapter", None, "the IP-Adapter weights file (--ip-adapter FILE, e.g. h94/IP-Adapter models/...)"
-        )
-    weights = Path(ip_adapter).expanduser()
-    if not weights.is_file():
-        raise CheckpointError(
-            f"IP-Adapter weights {str(weights)!r} do not exist; download e.g. models/ip-adapter_sd15.safetensors "
-            "from h94/IP-Adapter elsewhere and pass the file"
-        )
     pipe = StableDiffusionPipeline.from_pretrained(folder, **common)
     pipe.load_ip_adapter(
         str(weights.parent),

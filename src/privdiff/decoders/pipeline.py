@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from privdiff.decoders.adapters import FAMILIES, load_decoder
+from privdiff.decoders.adapters import FAMILIES, check_decoder_files, load_decoder
 from privdiff.errors import EncoderMismatch, InvalidParameter, check_int, check_nonnegative, check_positive
 from privdiff.rdm.pipeline import MAX_GENERATION_BYTES, GenerationOutput, check_seed
 
@@ -334,6 +334,8 @@ def make_decoder_pipeline(
     sample_rate = sample_rate if sample_rate is not None else defaults["sample_rate"]
     if embed_norm is not None:
         embed_norm = check_positive("embed_norm", embed_norm)
+    if decoder is None:  # a missing folder fails before any model loads
+        check_decoder_files(pipeline_type, pipeline_dir, ip_adapter)
     clip = load_text_encoder(encoder) if isinstance(encoder, str) else encoder
     if not hasattr(clip, "raw_image_embeds"):
         raise InvalidParameter("encoder", encoder, "a CLIP encoder ('clip:<folder>') with image and text towers")
