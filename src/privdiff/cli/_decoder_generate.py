@@ -91,12 +91,13 @@ def generate_with_decoder(
         from privdiff.encoders.hfclip import CLIPEncoder
 
         check_decoder_files(pipeline_type, pipeline, ip_adapter)  # before anything loads
-        if quiet:  # the libraries' own loading bars
+        if quiet:  # the libraries' own loading bars and advice (e.g. "install accelerate")
             import diffusers.utils.logging
             import transformers.utils.logging
 
-            diffusers.utils.logging.disable_progress_bar()
-            transformers.utils.logging.disable_progress_bar()
+            for lib in (diffusers.utils.logging, transformers.utils.logging):
+                lib.disable_progress_bar()
+                lib.set_verbosity_error()
 
         dtype: Any = torch.float16 if device.startswith("cuda") else torch.float32
         clip = CLIPEncoder(encoder.split(":", 1)[1], device=device, dtype=dtype)

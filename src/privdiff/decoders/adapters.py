@@ -347,5 +347,5 @@ def load_decoder(
         local_files_only=True,
     )
     pipe.set_ip_adapter_scale(float(ip_adapter_scale))
-    pipe = pipe.to(device=device, dtype=dtype)
+    pipe = pipe.to(device)  # load_ip_adapter already cast the adapter to the U-Net's dtype
     return IPAdapterDecoder(pipe, device=device)
