@@ -22,6 +22,7 @@ def stacks(tmp_path_factory):
     root = tmp_path_factory.mktemp("decoders")
     towers = synthetic.clip_towers("tiny")
     synthetic.save_clip_folder(root / "clip", towers=towers)
+    synthetic.save_kandinsky22_prior(root / "prior", towers=towers)  # same image tower: same space
     clip = CLIPEncoder(root / "clip")
     synthetic.save_kandinsky22(root / "kandinsky22")
     synthetic.save_stable_unclip(root / "stable-unclip", image_encoder=towers["image_encoder"])
@@ -33,6 +34,7 @@ def stacks(tmp_path_factory):
         "root": root,
         "clip": clip,
         "clip_dir": root / "clip",
+        "prior_dir": root / "prior",
         "index": index,
         "index_dir": root / "index",
         "dirs": {"kandinsky22": root / "kandinsky22", "stable-unclip": root / "stable-unclip", "ip-adapter": sd},

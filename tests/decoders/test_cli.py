@@ -149,3 +149,26 @@ def test_usage_errors_exit_2(stacks, tmp_path, capsys, extra):
     code = _generate(stacks, "kandinsky22", stacks["index_dir"], ledger, tmp_path / "gen", *extra)
     assert code == 2 and capsys.readouterr().err.startswith("error:")
     assert _queries(ledger) == 0
+
+
+def test_generate_with_the_kandinsky_prior_folder_as_clip_space_and_query_prior(stacks, tmp_path, capsys):
+    # The kandinsky-2-2-prior layout is both the CLIP folder and the prior; the index built with
+    # clip:<clip folder> is in the same space (same image tower), so it is accepted.
+    ledger = _ledger(tmp_path)
+    prior = str(stacks["prior_dir"])
+    code = _generate(
+        stacks,
+        "kandinsky22",
+        stacks["index_dir"],
+        ledger,
+        tmp_path / "gen",
+        "--encoder",
+        f"clip:{prior}",
+        "--prior",
+        prior,
+        "--embed-norm",
+        "6",
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads(captured.out)["settings"]["query_encoder"] == "prior" and _queries(ledger) == 2

@@ -40,6 +40,7 @@ def generate_with_decoder(
     embed_norm: float | None,
     image_size: int | None,
     device: str,
+    prior: Path | None,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -115,6 +116,7 @@ def generate_with_decoder(
             embed_norm=embed_norm,
             public_data=public_data,
             ip_adapter=ip_adapter,
+            prior=prior,
             device=device,
             dtype=dtype,
         )

@@ -11,7 +11,7 @@ _MODES = ("dp-rdm", "public-retrieval", "non-private", "no-retrieval")
 #: generate's options that ``--pipeline`` (cli/_decoder_generate.py) uses.
 _DECODER_ARGS = (
     "pipeline pipeline_type out n model mode index ledger k sigma sample_rate lam mix_with public_data encoder "
-    "guidance_scale steps seed ip_adapter embed_norm image_size device quiet as_json"
+    "guidance_scale steps seed ip_adapter embed_norm image_size device prior quiet as_json"
 ).split()
 
 
@@ -190,6 +190,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             None, "--image-size", help="Height = width in pixels with --pipeline (default: the decoder's)."
         ),
         device: str = typer.Option("cpu", "--device", help="torch device with --pipeline (fp16 on cuda)."),
+        prior: Path | None = typer.Option(
+            None,
+            "--prior",
+            help="With --pipeline: kandinsky-2-2-prior folder; queries = its predicted image embeddings.",
+        ),
     ) -> None:
         """Generate images; in dp-rdm mode each prompt is one charged private query.
 

@@ -10,6 +10,8 @@ with such a model adapts it to a private collection with no training at all:
   charged DP release → λ-mixing → rescale to the decoder's norm → images) and
   :func:`make_decoder_pipeline`, the assembly the CLI uses (``privdiff generate --pipeline DIR
   --pipeline-type ...``);
+* :mod:`~privdiff.decoders.prior`: queries from Kandinsky 2.2's prior (the prompt's predicted
+  image embedding) instead of the CLIP text tower;
 * :mod:`~privdiff.decoders.synthetic`: random-weight stacks from configs (tests, GPU check).
 
 The CLIP encoder of the space is :class:`privdiff.encoders.hfclip.CLIPEncoder` (``clip:<folder>``

@@ -264,6 +264,7 @@ class DecoderDPRDMPipeline:
                 "width": w,
                 "embed_norm": self.embed_norm,
                 "embed_norm_source": self.embed_norm_source,
+                "query_encoder": getattr(self.text_encoder, "query_kind", "clip-text"),
             },
         )
 
@@ -297,6 +298,7 @@ def make_decoder_pipeline(
     ip_adapter: str | os.PathLike | None = None,
     ip_adapter_scale: float = 1.0,
     noise_level: int = 0,
+    prior: str | os.PathLike | None = None,
     device: str = "cpu",
     dtype: Any = None,
     decoder: Any = None,
@@ -315,6 +317,8 @@ def make_decoder_pipeline(
         k, sigma, sample_rate: the mechanism (defaults: :data:`privdiff.rdm.pipeline.DEFAULT_GENERATION`).
         lam: λ, weight of the private release against the query embedding (1 = pure release).
         embed_norm: ν (module docstring); default measured on ``public_data``.
+        prior: a local ``kandinsky-2-2-prior`` folder: queries are the prior's predicted image
+            embeddings of the prompts (:mod:`privdiff.decoders.prior`) instead of text embeddings.
         decoder: an already built adapter instead of loading ``pipeline_dir``.
     """
     import warnings
@@ -339,8 +343,14 @@ def make_decoder_pipeline(
     clip = load_text_encoder(encoder) if isinstance(encoder, str) else encoder
     if not hasattr(clip, "raw_image_embeds"):
         raise InvalidParameter("encoder", encoder, "a CLIP encoder ('clip:<folder>') with image and text towers")
-    if not getattr(clip, "has_text", True):
-        clip.encode_text(["probe"])  # raises the CheckpointError naming the missing text tower
+    if prior is not None:
+        from privdiff.decoders.prior import load_prior
+
+        query_encoder: Any = load_prior(prior, clip, device=device, dtype=dtype)
+    else:
+        if not getattr(clip, "has_text", True):
+            clip.encode_text(["probe"])  # raises the CheckpointError naming the missing text tower
+        query_encoder = clip
     if mode == "dp-rdm":
         from privdiff.accounting.ledger import Ledger
         from privdiff.retrieval import DPRetriever, load_index
@@ -381,6 +391,6 @@ def make_decoder_pipeline(
         norm_source = f"mean ‖image_embeds‖ on {NORM_CALIBRATION_IMAGES} images of {public_data}"
     else:
         norm_source = "given"
-    pipe = DecoderDPRDMPipeline(decoder, source, clip, embed_norm=embed_norm, embed_norm_source=norm_source)
+    pipe = DecoderDPRDMPipeline(decoder, source, query_encoder, embed_norm=embed_norm, embed_norm_source=norm_source)
     defaults |= {"guidance_scale": decoder.default_guidance, "num_inference_steps": decoder.default_steps}
     return pipe, defaults

@@ -225,6 +225,49 @@ def kandinsky22_components(size: str = "tiny", *, image_embed_dim: int | None = 
     return {"unet": unet.eval(), "scheduler": scheduler, "movq": movq.eval()}
 
 
+def kandinsky22_prior_components(size: str = "tiny", *, towers: dict | None = None) -> dict[str, Any]:
+    """Components of ``KandinskyV22PriorPipeline``: the CLIP towers + a prior transformer
+    (tiny: diffusers' test sizes; full: kandinsky-2-2-prior's ``prior/config.json``)."""
+    import torch
+    from diffusers import PriorTransformer, UnCLIPScheduler
+    from transformers import CLIPImageProcessor
+
+    size = _check_size(size)
+    towers = towers or clip_towers(size)
+    dim = int(towers["image_encoder"].config.projection_dim)
+    if size == "tiny":
+        prior = PriorTransformer(num_attention_heads=2, attention_head_dim=12, embedding_dim=dim, num_layers=1)
+    else:
+        prior = PriorTransformer(num_attention_heads=32, attention_head_dim=64, embedding_dim=dim, num_layers=20)
+    # The checkpoint stores the CLIP image-embedding statistics the prior un-normalises with;
+    # their zero init would make every output the zero vector.
+    with torch.no_grad():
+        prior.clip_std.fill_(1.0)
+    image_size = int(towers["image_encoder"].config.image_size)
+    return {
+        "prior": prior.eval(),
+        "image_encoder": towers["image_encoder"],
+        "text_encoder": towers["text_encoder"],
+        "tokenizer": towers["tokenizer"],
+        "scheduler": UnCLIPScheduler(
+            variance_type="fixed_small_log",
+            prediction_type="sample",
+            num_train_timesteps=1000,
+            clip_sample=True,
+            clip_sample_range=10.0,
+        ),
+        "image_processor": CLIPImageProcessor(crop_size=image_size, size=image_size),
+    }
+
+
+def save_kandinsky22_prior(out: str | Path, size: str = "tiny", *, towers: dict | None = None) -> Path:
+    """The ``kandinsky-2-2-prior`` layout: a prior pipeline that is also a CLIP folder (``clip:DIR``)."""
+    from diffusers import KandinskyV22PriorPipeline
+
+    KandinskyV22PriorPipeline(**kandinsky22_prior_components(size, towers=towers)).save_pretrained(out)
+    return Path(out)
+
+
 def _sd_vae(size: str):
     from diffusers import AutoencoderKL
 

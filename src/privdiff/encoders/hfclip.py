@@ -107,6 +107,15 @@ def resolve_clip_folder(path: str | Path) -> dict[str, Path | None]:
     }
 
 
+def clip_space_id(path: str | Path) -> str:
+    """The ``space_id`` a :class:`CLIPEncoder` of ``path`` has, without loading the towers."""
+    where = resolve_clip_folder(path)
+    dim = _read_config(where["image"]).get("projection_dim")
+    if dim is None:  # a full CLIP checkpoint keeps it at the top level
+        dim = _read_config(where["image"]).get("vision_config", {}).get("projection_dim")
+    return f"hfclip/{dim}d/{_tower_digest(where['digest_root'])}"
+
+
 class CLIPEncoder:
     """ImageEncoder + TextEncoder over transformers' CLIP towers with projection (one space).
 
