@@ -210,7 +210,6 @@ def run_family(family: str, args, work: Path) -> dict:
         "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
         "queries_charged": out.privacy["queries_charged"],
         "epsilon_spent": out.privacy["epsilon_spent"],
-        "images_finite_uint8": bool(out.images.dtype == np.uint8),
     }
 
 

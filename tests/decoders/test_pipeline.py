@@ -285,6 +285,9 @@ def test_decoder_of_another_dimension_is_refused(stacks, ledger_path, tmp_path):
             encoder=stacks["clip"],
             index=stacks["index_dir"],
             ledger=ledger_path,
+            k=4,
+            sigma=1.0,
+            sample_rate=0.5,
             embed_norm=NU,
         )
     assert _status(ledger_path)[0].queries == 0
