@@ -179,7 +179,6 @@ class DecoderDPRDMPipeline:
         height: int | None = None,
         width: int | None = None,
         progress: bool = False,
-        **_: Any,
     ) -> DecoderOutput:
         """Generate ``images_per_prompt`` images per prompt; each prompt is one private query.
 
