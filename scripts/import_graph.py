@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "diffusion": 3,
     "rdm": 4,
     "cpsample": 4,
+    "decoders": 4,  # DP-RDM on unCLIP-class decoders (Kandinsky 2.2, Stable unCLIP, IP-Adapter)
     "evaluation": 5,
     "demo": 6,  # the application (and its report)
     "cli": 7,

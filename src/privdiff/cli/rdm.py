@@ -8,6 +8,11 @@ from pathlib import Path
 import typer
 
 _MODES = ("dp-rdm", "public-retrieval", "non-private", "no-retrieval")
+#: generate's options that ``--pipeline`` (cli/_decoder_generate.py) uses.
+_DECODER_ARGS = (
+    "pipeline pipeline_type out n model mode index ledger k sigma sample_rate lam mix_with public_data encoder "
+    "guidance_scale steps seed ip_adapter embed_norm image_size device prior quiet as_json"
+).split()
 
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
@@ -162,6 +167,34 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         ),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print the JSON record."),
+        # --- DP-RDM on an unCLIP-class decoder instead of the RDM (privdiff.decoders) ---
+        pipeline: Path | None = typer.Option(
+            None,
+            "--pipeline",
+            help="Local diffusers decoder folder conditioned on the released CLIP image embedding "
+            "(needs --pipeline-type and --encoder clip:DIR; replaces --model).",
+        ),
+        pipeline_type: str | None = typer.Option(
+            None, "--pipeline-type", help="kandinsky22 | stable-unclip | ip-adapter (with --pipeline)."
+        ),
+        ip_adapter: Path | None = typer.Option(
+            None, "--ip-adapter", help="IP-Adapter weights file (with --pipeline-type ip-adapter)."
+        ),
+        embed_norm: float | None = typer.Option(
+            None,
+            "--embed-norm",
+            help="Length of the embedding given to the decoder (default: mean CLIP image_embeds norm "
+            "on --public-data).",
+        ),
+        image_size: int | None = typer.Option(
+            None, "--image-size", help="Height = width in pixels with --pipeline (default: the decoder's)."
+        ),
+        device: str = typer.Option("cpu", "--device", help="torch device with --pipeline (fp16 on cuda)."),
+        prior: Path | None = typer.Option(
+            None,
+            "--prior",
+            help="With --pipeline: kandinsky-2-2-prior folder; queries = its predicted image embeddings.",
+        ),
     ) -> None:
         """Generate images; in dp-rdm mode each prompt is one charged private query.
 
@@ -195,6 +228,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         # The folder is created and write-tested (then removed) before anything loads or is
         # charged; generate_to_directory repeats this for real right before the charge.
         OutputDir.prepare(out, record="generation.json").abort()
+        if pipeline is not None or pipeline_type is not None:
+            from privdiff.cli._decoder_generate import generate_with_decoder
+
+            scope = locals()
+            generate_with_decoder(prompts=prompt_list, **{a: scope[a] for a in _DECODER_ARGS})
+            return
         model_dir = resolve_model_dir(model)
 
         def show(message, category, filename, lineno, file=None, line=None):  # one line per warning

@@ -29,6 +29,10 @@ def __getattr__(name: str):
         from privdiff.encoders.text import MiniLMProjectionTextEncoder
 
         return MiniLMProjectionTextEncoder
+    if name == "CLIPEncoder":
+        from privdiff.encoders.hfclip import CLIPEncoder
+
+        return CLIPEncoder
     if name == "OpenCLIPEncoder":
         from privdiff.encoders.openclip import OpenCLIPEncoder
 

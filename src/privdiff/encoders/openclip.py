@@ -49,6 +49,42 @@ def _params_digest(model) -> str:
     return h.hexdigest()[:12]
 
 
+def clip_preprocess(images: np.ndarray, size: int, mean, std):
+    """uint8 (N, H, W, C) → float32 tensor (N, 3, size, size): CLIP's eval transform in torch ops.
+
+    Resize the shorter side to ``size`` (bicubic, antialiased), centre-crop a square, scale to
+    [0, 1], normalise with ``mean``/``std``; grey images are repeated to RGB. Shared by the
+    open_clip and the transformers CLIP adapters (both follow OpenAI CLIP's preprocessing).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if (
+        not isinstance(images, np.ndarray)
+        or images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[-1] not in (1, 3)
+    ):
+        raise InvalidParameter(
+            "images",
+            getattr(images, "shape", type(images)),
+            "a uint8 array (N, H, W, C), C in {1, 3}",
+        )
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    h, w = x.shape[-2:]
+    s = size
+    scale = s / min(h, w)
+    nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
+    top, left = (nh - s) // 2, (nw - s) // 2
+    x = x[:, :, top : top + s, left : left + s]
+    mean_t = torch.tensor(tuple(mean)).view(1, 3, 1, 1)
+    std_t = torch.tensor(tuple(std)).view(1, 3, 1, 1)
+    return (x - mean_t) / std_t
+
+
 class OpenCLIPEncoder:
     """ImageEncoder and TextEncoder over an open_clip model (both protocols, one space).
 
@@ -119,33 +155,7 @@ class OpenCLIPEncoder:
 
     def preprocess(self, images: np.ndarray):
         """uint8 (N, H, W, C) → float tensor (N, 3, S, S), open_clip's eval transform in torch ops."""
-        import torch
-        import torch.nn.functional as F
-
-        if (
-            not isinstance(images, np.ndarray)
-            or images.dtype != np.uint8
-            or images.ndim != 4
-            or images.shape[-1] not in (1, 3)
-        ):
-            raise InvalidParameter(
-                "images",
-                getattr(images, "shape", type(images)),
-                "a uint8 array (N, H, W, C), C in {1, 3}",
-            )
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        h, w = x.shape[-2:]
-        s = self.image_size
-        scale = s / min(h, w)
-        nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 1)
-        top, left = (nh - s) // 2, (nw - s) // 2
-        x = x[:, :, top : top + s, left : left + s]
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        return ((x - mean) / std).to(self.device)
+        return clip_preprocess(images, self.image_size, self.mean, self.std).to(self.device)
 
     def _encode_image_tensor(self, x):
         import torch

@@ -6,7 +6,9 @@ Names understood by both loaders:
   (space ``effnet-lite0-64px-c/v1``) and MiniLM + the learned projection into that space;
 * a space id, e.g. ``"effnet-lite0-64px-c/v1"`` (what an index or checkpoint stores), or the same
   without ``/v1``; image-only: ``"effnet-lite0-<S>px"`` (raw features at S px, any S in 32..512);
-* ``"openclip:<model_name>@<checkpoint path>"``: the open_clip adapter (needs open_clip).
+* ``"openclip:<model_name>@<checkpoint path>"``: the open_clip adapter (needs open_clip);
+* ``"clip:<local folder>"``: transformers' CLIP towers (:mod:`privdiff.encoders.hfclip`), the space
+  of Kandinsky 2.2 / Stable unCLIP / IP-Adapter decoders (:mod:`privdiff.decoders`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ _EFFNET_RE = re.compile(r"^effnet-lite0-(?P<size>\d+)px(?P<c>-c)?(?:/v1)?$")
 _LOCK = threading.RLock()
 _IMAGE_CACHE: dict[str, ImageEncoder] = {}
 _TEXT_CACHE: dict[str, TextEncoder] = {}
-_VALID = "'default', 'effnet-lite0-<size>px[-c][/v1]', 'openclip:<model_name>@<checkpoint>'"
+_VALID = "'default', 'effnet-lite0-<size>px[-c][/v1]', 'openclip:<model_name>@<checkpoint>', 'clip:<folder>'"
 
 
 def projection_stem(space_id: str) -> Path:
@@ -47,6 +49,15 @@ def _openclip(name: str):
     from privdiff.encoders.openclip import OpenCLIPEncoder
 
     return OpenCLIPEncoder(model_name, ckpt)
+
+
+def _hfclip(name: str):
+    folder = name.split(":", 1)[1]
+    if not folder:
+        raise InvalidParameter("encoder", name, "'clip:<local CLIP folder>'")
+    from privdiff.encoders.hfclip import CLIPEncoder
+
+    return CLIPEncoder(folder)
 
 
 def _resolve(name: str) -> str:
@@ -81,6 +92,8 @@ def load_image_encoder(name: str = "default") -> ImageEncoder:
                 enc = EfficientNetLite0Encoder(size)
         elif key.startswith("openclip:"):
             enc = _openclip(key)
+        elif key.startswith("clip:"):
+            enc = _hfclip(key)
         else:
             raise InvalidParameter("encoder", name, _VALID)
         _IMAGE_CACHE[key] = enc
@@ -121,6 +134,9 @@ def load_text_encoder(name: str = "default") -> TextEncoder:
         elif key.startswith("openclip:"):
             # One object serves both towers, so an image and text encoder share the cache entry.
             enc = _IMAGE_CACHE.get(key) or _openclip(key)
+            _IMAGE_CACHE.setdefault(key, enc)
+        elif key.startswith("clip:"):
+            enc = _IMAGE_CACHE.get(key) or _hfclip(key)
             _IMAGE_CACHE.setdefault(key, enc)
         else:
             raise InvalidParameter("encoder", name, _VALID)
