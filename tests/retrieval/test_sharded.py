@@ -315,3 +315,14 @@ def test_cli_index_shard_then_info_and_budget_binding(tmp_path, capsys):
     assert main(["index", "shard", str(idx.path), "--shards", "2", "--out", str(out)]) == 2
     assert main(["index", "shard", str(idx.path), "--shards", "2", "--out", str(tmp_path / "y"), "--dtype", "i8"]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_ray_backend_without_ray_installed_is_a_typed_missing_dependency(tmp_path, monkeypatch):
+    from privdiff.errors import MissingDependency
+    from privdiff.retrieval.private import RayShardedTopK
+
+    idx = build_index(tmp_path / "idx", unit_rows(10, 4), space_id="s/v1")
+    sh = shard_index(idx, tmp_path / "sh", 2)
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(MissingDependency, match=r"privdiff\[ray\]"):
+        RayShardedTopK(sh)

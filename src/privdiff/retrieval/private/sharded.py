@@ -46,9 +46,11 @@ float32), not of the float32 parent. The unit-ball projection keeps ‖r_j‖ �
 either way.
 
 Ray (optional: ``pip install privdiff[ray]``) is imported only when a :class:`RayShardedTopK` is
-built. Each actor memory-maps one shard (the driver never opens shard files), is restarted by Ray
-when it dies (``max_restarts``) and re-verifies its shard on start. Every node must see the
-shard files at the same path (a shared file system, or copies).
+built. Each actor memory-maps one shard, is restarted by Ray when it dies (``max_restarts``) and
+re-verifies its shard on start; the driver's search never maps a shard (it reads ``sharded.json``,
+and ``make_pipeline``'s out-of-domain warning reads ≤ 1,000 evenly spaced rows through
+:func:`sampled_shard_rows`). Every node, the driver's included, must see the sharded directory
+at the same path (a shared file system, or copies).
 """
 
 from __future__ import annotations
@@ -430,9 +432,12 @@ def shard_candidates(
             # the file forward) and score them with the same float32 pair kernel.
             for p in range(0, local.size, _CHUNK_ROWS):
                 sel = local[p : p + _CHUNK_ROWS]
-                uniq, inv = np.unique(sel, return_inverse=True)
-                widened = np.ascontiguousarray(rows[uniq], dtype=np.float32)
-                pos = inv.astype(np.int64)
+                # ``sel`` is sorted (record-major pairs): its distinct rows without a sort.
+                first = np.empty(sel.size, dtype=bool)
+                first[0] = True
+                np.not_equal(sel[1:], sel[:-1], out=first[1:])
+                widened = np.ascontiguousarray(rows[sel[first]], dtype=np.float32)
+                pos = np.cumsum(first, dtype=np.int64) - 1
                 qsel = np.ascontiguousarray(qid[p : p + _CHUNK_ROWS])
                 faiss.pairwise_indexed_inner_product(
                     int(d),
@@ -468,17 +473,28 @@ def merge_candidates(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], k: 
     The global top-k under (score desc, id asc) of the union of the local top-k lists, summed with
     :func:`backends.padded_topk_sums` (projection onto the unit ball, zero padding). Shards are
     contiguous ascending id ranges, so the concatenated candidates are in ascending id order, which
-    ``select_topk`` needs to break ties by the smaller id.
+    ``select_topk`` needs to break ties by the smaller id. Only the scores are concatenated; the k
+    chosen rows are then gathered from their shards' parts (S·k·d floats are never copied).
     """
     scores = np.concatenate([p[0] for p in parts], axis=1)
-    ids = np.concatenate([p[1] for p in parts], axis=1)
-    vectors = np.concatenate([p[2] for p in parts], axis=1)
-    B, width = ids.shape
+    present = np.concatenate([p[1] >= 0 for p in parts], axis=1)
+    B, width = scores.shape
+    d = parts[0][2].shape[2]
     # Select by position in the candidate list (the same order as the global ids), so the chosen
-    # rows can be read from ``vectors`` without a lookup table.
-    position = np.where(ids >= 0, np.arange(B * width, dtype=np.int64).reshape(B, width), -1)
-    chosen, _ = select_topk(scores, position, k)
-    return padded_topk_sums(vectors.reshape(B * width, -1), chosen)
+    # rows can be found without a lookup table.
+    position = np.where(present, np.arange(width, dtype=np.int64)[None, :], -1)
+    chosen, _ = select_topk(scores, position, k)  # (B, k) positions, ascending, -1 padded
+    rows = np.zeros((B, k, d), dtype=np.float32)
+    offset = 0
+    for _, ids, vec in parts:
+        w = ids.shape[1]
+        mask = (chosen >= offset) & (chosen < offset + w)
+        if mask.any():
+            b_idx = np.nonzero(mask)[0]
+            rows[mask] = vec[b_idx, chosen[mask] - offset]
+        offset += w
+    slots = np.where(chosen >= 0, np.arange(B * k, dtype=np.int64).reshape(B, k), -1)
+    return padded_topk_sums(rows.reshape(B * k, d), slots)
 
 
 def _check_query_args(queries: np.ndarray, k: int, sample_rate: float, dim: int) -> tuple[np.ndarray, int, float]:
