@@ -202,8 +202,13 @@ class ShardedIndex:
         return self._dtype
 
     def shown(self) -> dict[str, Any]:
-        """What ``index info`` prints: the parent's shown manifest plus the shard layout (no hashes)."""
-        return self._manifest.shown() | {
+        """What ``index info`` prints: the parent's identity (fingerprint, space, N, source) and the
+        shard layout; no hashes."""
+        parent = self._manifest.shown()
+        for key in ("format", "format_version", "dtype", "vectors_file", "vectors_bytes"):
+            parent.pop(key, None)
+        return parent | {
+            "format": SHARDED_FORMAT,
             "shards": self.num_shards,
             "shard_dtype": self._dtype,
             "shard_rows": [s.count for s in self._shards],
@@ -566,15 +571,26 @@ class _ShardWorker:
 
     def __init__(self, path: str, shard: int, verify: str):
         # Opened (and verified) in the actor, on the actor's node: the driver never maps shard rows.
-        self._rows, self._start = open_shard(path, shard, verify=verify)
+        # A bad shard is kept as the actor's answer rather than raised here: Ray reports an error
+        # of a constructor only as text, an error of a method call keeps its type (IndexCorrupt).
+        self._error: Exception | None = None
+        try:
+            self._rows, self._start = open_shard(path, shard, verify=verify)
+        except (IndexCorrupt, InvalidParameter) as exc:
+            self._error = exc
 
     def candidates(self, queries: np.ndarray, k: int, sample_rate: float):
+        if self._error is not None:
+            raise self._error
         # A fresh OS-seeded generator per call (numpy seeds it from `secrets`): no seed from the
         # driver or the user can reproduce it, and a restarted actor never replays a stream.
         return shard_candidates(self._rows, self._start, queries, k, sample_rate, np.random.default_rng())
 
     def ping(self, hold_s: float = 0.0) -> bool:
-        """Readiness check; ``hold_s`` keeps the actor busy that long (tests queue a query behind it)."""
+        """Readiness check (raises the shard's error, if any); ``hold_s`` keeps the actor busy that
+        long (tests queue a query behind it)."""
+        if self._error is not None:
+            raise self._error
         if hold_s > 0:
             import time
 
@@ -652,9 +668,9 @@ class RayShardedTopK:
             ray.get([a.ping.remote() for a in self._actors], timeout=start_timeout_s)
         except Exception as exc:  # noqa: BLE001 - Ray wraps the actor's error
             self.close()
-            cause = getattr(exc, "cause", None) or exc
+            cause = getattr(exc, "cause", None) or exc  # a RayTaskError carries the actor's exception
             if isinstance(cause, IndexCorrupt):
-                raise cause from None
+                raise IndexCorrupt(str(cause)) from None
             raise ShardFailure(
                 f"could not start the shard actors of index {self._sharded.short_fingerprint}: {cause}"
             ) from None
