@@ -50,7 +50,9 @@ built. Each actor memory-maps one shard, is restarted by Ray when it dies (``max
 re-verifies its shard on start; the driver's search never maps a shard (it reads ``sharded.json``,
 and ``make_pipeline``'s out-of-domain warning reads ≤ 1,000 evenly spaced rows through
 :func:`sampled_shard_rows`). Every node, the driver's included, must see the sharded directory
-at the same path (a shared file system, or copies).
+at the same path (a shared file system, or copies). The shards' candidate rows travel to the
+driver through Ray's object store (shared memory; Ray spills objects to its temp directory only
+when the store is full): on a multi-user machine give Ray a private ``--temp-dir``.
 """
 
 from __future__ import annotations
