@@ -112,6 +112,13 @@ class CheckpointError(PrivdiffError):
     """A model checkpoint is missing, corrupt or of the wrong kind."""
 
 
+class ShardFailure(PrivdiffError):
+    """A shard of a sharded private index (e.g. its Ray actor) failed while a query was in flight.
+
+    The mechanism charges the ledger before any shard is asked, so the query was already charged;
+    nothing was released. The shard is restarted; a retried request is a new (charged) query."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Small validators shared by every package, so messages are uniform.
 # ---------------------------------------------------------------------------------------------

@@ -51,3 +51,25 @@ def test_benchmark_smoke_run_prints_ratio_and_writes_json(tmp_path):
     }
     assert [r["qps"] > 0 for r in res["results"]] == [True, True, True]
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.integration
+def test_sharded_benchmark_smoke_run_writes_json_plot_and_model_check(tmp_path):
+    out = tmp_path / "sharded.json"
+    args = ["--n", "8000", "--d", "32", "--batch", "8", "--repeats", "1", "--shards", "1,2"]
+    args += ["--check-n", "16000", "--check-shards", "2", "--no-ray", "--workdir", str(tmp_path), "--out", str(out)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sharded.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert [r["shards"] for r in res["shard_count"]["rows"]] == [1, 2]
+    assert res["check"]["in_process_model_s_per_query"] > 0 and res["check"]["in_process_measured_s_per_query"] > 0
+    assert set(res["predictions"]) == {"N = 1e+08", "N = 2.39e+08"}
+    assert all(p["memory_per_node_GB"] > 0 and p["latency_s"] > 0 for ps in res["predictions"].values() for p in ps)
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("privdiff-sharded-")]  # shard files removed

@@ -1,4 +1,4 @@
-"""``privdiff index build|info``: the private embedding index on disk."""
+"""``privdiff index build|shard|info``: the private embedding index on disk (whole or in shard files)."""
 
 from __future__ import annotations
 
@@ -91,6 +91,41 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         else:
             typer.echo(f"index: {idx.count} × {idx.dim} ({idx.space_id}, {idx.visibility}) -> {out}")
 
+    @index_app.command("shard")
+    def shard(
+        index_dir: Path = typer.Argument(..., help="Index directory to split (it is verified first)."),
+        shards: int = typer.Option(..., "--shards", help="Number of shard files S (one Ray actor each)."),
+        out: Path = typer.Option(..., "--out", help="Sharded index directory to create (must not exist)."),
+        dtype: str = typer.Option(
+            "float32", "--dtype", help="Row storage: float32 (exactly the index) or float16 (half the memory)."
+        ),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing sharded directory."),
+        as_json: bool = typer.Option(False, "--json", help="Print the sharded manifest as JSON."),
+    ) -> None:
+        """Split an index into S memory-mappable shard files (0600, one checksum each); the sharded
+        manifest keeps the index's fingerprint, so its ledger serves the shards unchanged."""
+        import json
+
+        from privdiff.errors import InvalidParameter, check_int
+        from privdiff.retrieval import load_index, shard_index
+
+        shards = check_int("shards", shards, minimum=1)
+        if dtype not in ("float32", "float16"):
+            raise InvalidParameter("dtype", dtype, "'float32' or 'float16'")
+        if out.exists() and not overwrite:
+            raise InvalidParameter("out", str(out), "a path that does not exist yet", hint="use --overwrite")
+        idx = load_index(index_dir, verify="full", progress=not as_json)
+        if shards > idx.count:
+            raise InvalidParameter("shards", shards, f"an integer in [1, {idx.count}] (the index's records)")
+        sharded = shard_index(idx, out, shards, dtype=dtype, overwrite=overwrite)
+        if as_json:
+            typer.echo(json.dumps(sharded.shown(), indent=2))
+        else:
+            typer.echo(
+                f"sharded index: {sharded.count} × {sharded.dim} in {sharded.num_shards} {dtype} shards "
+                f"(index {sharded.short_fingerprint}) -> {out}"
+            )
+
     @index_app.command("info")
     def info(
         index_dir: Path = typer.Argument(..., help="Index directory."),
@@ -101,13 +136,20 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         fingerprint of its manifest); --verify checks it like a load does."""
         import json
 
-        from privdiff.retrieval import load_index, read_manifest
+        from privdiff.retrieval import ShardedIndex, is_sharded_index, load_index, read_manifest
 
-        if verify:
+        if is_sharded_index(index_dir):
+            sharded = ShardedIndex.open(index_dir)
+            if verify:
+                from privdiff.retrieval import ShardedTopK
+
+                ShardedTopK(sharded, verify="full")  # opens and checks every shard (sha256, unit rows)
+            d = sharded.shown() | {"verified": "full" if verify else "manifest only"}
+        elif verify:
             manifest = load_index(index_dir, verify="full", progress=not as_json).manifest
+            d = manifest.shown() | {"verified": "full"}
         else:
-            manifest = read_manifest(index_dir)
-        d = manifest.shown() | {"verified": "full" if verify else "manifest only"}
+            d = read_manifest(index_dir).shown() | {"verified": "manifest only"}
         if as_json:
             typer.echo(json.dumps(d, indent=2))
             return

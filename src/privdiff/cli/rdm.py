@@ -153,6 +153,17 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         public_data: str = typer.Option(
             "fashion-mnist:dprdm-public", "--public-data", help="Public retrieval set (spec)."
         ),
+        backend: str = typer.Option(
+            "exact",
+            "--backend",
+            help="dp-rdm top-k backend: exact (a sharded --index is searched shard by shard here), "
+            "ivf (public coarse centroids from --public-data) or ray (a sharded --index, one Ray actor per shard).",
+        ),
+        ray_address: str = typer.Option(
+            "local", "--ray-address", help="With --backend ray: local (start Ray here) or auto (join a cluster)."
+        ),
+        ivf_nlist: int = typer.Option(64, "--ivf-nlist", help="With --backend ivf: public coarse centroids."),
+        nprobe: int = typer.Option(16, "--nprobe", help="With --backend ivf: lists probed per query."),
         private_data: str | None = typer.Option(
             None, "--private-data", help="Private set spec, only for --mode non-private."
         ),
@@ -206,6 +217,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         from privdiff.errors import InvalidParameter, PrivdiffWarning, check_int
         from privdiff.rdm.pipeline import (
+            BACKENDS,
             check_budget,
             check_seed,
             generate_to_directory,
@@ -217,6 +229,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         if mode not in _MODES:
             raise InvalidParameter("mode", mode, "one of " + ", ".join(_MODES))
+        if backend not in BACKENDS:
+            raise InvalidParameter("backend", backend, "one of " + ", ".join(BACKENDS))
+        if ray_address not in ("local", "auto"):
+            raise InvalidParameter("ray-address", ray_address, "'local' or 'auto'")
         check_int("n", n, 1, 4096)
         check_seed(seed)
         prompt_list = list(prompt or []) + (read_prompts(prompts_file) if prompts_file is not None else [])
@@ -271,6 +287,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 public_data=public_data,
                 private_data=private_data,
                 encoder=encoder,
+                backend=backend,
+                ray_address=ray_address,
+                ivf_nlist=ivf_nlist,
+                nprobe=nprobe,
             )
             record = generate_to_directory(
                 pipe,

@@ -439,6 +439,10 @@ def make_pipeline(
     text_encoder: Any = None,
     image_encoder: Any = None,
     embedding_cache: str | os.PathLike | None = None,
+    backend: str = "exact",
+    ray_address: str = "local",
+    ivf_nlist: int = 64,
+    nprobe: int = 16,
 ) -> tuple[DPRDMPipeline, dict[str, Any]]:
     """Load a model, encoders and the context source for ``mode``; returns (pipeline, defaults).
 
@@ -453,6 +457,12 @@ def make_pipeline(
             ``encoder``), so an application that builds several modes over one model loads them
             once; each is still checked to live in the model's space. Default: loaded here.
         embedding_cache: directory of the image-embedding cache (default: privdiff's shared one).
+        backend: the dp-rdm top-k backend (:data:`BACKENDS`): ``"exact"`` (exact search; over the
+            shards in this process when ``index`` is a sharded index directory), ``"ivf"`` (an
+            IVF layout whose ``ivf_nlist`` coarse centroids are trained on ``public_data``,
+            ``nprobe`` lists probed per query) or ``"ray"`` (a sharded index, one Ray actor per
+            shard; ``ray_address`` is ``"local"`` or ``"auto"``). The shard actors start here,
+            before anything is charged.
     """
     from privdiff.encoders import load_image_encoder, load_text_encoder
     from privdiff.evaluation.baselines import NonPrivateRetrievalContext
@@ -487,9 +497,19 @@ def make_pipeline(
             )
         sigma = sigma if sigma is not None else defaults["sigma"]
         sample_rate = sample_rate if sample_rate is not None else defaults["sample_rate"]
-        idx = load_index(index, expected_space=model.space_id)
+        idx, search = _dp_backend(
+            index,
+            backend,
+            space_id=model.space_id,
+            ray_address=ray_address,
+            ivf_nlist=ivf_nlist,
+            nprobe=nprobe,
+            public=lambda private: public_embeddings_for(
+                public_data, image_encoder(), private, cache_dir=embedding_cache
+            ),
+        )
         book = Ledger.open(ledger)
-        retriever = DPRetriever(idx, k, sigma, sample_rate, book, query_space=text.space_id)
+        retriever = DPRetriever(search, k, sigma, sample_rate, book, query_space=text.space_id)
         for message in setting_warnings(count=idx.count, k=k, sample_rate=sample_rate, delta=book.delta):
             warnings.warn(message, PrivdiffWarning, stacklevel=2)
         message = domain_warning(model_dir, idx)
@@ -527,6 +547,63 @@ def make_pipeline(
     else:
         raise InvalidParameter("mode", mode, "dp-rdm, public-retrieval, non-private or no-retrieval")
     return DPRDMPipeline(model, source, text), defaults
+
+
+#: Top-k backends ``make_pipeline`` (and ``privdiff generate --backend``) can serve dp-rdm with.
+BACKENDS = ("exact", "ivf", "ray")
+
+
+def _dp_backend(
+    index: str | os.PathLike,
+    backend: str,
+    *,
+    space_id: str,
+    ray_address: str,
+    ivf_nlist: int,
+    nprobe: int,
+    public: Any,
+) -> tuple[Any, Any]:
+    """(index metadata, top-k backend) for ``backend`` over ``index`` (a plain or sharded index
+    directory); every check that can fail runs here, before the ledger is ever charged."""
+    from privdiff.errors import EncoderMismatch
+    from privdiff.retrieval import (
+        ExactTopK,
+        IVFLayout,
+        IVFTopK,
+        PublicCoarseQuantizer,
+        RayShardedTopK,
+        ShardedIndex,
+        ShardedTopK,
+        is_sharded_index,
+        load_index,
+    )
+
+    if backend not in BACKENDS:
+        raise InvalidParameter("backend", backend, "one of " + ", ".join(BACKENDS))
+    if ray_address not in ("local", "auto"):
+        raise InvalidParameter("ray_address", ray_address, "'local' or 'auto'")
+    if is_sharded_index(index):
+        sharded = ShardedIndex.open(index)
+        if sharded.space_id != space_id:
+            raise EncoderMismatch(expected=space_id, found=sharded.space_id, what=f"index {str(index)!r}")
+        if backend == "ivf":
+            raise InvalidParameter(
+                "backend", backend, "exact or ray for a sharded index", hint="ivf needs the unsharded index"
+            )
+        return sharded, (ShardedTopK(sharded) if backend == "exact" else RayShardedTopK(sharded, address=ray_address))
+    if backend == "ray":
+        raise InvalidParameter(
+            "backend",
+            backend,
+            "exact or ivf for an unsharded index",
+            hint=f"split {str(index)!r} with `privdiff index shard INDEX --shards S --out DIR` first",
+        )
+    idx = load_index(index, expected_space=space_id)
+    if backend == "ivf":
+        check_int("nprobe", nprobe, 1, ivf_nlist)
+        quantizer = PublicCoarseQuantizer.train(public(idx), ivf_nlist)  # public rows only
+        return idx, IVFTopK(idx, IVFLayout(idx, quantizer), nprobe=nprobe)
+    return idx, ExactTopK(idx)
 
 
 def generate_to_directory(

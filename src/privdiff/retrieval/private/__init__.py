@@ -2,7 +2,8 @@
 
 Everything that touches private rows lives here: the on-disk index (``index``), the Poisson
 subsampling (``subsample``) and subsampled top-k search (``search``, ``ivf``), the top-k backends
-the mechanism is served by (``backends``), the mechanism's noise and padding steps
+the mechanism is served by (``backends``, and ``sharded`` for an index split into shard files, in-process or
+on Ray actors), the mechanism's noise and padding steps
 (``strategies``), the DP mechanism itself (``mechanism``) and the domain statistic (``domain``).
 
 What the rest of privdiff may use is exactly what this ``__init__`` exports (``__all__``): build,
@@ -32,6 +33,13 @@ from privdiff.retrieval.private.index import (
 )
 from privdiff.retrieval.private.ivf import IVFLayout, PublicCoarseQuantizer
 from privdiff.retrieval.private.mechanism import DPRetriever, PrivateRelease
+from privdiff.retrieval.private.sharded import (
+    RayShardedTopK,
+    ShardedIndex,
+    ShardedTopK,
+    is_sharded_index,
+    shard_index,
+)
 from privdiff.retrieval.private.strategies import (
     GaussianNoise,
     NoiseStrategy,
@@ -53,15 +61,20 @@ __all__ = [
     "PaddingStrategy",
     "PrivateRelease",
     "PublicCoarseQuantizer",
+    "RayShardedTopK",
+    "ShardedIndex",
+    "ShardedTopK",
     "TopKBackend",
     "ZeroPadding",
     "build_index",
     "build_index_from_images",
     "check_public_disjoint",
     "domain_similarity",
+    "is_sharded_index",
     "load_index",
     "mean_max_similarity",
     "read_manifest",
+    "shard_index",
     "shared_source_rows",
     "unsafe_nonprivate_rows",
     "validated_unit_rows",

@@ -34,9 +34,14 @@ def mean_max_similarity(rows: np.ndarray, reference: np.ndarray) -> float:
 
 def domain_similarity(index: EmbeddingIndex, reference: np.ndarray, *, sample: int = DOMAIN_SAMPLE) -> float:
     """Mean max-similarity of ≤ ``sample`` evenly spaced rows of ``index`` to ``reference``."""
-    if not isinstance(index, EmbeddingIndex):
-        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
+    from privdiff.retrieval.private.sharded import ShardedIndex, sampled_shard_rows
+
+    if not isinstance(index, (EmbeddingIndex, ShardedIndex)):
+        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex or a ShardedIndex")
     sample = check_int("sample", sample, 1)
     rows_idx = np.unique(np.linspace(0, index.count - 1, num=min(sample, index.count)).round().astype(np.int64))
-    rows = np.asarray(rows_for_mechanism(index)[rows_idx], dtype=np.float32)  # read stays inside the boundary
+    if isinstance(index, ShardedIndex):
+        rows = sampled_shard_rows(index, rows_idx)  # ≤ `sample` rows read from the shard files
+    else:
+        rows = np.asarray(rows_for_mechanism(index)[rows_idx], dtype=np.float32)  # read stays inside the boundary
     return mean_max_similarity(rows, reference)

@@ -568,8 +568,10 @@ def shared_source_rows(index: EmbeddingIndex, images: Any) -> int | None:
     older privdiff): then nothing can be said. A corrupt or altered ``source_rows.npy`` raises
     :class:`~privdiff.errors.IndexCorrupt`.
     """
-    if not isinstance(index, EmbeddingIndex):
-        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
+    from privdiff.retrieval.private.sharded import ShardedIndex  # a sharded copy keeps source_rows.npy
+
+    if not isinstance(index, (EmbeddingIndex, ShardedIndex)):
+        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex or a ShardedIndex")
     m = index.manifest
     if not m.source_rows_sha256 or index.path is None:
         return None
@@ -624,11 +626,19 @@ def check_public_disjoint(private_index: EmbeddingIndex, public_images: Any, *, 
 
 
 def read_manifest(index_dir: str | os.PathLike) -> IndexManifest:
-    """Parse and validate ``manifest.json`` (cheap: does not touch the vectors)."""
+    """Parse and validate ``manifest.json`` (cheap: does not touch the vectors).
+
+    For a sharded index directory (``sharded``) this is the parent index's manifest, which the
+    sharded copy keeps: a ledger binds to either directory alike."""
     d = Path(index_dir)
     if not d.is_dir():
         raise IndexCorrupt(f"index directory {str(d)!r} does not exist")
     mp = d / MANIFEST_FILE
+    if not mp.is_file():
+        from privdiff.retrieval.private.sharded import ShardedIndex, is_sharded_index
+
+        if is_sharded_index(d):
+            return ShardedIndex.open(d).manifest
     if not mp.is_file():
         raise IndexCorrupt(f"{str(d)!r} has no {MANIFEST_FILE} (not an index, or a failed write)")
     try:
