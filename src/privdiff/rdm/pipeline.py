@@ -190,7 +190,7 @@ class DPRDMPipeline:
         """
         import torch
 
-        from privdiff.diffusion.sampling import ddim_sample
+        from privdiff.diffusion.sampling import sample
         from privdiff.report.images import to_uint8
 
         # 1. Validate everything before the (possibly charged) context query.
@@ -243,7 +243,7 @@ class DPRDMPipeline:
             for start in range(0, n_total, batch_size):
                 rows = torch.arange(start, min(start + batch_size, n_total)) // images_per_prompt
                 denoiser = ClassifierFreeGuidance(self.model, contexts_p[rows], guidance_scale)
-                x0 = ddim_sample(
+                x0 = sample(
                     denoiser,
                     self.scheduler,
                     x_T[start : start + batch_size],
