@@ -36,7 +36,7 @@ def test_training_writes_a_loadable_checkpoint_with_provenance(tmp_path, tiny_im
         command="privdiff train diffusion --data random:6",
         progress=False,
     )
-    manifest = json.loads((tmp_path / "run" / "model.json").read_text())
+    manifest = json.loads((tmp_path / "run" / "privdiff.json").read_text())
     assert manifest["steps_done"] == 4
     assert manifest["data_spec"] == "random:6"
     assert manifest["commands"] == ["privdiff train diffusion --data random:6"]

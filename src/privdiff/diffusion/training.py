@@ -111,7 +111,7 @@ def train_diffusion(
         unet_config: a :func:`privdiff.diffusion.model.unet_config` dict matching the image shape.
         config: optimisation settings (validated before anything is written).
         data_spec: the dataset spec, recorded for provenance.
-        command: the command line that started this (segment of the) run, recorded in model.json.
+        command: the command line that started this (segment of the) run, recorded in privdiff.json.
         resume: continue from ``out_dir/training_state.pt`` (error if absent).
         init_from: start from another run's weights (fine-tuning, as CPSample's replication
             experiments fine-tune a trained model on a small subset); its raw weights are used when
