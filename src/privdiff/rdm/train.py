@@ -367,7 +367,7 @@ def train_rdm(
                 checkpoint()
     finally:
         bar.close()
-    if not (out_dir / "model.safetensors").exists():
+    if not (out_dir / "model_index.json").exists():
         checkpoint()
     return TrainResult(
         out_dir=out_dir,
