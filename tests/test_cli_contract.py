@@ -437,7 +437,10 @@ def test_budget_preview_defaults_to_the_models_generation_settings(tmp_path, cap
     # Another model's stored defaults are used for what is not given on the command line.
     other = tmp_path / "model"
     other.mkdir()
-    config = json.loads((resolve_model_dir() / "config.json").read_text())
+    from privdiff.rdm.model import read_model_info
+
+    # Written in the v1 layout (config.json + model.safetensors), which still loads.
+    config = read_model_info(resolve_model_dir()) | {"format_version": 1}
     config["generation_defaults"] = {"sigma": 0.07, "sample_rate": 0.02, "k": 11}
     (other / "config.json").write_text(json.dumps(config))
     (other / "model.safetensors").write_bytes(b"")  # only the config is read

@@ -53,6 +53,7 @@ class ShippedCheckpoint:
         name: its path under ``assets/checkpoints/`` and ``<home>/checkpoints/``.
         env_var: the environment variable that overrides it.
         marker: a file every complete checkpoint directory of this kind holds.
+        older_markers: markers of earlier layouts that still load (any one of them will do).
         what: what it is, for messages.
         remedy: how to make one (quoted in the error).
     """
@@ -62,21 +63,24 @@ class ShippedCheckpoint:
     marker: str
     what: str
     remedy: str
+    older_markers: tuple[str, ...] = ()
 
 
 RDM_MODEL = ShippedCheckpoint(
     "rdm/fashion-mnist",
     "PRIVDIFF_RDM_MODEL",
-    "config.json",
+    "model_index.json",
     "RDM model",
     "train one with `privdiff train rdm --out DIR`",
+    older_markers=("config.json",),  # the privdiff v1 layout (config.json + model.safetensors)
 )
 CPSAMPLE_MODEL = ShippedCheckpoint(
     "cpsample/fmnist64",
     "PRIVDIFF_CPSAMPLE_MODEL",
-    "model.json",
+    "model_index.json",
     "CPSample diffusion model",
     "train one with `privdiff train diffusion --data 'fashion-mnist:train[:64]' --out DIR`",
+    older_markers=("model.json",),  # the privdiff v1 layout (model.json + unet/)
 )
 SHIPPED = (RDM_MODEL, CPSAMPLE_MODEL)
 #: The variables :func:`resolve_checkpoint` reads (recorded by the demo with its command).
@@ -120,21 +124,30 @@ def resolve_checkpoint(checkpoint: ShippedCheckpoint, explicit: str | os.PathLik
         looked.append(("package data", package / checkpoint.name))
     looked.append(("privdiff home", home_dir() / "checkpoints" / checkpoint.name))
     for _, candidate in looked:
-        if (candidate / checkpoint.marker).is_file():
+        if _has_marker(checkpoint, candidate):
             return candidate
     raise _missing(checkpoint, looked)
 
 
+def _markers(checkpoint: ShippedCheckpoint) -> tuple[str, ...]:
+    return (checkpoint.marker, *checkpoint.older_markers)
+
+
+def _has_marker(checkpoint: ShippedCheckpoint, path: Path) -> bool:
+    return any((path / m).is_file() for m in _markers(checkpoint))
+
+
 def _require(checkpoint: ShippedCheckpoint, path: Path, looked: list[tuple[str, Path]]) -> Path:
-    if not (path / checkpoint.marker).is_file():
+    if not _has_marker(checkpoint, path):
         raise _missing(checkpoint, looked)
     return path
 
 
 def _missing(checkpoint: ShippedCheckpoint, looked: list[tuple[str, Path]]) -> CheckpointNotFound:
     where = "; ".join(f"{label}: {path}" for label, path in looked)
+    markers = " or ".join(_markers(checkpoint))
     return CheckpointNotFound(
-        f"no {checkpoint.what} ({checkpoint.marker} not found); looked in {where}. Pass a directory, set "
+        f"no {checkpoint.what} ({markers} not found); looked in {where}. Pass a directory, set "
         f"{checkpoint.env_var}, or put one in {home_dir() / 'checkpoints' / checkpoint.name} ({checkpoint.remedy})",
         checkpoint,
         [path for _, path in looked],

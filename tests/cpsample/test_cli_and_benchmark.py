@@ -199,7 +199,7 @@ def test_train_diffusion_command_trains_and_resumes(tmp_path, capsys):
     ]
     assert main(args + ["--steps", "1"]) == 0
     assert main(args + ["--steps", "2", "--resume"]) == 0
-    manifest = json.loads((out / "model.json").read_text())
+    manifest = json.loads((out / "privdiff.json").read_text())
     assert manifest["steps_done"] == 2 and len(manifest["commands"]) == 2
     assert manifest["commands"][1].endswith("--resume")
 

@@ -112,3 +112,70 @@ def test_classifier_trained_on_vae_latents_gates_its_training_latents(tiny_laten
     clf, labels, _ = train_classifier(latents, alphas_cumprod=acp, config=cfg, progress=False)
     fired, _ = CPSampleGuidance(clf, alpha=0.05, scale=1.0).gate(latents, torch.zeros(4, dtype=torch.long))
     assert fired.all()
+
+
+def test_wrapped_conditional_unet_round_trips_through_save_pretrained(tiny_latent_parts, tmp_path):
+    """The latent wrapper is saved whole (U-Net, classifier, ᾱ, settings) and samples identically after loading."""
+    vae, unet, clf, acp = tiny_latent_parts
+    wrapped = CPSampleUNet(unet, CPSampleGuidance(clf, alpha=0.5, scale=50.0, mode="away_from_predicted"), acp)
+    wrapped.save_pretrained(tmp_path / "unet")
+    back = CPSampleUNet.from_pretrained(tmp_path / "unet")
+    assert type(back.unet).__name__ == "UNet2DConditionModel"
+    assert back.guidance.settings() == {"alpha": 0.5, "scale": 50.0, "mode": "away_from_predicted"}
+    g = torch.Generator().manual_seed(4)
+    z_T = torch.randn((2, 4, 8, 8), generator=g)
+    cond, uncond = torch.randn((2, 3, 12), generator=g), torch.zeros((2, 3, 12))
+    a = ddim_sample(_cfg_denoiser(wrapped, cond, uncond, 2.0), make_ddim_scheduler(), z_T, num_inference_steps=3)
+    b = ddim_sample(_cfg_denoiser(back, cond, uncond, 2.0), make_ddim_scheduler(), z_T, num_inference_steps=3)
+    assert torch.equal(a, b)
+
+
+def test_latents_are_the_vae_mean_times_scaling_factor_and_grey_is_repeated(tiny_latent_parts, tmp_path):
+    from diffusers import DDPMScheduler
+
+    from privdiff.cpsample.latents import encode_latents, load_vae, scheduler_alphas_cumprod
+
+    vae, *_ = tiny_latent_parts
+    vae.save_pretrained(tmp_path / "pipe" / "vae")
+    loaded = load_vae(tmp_path / "pipe")  # a pipeline folder: its vae/ is used
+    grey = torch.rand((3, 1, 16, 16), generator=torch.Generator().manual_seed(5)) * 2 - 1
+    z = encode_latents(loaded, grey, batch_size=2)
+    with torch.no_grad():
+        ref = vae.encode(grey.repeat(1, 3, 1, 1)).latent_dist.mean * vae.config.scaling_factor
+    assert z.shape == (3, 4, 8, 8)
+    torch.testing.assert_close(z, ref, atol=1e-5, rtol=1e-5)
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+        tmp_path / "pipe" / "scheduler"
+    )
+    acp = scheduler_alphas_cumprod(tmp_path / "pipe")
+    assert acp.shape == (1000,) and float(acp[-1]) == pytest.approx(
+        float(DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod[-1])
+    )
+
+
+@pytest.mark.integration
+def test_protect_train_with_vae_trains_on_latents(tiny_latent_parts, tmp_path):
+    from diffusers import DDPMScheduler
+
+    from privdiff.cli import main
+    from privdiff.cpsample import load_classifier
+    from privdiff.data import load_dataset
+
+    try:
+        load_dataset("fashion-mnist:train[:2]", size=16)
+    except Exception:  # noqa: BLE001
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    vae, unet, _, _ = tiny_latent_parts
+    latent_model = tmp_path / "latent"
+    vae.save_pretrained(latent_model / "vae")
+    unet.save_pretrained(latent_model / "unet")
+    DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012).save_pretrained(
+        latent_model / "scheduler"
+    )
+    out = tmp_path / "clf"
+    args = ["protect", "train", "--data", "fashion-mnist:train[:4]", "--size", "16", "--model", str(latent_model)]
+    code = main([*args, "--vae", str(latent_model), "--out", str(out), "--steps", "2", "--batch-size", "4", "--json"])
+    assert code == 0
+    pc = load_classifier(out)
+    assert pc.classifier.config.in_channels == 4  # the VAE's latent channels, not the images' one
+    assert pc.meta["vae"] == str(latent_model) and "--vae" in pc.meta["command"]

@@ -36,7 +36,7 @@ def test_training_writes_a_loadable_checkpoint_with_provenance(tmp_path, tiny_im
         command="privdiff train diffusion --data random:6",
         progress=False,
     )
-    manifest = json.loads((tmp_path / "run" / "model.json").read_text())
+    manifest = json.loads((tmp_path / "run" / "privdiff.json").read_text())
     assert manifest["steps_done"] == 4
     assert manifest["data_spec"] == "random:6"
     assert manifest["commands"] == ["privdiff train diffusion --data random:6"]
@@ -151,3 +151,16 @@ def test_ddim_sample_is_deterministic_with_eta_zero(tmp_path, tiny_images):
     a = ddim_sample(model.denoiser(), model.ddim_scheduler(), x_T, num_inference_steps=5)
     b = ddim_sample(model.denoiser(), model.ddim_scheduler(), x_T, num_inference_steps=5)
     assert a.shape == x_T.shape and torch.equal(a, b)
+
+
+def test_one_forward_noising_function_matches_diffusers_add_noise_bit_for_bit():
+    """q_sample is the one forward process of all three trainers; it must equal DDPMScheduler.add_noise."""
+    from diffusers import DDPMScheduler
+
+    from privdiff.diffusion.noising import q_sample
+
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn((5, 2, 4, 4), generator=g), torch.randn((5, 2, 4, 4), generator=g)
+    t = torch.tensor([0, 1, 250, 998, 999])
+    for sched in (DDPMScheduler(), DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195)):
+        assert torch.equal(q_sample(x0, t, sched.alphas_cumprod, noise), sched.add_noise(x0, noise, t))

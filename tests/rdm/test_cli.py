@@ -99,7 +99,9 @@ def _generate(model, index, ledger, out, *extra):
 
 def test_train_command_records_the_exact_command_and_space(setup):
     _, model, _ = setup
-    cfg = json.loads((model / "config.json").read_text())
+    from privdiff.rdm.model import read_model_info
+
+    cfg = read_model_info(model)
     assert cfg["command"].startswith("privdiff train rdm --public 'fashion-mnist:train[:40]'")
     assert cfg["model"]["space_id"] == "effnet-lite0-64px-c/v1" and cfg["training"]["steps_done"] == 2
 

@@ -183,7 +183,7 @@ def test_failure_after_the_charge_leaves_no_partial_files(env, tmp_path, monkeyp
     def boom(*a, **k):
         raise RuntimeError("sampler crashed")
 
-    monkeypatch.setattr("privdiff.diffusion.sampling.ddim_sample", boom)
+    monkeypatch.setattr("privdiff.diffusion.sampling.sample", boom)
     with pytest.raises(RuntimeError):
         pl.generate_to_directory(pipe, ["a bag"], tmp_path / "g", num_inference_steps=1)
     assert not (tmp_path / "g").exists()

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -95,17 +97,68 @@ def test_load_refuses_missing_or_foreign_directory(tmp_path):
     with pytest.raises(CheckpointError, match="not an RDM model directory"):
         RDMModel.load(tmp_path)
     _tiny_model().save(tmp_path / "m")
-    (tmp_path / "m" / "config.json").write_text('{"format": "something-else"}')
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps(index | {"_class_name": "DDPMPipeline"}))
+    with pytest.raises(CheckpointError, match="not a DPRDMPipeline"):
+        RDMModel.load(tmp_path / "m")
+    index["privdiff"]["format"] = "something-else"
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="not a privdiff-rdm"):
         RDMModel.load(tmp_path / "m")
 
 
 def test_load_refuses_truncated_weights(tmp_path):
     _tiny_model().save(tmp_path / "m")
-    w = tmp_path / "m" / "model.safetensors"
+    w = tmp_path / "m" / "unet" / "diffusion_pytorch_model.safetensors"
     w.write_bytes(w.read_bytes()[:100])
     with pytest.raises(CheckpointError):
         RDMModel.load(tmp_path / "m")
+
+
+def test_saved_folder_is_a_diffusers_pipeline_folder(tmp_path):
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    model = _tiny_model()
+    model.save_pretrained(tmp_path / "m", extra={"generation_defaults": {"k": 3}})
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    assert index["_class_name"] == "DPRDMPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["scheduler"] == [
+        "diffusers",
+        "DDIMScheduler",
+    ]
+    assert index["rdm_config"]["space_id"] == TINY_SPACE and index["privdiff"]["generation_defaults"] == {"k": 3}
+    # Stock diffusers opens the parts: the conditional U-Net and the scheduler privdiff samples with.
+    unet = UNet2DConditionModel.from_pretrained(tmp_path / "m" / "unet")
+    x, t, ctx = _inputs()
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, encoder_hidden_states=ctx).sample, model(x, t, ctx))
+    saved = DDIMScheduler.from_pretrained(tmp_path / "m" / "scheduler")
+    torch.testing.assert_close(saved.alphas_cumprod, model.ddim_scheduler().alphas_cumprod, rtol=0, atol=0)
+    assert saved.config.set_alpha_to_one is False and saved.config.clip_sample is False
+
+
+def _save_v1(model: RDMModel, directory, extra=None):
+    """The privdiff v1 layout, as the old ``RDMModel.save`` wrote it."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.unet.state_dict().items()}, str(directory / "model.safetensors"))
+    info = {"format": "privdiff-rdm", "format_version": 1, "model": model.config.to_dict(), **(extra or {})}
+    (directory / "config.json").write_text(json.dumps(info))
+
+
+def test_v1_layout_still_loads_and_resaves_as_a_pipeline_folder(tmp_path):
+    model = _tiny_model()
+    _save_v1(model, tmp_path / "v1", extra={"command": "old"})
+    old = RDMModel.from_pretrained(tmp_path / "v1")
+    x, t, ctx = _inputs()
+    with torch.no_grad():
+        assert torch.equal(old(x, t, ctx), model(x, t, ctx))
+    assert read_model_info(tmp_path / "v1")["command"] == "old"
+    old.save_pretrained(tmp_path / "v1", extra={"command": "old"})
+    assert not (tmp_path / "v1" / "model.safetensors").exists() and not (tmp_path / "v1" / "config.json").exists()
+    with torch.no_grad():
+        assert torch.equal(RDMModel.from_pretrained(tmp_path / "v1")(x, t, ctx), model(x, t, ctx))
 
 
 def test_config_rejects_sizes_the_unet_cannot_downsample():

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from privdiff.errors import CheckpointError, InvalidParameter
-from privdiff.rdm.model import RDMModel
+from privdiff.rdm.model import RDMModel, read_model_info
 from privdiff.rdm.train import (
     TrainConfig,
     adapt_context,
@@ -96,7 +96,7 @@ def test_training_writes_loadable_model_loss_curve_and_config(tmp_path, tiny_dat
     assert (tmp_path / "m" / "training" / "loss.png").stat().st_size > 0
     losses = json.loads((tmp_path / "m" / "training" / "loss.json").read_text())["loss"]
     assert len(losses) == 4
-    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg = read_model_info(tmp_path / "m")
     assert cfg["command"] == "cmd" and cfg["training"]["s_max"] == 0.05 and cfg["training"]["steps_done"] == 4
 
 

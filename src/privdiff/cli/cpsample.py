@@ -24,6 +24,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         size: int | None = size_option(),
         model: Path = typer.Option(..., "--model", help="Diffusion model directory (its noise schedule is used)."),
         out: Path = typer.Option(..., "--out", help="Where to write the classifier directory."),
+        vae: Path | None = typer.Option(
+            None,
+            "--vae",
+            help="Latent models: an AutoencoderKL folder (or a pipeline folder with vae/); the classifier "
+            "is trained on its latents and --model only supplies the scheduler.",
+        ),
         holdout: str | None = typer.Option(
             None, "--holdout", help="Held-out images (spec) for the report; never trained on."
         ),
@@ -68,18 +74,28 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             seed=seed,
             calibration_batch_size=calibration_batch_size,
         ).validate()
-        diffusion = load_model(model)
+        if vae is not None:
+            from privdiff.cpsample.latents import encode_latents, load_vae, scheduler_alphas_cumprod
+
+            autoencoder = load_vae(vae)
+            acp = scheduler_alphas_cumprod(model)
+
+            def space(images):
+                return encode_latents(autoencoder, to_model_space(images))
+        else:
+            acp = load_model(model).alphas_cumprod()
+
+            def space(images):
+                return to_model_space(images)
+
         ds = load_dataset(data, size=size)
         held = load_dataset(holdout, size=size) if holdout else None
-        calib = to_model_space(load_dataset(calibration, size=size).images) if calibration else None
-        acp = diffusion.alphas_cumprod()
-        x0 = to_model_space(ds.images)
+        calib = space(load_dataset(calibration, size=size).images) if calibration else None
+        x0 = space(ds.images)
         clf, labels, log = train_classifier(x0, alphas_cumprod=acp, config=config, calibration=calib)
         report: dict[str, Any] = {"train": evaluate_classifier(clf, x0, labels, alphas_cumprod=acp, seed=seed + 1)}
         if held is not None:
-            report["holdout"] = evaluate_classifier(
-                clf, to_model_space(held.images), None, alphas_cumprod=acp, seed=seed + 2
-            )
+            report["holdout"] = evaluate_classifier(clf, space(held.images), None, alphas_cumprod=acp, seed=seed + 2)
         args = [
             "--data",
             data,
@@ -87,6 +103,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             str(model),
             "--out",
             str(out),
+            *(["--vae", str(vae)] if vae is not None else []),
             *(["--holdout", holdout] if holdout else []),
             "--steps",
             str(steps),
@@ -119,6 +136,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             "holdout_spec": holdout,
             "calibration_spec": calibration,
             "model": str(model),
+            "vae": str(vae) if vae is not None else None,
             "num_train_images": int(len(ds.images)),
             "label_seed": label_seed,
             "train_config": training_config_dict(config),

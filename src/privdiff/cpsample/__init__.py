@@ -8,6 +8,7 @@ so the sampler stops reproducing training images.
 
 from privdiff.cpsample.classifier import NoiseAwareClassifier, confidence, random_labels
 from privdiff.cpsample.guidance import CPSampleGuidance, CPSampleUNet, GateStats, protected_denoiser
+from privdiff.cpsample.pipeline import CPSamplePipeline, CPSamplePipelineOutput
 from privdiff.cpsample.training import (
     ClassifierTrainConfig,
     ProtectionClassifier,
@@ -18,6 +19,8 @@ from privdiff.cpsample.training import (
 
 __all__ = [
     "CPSampleGuidance",
+    "CPSamplePipeline",
+    "CPSamplePipelineOutput",
     "CPSampleUNet",
     "ClassifierTrainConfig",
     "GateStats",

@@ -22,13 +22,20 @@ protect a diffusers ``UNet2DConditionModel`` inside a latent (Stable-Diffusion-s
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from privdiff.errors import InvalidParameter, check_in_range, check_nonnegative
+# ModelMixin must be a name in this module: diffusers' pipeline loader looks a custom component's
+# base class up in the component's own module to find its load method (CPSampleUNet below).
+from diffusers.models.modeling_utils import ModelMixin
+
+from privdiff.errors import CheckpointError, InvalidParameter, check_in_range, check_nonnegative
 
 GuidanceMode = Literal["toward_opposite", "away_from_predicted"]
 MODES: tuple[str, ...] = ("toward_opposite", "away_from_predicted")
@@ -175,7 +182,7 @@ def protected_denoiser(
     return eps_hat
 
 
-class CPSampleUNet(torch.nn.Module):
+class CPSampleUNet(ModelMixin):
     """Wrap a diffusers ``UNet2DConditionModel`` so its ε output carries the CPSample correction.
 
     For latent pipelines (Stable Diffusion, the RDM): the classifier is trained on VAE latents, and
@@ -184,13 +191,76 @@ class CPSampleUNet(torch.nn.Module):
     CFG-combined prediction is ε_u + w(ε_c − ε_u) + δ: CPSample on the CFG ε, as the spec's §3
     "Stable Diffusion" paragraph asks. Attributes not defined here (``config``, ``dtype``...) are
     forwarded to the wrapped network so pipelines can use it in place of the original.
+
+    It survives a pipeline's ``save_pretrained``: as a diffusers ``ModelMixin`` it is saved (not
+    silently skipped as a plain module is) into the component folder as ``config.json`` (class
+    names, α, s, mode), ``unet/`` (the wrapped network, stock layout), ``classifier/`` and
+    ``alphas_cumprod.safetensors``; ``Pipeline.from_pretrained`` of that folder loads it back
+    through :meth:`from_pretrained` (``model_index.json`` names ``privdiff.cpsample.guidance``).
+    The classifier must itself be a ``ModelMixin`` (:class:`NoiseAwareClassifier` is).
     """
+
+    CONFIG_FILE = "config.json"
+    ACP_FILE = "alphas_cumprod.safetensors"
 
     def __init__(self, unet: torch.nn.Module, guidance: CPSampleGuidance, alphas_cumprod: torch.Tensor):
         super().__init__()
         self.unet = unet
         self.guidance = guidance
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().clone(), persistent=False)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Write the wrapped U-Net, the classifier, ᾱ and the guidance settings (see class docstring)."""
+        from safetensors.torch import save_file
+
+        from privdiff.utils.atomic import atomic_write_json
+
+        clf = self.guidance.classifier
+        for name, part in (("unet", self.unet), ("classifier", clf)):
+            if not isinstance(part, ModelMixin):
+                raise CheckpointError(
+                    f"cannot save a CPSampleUNet whose {name} is a {type(part).__name__}: it must be a diffusers "
+                    "ModelMixin (save_pretrained/from_pretrained), or the saved pipeline would lose it"
+                )
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        safe = {"safe_serialization": kwargs.get("safe_serialization", True)}
+        self.unet.save_pretrained(directory / "unet", **safe)
+        clf.save_pretrained(directory / "classifier", **safe)
+        save_file({"alphas_cumprod": self.alphas_cumprod.detach().cpu().contiguous()}, str(directory / self.ACP_FILE))
+        config = {
+            "_class_name": type(self).__name__,
+            "unet_class": [type(self.unet).__module__.split(".")[0], type(self.unet).__name__],
+            "classifier_class": [type(clf).__module__, type(clf).__name__],
+            **self.guidance.settings(),
+        }
+        atomic_write_json(directory / self.CONFIG_FILE, config)  # last: a config always has its parts
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> CPSampleUNet:
+        """Load a folder written by :meth:`save_pretrained` (``torch_dtype`` is honoured; other
+        loader options diffusers passes are not needed for these small parts)."""
+        import importlib
+
+        from safetensors.torch import load_file
+
+        directory = Path(pretrained_model_name_or_path)
+        try:
+            config = json.loads((directory / cls.CONFIG_FILE).read_text())
+            unet_lib, unet_name = config["unet_class"]
+            clf_lib, clf_name = config["classifier_class"]
+            unet_cls = getattr(importlib.import_module(unet_lib), unet_name)
+            clf_cls = getattr(importlib.import_module(clf_lib), clf_name)
+            unet = unet_cls.from_pretrained(directory / "unet", low_cpu_mem_usage=False)
+            clf = clf_cls.from_pretrained(directory / "classifier", low_cpu_mem_usage=False).eval()
+            acp = load_file(str(directory / cls.ACP_FILE))["alphas_cumprod"]
+        except (OSError, KeyError, ValueError, AttributeError, ImportError) as exc:
+            raise CheckpointError(f"cannot load a CPSampleUNet from {directory}: {exc}") from exc
+        guidance = CPSampleGuidance(clf, alpha=config["alpha"], scale=config["scale"], mode=config["mode"])
+        wrapped = cls(unet, guidance, acp)
+        if kwargs.get("torch_dtype") is not None:
+            wrapped.unet.to(kwargs["torch_dtype"])
+        return wrapped.eval()
 
     def __getattr__(self, name: str):
         try:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from privdiff.cpsample.classifier import NoiseAwareClassifier, confidence, random_labels
+from privdiff.diffusion.noising import q_sample
 from privdiff.errors import (
     CheckpointError,
     DataError,
@@ -142,12 +143,6 @@ def sample_timesteps(
     t_small = torch.randint(0, config.small_t_max, (n,), generator=generator)
     pick_small = torch.rand(n, generator=generator) < config.small_t_fraction
     return torch.where(pick_small, t_small, t_all)
-
-
-def q_sample(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Ho et al. 2020, Eq. 4)."""
-    a = alphas_cumprod[t].to(x0.dtype).view(-1, *([1] * (x0.ndim - 1)))
-    return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
 
 def train_classifier(

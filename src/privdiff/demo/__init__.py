@@ -1035,7 +1035,7 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> CPSampleResult:
         protection = load_classifier(clf_dir)
         data_spec = model.meta.get("data_spec")
         if not data_spec:
-            raise CheckpointError(f"{model_dir}/model.json does not name its training set (data_spec)")
+            raise CheckpointError(f"{model_dir}/privdiff.json does not name its training set (data_spec)")
         train = load_dataset(data_spec).images
     clf_spec = protection.meta.get("data_spec")
     out = cfg.out / "cpsample"

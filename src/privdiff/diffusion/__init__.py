@@ -9,7 +9,7 @@ from privdiff.diffusion.model import (
     save_model,
     unet_config,
 )
-from privdiff.diffusion.sampling import Denoiser, Guidance, ddim_sample, make_ddim_scheduler
+from privdiff.diffusion.sampling import Denoiser, Guidance, ddim_sample, make_ddim_scheduler, sample
 from privdiff.diffusion.training import TrainConfig, train_diffusion
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "ddim_sample",
     "load_model",
     "make_ddim_scheduler",
+    "sample",
     "save_model",
     "train_diffusion",
     "unet_config",

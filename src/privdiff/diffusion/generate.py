@@ -1,6 +1,6 @@
 """Draw images from a pixel-space :class:`~privdiff.diffusion.model.DiffusionModel` with DDIM.
 
-A thin convenience over :func:`privdiff.diffusion.sampling.ddim_sample`: seeded x_T, batching,
+A thin convenience over :func:`privdiff.diffusion.sampling.sample`: seeded x_T, batching,
 conversion to uint8 and wall-clock timing, so the CLI, the experiments and the benchmark all draw
 samples the same way (the same seed gives the same x_T with or without guidance).
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from privdiff.diffusion.model import DiffusionModel
-from privdiff.diffusion.sampling import Guidance, ddim_sample
+from privdiff.diffusion.sampling import Guidance, sample
 from privdiff.errors import check_int, check_nonnegative
 
 
@@ -61,7 +61,7 @@ def generate(
     )  # None: off when stderr is not a terminal
     try:
         for s in range(0, n, batch_size):
-            x0 = ddim_sample(
+            x0 = sample(
                 denoiser,
                 scheduler,
                 x_T[s : s + batch_size],

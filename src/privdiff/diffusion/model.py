@@ -1,13 +1,20 @@
-"""Pixel-space diffusion models: built from a config dict, saved as a self-describing directory.
+"""Pixel-space diffusion models: built from a config dict, saved as a diffusers pipeline folder.
 
 The network is diffusers' :class:`~diffusers.UNet2DModel` (ε-prediction); the noise schedule is
 diffusers' DDPM/DDIM with the ermongroup/ddim defaults (linear β 1e-4 → 0.02, T = 1000), which the
-CPSample paper's code forks (methods/cpsample.md §1). A checkpoint directory holds
+CPSample paper's code forks (methods/cpsample.md §1). A checkpoint directory is a
+``DDPMPipeline`` folder (``DDPMPipeline.from_pretrained(DIR)`` opens it):
 
-* ``unet/``: ``save_pretrained`` output (``config.json`` + ``diffusion_pytorch_model.safetensors``),
-  the weights used for sampling (the EMA weights when EMA was on);
-* ``model.json``: the schedule, the image shape, and the provenance (data spec, seed, steps,
+* ``model_index.json``, ``unet/`` (``config.json`` + ``diffusion_pytorch_model.safetensors``, the
+  weights used for sampling: the EMA weights when EMA was on) and ``scheduler/`` (the DDIM
+  scheduler privdiff samples with);
+* ``privdiff.json``: the schedule, the image shape, and the provenance (data spec, seed, steps,
   the exact commands that produced it), so a figure can be traced to its command (EDM habit).
+
+:func:`load_model` also opens the folders of other tools and of older privdiff versions
+(:func:`detect_format`): a stock ``DDPMPipeline`` folder, a ``UNet2DModel`` folder with a
+scheduler (``unet/`` + ``scheduler/``, or ``config.json`` + ``scheduler_config.json``), and the
+privdiff v1 layout (``model.json`` + ``unet/``).
 
 Training state for resuming (optimizer, raw weights, RNG) lives beside it in ``training_state.pt``
 and is not needed for sampling.
@@ -25,9 +32,14 @@ import torch
 from privdiff.errors import CheckpointError, InvalidParameter
 from privdiff.utils.atomic import atomic_write_json
 
-MODEL_JSON = "model.json"
+MODEL_JSON = "model.json"  # the privdiff v1 manifest (read only)
+PRIVDIFF_JSON = "privdiff.json"
+MODEL_INDEX = "model_index.json"
 UNET_DIR = "unet"
+SCHEDULER_DIR = "scheduler"
 KIND = "privdiff.diffusion.pixel"
+#: Schedule keys shared by every scheduler config (the ones :func:`make_ddim_scheduler` takes).
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end")
 
 #: ermongroup/ddim's schedule (methods/cpsample.md §1): linear β from 1e-4 to 0.02 over T = 1000.
 DDIM_SCHEDULE: dict[str, Any] = {
@@ -110,12 +122,16 @@ class DiffusionModel:
     Attributes:
         unet: the diffusers network, ``unet(x_t, t).sample`` = ε_θ(x_t, t).
         schedule: the training schedule (``num_train_timesteps``, ``beta_*``), shared by DDIM.
-        meta: provenance (data spec, seed, steps, commands, ...) as stored in ``model.json``.
+        meta: provenance (data spec, seed, steps, commands, ...) as stored in ``privdiff.json``.
+        scheduler_config: the full config of a scheduler that came with the weights (a stock
+            folder's); None for privdiff's own models, whose schedulers are rebuilt from
+            ``schedule`` exactly as they were trained.
     """
 
     unet: Any
     schedule: dict[str, Any] = field(default_factory=lambda: dict(DDIM_SCHEDULE))
     meta: dict[str, Any] = field(default_factory=dict)
+    scheduler_config: dict[str, Any] | None = None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -132,6 +148,12 @@ class DiffusionModel:
         return eps_theta
 
     def ddim_scheduler(self):
+        """The DDIM scheduler to sample with: the stored one's settings for a stock folder (its
+        clipping, spacing, prediction type), else privdiff's (:func:`make_ddim_scheduler`)."""
+        if self.scheduler_config is not None:
+            from diffusers import DDIMScheduler
+
+            return DDIMScheduler.from_config(self.scheduler_config)
         from privdiff.diffusion.sampling import make_ddim_scheduler
 
         return make_ddim_scheduler(**self.schedule)
@@ -139,6 +161,8 @@ class DiffusionModel:
     def ddpm_scheduler(self):
         from diffusers import DDPMScheduler
 
+        if self.scheduler_config is not None:
+            return DDPMScheduler.from_config(self.scheduler_config)
         return DDPMScheduler(**self.schedule, clip_sample=False, prediction_type="epsilon")
 
     def alphas_cumprod(self) -> torch.Tensor:
@@ -148,13 +172,33 @@ class DiffusionModel:
     def save(self, directory: str | Path) -> Path:
         return save_model(directory, self.unet, schedule=self.schedule, meta=self.meta)
 
+    save_pretrained = save
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, device: str | torch.device = "cpu") -> DiffusionModel:
+        return load_model(directory, device=device)
+
+    def pipeline(self):
+        """A diffusers ``DDPMPipeline`` over these weights and the DDIM scheduler."""
+        from diffusers import DDPMPipeline
+
+        return DDPMPipeline(unet=self.unet, scheduler=self.ddim_scheduler())
+
 
 def save_model(directory: str | Path, unet, *, schedule: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write ``unet/`` (safetensors) and ``model.json``; the JSON is written last so a reader never
-    sees a manifest without weights."""
+    """Write a ``DDPMPipeline`` folder (``model_index.json``, ``unet/``, ``scheduler/``) and
+    ``privdiff.json``; the JSON is written last so a reader never sees a manifest without weights.
+
+    The scheduler saved is the DDIM scheduler privdiff samples with, so ``DDPMPipeline.from_pretrained``
+    and :func:`load_model` sample alike."""
+    from diffusers import DDPMPipeline
+
+    from privdiff.diffusion.sampling import make_ddim_scheduler
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(directory / UNET_DIR, safe_serialization=True)
+    scheduler = make_ddim_scheduler(**{k: schedule[k] for k in SCHEDULE_KEYS})
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(directory, safe_serialization=True)
     manifest = {
         "kind": KIND,
         "schedule": schedule,
@@ -162,27 +206,103 @@ def save_model(directory: str | Path, unet, *, schedule: dict[str, Any], meta: d
         "parameters": count_parameters(unet),
         **meta,
     }
-    atomic_write_json(directory / MODEL_JSON, manifest)
+    atomic_write_json(directory / PRIVDIFF_JSON, manifest)
+    # A v1 manifest left from an earlier save would describe other weights: the new one replaces it.
+    (directory / MODEL_JSON).unlink(missing_ok=True)
     return directory
 
 
-def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> DiffusionModel:
-    """Load a directory written by :func:`save_model` (or by ``privdiff train diffusion``)."""
+def detect_format(directory: str | Path) -> str:
+    """Which layout ``directory`` holds: ``"privdiff"`` (this module's, ``privdiff.json``),
+    ``"privdiff-v1"`` (``model.json`` + ``unet/``), ``"pipeline"`` (a diffusers ``model_index.json``
+    with a ``unet``), ``"unet+scheduler"`` (``unet/`` and ``scheduler/`` subfolders) or ``"unet"``
+    (a bare ``UNet2DModel`` folder, optionally with ``scheduler_config.json``).
+
+    Raises:
+        CheckpointError: none of them (the message lists what was looked for).
+    """
+    d = Path(directory)
+    if (d / PRIVDIFF_JSON).is_file() and (d / MODEL_INDEX).is_file():
+        return "privdiff"
+    if (d / MODEL_JSON).is_file():
+        return "privdiff-v1"
+    if (d / MODEL_INDEX).is_file():
+        return "pipeline"
+    if (d / UNET_DIR / "config.json").is_file():
+        return "unet+scheduler"
+    if (d / "config.json").is_file():
+        return "unet"
+    raise CheckpointError(
+        f"{d} is not a diffusion model: expected a privdiff model ({PRIVDIFF_JSON}), a diffusers pipeline "
+        f"folder ({MODEL_INDEX} with unet/ and scheduler/), a UNet2DModel folder (config.json, optionally "
+        f"with scheduler_config.json or a scheduler/ subfolder), or a privdiff v1 model ({MODEL_JSON})"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return data
+
+
+def _load_unet(path: Path, device):
     from diffusers import UNet2DModel
 
-    directory = Path(directory)
-    manifest_path = directory / MODEL_JSON
-    if not manifest_path.is_file():
-        raise CheckpointError(f"{directory} is not a privdiff diffusion model: {MODEL_JSON} is missing")
+    cfg = _read_json(path / "config.json")
+    if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
+        raise CheckpointError(
+            f"{path} holds a {cfg.get('_class_name')}; a pixel diffusion model needs an unconditional UNet2DModel"
+        )
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{manifest_path} is not valid JSON: {exc}") from None
-    if manifest.get("kind") != KIND:
-        raise CheckpointError(f"{directory} holds kind {manifest.get('kind')!r}, expected {KIND!r}")
-    try:
-        unet = UNet2DModel.from_pretrained(directory / UNET_DIR, low_cpu_mem_usage=False).to(device).eval()
+        return UNet2DModel.from_pretrained(path, low_cpu_mem_usage=False).to(device).eval()
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"cannot load the U-Net weights in {directory / UNET_DIR}: {exc}") from None
-    meta = {k: v for k, v in manifest.items() if k not in ("kind", "schedule", "unet_config", "parameters")}
-    return DiffusionModel(unet=unet, schedule=dict(manifest["schedule"]), meta=meta)
+        raise CheckpointError(f"cannot load the U-Net weights in {path}: {exc}") from None
+
+
+def _stock_scheduler_config(path: Path | None) -> dict[str, Any]:
+    """A scheduler config that came with stock weights; DDPM defaults (T = 1000, linear β) when absent."""
+    if path is None or not path.is_file():
+        return {"_class_name": "DDPMScheduler", **DDIM_SCHEDULE, "prediction_type": "epsilon"}
+    cfg = _read_json(path)
+    prediction = cfg.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        # CPSample's guidance and the training losses here are ε-parameterised (methods/cpsample.md §3).
+        raise CheckpointError(f"{path} has prediction_type={prediction!r}; privdiff needs an ε-prediction model")
+    return cfg
+
+
+def load_model(directory: str | Path, *, device: str | torch.device = "cpu") -> DiffusionModel:
+    """Load a pixel diffusion model in any layout :func:`detect_format` knows."""
+    directory = Path(directory)
+    fmt = detect_format(directory)
+    if fmt == "privdiff-v1":
+        manifest = _read_json(directory / MODEL_JSON)
+        if manifest.get("kind") != KIND:
+            raise CheckpointError(f"{directory} holds kind {manifest.get('kind')!r}, expected {KIND!r}")
+        unet = _load_unet(directory / UNET_DIR, device)
+        meta = {k: v for k, v in manifest.items() if k not in ("kind", "schedule", "unet_config", "parameters")}
+        return DiffusionModel(unet=unet, schedule=dict(manifest["schedule"]), meta=meta)
+    if fmt == "privdiff":
+        manifest = _read_json(directory / PRIVDIFF_JSON)
+        if manifest.get("kind") != KIND:
+            raise CheckpointError(f"{directory / PRIVDIFF_JSON} holds kind {manifest.get('kind')!r}, expected {KIND!r}")
+        unet = _load_unet(directory / UNET_DIR, device)
+        meta = {k: v for k, v in manifest.items() if k not in ("kind", "schedule", "unet_config", "parameters")}
+        return DiffusionModel(unet=unet, schedule=dict(manifest["schedule"]), meta=meta)
+    if fmt == "pipeline":
+        index = _read_json(directory / MODEL_INDEX)
+        if "unet" not in index:
+            raise CheckpointError(f"{directory / MODEL_INDEX} names no unet component")
+        unet_dir, sched = directory / UNET_DIR, directory / SCHEDULER_DIR / "scheduler_config.json"
+    elif fmt == "unet+scheduler":
+        unet_dir, sched = directory / UNET_DIR, directory / SCHEDULER_DIR / "scheduler_config.json"
+    else:
+        unet_dir, sched = directory, directory / "scheduler_config.json"
+    unet = _load_unet(unet_dir, device)
+    sched_cfg = _stock_scheduler_config(sched)
+    schedule = {k: sched_cfg.get(k, DDIM_SCHEDULE[k]) for k in SCHEDULE_KEYS}
+    return DiffusionModel(unet=unet, schedule=schedule, meta={"source_format": fmt}, scheduler_config=sched_cfg)

@@ -28,6 +28,7 @@ from privdiff.diffusion.model import (
     count_parameters,
     save_model,
 )
+from privdiff.diffusion.noising import q_sample
 from privdiff.errors import (
     CheckpointError,
     DataError,
@@ -86,7 +87,7 @@ def ddpm_loss(unet, x0: torch.Tensor, noise_scheduler, generator: torch.Generato
     b = x0.shape[0]
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
-    x_t = noise_scheduler.add_noise(x0, noise, t)
+    x_t = q_sample(x0, t, noise_scheduler.alphas_cumprod, noise)
     return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
 
 
@@ -111,7 +112,7 @@ def train_diffusion(
         unet_config: a :func:`privdiff.diffusion.model.unet_config` dict matching the image shape.
         config: optimisation settings (validated before anything is written).
         data_spec: the dataset spec, recorded for provenance.
-        command: the command line that started this (segment of the) run, recorded in model.json.
+        command: the command line that started this (segment of the) run, recorded in privdiff.json.
         resume: continue from ``out_dir/training_state.pt`` (error if absent).
         init_from: start from another run's weights (fine-tuning, as CPSample's replication
             experiments fine-tune a trained model on a small subset); its raw weights are used when
@@ -279,27 +280,38 @@ def _smoothed(losses: list[float], window: int = 100) -> float:
     return float(np.mean(losses[-window:]))
 
 
-def write_loss_curve(losses: list[float], out_dir: str | Path, *, title: str = "training loss") -> None:
-    """``loss.json`` (raw per-step losses) and ``loss.png`` (raw + moving average, log scale)."""
+def write_loss_curve(
+    losses: list[float],
+    out_dir: str | Path,
+    *,
+    title: str = "training loss",
+    json_key: str = "loss_per_step",
+    decimals: int | None = None,
+) -> Path:
+    """``loss.json`` (per-step losses under ``json_key``, rounded to ``decimals`` if given) and
+    ``loss.png`` (raw + moving average, log scale): the one loss-curve writer of every trainer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    atomic_write_json(out_dir / "loss.json", {"loss_per_step": losses}, indent=None)
-    if not losses:
-        return
-    window = max(1, min(100, len(losses) // 10))
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values = [round(float(v), decimals) for v in losses] if decimals is not None else list(losses)
+    atomic_write_json(out_dir / "loss.json", {json_key: values}, indent=None)
+    path = out_dir / "loss.png"
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.5, alpha=0.35, label="per step")
-    ax.plot(np.arange(window, len(losses) + 1), smooth, lw=1.5, label=f"mean of {window}")
-    ax.set_yscale("log")
+    if losses:
+        window = max(1, min(100, len(losses) // 10))
+        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.5, alpha=0.35, label="per step")
+        ax.plot(np.arange(window, len(losses) + 1), smooth, lw=1.5, label=f"mean of {window}")
+        ax.set_yscale("log")
+        ax.legend()
     ax.set_xlabel("step")
     ax.set_ylabel("ε-MSE")
     ax.set_title(title, fontsize=9)
-    ax.legend()
     fig.tight_layout()
-    fig.savefig(out_dir / "loss.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path

@@ -11,10 +11,14 @@ The noise schedule is the LDM/RDM one, β_t = (linspace(√0.0015, √0.0195, 10
 which diffusers calls ``scaled_linear``. DDPM is used for training and DDIM for sampling; both
 are rebuilt from the config stored with the weights.
 
-A model is a directory: ``model.safetensors`` (weights) and ``config.json`` (architecture, the
-encoder ``space_id`` it was trained in, k, the training config, the exact command and the
-generation defaults). Loading it next to an encoder or index of another space raises
-:class:`~privdiff.errors.EncoderMismatch` (see :meth:`RDMModel.check_space`).
+A model is a diffusers pipeline folder (:meth:`RDMModel.save_pretrained`): ``unet/`` (the
+``UNet2DConditionModel``, config + safetensors, which ``UNet2DConditionModel.from_pretrained``
+opens), ``scheduler/`` (the DDIM scheduler it samples with) and ``model_index.json`` naming them
+with ``_class_name = "DPRDMPipeline"`` plus the privdiff metadata: ``rdm_config`` (architecture, the
+encoder ``space_id`` it was trained in, k, the schedule) and ``privdiff`` (the training config, the
+exact command, the generation defaults). :meth:`RDMModel.from_pretrained` also reads the v1 layout
+(``config.json`` + ``model.safetensors``). Loading it next to an encoder or index of another space
+raises :class:`~privdiff.errors.EncoderMismatch` (see :meth:`RDMModel.check_space`).
 """
 
 from __future__ import annotations
@@ -30,12 +34,17 @@ from torch import nn
 
 from privdiff.encoders.base import check_same_space
 from privdiff.errors import CheckpointError, InvalidParameter, check_int
-from privdiff.utils.atomic import atomic_path, atomic_write_json
+from privdiff.utils.atomic import atomic_write_json
 
 FORMAT = "privdiff-rdm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The v1 layout (read only): ``config.json`` + ``model.safetensors`` in the model directory.
+V1_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+#: The v2 layout: a diffusers pipeline folder.
+MODEL_INDEX = "model_index.json"
+PIPELINE_CLASS = "DPRDMPipeline"
 
 #: The LDM/RDM training schedule of DP-RDM (notes §5): 1000 steps, β from 0.0015 to 0.0195 on a
 #: square-root-linear grid ("scaled_linear" in diffusers).
@@ -177,41 +186,70 @@ class RDMModel(nn.Module):
 
     # -- persistence -----------------------------------------------------------------------------
 
-    def save(self, directory: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``.
+    def save_pretrained(
+        self, directory: str | os.PathLike, *, extra: dict[str, Any] | None = None, scheduler: Any = None
+    ) -> Path:
+        """Write the pipeline folder: ``unet/``, ``scheduler/`` and ``model_index.json``.
 
-        Each file is written to a temporary name and renamed into place, so a crash never leaves a
-        truncated file; other files in the directory (training state, plots) are left alone.
-        ``extra`` is merged into the JSON (training config, command, generation defaults...).
+        ``extra`` (training config, command, generation defaults...) goes under ``privdiff`` in
+        ``model_index.json``; ``scheduler`` defaults to :meth:`ddim_scheduler`. The index is written
+        last and atomically, so a directory with an index always has the weights it names; other
+        files in the directory (training state, plots, the domain reference) are left alone, and
+        the v1 files of an earlier save are removed (they would describe other weights).
         """
-        from safetensors.torch import save_file
+        import diffusers
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
-        payload = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": self.config.to_dict(),
+        scheduler = scheduler if scheduler is not None else self.ddim_scheduler()
+        self.unet.save_pretrained(directory / "unet", safe_serialization=True)
+        scheduler.save_pretrained(directory / "scheduler")
+        index = {
+            "_class_name": PIPELINE_CLASS,
+            "_diffusers_version": diffusers.__version__,
+            "scheduler": ["diffusers", type(scheduler).__name__],
+            "unet": ["diffusers", type(self.unet).__name__],
+            "rdm_config": self.config.to_dict(),
+            "privdiff": {"format": FORMAT, "format_version": FORMAT_VERSION, **(extra or {})},
         }
-        payload.update(extra or {})
-        # Weights first, config last: a directory with a config always has matching weights.
-        with atomic_path(directory / WEIGHTS_FILE) as tmp_w:
-            save_file(state, str(tmp_w), metadata={"format": FORMAT, "space_id": self.space_id})
-        atomic_write_json(directory / CONFIG_FILE, payload)
+        atomic_write_json(directory / MODEL_INDEX, index)
+        for stale in (CONFIG_FILE, WEIGHTS_FILE):
+            (directory / stale).unlink(missing_ok=True)
         return directory
 
-    @classmethod
-    def load(cls, directory: str | os.PathLike, *, space_id: str | None = None) -> RDMModel:
-        """Load a model directory; with ``space_id`` also refuse a model of another space."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+    def save(self, directory: str | os.PathLike, *, extra: dict[str, Any] | None = None) -> Path:
+        """:meth:`save_pretrained` (kept for callers of the v1 API)."""
+        return self.save_pretrained(directory, extra=extra)
 
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, space_id: str | None = None) -> RDMModel:
+        """Load a model directory (v2 pipeline folder or v1); with ``space_id`` also refuse a model
+        of another space."""
         directory = Path(directory)
         info = read_model_info(directory)
         config = RDMConfig.from_dict(info["model"])
         if space_id is not None:
             check_same_space(space_id, config.space_id, what=f"RDM model {directory}")
+        if info["format_version"] == V1_VERSION:
+            return cls._load_v1_weights(config, directory)
+        from diffusers import UNet2DConditionModel
+
+        try:
+            unet = UNet2DConditionModel.from_pretrained(directory / "unet", low_cpu_mem_usage=False)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"cannot load the RDM U-Net in {directory / 'unet'}: {exc}") from exc
+        reference = build_unet(config)
+        if {k: v for k, v in reference.state_dict().items()}.keys() != unet.state_dict().keys():
+            raise CheckpointError(f"the U-Net in {directory / 'unet'} does not match rdm_config in {MODEL_INDEX}")
+        return cls(config, unet=unet).eval()
+
+    load = from_pretrained
+
+    @classmethod
+    def _load_v1_weights(cls, config: RDMConfig, directory: Path) -> RDMModel:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         model = cls(config)
         try:
             state = load_file(str(directory / WEIGHTS_FILE))
@@ -227,19 +265,51 @@ class RDMModel(nn.Module):
         return model
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path} does not hold a JSON object")
+    return info
+
+
 def read_model_info(directory: str | os.PathLike) -> dict[str, Any]:
-    """The parsed ``config.json`` of a model directory, checked to be an RDM of a known version."""
+    """The model's metadata, checked to be an RDM of a known layout.
+
+    The same shape for both layouts: ``format``, ``format_version``, ``model`` (the
+    :class:`RDMConfig` dict) and every ``extra`` given at save time (``generation_defaults``,
+    ``training``, ``command``...).
+    """
     directory = Path(directory)
+    index = directory / MODEL_INDEX
+    if directory.is_dir() and index.is_file():
+        raw = _read_json(index)
+        meta = raw.get("privdiff")
+        if raw.get("_class_name") != PIPELINE_CLASS or not isinstance(meta, dict) or "rdm_config" not in raw:
+            raise CheckpointError(
+                f"{index} is not a {PIPELINE_CLASS} folder (found _class_name={raw.get('_class_name')!r}); "
+                "an RDM needs rdm_config and privdiff entries"
+            )
+        if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{index} is not a {FORMAT} v{FORMAT_VERSION} model (found format={meta.get('format')!r}, "
+                f"version={meta.get('format_version')!r})"
+            )
+        if not (directory / "unet" / "config.json").is_file():
+            raise CheckpointError(f"{directory} has {MODEL_INDEX} but no unet/ weights")
+        return {**meta, "model": raw["rdm_config"]}
     cfg = directory / CONFIG_FILE
     if not directory.is_dir() or not cfg.is_file() or not (directory / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{directory} is not an RDM model directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    try:
-        info = json.loads(cfg.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot parse {cfg}: {exc}") from exc
-    if info.get("format") != FORMAT or info.get("format_version") != FORMAT_VERSION or "model" not in info:
         raise CheckpointError(
-            f"{cfg} is not a {FORMAT} v{FORMAT_VERSION} config (found format={info.get('format')!r}, "
+            f"{directory} is not an RDM model directory (needs {MODEL_INDEX} with unet/ and scheduler/, "
+            f"or the v1 {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    info = _read_json(cfg)
+    if info.get("format") != FORMAT or info.get("format_version") != V1_VERSION or "model" not in info:
+        raise CheckpointError(
+            f"{cfg} is not a {FORMAT} v{V1_VERSION} config (found format={info.get('format')!r}, "
             f"version={info.get('format_version')!r})"
         )
     return info

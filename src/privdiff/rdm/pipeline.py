@@ -28,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 
 from privdiff.checkpoints import RDM_MODEL, resolve_checkpoint
+from privdiff.diffusion.output import check_output_type
 from privdiff.errors import (
     InvalidParameter,
     PrivacyBudgetExceeded,
@@ -126,15 +129,38 @@ class GenerationOutput:
         )
 
 
-class DPRDMPipeline:
-    """Model + DDIM scheduler + text encoder + context source (DP retriever or a baseline).
+@dataclass
+class DPRDMPipelineOutput(BaseOutput):
+    """What :class:`DPRDMPipeline` returns when an ``output_type`` is given (diffusers conventions).
+
+    Attributes:
+        images: the P·n images, prompt-major: a list of PIL images (``"pil"``), float (N, H, W, C)
+            in [0, 1] (``"np"``) or a float tensor (N, C, H, W) in [0, 1] (``"pt"``).
+        privacy: the context source's privacy record (as :attr:`GenerationOutput.privacy`).
+        generation: the full :class:`GenerationOutput` (uint8 images, prompts, settings).
+    """
+
+    images: Any
+    privacy: dict[str, Any]
+    generation: GenerationOutput
+
+
+class DPRDMPipeline(DiffusionPipeline):
+    """Model + scheduler + text encoder + context source (DP retriever or a baseline).
+
+    A diffusers ``DiffusionPipeline``: its registered modules are the conditional U-Net
+    (``unet``) and the ``scheduler`` (any diffusers scheduler: the sampling loop is
+    :func:`privdiff.diffusion.sample`); :meth:`save_pretrained` writes the model folder
+    (``model_index.json`` + ``unet/`` + ``scheduler/``) and :meth:`from_pretrained` reads it back
+    with a context source and text encoder given at load time (they are not model weights: the
+    private index and its ledger never go into a model folder).
 
     Args:
         model: a trained :class:`RDMModel`.
         source: a context source from :mod:`privdiff.rdm.conditioning`.
         text_encoder: a :class:`~privdiff.encoders.base.TextEncoder` in the model's space
             (optional if you always pass ``query_embeddings``).
-        scheduler: a ``DDIMScheduler``; default: rebuilt from the model's stored schedule.
+        scheduler: a diffusers scheduler; default: DDIM rebuilt from the model's stored schedule.
 
     Every component must live in the model's embedding space (else ``EncoderMismatch``).
     """
@@ -147,14 +173,70 @@ class DPRDMPipeline:
         *,
         scheduler: Any = None,
     ):
-        self.model = model.eval()
-        self.source = source
-        self.text_encoder = text_encoder
-        self.scheduler = scheduler if scheduler is not None else model.ddim_scheduler()
+        super().__init__()
         if getattr(source, "space_id", ""):
             model.check_space(source.space_id, what=f"{source.mode} context source")
         if text_encoder is not None:
             model.check_space(text_encoder.space_id, what="text encoder")
+        self.model = model.eval()
+        self.source = source
+        self.text_encoder = text_encoder
+        self.register_modules(unet=model.unet, scheduler=scheduler if scheduler is not None else model.ddim_scheduler())
+        self.register_to_config(rdm_config=model.config.to_dict())
+        #: Metadata saved with the model (generation defaults, training record, command).
+        self.model_info: dict[str, Any] = {}
+
+    # -- diffusers plumbing: the U-Net lives inside ``model`` ------------------------------------
+
+    @property
+    def device(self):
+        return self.unet.device
+
+    @property
+    def dtype(self):
+        return self.unet.dtype
+
+    def to(self, *args: Any, **kwargs: Any) -> DPRDMPipeline:
+        self.model.to(*args, **kwargs)
+        return self
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> None:
+        """Write the model folder (:meth:`RDMModel.save_pretrained`) with this pipeline's scheduler."""
+        self.model.save_pretrained(save_directory, extra=self.model_info, scheduler=self.scheduler)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        source: ContextSource | None = None,
+        text_encoder: Any = None,
+        scheduler: Any = None,
+        **_: Any,
+    ) -> DPRDMPipeline:
+        """Load a model folder (v2 or v1 layout) into a pipeline.
+
+        ``source`` defaults to the query-only context (no retrieval, no privacy cost); pass a
+        :class:`~privdiff.rdm.conditioning.DPRetrievalContext` (or use :func:`make_pipeline`) to
+        retrieve from a private index. ``scheduler`` defaults to the folder's ``scheduler/``.
+        """
+        from privdiff.rdm.conditioning import QueryOnlyContext
+        from privdiff.rdm.model import read_model_info
+
+        directory = Path(pretrained_model_name_or_path)
+        model = RDMModel.from_pretrained(directory)
+        if scheduler is None and (directory / "scheduler" / "scheduler_config.json").is_file():
+            import diffusers
+
+            cfg_class = _scheduler_class_of(directory)
+            scheduler = getattr(diffusers, cfg_class).from_pretrained(directory / "scheduler")
+        if source is None:
+            source = QueryOnlyContext(model.config.k, model.embedding_dim, model.space_id)
+        pipe = cls(model, source, text_encoder, scheduler=scheduler)
+        pipe.model_info = {
+            k: v for k, v in read_model_info(directory).items() if k not in ("format", "format_version", "model")
+        }
+        return pipe
 
     def __call__(
         self,
@@ -170,7 +252,9 @@ class DPRDMPipeline:
         request_id: str | None = None,
         batch_size: int = 64,
         progress: bool = False,
-    ) -> GenerationOutput:
+        output_type: str | None = None,
+        return_dict: bool = True,
+    ) -> GenerationOutput | DPRDMPipelineOutput | tuple:
         """Generate ``images_per_prompt`` images for each prompt (or query embedding row).
 
         Args:
@@ -183,6 +267,10 @@ class DPRDMPipeline:
             seed / generator: public randomness of x_T (give one, not both).
             request_id: passed to the ledger with the charge.
             batch_size: images per sampler batch (memory only; results do not depend on it).
+            output_type: None (default) returns a :class:`GenerationOutput` (uint8 (P, n, H, W, C));
+                ``"pil"``, ``"np"`` or ``"pt"`` return a :class:`DPRDMPipelineOutput` in diffusers'
+                conventions (:mod:`privdiff.diffusion.output`).
+            return_dict: with an ``output_type``, False returns ``(images, privacy)``.
 
         Raises:
             InvalidParameter, EncoderMismatch: bad input, checked before any charge.
@@ -190,7 +278,8 @@ class DPRDMPipeline:
         """
         import torch
 
-        from privdiff.diffusion.sampling import ddim_sample
+        from privdiff.diffusion.output import postprocess
+        from privdiff.diffusion.sampling import sample
         from privdiff.report.images import to_uint8
 
         # 1. Validate everything before the (possibly charged) context query.
@@ -204,6 +293,7 @@ class DPRDMPipeline:
             seed=seed,
             generator=generator,
             batch_size=batch_size,
+            output_type=output_type,
         )
         images_per_prompt, seed, batch_size = (
             req["images_per_prompt"],
@@ -226,7 +316,7 @@ class DPRDMPipeline:
         # 3. Post-processing: sample n images per context. Contexts are expanded per batch, not
         # for all P·n images at once ((P·n, k, d) floats would dominate memory).
         contexts_p = torch.from_numpy(np.ascontiguousarray(cond.contexts))
-        out = []
+        out, converted = [], []
         n_batches = math.ceil(n_total / batch_size)
         bar = None
         if progress:
@@ -243,7 +333,7 @@ class DPRDMPipeline:
             for start in range(0, n_total, batch_size):
                 rows = torch.arange(start, min(start + batch_size, n_total)) // images_per_prompt
                 denoiser = ClassifierFreeGuidance(self.model, contexts_p[rows], guidance_scale)
-                x0 = ddim_sample(
+                x0 = sample(
                     denoiser,
                     self.scheduler,
                     x_T[start : start + batch_size],
@@ -253,13 +343,15 @@ class DPRDMPipeline:
                     callback=(lambda *a: bar.update(1)) if bar is not None else None,
                 )
                 out.append(to_uint8(x0))
+                if output_type is not None:
+                    converted.append(postprocess(x0, output_type))
         finally:
             if bar is not None:
                 bar.close()
         images = np.concatenate(out).reshape(
             len(prompt_list), images_per_prompt, cfg.sample_size, cfg.sample_size, cfg.channels
         )
-        return GenerationOutput(
+        result = GenerationOutput(
             images=images,
             prompts=prompt_list,
             mode=cond.mode,
@@ -271,11 +363,22 @@ class DPRDMPipeline:
                 "num_inference_steps": num_inference_steps,
                 "eta": req["eta"],
                 "seed": seed,
-                "scheduler": "DDIM",
+                "scheduler": _scheduler_name(self.scheduler),
                 "space_id": cfg.space_id,
                 "context_tokens": int(cond.contexts.shape[1]),
             },
         )
+        if output_type is None:
+            return result
+        if output_type == "pil":
+            flat: Any = [im for chunk in converted for im in chunk]
+        elif output_type == "pt":
+            flat = torch.cat(converted)
+        else:
+            flat = np.concatenate(converted)
+        if not return_dict:
+            return flat, result.privacy
+        return DPRDMPipelineOutput(images=flat, privacy=result.privacy, generation=result)
 
     def check_request(
         self,
@@ -289,6 +392,7 @@ class DPRDMPipeline:
         seed: int | None = None,
         generator: Any = None,
         batch_size: int = 64,
+        output_type: str | None = None,
         **_: Any,
     ) -> dict[str, Any]:
         """Validate a request without running it (no encoding, no charge); returns the checked
@@ -306,6 +410,7 @@ class DPRDMPipeline:
         )
         eta = check_in_range("eta", eta, 0.0, 1.0, low_inclusive=True)
         batch_size = check_int("batch_size", batch_size, 1)
+        check_output_type(output_type, allow_none=True)
         if seed is not None and generator is not None:
             raise InvalidParameter("seed", seed, "None when a generator is given")
         if seed is not None:
@@ -357,6 +462,24 @@ class DPRDMPipeline:
                 f"(P >= 1, {self.model.embedding_dim})",
             )
         return q, [None] * q.shape[0]
+
+
+def _scheduler_name(scheduler: Any) -> str:
+    """ "DDIM" for diffusers' DDIMScheduler (the name recorded before other schedulers were
+    accepted), else the class name without "Scheduler"."""
+    return type(scheduler).__name__.removesuffix("Scheduler")
+
+
+def _scheduler_class_of(directory: Path) -> str:
+    """The scheduler class a model folder names (``model_index.json``), DDIMScheduler by default."""
+    import json
+
+    index = directory / "model_index.json"
+    if index.is_file():
+        entry = json.loads(index.read_text()).get("scheduler")
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] == "diffusers" and isinstance(entry[1], str):
+            return entry[1]
+    return "DDIMScheduler"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from privdiff.errors import (
     check_nonnegative,
     check_positive,
 )
-from privdiff.utils.atomic import atomic_open, atomic_write_json
+from privdiff.utils.atomic import atomic_open
 from privdiff.utils.cache import ArrayCache, cache_key, cache_root
 
 # Lazy imports: faiss, torch, diffusers, tqdm, matplotlib (and rdm.model, which imports torch) are
@@ -340,6 +340,8 @@ def train_rdm(
         ema_model.save(out_dir, extra=info)
         write_loss_curve(losses, state_dir, title=f"RDM adapt training ({step} steps)")
 
+    from privdiff.diffusion.noising import q_sample
+
     bar = tqdm(total=config.steps, initial=step, desc="train rdm", disable=not progress, dynamic_ncols=True)
     try:
         while step < config.steps:
@@ -349,7 +351,7 @@ def train_rdm(
             ctx = drop_context(ctx, config.p_uncond, gen)
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen)
-            x_t = scheduler.add_noise(x0, noise, t)
+            x_t = q_sample(x0, t, scheduler.alphas_cumprod, noise)
             loss = torch.nn.functional.mse_loss(model(x_t, t, ctx), noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -367,7 +369,7 @@ def train_rdm(
                 checkpoint()
     finally:
         bar.close()
-    if not (out_dir / "model.safetensors").exists():
+    if not (out_dir / "model_index.json").exists():
         checkpoint()
     return TrainResult(
         out_dir=out_dir,
@@ -383,29 +385,8 @@ def _tail_mean(losses: list[float], n: int = 100) -> float:
 
 
 def write_loss_curve(losses: list[float], directory: str | os.PathLike, title: str = "training loss") -> Path:
-    """``loss.png`` (raw and a 100-step moving average) and ``loss.json`` in ``directory``."""
-    import matplotlib
+    """``loss.png`` and ``loss.json`` (key ``loss``, 6 decimals) in ``directory``: the one writer of
+    :func:`privdiff.diffusion.training.write_loss_curve`."""
+    from privdiff.diffusion.training import write_loss_curve as write
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    arr = np.asarray(losses, dtype=np.float64)
-    atomic_write_json(directory / "loss.json", {"loss": [round(v, 6) for v in arr.tolist()]}, indent=None)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if arr.size:
-        ax.plot(np.arange(1, arr.size + 1), arr, lw=0.5, alpha=0.35, label="per step")
-        win = min(100, arr.size)
-        smooth = np.convolve(arr, np.ones(win) / win, mode="valid")
-        ax.plot(np.arange(win, arr.size + 1), smooth, lw=1.5, label=f"{win}-step mean")
-    ax.set_xlabel("step")
-    ax.set_ylabel("ε-prediction MSE")
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    path = directory / "loss.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return write(losses, directory, title=title, json_key="loss", decimals=6)
