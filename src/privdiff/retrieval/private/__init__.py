@@ -21,6 +21,7 @@ from privdiff.retrieval.private.domain import domain_similarity, mean_max_simila
 from privdiff.retrieval.private.index import (
     EmbeddingIndex,
     IndexManifest,
+    add_scan_copy,
     build_index,
     build_index_from_images,
     check_public_disjoint,
@@ -55,6 +56,7 @@ __all__ = [
     "PublicCoarseQuantizer",
     "TopKBackend",
     "ZeroPadding",
+    "add_scan_copy",
     "build_index",
     "build_index_from_images",
     "check_public_disjoint",
