@@ -405,14 +405,17 @@ def _sha256_of_file(path: Path, progress: bool = False) -> str:
         from tqdm import tqdm
 
         bar = tqdm(total=size, unit="B", unit_scale=True, desc="verify index")
-    with open(path, "rb") as f:
+    # One reused buffer (readinto): hashing holds 1 MiB, whatever the file size.
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
         while True:
-            block = f.read(1 << 22)
-            if not block:
+            got = f.readinto(buf)
+            if not got:
                 break
-            h.update(block)
+            h.update(view[:got])
             if bar is not None:
-                bar.update(len(block))
+                bar.update(got)
     if bar is not None:
         bar.close()
     return h.hexdigest()
