@@ -116,7 +116,7 @@ class ExactTopK:
             records are selected on the same subsample, the scan reads half the bytes (the
             float32 rows are then touched only for the candidates and the k released rows).
             Not the default: on the machine measured it saves memory, not time
-            (docs/results/scale/README.md).
+            (docs/results/scale/scan_README.md).
     """
 
     __slots__ = ("_index", "_method", "_scan")

@@ -97,6 +97,14 @@ VISIBILITIES = ("private", "public")
 UNIT_NORM_TOLERANCE = 1e-4
 
 _HASH_CHUNK_ROWS = 65536
+#: Bytes of one float64 chunk of rows during validation (a few temporaries of this size live at
+#: once): 65,536 rows of d = 512 would be 268 MB each, more than a mid-sized index.
+_CHUNK_BYTES = 16 << 20
+
+
+def _chunk_rows(d: int) -> int:
+    return max(1, min(_HASH_CHUNK_ROWS, _CHUNK_BYTES // (8 * max(1, int(d)))))
+
 
 #: Images per encoder batch when building an index. Measured (``benchmarks/scan.py --encode``,
 #: docs/results/scale/memory.json): batch 64 encodes as fast as or faster than 256 with a smaller
@@ -365,8 +373,9 @@ def _checked_rows(embeddings: Any) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         raise InvalidParameter("embeddings", f"dtype {arr.dtype}", "a floating-point array")
     # Chunked so a memory-mapped (N, d) input never needs a full float64 (or float32) copy.
-    for s in range(0, arr.shape[0], _HASH_CHUNK_ROWS):
-        block = np.asarray(arr[s : s + _HASH_CHUNK_ROWS], dtype=np.float64)
+    step = _chunk_rows(arr.shape[1])
+    for s in range(0, arr.shape[0], step):
+        block = np.asarray(arr[s : s + step], dtype=np.float64)
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             bad = s + int(np.flatnonzero(~finite)[0])
@@ -384,16 +393,18 @@ def _checked_rows(embeddings: Any) -> np.ndarray:
 
 def _unit_row_chunks(arr: np.ndarray):
     """(start, float32 unit rows) for consecutive chunks of rows already checked by :func:`_checked_rows`."""
-    for s in range(0, arr.shape[0], _HASH_CHUNK_ROWS):
-        block = np.asarray(arr[s : s + _HASH_CHUNK_ROWS], dtype=np.float64)
+    step = _chunk_rows(arr.shape[1])
+    for s in range(0, arr.shape[0], step):
+        block = np.asarray(arr[s : s + step], dtype=np.float64)
         yield s, (block / np.linalg.norm(block, axis=1)[:, None]).astype(np.float32)
 
 
 def _sha256_of_array(a: np.ndarray) -> str:
     """sha256 of the .npy file bytes this array is saved as (header + data), as in the manifest."""
     h = hashlib.sha256(_npy_header_bytes(a))
-    for s in range(0, a.shape[0], _HASH_CHUNK_ROWS):
-        h.update(np.ascontiguousarray(a[s : s + _HASH_CHUNK_ROWS]).tobytes())
+    step = _chunk_rows(a.shape[1])
+    for s in range(0, a.shape[0], step):
+        h.update(np.ascontiguousarray(a[s : s + step]).tobytes())
     return h.hexdigest()
 
 
@@ -616,8 +627,9 @@ def add_scan_copy(index_dir: str | os.PathLike, *, overwrite: bool = False) -> E
     writer = _ScanWriter(d, (index.count, index.dim), mode, suffix)
     try:
         rows = index._vectors
-        for s in range(0, index.count, _HASH_CHUNK_ROWS):
-            writer.write(np.asarray(rows[s : s + _HASH_CHUNK_ROWS]))
+        step = _chunk_rows(index.dim)
+        for s in range(0, index.count, step):
+            writer.write(np.asarray(rows[s : s + step]))
         writer.finish(index.manifest)
         os.replace(d / (SCAN_FILE + suffix), d / SCAN_FILE)
         os.replace(d / (SCAN_MANIFEST + suffix), d / SCAN_MANIFEST)
@@ -875,8 +887,9 @@ def load_index(
     scan, sp, _ = _open_scan_copy(d, m, verify)
     if verify == "full":
         # One chunk of rows at a time (float64 for the norms): peak memory O(chunk), not O(N).
-        for s in range(0, m.count, _HASH_CHUNK_ROWS):
-            rows = np.asarray(vectors[s : s + _HASH_CHUNK_ROWS])
+        step = _chunk_rows(m.dim)
+        for s in range(0, m.count, step):
+            rows = np.asarray(vectors[s : s + step])
             block = rows.astype(np.float64)
             if not np.isfinite(block).all():
                 raise IndexCorrupt(f"{vp}: non-finite values near row {s}")
@@ -885,6 +898,6 @@ def load_index(
                 bad = s + int(np.argmax(dev))
                 raise IndexCorrupt(f"{vp}: row {bad} is not unit norm (|norm-1|={dev.max():.3g})")
             # The exactness of the float16 scan rests on ê = fl16(e) row for row.
-            if scan is not None and not np.array_equal(scan[s : s + _HASH_CHUNK_ROWS], rows.astype(np.float16)):
+            if scan is not None and not np.array_equal(scan[s : s + step], rows.astype(np.float16)):
                 raise IndexCorrupt(f"{sp}: rows near {s} are not the float16 rounding of {m.vectors_file}")
     return EmbeddingIndex(vectors, m, d, scan)

@@ -298,22 +298,42 @@ def _score_pairs(
             faiss.swig_ptr(out),
         )
         return out
+    import warnings
+
     import torch
 
     assert buf is not None
     buf_t = torch.from_numpy(buf)
-    scan_t = _torch_view(scan)
     R = buf.shape[0]
     lo, hi = int(rows[0]), int(rows[-1]) + 1
-    if rows.size * 2 >= hi - lo:  # dense enough: widen whole row blocks
-        edges = np.searchsorted(rows, np.arange(lo + R, hi, R))
-        a = 0
-        for r0, b in zip(range(lo, hi, R), [*edges.tolist(), rows.size]):
-            if b == a:
-                continue
-            r1 = min(r0 + R, hi)
-            buf_t[: r1 - r0].copy_(scan_t[r0:r1])
-            local = rows[a:b] - r0
+    with warnings.catch_warnings():
+        # torch warns that a read-only memmap slice is not writable; it is only ever read. The
+        # tensor is made per block: torch.from_numpy over a whole read-only memmap is slow.
+        warnings.simplefilter("ignore", UserWarning)
+        if rows.size * 2 >= hi - lo:  # dense enough: widen whole row blocks
+            edges = np.searchsorted(rows, np.arange(lo + R, hi, R))
+            a = 0
+            for r0, b in zip(range(lo, hi, R), [*edges.tolist(), rows.size]):
+                if b == a:
+                    continue
+                r1 = min(r0 + R, hi)
+                buf_t[: r1 - r0].copy_(torch.from_numpy(np.asarray(scan[r0:r1])))
+                local = rows[a:b] - r0
+                faiss.pairwise_indexed_inner_product(
+                    int(d),
+                    int(b - a),
+                    qp,
+                    faiss.swig_ptr(qid[a:b]),
+                    faiss.swig_ptr(buf),
+                    faiss.swig_ptr(local),
+                    faiss.swig_ptr(out[a:b]),
+                )
+                a = b
+            return out
+        for a in range(0, rows.size, R):  # sparse: widen only the sampled rows
+            b = min(rows.size, a + R)
+            buf_t[: b - a].copy_(torch.from_numpy(scan[rows[a:b]]))
+            local = np.arange(b - a, dtype=np.int64)
             faiss.pairwise_indexed_inner_product(
                 int(d),
                 int(b - a),
@@ -323,34 +343,7 @@ def _score_pairs(
                 faiss.swig_ptr(local),
                 faiss.swig_ptr(out[a:b]),
             )
-            a = b
-        return out
-    for a in range(0, rows.size, R):  # sparse: widen only the sampled rows
-        b = min(rows.size, a + R)
-        buf_t[: b - a].copy_(scan_t[torch.from_numpy(rows[a:b])])
-        local = np.arange(b - a, dtype=np.int64)
-        faiss.pairwise_indexed_inner_product(
-            int(d),
-            int(b - a),
-            qp,
-            faiss.swig_ptr(qid[a:b]),
-            faiss.swig_ptr(buf),
-            faiss.swig_ptr(local),
-            faiss.swig_ptr(out[a:b]),
-        )
     return out
-
-
-def _torch_view(a: np.ndarray):
-    """A zero-copy torch tensor over a (read-only) numpy array or memmap."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():
-        # torch warns that the array is not writable; the tensor is only ever read.
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.asarray(a))
 
 
 def _sparse_topk(
