@@ -38,6 +38,7 @@ from privdiff.errors import EncoderMismatch, InvalidParameter, check_int
 from privdiff.retrieval.private.index import (
     EmbeddingIndex,
     IndexManifest,
+    advise_random_access,
     rows_for_mechanism,
     scan_rows_for_mechanism,
 )
@@ -136,6 +137,8 @@ class ExactTopK:
             )
         self._method = method
         self._scan = scan
+        if scan == "float16":
+            advise_random_access(rows_for_mechanism(index))  # only candidates are read from the float32 rows
 
     @property
     def manifest(self) -> IndexManifest:

@@ -106,9 +106,11 @@ def _chunk_rows(d: int) -> int:
     return max(1, min(_HASH_CHUNK_ROWS, _CHUNK_BYTES // (8 * max(1, int(d)))))
 
 
-#: Images per encoder batch when building an index. Measured (``benchmarks/scan.py --encode``,
-#: docs/results/scale/memory.json): batch 64 encodes as fast as or faster than 256 with a smaller
-#: working set (issue 14: 256 spent more time in page faults than computing).
+#: Images per encoder batch when building an index, chosen by measurement (``benchmarks/scan.py
+#: --memory``, docs/results/scale/memory_encode.json; 2,048 Fashion-MNIST images, default encoder,
+#: one thread): batch 256 took 8.8 CPU-s (4.6 s of it in the kernel, 2.5 M page faults), 64 took
+#: 6.3 CPU-s (1.4 s kernel, 0.6 M faults) and 2.5x less wall time, with identical embeddings;
+#: 32 was no better than 64.
 DEFAULT_ENCODE_BATCH = 64
 
 
@@ -321,6 +323,24 @@ def scan_rows_for_mechanism(index: EmbeddingIndex) -> np.ndarray | None:
     if not isinstance(index, EmbeddingIndex):
         raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
     return index._scan
+
+
+def advise_random_access(rows: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped array is read at random (``MADV_RANDOM``); no-op otherwise.
+
+    With the float16 scan, the float32 rows are read only for a few candidates per query. Linux
+    would read ahead and map the neighbouring pages of each one (readahead, fault-around) until
+    most of the float32 file is resident; random-access advice maps only the pages read.
+    """
+    import mmap
+
+    mm = getattr(rows, "_mmap", None)
+    advice = getattr(mmap, "MADV_RANDOM", None)
+    if isinstance(mm, mmap.mmap) and advice is not None:
+        try:
+            mm.madvise(advice)
+        except (OSError, ValueError):  # advice only: never fail a search over it
+            pass
 
 
 def unsafe_nonprivate_rows(index: EmbeddingIndex, *, reason: str) -> np.ndarray:
