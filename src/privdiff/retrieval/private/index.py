@@ -544,6 +544,7 @@ def build_index(
         raise InvalidParameter("out", str(out), "a directory path")
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    scan = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         h = hashlib.sha256()
@@ -583,6 +584,8 @@ def build_index(
             os.rename(tmp, out)
         fsync_dir(out.parent)
     except BaseException:
+        if scan is not None:
+            scan.f.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_index(out, verify="size")

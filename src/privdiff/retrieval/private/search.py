@@ -6,12 +6,16 @@ with the largest inner product with the query (cosine similarity, since rows are
 
 Two exact execution paths compute the same function; ``subsampled_topk`` picks one from q:
 
-* **sparse** (small q): draw the subsamples of a batch of queries as record-major (record,
-  query) pairs (``subsample.poisson_pairs``, O(qN) per query) and compute only those ~qN inner
-  products per query with faiss' ``pairwise_indexed_inner_product``, which then walks the index
-  rows in increasing order: one sequential pass over the sampled rows per batch instead of a
-  random gather per query. Cost O(qN·d) per query, against O(N) per query for the authors' full
-  Bernoulli mask + ``IDSelectorBatch`` scan (which also reads the same qN rows).
+* **sparse** (small q): stream the sampled (record, query) pairs of a batch of queries in
+  record-major order (``subsample.poisson_pair_blocks``, O(qN) per query, bounded blocks) and
+  score each block with faiss' ``pairwise_indexed_inner_product``, which walks the index rows in
+  increasing order: one sequential pass over the sampled rows per batch, at any q, instead of a
+  random gather per query. Per query only the pairs that can still be selected survive (the k-th
+  best score seen so far bounds the final k-th best from below), so selection costs O(k) per
+  query, not a (query × |S|) grid. Cost O(qN·d) per query, against O(N) per query for the
+  authors' full Bernoulli mask + ``IDSelectorBatch`` scan (which also reads the same qN rows).
+  With a float16 scan copy the pass reads half the bytes and the survivors within the proven
+  error bound are re-scored in float32 (:func:`float16_scan_slack`): same ids.
 * **dense** (large q, and q = 1): one BLAS product of a block of rows with a chunk of queries,
   then an i.i.d. Bernoulli(q) mask drawn directly. At large q the BLAS reuse of every row across
   many queries beats gathering; ``benchmarks/retrieval.py`` measures the crossover.

@@ -27,7 +27,9 @@ trials are), so the cumulative sums of i.i.d. geometric variates are exactly the
 already sorted.
 Restricted to one query's column this is again an i.i.d. Bernoulli(q) subsample of the records,
 and different columns are independent: the same distribution as B separate draws. The record-major
-order lets the search stream the index once per batch instead of gathering rows per query.
+order lets the search stream the index once per batch instead of gathering rows per query;
+:func:`poisson_pair_blocks` yields the same process in bounded blocks, so that stream needs
+O(block) memory whatever q and B are.
 
 Exactness note: numpy draws binomial and geometric variates with floating-point algorithms
 (BTPE/inversion), exact up to double-precision rounding; the integer parts (Floyd, cumulative
