@@ -40,6 +40,7 @@ EXPORTS = {
     "PrivateRelease",
     "EmbeddingIndex",
     "IndexManifest",
+    "add_scan_copy",  # writes the float16 scan copy next to an index; returns no rows
     "build_index",
     "build_index_from_images",
     "load_index",

@@ -73,3 +73,22 @@ def test_sharded_benchmark_smoke_run_writes_json_plot_and_model_check(tmp_path):
     assert all(p["memory_per_node_GB"] > 0 and p["latency_s"] > 0 for ps in res["predictions"].values() for p in ps)
     assert out.with_suffix(".png").stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("privdiff-sharded-")]  # shard files removed
+
+
+@pytest.mark.integration
+def test_scan_benchmark_smoke_run_checks_exactness_and_writes_ratios(tmp_path):
+    out = tmp_path / "scan.json"
+    args = ["--n", "5000", "--d", "32", "--queries", "8", "--k", "5", "--q", "0.05", "--repeats", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "scan.py"), *args, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(out.read_text())
+    assert all(res["checks"].values()), res["checks"]
+    assert {"float32_vs_authors", "float32_vs_before", "float16_vs_float32"} <= set(res["ratios_cpu"])
+    assert res["index_bytes"]["float16_scan_copy"] * 2 == res["index_bytes"]["float32"]
+    assert out.with_suffix(".png").is_file()

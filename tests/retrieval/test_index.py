@@ -232,3 +232,122 @@ def test_bad_row_in_a_later_chunk_is_reported_with_its_global_index(tmp_path, mo
         rtol=1e-6,
     )
     load_index(tmp_path / "idx")  # full verification, also chunked
+
+
+# --- float16 scan copy and chunked build (issue 14, items 2 and 4) ---------------------------
+
+
+def test_scan_copy_is_written_verified_and_used_by_exact_topk(tmp_path):
+    from privdiff.retrieval.private import ExactTopK
+    from privdiff.retrieval.private.index import SCAN_FILE, SCAN_MANIFEST
+
+    raw = _emb(n=400, d=16, seed=4)
+    idx = build_index(tmp_path / "idx", raw, space_id=SPACE, scan_copy=True)
+    assert (tmp_path / "idx" / SCAN_FILE).is_file() and (tmp_path / "idx" / SCAN_MANIFEST).is_file()
+    idx = load_index(tmp_path / "idx")  # verify="full" also checks ê = fl16(e) row for row
+    assert idx.scan_dtype == "float16"
+    assert oct(os.stat(tmp_path / "idx" / SCAN_FILE).st_mode & 0o777) == "0o600"  # private rows
+    q = np.random.default_rng(5).standard_normal((9, 16)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    a = ExactTopK(idx).topk_sums(q, 7, 0.3, np.random.default_rng(1))
+    b = ExactTopK(idx, scan="float16").topk_sums(q, 7, 0.3, np.random.default_rng(1))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert "float16" in repr(ExactTopK(idx, scan="float16"))
+
+
+def test_old_index_without_scan_copy_loads_and_refuses_a_float16_scan(tmp_path):
+    from privdiff.retrieval.private import ExactTopK
+
+    idx = build_index(tmp_path / "idx", _emb(), space_id=SPACE)
+    idx = load_index(tmp_path / "idx")
+    assert idx.scan_dtype is None
+    ExactTopK(idx)  # the float32 scan, as before
+    with pytest.raises(InvalidParameter, match="scan copy"):
+        ExactTopK(idx, scan="float16")
+
+
+def test_add_scan_copy_keeps_the_fingerprint(tmp_path):
+    from privdiff.retrieval.private import add_scan_copy
+
+    idx = build_index(tmp_path / "idx", _emb(n=300, d=8), space_id=SPACE)
+    before = (tmp_path / "idx" / MANIFEST_FILE).read_bytes()
+    added = add_scan_copy(tmp_path / "idx")
+    assert added.fingerprint == idx.fingerprint
+    assert (tmp_path / "idx" / MANIFEST_FILE).read_bytes() == before
+    assert load_index(tmp_path / "idx").scan_dtype == "float16"
+    with pytest.raises(InvalidParameter):
+        add_scan_copy(tmp_path / "idx")  # already there
+    add_scan_copy(tmp_path / "idx", overwrite=True)
+    assert [p.name for p in (tmp_path / "idx").iterdir() if ".tmp-" in p.name] == []
+
+
+def test_corrupt_or_foreign_scan_copy_is_refused(tmp_path):
+    from privdiff.retrieval.private.index import SCAN_FILE, SCAN_MANIFEST
+
+    build_index(tmp_path / "a", _emb(n=100, d=8, seed=1), space_id=SPACE, scan_copy=True)
+    build_index(tmp_path / "b", _emb(n=100, d=8, seed=2), space_id=SPACE, scan_copy=True)
+    # A flipped bit: caught by the full verification (hash), not by verify="size".
+    p = tmp_path / "a" / SCAN_FILE
+    data = bytearray(p.read_bytes())
+    data[-3] ^= 0x10
+    os.chmod(p, 0o600)
+    p.write_bytes(bytes(data))
+    with pytest.raises(IndexCorrupt, match="sha256"):
+        load_index(tmp_path / "a")
+    load_index(tmp_path / "a", verify="size")
+    # scan.json of another index.
+    (tmp_path / "a" / SCAN_MANIFEST).write_text((tmp_path / "b" / SCAN_MANIFEST).read_text())
+    with pytest.raises(IndexCorrupt, match="another index"):
+        load_index(tmp_path / "a", verify="size")
+    # Truncated scan file.
+    q = tmp_path / "b" / SCAN_FILE
+    os.chmod(q, 0o600)
+    q.write_bytes(q.read_bytes()[:-2])
+    with pytest.raises(IndexCorrupt, match="wrong size"):
+        load_index(tmp_path / "b", verify="size")
+
+
+def test_scan_copy_that_is_not_the_float16_rounding_is_refused(tmp_path):
+    """A scan copy with a consistent hash but other rows breaks the re-rank bound: full verify refuses it."""
+    import hashlib
+
+    from privdiff.retrieval.private.index import SCAN_FILE, SCAN_MANIFEST
+
+    build_index(tmp_path / "a", _emb(n=100, d=8, seed=1), space_id=SPACE, scan_copy=True)
+    p, m = tmp_path / "a" / SCAN_FILE, tmp_path / "a" / SCAN_MANIFEST
+    arr = np.load(p)
+    arr[10] = -arr[10]
+    os.chmod(p, 0o600)
+    np.save(p, arr)
+    meta = json.loads(m.read_text())
+    meta["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    m.write_text(json.dumps(meta))
+    with pytest.raises(IndexCorrupt, match="float16 rounding"):
+        load_index(tmp_path / "a")
+
+
+def test_build_holds_chunks_not_a_second_copy_of_the_index(tmp_path, monkeypatch):
+    """Peak heap memory of a build (beyond its input) and of a full load stays a fraction of the index.
+
+    The original build normalised all rows into a second float32 copy (peak ≥ 1× the index) before
+    writing; now rows are checked, normalised, written and hashed chunk by chunk.
+    """
+    import tracemalloc
+
+    import privdiff.retrieval.private.index as index_mod
+
+    monkeypatch.setattr(index_mod, "_HASH_CHUNK_ROWS", 512)
+    raw = np.random.default_rng(0).standard_normal((40000, 64)).astype(np.float32)  # 10 MB
+    size = raw.nbytes
+    tracemalloc.start()
+    try:
+        build_index(tmp_path / "idx", raw, space_id=SPACE, scan_copy=True)
+        _, peak_build = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        load_index(tmp_path / "idx", verify="full")
+        _, peak_load = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak_build < 0.2 * size, peak_build / size
+    assert peak_load < 0.2 * size, peak_load / size

@@ -155,3 +155,29 @@ def test_sample_rate_one_keeps_every_record():
 def test_sample_rate_outside_unit_interval_is_refused(q):
     with pytest.raises(InvalidParameter, match="sample_rate"):
         poisson_subsample(10, q, np.random.default_rng(0))
+
+
+def test_pair_blocks_are_bounded_and_concatenate_to_poisson_pairs():
+    from privdiff.retrieval.private.subsample import poisson_pair_blocks
+
+    rows, queries = poisson_pairs(5000, 40, 0.02, np.random.default_rng(3))
+    blocks = list(poisson_pair_blocks(5000, 40, 0.02, np.random.default_rng(3)))
+    np.testing.assert_array_equal(np.concatenate([r for r, _ in blocks]), rows)
+    np.testing.assert_array_equal(np.concatenate([c for _, c in blocks]), queries)
+    small = list(poisson_pair_blocks(5000, 40, 0.02, np.random.default_rng(3), max_pairs=100))
+    assert max(r.size for r, _ in small) <= 100 and all(r.size for r, _ in small)
+    cells = np.concatenate([r * 40 + c for r, c in small])
+    assert np.all(np.diff(cells) > 0)  # one record-major sweep, no duplicates across blocks
+
+
+def test_bounded_pair_blocks_keep_the_distribution():
+    from privdiff.retrieval.private.subsample import poisson_pair_blocks
+
+    n, q, runs = 30, 0.3, 3000
+    blocks = list(poisson_pair_blocks(n, runs, q, np.random.default_rng(9), max_pairs=50))
+    rows = np.concatenate([r for r, _ in blocks])
+    lo, hi = _binomial_bounds(n * runs, q, ALPHA)
+    assert lo <= rows.size <= hi
+    counts = np.bincount(rows, minlength=n)
+    lo, hi = _binomial_bounds(runs, q, ALPHA / n)
+    assert ((counts >= lo) & (counts <= hi)).all()

@@ -27,7 +27,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         space_id: str = typer.Option(
             None, "--space-id", help="Embedding space of --embeddings (e.g. 'metaclip-b16/v1')."
         ),
-        batch_size: int = typer.Option(256, "--batch-size", help="Images per encoder batch."),
+        batch_size: int = typer.Option(
+            64, "--batch-size", help="Images per encoder batch (64: measured, docs/results/scale/memory_encode.json)."
+        ),
         size: int = size_option(),
         public: bool = typer.Option(
             False,

@@ -22,6 +22,7 @@ from privdiff.retrieval.private.domain import domain_similarity, mean_max_simila
 from privdiff.retrieval.private.index import (
     EmbeddingIndex,
     IndexManifest,
+    add_scan_copy,
     build_index,
     build_index_from_images,
     check_public_disjoint,
@@ -66,6 +67,7 @@ __all__ = [
     "ShardedTopK",
     "TopKBackend",
     "ZeroPadding",
+    "add_scan_copy",
     "build_index",
     "build_index_from_images",
     "check_public_disjoint",

@@ -35,7 +35,13 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from privdiff.errors import EncoderMismatch, InvalidParameter, check_int
-from privdiff.retrieval.private.index import EmbeddingIndex, IndexManifest, rows_for_mechanism
+from privdiff.retrieval.private.index import (
+    EmbeddingIndex,
+    IndexManifest,
+    advise_random_access,
+    rows_for_mechanism,
+    scan_rows_for_mechanism,
+)
 from privdiff.retrieval.private.ivf import IVFLayout, ivf_subsampled_topk
 from privdiff.retrieval.private.search import subsampled_topk
 
@@ -106,15 +112,33 @@ class ExactTopK:
         index: the private :class:`~privdiff.retrieval.private.index.EmbeddingIndex`.
         method: ``"auto"``, ``"sparse"`` or ``"dense"`` (``search.subsampled_topk``); all three
             sample the same distribution and select the same records, only speed differs.
+        scan: ``"float32"`` (default) scans the float32 rows; ``"float16"`` scans the index's
+            float16 scan copy (``index.add_scan_copy``) and re-ranks exactly in float32: the same
+            records are selected on the same subsample, the scan reads half the bytes (the
+            float32 rows are then touched only for the candidates and the k released rows).
+            Not the default: on the machine measured it saves memory, not time
+            (docs/results/scale/scan_README.md).
     """
 
-    __slots__ = ("_index", "_method")
+    __slots__ = ("_index", "_method", "_scan")
 
-    def __init__(self, index: EmbeddingIndex, *, method: str = "auto"):
+    def __init__(self, index: EmbeddingIndex, *, method: str = "auto", scan: str = "float32"):
         self._index = _check_index(index)
         if method not in ("auto", "sparse", "dense"):
             raise InvalidParameter("method", method, "one of 'auto', 'sparse', 'dense'")
+        if scan not in ("float32", "float16"):
+            raise InvalidParameter("scan", scan, "'float32' or 'float16'")
+        if scan == "float16" and scan_rows_for_mechanism(index) is None:
+            raise InvalidParameter(
+                "scan",
+                scan,
+                "'float32' for an index without a float16 scan copy",
+                hint="add one with privdiff.retrieval.private.add_scan_copy(index_dir) (the fingerprint is unchanged)",
+            )
         self._method = method
+        self._scan = scan
+        if scan == "float16":
+            advise_random_access(rows_for_mechanism(index))  # only candidates are read from the float32 rows
 
     @property
     def manifest(self) -> IndexManifest:
@@ -128,12 +152,14 @@ class ExactTopK:
         self, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         vectors = rows_for_mechanism(self._index)
-        ids = subsampled_topk(vectors, queries, k, sample_rate, rng, method=self._method)
+        scan = scan_rows_for_mechanism(self._index) if self._scan == "float16" else None
+        ids = subsampled_topk(vectors, queries, k, sample_rate, rng, method=self._method, scan=scan)
         return padded_topk_sums(vectors, ids)
 
     def __repr__(self) -> str:
         method = "" if self._method == "auto" else f", method={self._method!r}"
-        return f"ExactTopK(count={self._index.count}{method})"
+        scan = "" if self._scan == "float32" else f", scan={self._scan!r}"
+        return f"ExactTopK(count={self._index.count}{method}{scan})"
 
 
 class IVFTopK:

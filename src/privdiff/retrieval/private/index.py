@@ -9,6 +9,13 @@ Layout of an index directory::
     DIR/source_rows.npy  (only when built from images) sorted unique uint64: a 64-bit hash of
                          each source image, so a "public" set can be checked for overlap with
                          the private one (:func:`shared_source_rows`); mode 0600
+    DIR/embeddings_f16.npy + DIR/scan.json
+                         (optional, ``scan_copy=True`` or :func:`add_scan_copy`) the rows rounded
+                         to float16, for a scan that reads half the bytes and re-ranks exactly in
+                         float32 (``search.float16_scan_slack``); scan.json records its sha256 and
+                         the manifest fingerprint it was derived for. It is not in the manifest,
+                         so adding it never changes an index's fingerprint, and an index without
+                         it loads and searches as before.
 
 The *fingerprint* of an index is the sha256 of its manifest (canonical JSON, identical to the
 bytes privdiff writes). The manifest records the vectors' sha256, so the fingerprint pins the
@@ -55,9 +62,11 @@ __all__ = [
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "UNIT_NORM_TOLERANCE",
+    "DEFAULT_ENCODE_BATCH",
     "EmbeddingIndex",
     "IndexManifest",
     "build_index",
+    "add_scan_copy",
     "build_index_from_images",
     "check_public_disjoint",
     "image_row_hashes",
@@ -65,6 +74,7 @@ __all__ = [
     "manifest_fingerprint",
     "read_manifest",
     "rows_for_mechanism",
+    "scan_rows_for_mechanism",
     "shared_source_rows",
     "unsafe_nonprivate_rows",
     "validated_unit_rows",
@@ -75,6 +85,9 @@ FORMAT_VERSION = 1
 VECTORS_FILE = "embeddings.npy"
 MANIFEST_FILE = "manifest.json"
 SOURCE_ROWS_FILE = "source_rows.npy"
+SCAN_FILE = "embeddings_f16.npy"
+SCAN_MANIFEST = "scan.json"
+SCAN_FORMAT = "privdiff-scan-copy"
 #: Hex digits of the manifest's sha256 that privdiff shows (48 bits: collisions need ~10^7 indexes).
 SHORT_FINGERPRINT = 12
 VISIBILITIES = ("private", "public")
@@ -84,6 +97,21 @@ VISIBILITIES = ("private", "public")
 UNIT_NORM_TOLERANCE = 1e-4
 
 _HASH_CHUNK_ROWS = 65536
+#: Bytes of one float64 chunk of rows during validation (a few temporaries of this size live at
+#: once): 65,536 rows of d = 512 would be 268 MB each, more than a mid-sized index.
+_CHUNK_BYTES = 16 << 20
+
+
+def _chunk_rows(d: int) -> int:
+    return max(1, min(_HASH_CHUNK_ROWS, _CHUNK_BYTES // (8 * max(1, int(d)))))
+
+
+#: Images per encoder batch when building an index, chosen by measurement (``benchmarks/scan.py
+#: --memory``, docs/results/scale/memory_encode.json; 2,048 Fashion-MNIST images, default encoder,
+#: one thread): batch 256 took 8.8 CPU-s (4.6 s of it in the kernel, 2.5 M page faults), 64 took
+#: 6.3 CPU-s (1.4 s kernel, 0.6 M faults) and 2.5x less wall time, with identical embeddings;
+#: 32 was no better than 64.
+DEFAULT_ENCODE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -183,12 +211,15 @@ class EmbeddingIndex:
     running in the same process.
     """
 
-    __slots__ = ("_manifest", "_path", "_vectors")
+    __slots__ = ("_manifest", "_path", "_scan", "_vectors")
 
-    def __init__(self, vectors: np.ndarray, manifest: IndexManifest, path: Path | None = None):
+    def __init__(
+        self, vectors: np.ndarray, manifest: IndexManifest, path: Path | None = None, scan: np.ndarray | None = None
+    ):
         self._vectors = vectors
         self._manifest = manifest
         self._path = path
+        self._scan = scan
 
     @classmethod
     def from_embeddings(
@@ -198,12 +229,20 @@ class EmbeddingIndex:
         space_id: str,
         source: str = "",
         visibility: str = "private",
+        scan_copy: bool = False,
     ) -> EmbeddingIndex:
-        """An in-memory index (normalised float32 copy); nothing is written to disk."""
+        """An in-memory index (normalised float32 copy); nothing is written to disk.
+
+        ``scan_copy`` also keeps the rows rounded to float16 (module docstring).
+        """
         vectors = validated_unit_rows(embeddings)
         vectors.setflags(write=False)
-        manifest = _make_manifest(vectors, space_id, source, visibility, sha256=_sha256_of_array(vectors))
-        return cls(vectors, manifest, None)
+        manifest = _make_manifest(vectors.shape, space_id, source, visibility, sha256=_sha256_of_array(vectors))
+        scan = None
+        if scan_copy:
+            scan = vectors.astype(np.float16)
+            scan.setflags(write=False)
+        return cls(vectors, manifest, None, scan)
 
     # --- public, non-private metadata ---------------------------------------------------------
     @property
@@ -244,6 +283,11 @@ class EmbeddingIndex:
     def visibility(self) -> str:
         return self._manifest.visibility
 
+    @property
+    def scan_dtype(self) -> str | None:
+        """``"float16"`` when the index carries a reduced-precision scan copy, else ``None``."""
+        return None if self._scan is None else "float16"
+
     def public_vectors(self) -> np.ndarray:
         """The rows of a **public** index (read-only). A private index refuses."""
         if self._manifest.visibility != "public":
@@ -272,6 +316,31 @@ def rows_for_mechanism(index: EmbeddingIndex) -> np.ndarray:
     if not isinstance(index, EmbeddingIndex):
         raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
     return index._vectors
+
+
+def scan_rows_for_mechanism(index: EmbeddingIndex) -> np.ndarray | None:
+    """The (N, d) float16 scan copy of ``index``, or ``None``; same boundary as :func:`rows_for_mechanism`."""
+    if not isinstance(index, EmbeddingIndex):
+        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
+    return index._scan
+
+
+def advise_random_access(rows: np.ndarray) -> None:
+    """Tell the kernel a memory-mapped array is read at random (``MADV_RANDOM``); no-op otherwise.
+
+    With the float16 scan, the float32 rows are read only for a few candidates per query. Linux
+    would read ahead and map the neighbouring pages of each one (readahead, fault-around) until
+    most of the float32 file is resident; random-access advice maps only the pages read.
+    """
+    import mmap
+
+    mm = getattr(rows, "_mmap", None)
+    advice = getattr(mmap, "MADV_RANDOM", None)
+    if isinstance(mm, mmap.mmap) and advice is not None:
+        try:
+            mm.madvise(advice)
+        except (OSError, ValueError):  # advice only: never fail a search over it
+            pass
 
 
 def unsafe_nonprivate_rows(index: EmbeddingIndex, *, reason: str) -> np.ndarray:
@@ -309,15 +378,24 @@ def unsafe_nonprivate_rows(index: EmbeddingIndex, *, reason: str) -> np.ndarray:
 
 def validated_unit_rows(embeddings: Any) -> np.ndarray:
     """Finite, non-zero rows → float32 unit rows (a new array). DP-RDM normalises at index time (§2)."""
+    arr = _checked_rows(embeddings)
+    out = np.empty(arr.shape, dtype=np.float32)
+    for s, block in _unit_row_chunks(arr):
+        out[s : s + block.shape[0]] = block
+    return out
+
+
+def _checked_rows(embeddings: Any) -> np.ndarray:
+    """Check shape, dtype and every row (finite, non-zero) chunk by chunk, without copying the rows."""
     arr = np.asarray(embeddings)
     if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InvalidParameter("embeddings", f"array of shape {arr.shape}", "a non-empty 2-D array (N, d)")
     if not np.issubdtype(arr.dtype, np.floating):
         raise InvalidParameter("embeddings", f"dtype {arr.dtype}", "a floating-point array")
-    out = np.empty(arr.shape, dtype=np.float32)
-    # Chunked so a memory-mapped (N, d) input never needs a full float64 copy.
-    for s in range(0, arr.shape[0], _HASH_CHUNK_ROWS):
-        block = np.asarray(arr[s : s + _HASH_CHUNK_ROWS], dtype=np.float64)
+    # Chunked so a memory-mapped (N, d) input never needs a full float64 (or float32) copy.
+    step = _chunk_rows(arr.shape[1])
+    for s in range(0, arr.shape[0], step):
+        block = np.asarray(arr[s : s + step], dtype=np.float64)
         finite = np.isfinite(block).all(axis=1)
         if not finite.all():
             bad = s + int(np.flatnonzero(~finite)[0])
@@ -330,15 +408,23 @@ def validated_unit_rows(embeddings: Any) -> np.ndarray:
                 f"row {bad} is the zero vector",
                 "non-zero rows (they are L2-normalised)",
             )
-        out[s : s + block.shape[0]] = block / norms[:, None]
-    return out
+    return arr
+
+
+def _unit_row_chunks(arr: np.ndarray):
+    """(start, float32 unit rows) for consecutive chunks of rows already checked by :func:`_checked_rows`."""
+    step = _chunk_rows(arr.shape[1])
+    for s in range(0, arr.shape[0], step):
+        block = np.asarray(arr[s : s + step], dtype=np.float64)
+        yield s, (block / np.linalg.norm(block, axis=1)[:, None]).astype(np.float32)
 
 
 def _sha256_of_array(a: np.ndarray) -> str:
     """sha256 of the .npy file bytes this array is saved as (header + data), as in the manifest."""
     h = hashlib.sha256(_npy_header_bytes(a))
-    for s in range(0, a.shape[0], _HASH_CHUNK_ROWS):
-        h.update(np.ascontiguousarray(a[s : s + _HASH_CHUNK_ROWS]).tobytes())
+    step = _chunk_rows(a.shape[1])
+    for s in range(0, a.shape[0], step):
+        h.update(np.ascontiguousarray(a[s : s + step]).tobytes())
     return h.hexdigest()
 
 
@@ -350,36 +436,39 @@ def _sha256_of_file(path: Path, progress: bool = False) -> str:
         from tqdm import tqdm
 
         bar = tqdm(total=size, unit="B", unit_scale=True, desc="verify index")
-    with open(path, "rb") as f:
+    # One reused buffer (readinto): hashing holds 1 MiB, whatever the file size.
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
         while True:
-            block = f.read(1 << 22)
-            if not block:
+            got = f.readinto(buf)
+            if not got:
                 break
-            h.update(block)
+            h.update(view[:got])
             if bar is not None:
-                bar.update(len(block))
+                bar.update(got)
     if bar is not None:
         bar.close()
     return h.hexdigest()
 
 
-def _make_manifest(vectors: np.ndarray, space_id: str, source: str, visibility: str, sha256: str) -> IndexManifest:
+def _make_manifest(shape: tuple[int, int], space_id: str, source: str, visibility: str, sha256: str) -> IndexManifest:
     if not isinstance(space_id, str) or not space_id:
         raise InvalidParameter("space_id", space_id, "a non-empty string naming the encoder's space")
     if visibility not in VISIBILITIES:
         raise InvalidParameter("visibility", visibility, "'private' or 'public'")
     if not isinstance(source, str):
         raise InvalidParameter("source", source, "a string (the dataset spec)")
-    header = _npy_header_bytes(vectors)
+    header = _npy_header_for(shape, np.float32)
     return IndexManifest(
         format=FORMAT_NAME,
         format_version=FORMAT_VERSION,
         space_id=space_id,
-        dim=int(vectors.shape[1]),
-        count=int(vectors.shape[0]),
+        dim=int(shape[1]),
+        count=int(shape[0]),
         dtype="float32",
         vectors_file=VECTORS_FILE,
-        vectors_bytes=len(header) + int(vectors.nbytes),
+        vectors_bytes=len(header) + int(shape[0]) * int(shape[1]) * 4,
         sha256=sha256,
         created_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         source=source,
@@ -392,6 +481,20 @@ def _npy_header_bytes(a: np.ndarray) -> bytes:
 
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, np.lib.format.header_data_from_array_1_0(a))
+    return buf.getvalue()
+
+
+def _npy_header_for(shape: tuple[int, int], dtype: Any) -> bytes:
+    """The .npy header ``np.save`` writes for a C-ordered array of this shape and dtype (no rows needed)."""
+    import io
+
+    buf = io.BytesIO()
+    header = {
+        "descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+        "fortran_order": False,
+        "shape": tuple(int(x) for x in shape),
+    }
+    np.lib.format.write_array_header_1_0(buf, header)
     return buf.getvalue()
 
 
@@ -409,6 +512,7 @@ def build_index(
     visibility: str = "private",
     overwrite: bool = False,
     source_images: np.ndarray | None = None,
+    scan_copy: bool = False,
 ) -> EmbeddingIndex:
     """Write an index directory from embeddings (rows are L2-normalised) and return it loaded.
 
@@ -422,14 +526,17 @@ def build_index(
             new one is complete).
         source_images: the images the rows were encoded from, if known: their 64-bit hashes
             go to ``source_rows.npy`` (for :func:`shared_source_rows`), nothing else of them.
+        scan_copy: also write the float16 scan copy (module docstring).
 
     All validation happens before anything is written. The files are written into a temporary
-    sibling directory, fsync'ed, and renamed to ``out_dir`` in one step.
+    sibling directory, fsync'ed, and renamed to ``out_dir`` in one step. Rows are checked, then
+    normalised, written and hashed in chunks of rows: besides the caller's ``embeddings`` the
+    build holds O(chunk) memory, never a second copy of the index.
     """
     out = Path(out_dir)
-    vectors = validated_unit_rows(embeddings)
-    header = _npy_header_bytes(vectors)
-    manifest = _make_manifest(vectors, space_id, source, visibility, sha256="0" * 64)
+    arr = _checked_rows(embeddings)
+    header = _npy_header_for(arr.shape, np.float32)
+    manifest = _make_manifest(arr.shape, space_id, source, visibility, sha256="0" * 64)
     row_hashes = None if source_images is None else image_row_hashes(source_images)
     if out.exists() and not overwrite:
         raise InvalidParameter("out", str(out), "a path that does not exist yet", hint="pass overwrite to replace it")
@@ -437,18 +544,22 @@ def build_index(
         raise InvalidParameter("out", str(out), "a directory path")
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    scan = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         h = hashlib.sha256()
         # Private rows are readable by their owner only (the directory from mkdtemp is 0700 too).
         mode = 0o600 if visibility == "private" else 0o644
+        scan = _ScanWriter(tmp, arr.shape, mode) if scan_copy else None
         with os.fdopen(os.open(tmp / VECTORS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(header)
             h.update(header)
-            for s in range(0, vectors.shape[0], _HASH_CHUNK_ROWS):
-                block = vectors[s : s + _HASH_CHUNK_ROWS].tobytes()
+            for _, rows in _unit_row_chunks(arr):
+                block = rows.tobytes()
                 f.write(block)
                 h.update(block)
+                if scan is not None:
+                    scan.write(rows)
             f.flush()
             os.fsync(f.fileno())
         rows_sha = ""
@@ -460,6 +571,8 @@ def build_index(
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        if scan is not None:
+            scan.finish(manifest)
         fsync_dir(tmp)
         if out.exists():
             # Move the old index aside first: rename() cannot replace a non-empty directory.
@@ -471,9 +584,113 @@ def build_index(
             os.rename(tmp, out)
         fsync_dir(out.parent)
     except BaseException:
+        if scan is not None:
+            scan.f.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_index(out, verify="size")
+
+
+class _ScanWriter:
+    """Writes the float16 scan copy (``SCAN_FILE``) chunk by chunk, then its ``SCAN_MANIFEST``."""
+
+    def __init__(self, directory: Path, shape: tuple[int, int], mode: int, suffix: str = ""):
+        self.dir, self.suffix = directory, suffix
+        self.h = hashlib.sha256()
+        self.f = os.fdopen(os.open(directory / (SCAN_FILE + suffix), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
+        header = _npy_header_for(shape, np.float16)
+        self.f.write(header)
+        self.h.update(header)
+        self.bytes = len(header)
+
+    def write(self, rows: np.ndarray) -> None:
+        block = rows.astype(np.float16).tobytes()  # round to nearest even (IEEE), as the bound assumes
+        self.f.write(block)
+        self.h.update(block)
+        self.bytes += len(block)
+
+    def finish(self, manifest: IndexManifest) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        meta = {
+            "format": SCAN_FORMAT,
+            "format_version": 1,
+            "dtype": "float16",
+            "file": SCAN_FILE,
+            "bytes": self.bytes,
+            "sha256": self.h.hexdigest(),
+            "index_fingerprint": manifest_fingerprint(manifest),
+        }
+        with open(self.dir / (SCAN_MANIFEST + self.suffix), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def abort(self) -> None:
+        self.f.close()
+        for name in (SCAN_FILE, SCAN_MANIFEST):
+            (self.dir / (name + self.suffix)).unlink(missing_ok=True)
+
+
+def add_scan_copy(index_dir: str | os.PathLike, *, overwrite: bool = False) -> EmbeddingIndex:
+    """Add the float16 scan copy to an existing index; its manifest and fingerprint are unchanged.
+
+    The float32 rows are verified in full first (a scan copy of a corrupt index would carry the
+    corruption), then rounded chunk by chunk into a temporary file that is renamed into place,
+    ``scan.json`` last, so a crash leaves either no scan copy or a complete one.
+    """
+    index = load_index(index_dir, verify="full")
+    d = Path(index_dir)
+    if (d / SCAN_MANIFEST).exists() and not overwrite:
+        raise InvalidParameter("index", str(d), "an index without a scan copy", hint="pass overwrite to rebuild it")
+    mode = (d / VECTORS_FILE).stat().st_mode & 0o777
+    suffix = f".tmp-{os.getpid()}"
+    writer = _ScanWriter(d, (index.count, index.dim), mode, suffix)
+    try:
+        rows = index._vectors
+        step = _chunk_rows(index.dim)
+        for s in range(0, index.count, step):
+            writer.write(np.asarray(rows[s : s + step]))
+        writer.finish(index.manifest)
+        os.replace(d / (SCAN_FILE + suffix), d / SCAN_FILE)
+        os.replace(d / (SCAN_MANIFEST + suffix), d / SCAN_MANIFEST)
+        fsync_dir(d)
+    except BaseException:
+        writer.abort()
+        raise
+    return load_index(d, verify="size")
+
+
+def _open_scan_copy(d: Path, m: IndexManifest, verify: str) -> tuple[np.ndarray | None, Path | None, str]:
+    """The scan copy's memmap (or ``None`` when the index has none), checked against ``scan.json``."""
+    mp = d / SCAN_MANIFEST
+    if not mp.is_file():
+        return None, None, ""
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexCorrupt(f"{mp}: unreadable scan manifest ({exc})") from None
+    expected = {"format": SCAN_FORMAT, "format_version": 1, "dtype": "float16", "file": SCAN_FILE}
+    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
+        raise IndexCorrupt(f"{mp}: not a privdiff float16 scan copy")
+    if meta.get("index_fingerprint") != manifest_fingerprint(m):
+        raise IndexCorrupt(f"{mp}: derived from another index (this is {manifest_fingerprint(m)[:SHORT_FINGERPRINT]})")
+    sp = d / SCAN_FILE
+    want = len(_npy_header_for((m.count, m.dim), np.float16)) + 2 * m.count * m.dim
+    if not sp.is_file() or sp.stat().st_size != want or meta.get("bytes") != want:
+        raise IndexCorrupt(f"{sp}: missing or of the wrong size (expected {want} bytes)")
+    sha = meta.get("sha256")
+    if verify == "full" and _sha256_of_file(sp) != sha:
+        raise IndexCorrupt(f"{sp}: its sha256 differs from the one {SCAN_MANIFEST} records (altered or corrupt)")
+    try:
+        scan = np.load(sp, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise IndexCorrupt(f"{sp}: not a readable .npy file ({exc})") from None
+    if scan.dtype != np.float16 or scan.shape != (m.count, m.dim) or not scan.flags.c_contiguous:
+        raise IndexCorrupt(f"{sp}: holds {scan.dtype} {scan.shape}, expected float16 ({m.count}, {m.dim})")
+    return scan, sp, sha
 
 
 def build_index_from_images(
@@ -483,9 +700,10 @@ def build_index_from_images(
     *,
     source: str = "",
     visibility: str = "private",
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_ENCODE_BATCH,
     progress: bool = True,
     overwrite: bool = False,
+    scan_copy: bool = False,
 ) -> EmbeddingIndex:
     """Encode uint8 images (N, H, W, C) with an ``ImageEncoder`` and write the index.
 
@@ -522,6 +740,7 @@ def build_index_from_images(
         visibility=visibility,
         overwrite=overwrite,
         source_images=imgs,
+        scan_copy=scan_copy,
     )
 
 
@@ -698,13 +917,20 @@ def load_index(
         raise IndexCorrupt(f"{vp}: not a readable .npy file ({exc})") from None
     if vectors.dtype != np.float32 or vectors.shape != (m.count, m.dim) or not vectors.flags.c_contiguous:
         raise IndexCorrupt(f"{vp}: holds {vectors.dtype} {vectors.shape}, manifest says float32 ({m.count}, {m.dim})")
+    scan, sp, _ = _open_scan_copy(d, m, verify)
     if verify == "full":
-        for s in range(0, m.count, _HASH_CHUNK_ROWS):
-            block = np.asarray(vectors[s : s + _HASH_CHUNK_ROWS], dtype=np.float64)
+        # One chunk of rows at a time (float64 for the norms): peak memory O(chunk), not O(N).
+        step = _chunk_rows(m.dim)
+        for s in range(0, m.count, step):
+            rows = np.asarray(vectors[s : s + step])
+            block = rows.astype(np.float64)
             if not np.isfinite(block).all():
                 raise IndexCorrupt(f"{vp}: non-finite values near row {s}")
             dev = np.abs(np.linalg.norm(block, axis=1) - 1.0)
             if (dev > UNIT_NORM_TOLERANCE).any():
                 bad = s + int(np.argmax(dev))
                 raise IndexCorrupt(f"{vp}: row {bad} is not unit norm (|norm-1|={dev.max():.3g})")
-    return EmbeddingIndex(vectors, m, d)
+            # The exactness of the float16 scan rests on ê = fl16(e) row for row.
+            if scan is not None and not np.array_equal(scan[s : s + step], rows.astype(np.float16)):
+                raise IndexCorrupt(f"{sp}: rows near {s} are not the float16 rounding of {m.vectors_file}")
+    return EmbeddingIndex(vectors, m, d, scan)

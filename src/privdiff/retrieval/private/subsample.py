@@ -27,7 +27,9 @@ trials are), so the cumulative sums of i.i.d. geometric variates are exactly the
 already sorted.
 Restricted to one query's column this is again an i.i.d. Bernoulli(q) subsample of the records,
 and different columns are independent: the same distribution as B separate draws. The record-major
-order lets the search stream the index once per batch instead of gathering rows per query.
+order lets the search stream the index once per batch instead of gathering rows per query;
+:func:`poisson_pair_blocks` yields the same process in bounded blocks, so that stream needs
+O(block) memory whatever q and B are.
 
 Exactness note: numpy draws binomial and geometric variates with floating-point algorithms
 (BTPE/inversion), exact up to double-precision rounding; the integer parts (Floyd, cumulative
@@ -41,11 +43,14 @@ the private boundary: only ``privdiff.retrieval.private.search`` (and tests/benc
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 
 from privdiff.errors import check_in_range, check_int
 
 __all__ = [
+    "poisson_pair_blocks",
     "poisson_pairs",
     "poisson_subsample",
     "poisson_subsample_sizes",
@@ -116,24 +121,47 @@ def poisson_pairs(n: int, count: int, sample_rate: float, rng: np.random.Generat
     says record ``rows[j]`` is in the subsample of query ``queries[j]``. Every cell of the
     n × count grid is included independently with probability q (module docstring).
     """
-    n, q = _check(n, sample_rate)
-    count = check_int("count", count, minimum=0)
-    total = n * count
-    if total == 0:
+    parts = list(poisson_pair_blocks(n, count, sample_rate, rng))
+    if not parts:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty.copy()
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([r for r, _ in parts]), np.concatenate([c for _, c in parts])
+
+
+def poisson_pair_blocks(
+    n: int, count: int, sample_rate: float, rng: np.random.Generator, *, max_pairs: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`poisson_pairs`, streamed: consecutive blocks of at most ``max_pairs`` pairs.
+
+    The blocks, concatenated, are one draw of :func:`poisson_pairs` (the same geometric-gap
+    process, cut into pieces), so a caller can walk the N × count grid once in record-major
+    order with bounded memory whatever q and count are. Empty blocks are never yielded.
+    """
+    n, q = _check(n, sample_rate)
+    count = check_int("count", count, minimum=0)
+    if max_pairs is not None:
+        max_pairs = check_int("max_pairs", max_pairs, minimum=1)
+    total = n * count
+    if total == 0:
+        return
     if q == 1.0:
-        cells = np.arange(total, dtype=np.int64)
-    else:
-        parts = []
-        last = -1  # position of the previous success (cells are 0-indexed)
-        while True:
-            block = _geometric_block_size(q * (total - 1 - last))
-            pos = last + np.cumsum(rng.geometric(q, size=block), dtype=np.int64)
-            inside = pos[pos < total]
-            parts.append(inside)
-            if inside.size < block:  # a success fell beyond the grid: the process is complete
-                break
-            last = int(pos[-1])
-        cells = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return cells // count, cells % count
+        step = total if max_pairs is None else max_pairs
+        for s in range(0, total, step):
+            rows, qid = np.divmod(np.arange(s, min(total, s + step), dtype=np.int64), count)
+            yield rows, qid
+        return
+    last = -1  # position of the previous success (cells are 0-indexed)
+    while True:
+        block = _geometric_block_size(q * (total - 1 - last))
+        if max_pairs is not None:
+            block = min(block, max_pairs)
+        pos = last + np.cumsum(rng.geometric(q, size=block), dtype=np.int64)
+        inside = pos[pos < total] if pos[-1] >= total else pos
+        if inside.size:
+            rows, qid = np.divmod(inside, count)
+            yield rows, qid
+        if inside.size < block:  # a success fell beyond the grid: the process is complete
+            return
+        last = int(pos[-1])
