@@ -168,6 +168,36 @@ def test_the_ceiling_is_rebuilt_after_another_process_charges(tmp_path, monkeypa
     led.close()
 
 
+@needs_ofd
+@pytest.mark.parametrize("corrupt", [False, True])
+def test_a_published_ceiling_serves_other_ledger_objects_unless_corrupt(tmp_path, monkeypatch, corrupt):
+    monkeypatch.setattr(ledger_mod, "CEILING_RESERVE_DIVISOR", {"pld": 4})
+    path = tmp_path / "l.sqlite"
+    a = Ledger.create(path, epsilon=1e4, delta=DELTA, accountant="pld")
+    b = Ledger.open(path)
+    a.charge(SETTINGS[0], count=40)  # computes and publishes the ceiling 40 + 10
+    lock = path.with_name(path.name + "-lock")
+    if corrupt:
+        data = bytearray(lock.read_bytes())
+        blob = ledger_mod._TicketLock._BLOB + 4
+        at = data.index(b'"epsilon"', blob) + 12  # a digit of the published ε
+        data[at] = ord("1") if data[at] != ord("1") else ord("2")
+        lock.write_bytes(bytes(data))
+    calls = []
+    real = Ledger._epsilon
+    monkeypatch.setattr(Ledger, "_epsilon", lambda self, h: calls.append(1) or real(self, h))
+    charge = b.charge(SETTINGS[0])
+    exact = _from_scratch({SETTINGS[0]: 41}, "pld")
+    if corrupt:
+        assert calls  # the tampered ceiling fails its checksum: b computes its own
+    else:
+        assert not calls  # b charged under a's published ceiling, no accounting of its own
+        assert charge.epsilon_spent == pytest.approx(_from_scratch({SETTINGS[0]: 50}, "pld"), rel=1e-12)
+    assert charge.epsilon_spent >= exact * (1 - 1e-9) and charge.queries_total == 41
+    a.close()
+    b.close()
+
+
 # ------------------------------------------------------------------ first come, first served
 
 

@@ -539,6 +539,9 @@ class Ledger:
         # Optimistic: a new ceiling computed outside the write lock from a snapshot, used if the
         # history under the lock is still inside it (another process may have charged meanwhile).
         for attempt in range(optimistic):
+            charge = self._charge_shared(new, request_id) if optimistic else None
+            if charge is not None:
+                return charge
             _, history = self._snapshot()
             ceiling = self._new_ceiling(history, new, lost_race=attempt > 0)
             charge = self._charge_under(ceiling, new, request_id)
@@ -553,6 +556,23 @@ class Ledger:
                 self._refuse(history, eps_after, sum(groups.values()))
             self._ceiling = _Ceiling(target, eps_after, reserved=False)
             return self._record(conn, history, new, eps_after, request_id)
+
+    def _charge_shared(self, new: list[tuple[DPRDMQuery, int]], request_id: str) -> Charge | None:
+        """Try the ceiling another process published (waiting for one being computed) before
+        computing one; None when there is none that covers this charge (then this process
+        computes, holding the lease if it can get it, see :meth:`_new_ceiling`)."""
+        tickets = self._ticket_lock() if CEILING_RESERVE_DIVISOR.get(self.accountant) else None
+        if tickets is None:
+            return None
+        try:
+            tickets.wait_lease(time.monotonic() + LOCK_TIMEOUT_S)
+            shared = tickets.shared(self.accountant, self.delta)
+        except OSError:
+            return None
+        if shared is None or shared == self._ceiling:
+            return None
+        self._ceiling = shared
+        return self._charge_under(shared, new, request_id)
 
     def _charge_under(self, ceiling: _Ceiling, new: list[tuple[DPRDMQuery, int]], request_id: str) -> Charge | None:
         """Charge if ``ceiling`` covers the history read under the write lock plus ``new``; else
@@ -587,7 +607,21 @@ class Ledger:
             for q, _ in new:
                 counts[q] = target[q] + reserve
             counts = dict(sorted(counts.items(), key=_group_key))
-            eps = self._epsilon(list(counts.items()))
+            tickets = self._ticket_lock()
+            leased = False
+            try:
+                leased = tickets is not None and tickets.try_lease()
+            except OSError:
+                pass
+            try:
+                eps = self._epsilon(list(counts.items()))
+                if leased:
+                    with contextlib.suppress(OSError):
+                        tickets.publish(self.accountant, self.delta, counts, eps)
+            finally:
+                if leased:
+                    with contextlib.suppress(OSError):
+                        tickets.release_lease()
             if eps <= self.epsilon_budget * (1.0 - CEILING_SLACK):
                 self._ceiling = _Ceiling(counts, eps, reserved=True)
                 return self._ceiling
@@ -843,6 +877,11 @@ class _TicketLock:
     _BASE = 1 << 12
     #: File offsets of the two counters: the next ticket to hand out, the ticket being served.
     _NEXT, _SERVING = 0, 8
+    #: Lock bytes beside byte 0 (the dispenser): 1 guards the shared ceiling, 2 is the lease of
+    #: the one process that computes a new ceiling while the others wait for it.
+    _BLOB_LOCK, _LEASE = 1, 2
+    #: The shared ceiling: 4-byte length, then canonical JSON (see :meth:`publish`).
+    _BLOB, _BLOB_MAX = 64, 1 << 16
     #: Polling interval while waiting (seconds): short first, so a hand-over costs little; capped so
     #: that eight waiters polling cost nothing measurable. Polling, not a blocking F_OFD_SETLKW,
     #: because a wait must end with LedgerError after LOCK_TIMEOUT_S if a holder hangs.
@@ -943,6 +982,69 @@ class _TicketLock:
 
     def _slot(self, ticket: int) -> int:
         return self._BASE + ticket % self._SLOTS
+
+    # -------------------------------------------------------------- the shared ceiling
+    # One process computes a ceiling and publishes it; the others, which would all miss at the
+    # same moment (they share one history), wait for its lease and use the published one instead
+    # of each recomputing the same PLD. A ceiling is a statement about the accountant, not about
+    # this file: "under accountant a at δ, the grouped history `counts` has ε = e". It is
+    # accepted only with its sha256 and for this ledger's accountant and δ, so a torn or corrupted
+    # side file can only make a charge compute its own ceiling, and every use is still checked
+    # against the durable counts under the write lock.
+
+    def try_lease(self) -> bool:
+        return self._lock(fcntl.F_WRLCK, self._LEASE)
+
+    def wait_lease(self, deadline: float) -> None:
+        """Wait until no process holds the lease (it published, gave up, or died)."""
+        if self._wait(fcntl.F_RDLCK, self._LEASE, deadline):
+            self._lock(fcntl.F_UNLCK, self._LEASE)
+
+    def release_lease(self) -> None:
+        self._lock(fcntl.F_UNLCK, self._LEASE)
+
+    def publish(self, accountant: str, delta: float, counts: dict[DPRDMQuery, int], epsilon: float) -> None:
+        body = {
+            "accountant": accountant,
+            "delta": repr(delta),
+            "groups": [[q.sigma, q.sample_rate, q.k, c] for q, c in counts.items()],
+            "epsilon": repr(epsilon),
+        }
+        body["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        data = json.dumps(body, sort_keys=True).encode()
+        if len(data) > self._BLOB_MAX:
+            return
+        if not self._wait(fcntl.F_WRLCK, self._BLOB_LOCK, time.monotonic() + 1.0):
+            return
+        try:
+            os.pwrite(self._fd, len(data).to_bytes(4, "little") + data, self._BLOB)
+        finally:
+            self._lock(fcntl.F_UNLCK, self._BLOB_LOCK)
+
+    def shared(self, accountant: str, delta: float) -> _Ceiling | None:
+        """The published ceiling, if there is an intact one for this accountant and δ."""
+        if not self._wait(fcntl.F_RDLCK, self._BLOB_LOCK, time.monotonic() + 1.0):
+            return None
+        try:
+            head = os.pread(self._fd, 4, self._BLOB)
+            n = int.from_bytes(head, "little") if len(head) == 4 else 0
+            data = os.pread(self._fd, n, self._BLOB + 4) if 0 < n <= self._BLOB_MAX else b""
+        finally:
+            self._lock(fcntl.F_UNLCK, self._BLOB_LOCK)
+        try:
+            body = json.loads(data)
+            sha = body.pop("sha256")
+            if sha != hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest():
+                return None
+            if body["accountant"] != accountant or float(body["delta"]) != delta:
+                return None
+            counts = {DPRDMQuery(s, q, k): check_int("count", c, minimum=1) for s, q, k, c in body["groups"]}
+            eps = float(body["epsilon"])
+        except (ValueError, TypeError, KeyError, AttributeError, PrivdiffError):
+            return None
+        if not math.isfinite(eps) or eps < 0:
+            return None
+        return _Ceiling(dict(sorted(counts.items(), key=_group_key)), eps, reserved=True)
 
 
 # ---------------------------------------------------------------------------------------------
