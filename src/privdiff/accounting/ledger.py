@@ -29,6 +29,10 @@ of history + candidate decides, so a charge is refused exactly when its exact ε
 budget. The ceiling lives in the ``Ledger`` object and needs no invalidation: it is checked
 against the durable counts on every charge, so a history extended by another process simply
 misses it. After :data:`OPTIMISTIC_ATTEMPTS` misses the exact ε is computed under the lock.
+Processes share the work: the one that computes a ceiling holds a lease in the side file
+``<ledger>-lock`` and publishes the ceiling there with its sha256; the others, which miss at the
+same moment because they share one history, wait for it and use it (checked under the lock like
+their own) instead of each recomputing the same PLD.
 
 So :attr:`Charge.epsilon_spent` (and the history's ``epsilon_after``) is the exact ε of the
 ledger after the charge for the RDP accountants and for PLD ledgers below 512 queries, and
