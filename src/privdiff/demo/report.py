@@ -27,8 +27,9 @@ if TYPE_CHECKING:  # the demo is an application above the report; only its types
 #: What a cold run adds, said once for the terminal and the report. The throughput is the one
 #: ../shared/RESOURCES.md measured on an idle 2-core machine; a loaded machine is several times slower.
 COLD_INDEX_NOTE = (
-    "A cold run first embeds the private split (49,320 images) with EfficientNet-Lite0: about "
-    "2 minutes at ~400 images/s on 2 idle cores, unless privdiff's embedding cache already holds it."
+    "A cold run first embeds the private collection (the 9,000 winter tops of `make demo`) with "
+    "EfficientNet-Lite0: about 25 seconds at ~400 images/s on 2 idle cores, unless privdiff's "
+    "embedding cache already holds it."
 )
 
 _MODE_LABELS = {
@@ -484,7 +485,7 @@ def _delta(s: Section, d: DPRDMResult) -> None:
         f"satisfies (0, δ)-DP, and at δ = 1/N it would publish about one of the {d.index.count:,} images. "
         f"A deployment should use δ ≪ 1/N: the same {led.queries} queries charged at δ = "
         f"{note.stricter_delta:.3g} (1/(100 N)) would cost ε = {note.epsilon_at_stricter_delta:.3g} instead of "
-        f"{led.epsilon_spent:.3g}, a small price for a guarantee that cannot release anyone's image outright."
+        f"{led.epsilon_spent:.3g}: that is the price of a guarantee that does not allow releasing an image outright."
     )
 
 
