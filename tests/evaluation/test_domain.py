@@ -164,3 +164,22 @@ def test_cli_eval_domain_reads_a_generate_folder_and_reports_intervals(tmp_path,
     assert rate["low"] < rate["value"] < rate["high"]
     assert json.loads((tmp_path / "r.json").read_text()) == res
     assert main(["eval", "domain", str(folder), "fashion-mnist:test[:10]", "--classes", "hat"]) == 2
+
+
+def test_fid_in_sample_space_equals_the_covariance_route_and_serves_wide_features():
+    """d > n (Inception's 2,048-d features of 1,000 images) goes through the n × m route, which
+    must be the same Fréchet distance as the d × d one."""
+    from privdiff.evaluation.domain import _fid_low_rank, fid_from_features
+    from privdiff.evaluation.fid import frechet_distance
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(80, 20)), 1.3 * rng.normal(size=(60, 20)) + 0.2
+    full = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))[0]
+    assert _fid_low_rank(a, b) == pytest.approx(full, rel=1e-6)
+    assert _fid_low_rank(b, a) == pytest.approx(full, rel=1e-6)
+    # Wider than both samples: the covariances are singular; both routes still agree closely
+    # (the d × d one needs the ε-offset fallback and is the less exact of the two).
+    wa, wb = rng.normal(size=(30, 64)), rng.normal(size=(40, 64)) + 0.5
+    wide = frechet_distance(wa.mean(0), np.cov(wa, rowvar=False), wb.mean(0), np.cov(wb, rowvar=False))[0]
+    assert fid_from_features(wa, wb) == pytest.approx(wide, rel=1e-4)
+    assert fid_from_features(wa, wb) == pytest.approx(_fid_low_rank(wa, wb))

@@ -38,9 +38,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             help="Comma-separated sections to run: dprdm, cpsample, planner (default: all).",
         ),
     ) -> None:
-        """Run DP-RDM (with baselines and a refused over-budget request), CPSample and the privacy
-        planner; write out/demo/report.html and summary.json. The first run also builds the private
-        index (~2 minutes on 2 cores); later runs reuse it (default size: about 3 minutes)."""
+        """Run DP-RDM on a private domain (winter tops; coarse prompts answered by DP-RDM, public-only
+        and non-private retrieval, with in-domain rates, and a refused over-budget request), CPSample
+        and the privacy planner; write out/demo/report.html and summary.json. The first run also
+        builds the private index; later runs reuse it (default size: a few minutes)."""
         from privdiff.demo import SECTIONS, check_complete, demo_config, run_demo
         from privdiff.errors import InvalidParameter
 

@@ -12,6 +12,8 @@ mode                   context (method notes §3 step 8, §7.5)                 
 ``public-retrieval``   mean of the k nearest **public** neighbours, replicated   ε = 0
 ``non-private``        mean of the k nearest **private** neighbours, no noise,    **ε = ∞**
                        no subsampling (σ = 0, q = 1)                              not private
+``subsampled``         DP-RDM's Poisson(q) subsample + top-k mean, no noise       **ε = ∞**
+                       (σ = 0): what subsampling alone costs                      not private
 ``no-retrieval``       the query embedding q̂ replicated (λ = 0)                  ε = 0
 =====================  =========================================================  ============
 
@@ -36,7 +38,7 @@ import numpy as np
 from privdiff.encoders.base import l2_normalize
 from privdiff.errors import EncoderMismatch, InvalidParameter, check_in_range, check_int
 
-MODES = ("dp-rdm", "public-retrieval", "non-private", "no-retrieval")
+MODES = ("dp-rdm", "public-retrieval", "non-private", "subsampled", "no-retrieval")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Conditioning:
         contexts: float32 (B, k, d).
         mode: one of :data:`MODES`.
         private: whether the contexts are DP with respect to the private set (False only for
-            the non-private baseline).
+            the ε = ∞ baselines, non-private and subsampled).
         privacy: JSON-friendly details (ε spent/remaining and δ from the ledger after the charge,
             σ, q, k, z, queries charged; ε = 0 or ∞ for the baselines).
     """

@@ -97,7 +97,7 @@ class GenerationOutput:
         images: uint8 (P, n, H, W, C): ``images_per_prompt`` = n images for each of P queries.
         prompts: the P prompts (``None`` entries when query embeddings were given directly).
         mode: the context source's mode (``dp-rdm`` or a baseline name).
-        private: False only for the non-private (ε = ∞) baseline.
+        private: False only for the ε = ∞ baselines (``non-private``, ``subsampled``).
         privacy: the source's privacy record (ε spent/remaining and δ after the charge, σ, q, k...).
         settings: sampler settings (guidance scale, steps, η, seed, images per prompt...).
     """
@@ -588,7 +588,7 @@ def make_pipeline(
             before anything is charged.
     """
     from privdiff.encoders import load_image_encoder, load_text_encoder
-    from privdiff.evaluation.baselines import NonPrivateRetrievalContext
+    from privdiff.evaluation.baselines import NonPrivateRetrievalContext, SubsampledRetrievalContext
     from privdiff.rdm.conditioning import (
         DPRetrievalContext,
         PublicRetrievalContext,
@@ -656,19 +656,34 @@ def make_pipeline(
                 k,
             )
         )
-    elif mode == "non-private":
+    elif mode in ("non-private", "subsampled"):
         from privdiff.data import load_dataset
         from privdiff.rdm.train import cached_embeddings
 
         if private_data is None:
-            raise InvalidParameter("private_data", None, "a dataset spec for the non-private baseline (--private-data)")
+            raise InvalidParameter("private_data", None, f"a dataset spec for the {mode} baseline (--private-data)")
+        if mode == "subsampled" and ledger is not None:
+            # ε = ∞: a ledger here would suggest the outputs are covered by its budget.
+            raise InvalidParameter(
+                "ledger",
+                str(ledger),
+                "None in subsampled mode (σ = 0, ε = ∞: nothing is private, so nothing is charged)",
+                hint="use mode='dp-rdm' for a privacy guarantee",
+            )
+        if mode == "subsampled":
+            sample_rate = check_in_range(
+                "sample_rate", sample_rate if sample_rate is not None else defaults["sample_rate"], 0.0, 1.0
+            )
         enc = image_encoder()
         emb = cached_embeddings(load_dataset(private_data), enc, private=True, cache_dir=embedding_cache)
-        source = NonPrivateRetrievalContext(emb, k, space_id=enc.space_id)
+        if mode == "subsampled":
+            source = SubsampledRetrievalContext(emb, k, sample_rate, space_id=enc.space_id)
+        else:
+            source = NonPrivateRetrievalContext(emb, k, space_id=enc.space_id)
     elif mode == "no-retrieval":
         source = QueryOnlyContext(k, model.embedding_dim, model.space_id)
     else:
-        raise InvalidParameter("mode", mode, "dp-rdm, public-retrieval, non-private or no-retrieval")
+        raise InvalidParameter("mode", mode, "dp-rdm, public-retrieval, non-private, subsampled or no-retrieval")
     return DPRDMPipeline(model, source, text), defaults
 
 
@@ -781,6 +796,8 @@ def _setting_title(result: GenerationOutput) -> str:
             f"DP-RDM eps_spent={pv.get('epsilon_spent', 0):.3g} delta={pv.get('delta', 0):.2g} "
             f"sigma={pv.get('sigma')} q={pv.get('sample_rate')} k={pv.get('k')}"
         )
+    elif result.mode == "subsampled":
+        head = f"SUBSAMPLED, NOISELESS baseline (eps = inf, NOT PRIVATE) q={pv.get('sample_rate')} k={pv.get('k')}"
     elif not result.private:
         head = "NON-PRIVATE baseline (eps = inf)"
     else:
