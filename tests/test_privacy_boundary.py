@@ -11,7 +11,11 @@ outside the boundary package fails the test when it
     sets ``self._x`` itself (a class reading its own kind's state, e.g. a factory classmethod);
 (c) names the escape hatch ``unsafe_nonprivate_rows`` outside :data:`ESCAPE_HATCH_ALLOWED`;
 (d) subclasses a class defined in the boundary (a subclass could override the mechanism's steps
-    or read ``self._index``: the audit composes strategy objects instead).
+    or read ``self._index``: the audit composes strategy objects instead);
+(e) calls a backend method that returns noiseless private aggregates (:data:`NOISELESS_METHODS`:
+    ``topk_sums`` gives exact top-k sums before the mechanism adds noise) outside
+    :data:`ESCAPE_HATCH_ALLOWED`: the backends are exported so the mechanism can be configured with
+    one, and only ``DPRetriever`` may call them.
 
 The boundary package must exist and export exactly :data:`EXPORTS`. To check another tree (e.g.
 the original one), point ``PRIVDIFF_BOUNDARY_ROOT`` at its ``src/privdiff`` directory.
@@ -32,6 +36,8 @@ ESCAPE_HATCH = "unsafe_nonprivate_rows"
 ESCAPE_HATCH_ALLOWED = {
     "evaluation/baselines.py": "the ε = ∞ non-private baseline reads private rows by definition",
 }
+#: Backend methods whose result is a noiseless function of private rows (rule (e)).
+NOISELESS_METHODS = {"topk_sums", "candidates"}
 #: Index internals refused on any object other than self/cls, whatever the boundary declares.
 ALWAYS_INTERNAL = {"_vectors", "_index", "_rows"}
 #: What the boundary package exports: the only names the rest of privdiff may use.
@@ -203,6 +209,14 @@ def boundary_violations(root: Path | None = None) -> list[str]:
                 )
                 if named:
                     bad(node, f"(c) uses the escape hatch {ESCAPE_HATCH} outside the allow-list")
+            # (e) noiseless backend results: only the mechanism (inside) and the allow-listed baselines
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in NOISELESS_METHODS
+                ):
+                    bad(node, f"(e) calls {ast.unparse(node.func)}, a noiseless aggregate of private rows")
     return sorted(set(out))
 
 
@@ -278,6 +292,11 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
             "import privdiff.retrieval.private as p\nclass B(p.EmbeddingIndex):\n    pass\n",
             "(d)",
         ),
+        (
+            "rdm/x.py",
+            "from privdiff.retrieval import ExactTopK\nsums, n = ExactTopK(i).topk_sums(q, 20, 0.01, rng)\n",
+            "(e)",
+        ),
     ],
 )
 def test_each_rule_catches_its_violation(tmp_path, rel, source, rule):
@@ -292,7 +311,7 @@ def test_what_the_rules_allow(tmp_path):
         "rdm/b.py": "class L:\n    def __init__(self):\n        self._conn = 1\n"
         "    @classmethod\n    def make(cls):\n        other = cls()\n        return other._conn\n",
         "evaluation/baselines.py": "from privdiff.retrieval.private import unsafe_nonprivate_rows\n"
-        "rows = unsafe_nonprivate_rows(i, reason='baseline')\n",
+        "rows = unsafe_nonprivate_rows(i, reason='baseline')\nsums, n = b.topk_sums(q, 20, 1.0, rng)\n",
         "retrieval/private/mechanism.py": "def f(index):\n    return index._vectors\n",
     }
     assert boundary_violations(_tree(tmp_path, ok)) == []
