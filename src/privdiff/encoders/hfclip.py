@@ -168,9 +168,9 @@ class CLIPEncoder:
                     size, mean, std = _read_preprocessor(pre)
                     break
         else:
-            from privdiff.encoders.openclip import _params_digest
+            from privdiff.encoders.openclip import params_digest
 
-            digest = _params_digest(image_model)
+            digest = params_digest(image_model)
             if text_model is None or tokenizer is None:
                 self._text_missing = "this CLIPEncoder was built without text_model and tokenizer"
         self.image_model = image_model.to(device=device, dtype=self.dtype).eval()

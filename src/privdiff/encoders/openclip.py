@@ -40,7 +40,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def _params_digest(model) -> str:
+def params_digest(model) -> str:
     h = hashlib.sha256()
     state = model.state_dict() if hasattr(model, "state_dict") else {}
     for name in sorted(state):
@@ -146,7 +146,7 @@ class OpenCLIPEncoder:
         self.image_size = check_int("image_size", size, minimum=8, maximum=2048)
         self.mean = tuple(mean or cfg.get("mean") or OPENAI_CLIP_MEAN)
         self.std = tuple(std or cfg.get("std") or OPENAI_CLIP_STD)
-        digest = _file_digest(ckpt) if ckpt is not None else _params_digest(model)
+        digest = _file_digest(ckpt) if ckpt is not None else params_digest(model)
         self.space_id = f"openclip/{model_name}/{digest}"
         self.dim = int(self._encode_image_tensor(self.preprocess(np.zeros((1, 8, 8, 3), dtype=np.uint8))).shape[-1])
 

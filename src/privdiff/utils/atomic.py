@@ -36,6 +36,36 @@ def fsync_dir(directory: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def flush_and_fsync(f: IO[Any]) -> None:
+    """Flush a file object's buffers and fsync it: its bytes are on disk before a later rename
+    makes them visible (files written inside a staging directory, see :func:`install_directory`)."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def install_directory(staged: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move a fully written, fsynced staging directory to ``out`` in one rename.
+
+    ``staged`` must be a sibling of ``out`` (same file system). An existing ``out`` is moved aside
+    first (rename() cannot replace a non-empty directory) and removed only after the new one is in
+    place, so a crash leaves either the old or the new directory at ``out``, never a half-written
+    one. Used by the private index and its shards, which must never be read half-built.
+    """
+    import shutil
+    import tempfile
+
+    staged, out = Path(staged), Path(out)
+    fsync_dir(staged)
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.rename(out, trash / "old")
+        os.rename(staged, out)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.rename(staged, out)
+    fsync_dir(out.parent)
+
+
 def temp_path_for(path: str | os.PathLike) -> Path:
     """A unique hidden sibling of ``path`` that keeps its suffix (``np.save``/``np.savez`` and
     ``torch.save`` add or check suffixes): ``dir/.name.<hex>.tmp<suffix>``."""

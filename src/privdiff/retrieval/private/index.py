@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
-from privdiff.utils.atomic import fsync_dir
+from privdiff.utils.atomic import fsync_dir, install_directory
 
 __all__ = [
     "FORMAT_NAME",
@@ -573,16 +573,7 @@ def build_index(
             os.fsync(f.fileno())
         if scan is not None:
             scan.finish(manifest)
-        fsync_dir(tmp)
-        if out.exists():
-            # Move the old index aside first: rename() cannot replace a non-empty directory.
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "old")
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        fsync_dir(out.parent)
+        install_directory(tmp, out)
     except BaseException:
         if scan is not None:
             scan.f.close()

@@ -80,7 +80,7 @@ from privdiff.retrieval.private.index import (
 )
 from privdiff.retrieval.private.search import select_topk
 from privdiff.retrieval.private.subsample import poisson_pairs
-from privdiff.utils.atomic import fsync_dir
+from privdiff.utils.atomic import flush_and_fsync, install_directory
 
 __all__ = [
     "SHARDED_FORMAT",
@@ -276,8 +276,7 @@ def shard_index(
             fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
                 shutil.copyfileobj(fin, fout)
-                fout.flush()
-                os.fsync(fout.fileno())
+                flush_and_fsync(fout)
         record = {
             "format": SHARDED_FORMAT,
             "format_version": SHARDED_FORMAT_VERSION,
@@ -288,17 +287,8 @@ def shard_index(
         with open(tmp / SHARDED_MANIFEST_FILE, "w", encoding="utf-8") as f:
             json.dump(record, f, indent=2, sort_keys=True)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(tmp)
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rename(out, trash / "old")
-            os.rename(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-        fsync_dir(out.parent)
+            flush_and_fsync(f)
+        install_directory(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -315,8 +305,7 @@ def _write_shard(path: Path, rows: np.ndarray, start: int, stop: int, dtype: np.
             block = np.ascontiguousarray(rows[s : min(stop, s + _CHUNK_ROWS)], dtype=dtype).tobytes()
             f.write(block)
             h.update(block)
-        f.flush()
-        os.fsync(f.fileno())
+        flush_and_fsync(f)
     return path.stat().st_size, h.hexdigest()
 
 
