@@ -120,3 +120,22 @@ def test_cli_refuses_bad_options_before_loading_a_model(tmp_path, capsys):
     assert main(["eval", "context-following", "--per-class", "0", "--model", str(tmp_path / "none")]) == 2
     assert "per_class" in capsys.readouterr().err
     assert main(["eval", "context-following", "--classes", "hat", "--model", str(tmp_path / "none")]) != 0
+
+
+class _NoiseKeeper(_ContextPainter):
+    """Predicts ε = 0, so each image is a function of its x_T only."""
+
+    def forward(self, x_t, t, context):
+        return torch.zeros_like(x_t)
+
+
+def test_contexts_and_noise_of_a_class_do_not_depend_on_per_class_or_the_other_classes():
+    emb, labels = _two_class_embeddings()
+    a, _ = class_contexts(emb, labels, classes=[0, 1], per_class=2, k=3, sigma=0.1, tokens=1, seed=4)
+    b, _ = class_contexts(emb, labels, classes=[1], per_class=5, k=3, sigma=0.1, tokens=1, seed=4)
+    np.testing.assert_array_equal(a[2:], b[:2])
+    kw = dict(k=3, sigma=0.1, num_inference_steps=3, seed=4)
+    _, imgs_a = context_following(_NoiseKeeper(True), emb, labels, _BrightnessJudge(), per_class=2, **kw)
+    _, imgs_b = context_following(_NoiseKeeper(True), emb, labels, _BrightnessJudge(), classes=[1], per_class=3, **kw)
+    np.testing.assert_array_equal(imgs_a[2:], imgs_b[:2])
+    assert not np.array_equal(imgs_a[0], imgs_a[2])  # classes start from different noise

@@ -272,8 +272,9 @@ def class_contexts(
     followed by ``mix_context`` at λ = 1, with the class's own images standing in for the top-k
     of a subsample, so the context carries the class and nothing else.
 
-    The row choice and the noise come from two generators seeded by ``seed``: two embedding
-    spaces measured with the same seed use the same images (only their embeddings differ).
+    The row choice and the noise come from generators seeded by (``seed``, class): two embedding
+    spaces measured with the same seed use the same images (only their embeddings differ), and
+    the first m contexts of a class do not depend on ``per_class`` or on the other classes.
 
     Returns (contexts float32 (len(classes)·per_class, tokens, d), intended class per row).
     """
@@ -294,18 +295,22 @@ def class_contexts(
     if not classes:
         raise InvalidParameter("classes", classes, "at least one class id")
     unit = l2_normalize(emb)
-    pick = np.random.default_rng([seed, 0])
-    noise = np.random.default_rng([seed, 1])
     means = np.empty((len(classes) * per_class, emb.shape[1]), dtype=np.float32)
     intended = np.repeat(np.asarray(classes, dtype=np.int64), per_class)
     for ci, c in enumerate(classes):
         rows = np.flatnonzero(lab == c)
         if rows.size < k:
             raise InvalidParameter("k", k, f"at most {rows.size} (the images of class {c})")
+        pick = np.random.default_rng([seed, 0, c])
+        noise = np.random.default_rng([seed, 1, c])
         for j in range(per_class):
-            means[ci * per_class + j] = unit[pick.choice(rows, size=k, replace=False)].mean(axis=0)
-    means += (sigma * noise.standard_normal(means.shape)).astype(np.float32)
+            block = unit[pick.choice(rows, size=k, replace=False)].mean(axis=0)
+            means[ci * per_class + j] = block + (sigma * noise.standard_normal(block.shape)).astype(np.float32)
     return replicate_context(means, tokens), intended
+
+
+def _class_seed(seed: int, c: int) -> int:
+    return int(np.random.SeedSequence([seed, 2, c]).generate_state(1, dtype=np.uint64)[0] % 2**63)
 
 
 def context_following(
@@ -354,8 +359,16 @@ def context_following(
         embeddings, labels, classes=classes, per_class=per_class, k=k, sigma=sigma, tokens=k, seed=seed
     )
     n = contexts.shape[0]
-    gen = torch.Generator().manual_seed(seed)
-    x_T = torch.randn((n, cfg.channels, cfg.sample_size, cfg.sample_size), generator=gen)
+    # x_T per class from its own generator (seed, class): image j of class c starts from the same
+    # noise for every model of this image shape and every per_class >= j + 1 (paired comparisons).
+    shape = (cfg.channels, cfg.sample_size, cfg.sample_size)
+    x_T = torch.cat(
+        [
+            torch.randn((per_class, *shape), generator=torch.Generator().manual_seed(_class_seed(seed, c)))
+            for c in classes
+        ]
+    )
+    gen = torch.Generator().manual_seed(seed)  # DDIM with η = 0 draws nothing from it
     scheduler = model.ddim_scheduler()
     model.eval()
     out = []
@@ -393,7 +406,8 @@ def context_following(
         "num_inference_steps": num_inference_steps,
         "seed": seed,
         "space_id": cfg.space_id,
-        "x_T": "torch.randn((n, C, H, W)) from torch.Generator().manual_seed(seed), row i = class i // per_class",
+        "x_T": "per class c: torch.randn((per_class, C, H, W)) from a generator seeded with "
+        "SeedSequence([seed, 2, c]) (privdiff.evaluation.domain._class_seed)",
     }
     result = ContextFollowing(names, tuple(classes), per, overall, confusion(intended, pred, len(names)), settings)
     return result, images
