@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from privdiff.data import FASHION_MNIST_CLASSES, load_dataset  # noqa: E402
 from privdiff.encoders.captions import CANONICAL_PROMPTS, training_captions  # noqa: E402
-from privdiff.encoders.public_cnn import CONCAT_SPACE_ID, SPACE_ID  # noqa: E402
+from privdiff.encoders.public_cnn import CONCAT_SPACE_ID, SPACE_ID, ConcatEncoder  # noqa: E402
 from privdiff.encoders.registry import DEFAULT_SPACE_ID, load_image_encoder, projection_stem  # noqa: E402
 from privdiff.encoders.text import minilm_embed, save_projection, train_text_projection  # noqa: E402
 from privdiff.rdm.train import cached_embeddings  # noqa: E402
@@ -62,6 +62,14 @@ def margin(test_emb, test_labels, pub_emb, pub_labels):
     return own - sims.max(axis=1)
 
 
+def embed(dataset, enc):
+    """Unit rows of ``dataset`` in ``enc``'s space; a concatenation reuses its parts' cached embeddings."""
+    if isinstance(enc, ConcatEncoder):
+        scale = np.float32(1 / np.sqrt(len(enc.parts)))
+        return np.concatenate([cached_embeddings(dataset, p, private=False) * scale for p in enc.parts], axis=1)
+    return cached_embeddings(dataset, enc, private=False)
+
+
 def main(argv=None):
     import torch
 
@@ -80,8 +88,8 @@ def main(argv=None):
     results = {}
     for space in args.spaces:
         enc = load_image_encoder(space)
-        pub = cached_embeddings(public, enc, private=False)
-        tst = cached_embeddings(test, enc, private=False)
+        pub = embed(public, enc)
+        tst = embed(test, enc)
         pur = purity(tst, test.labels, pub, public.labels)
         mar = margin(tst, test.labels, pub, public.labels)
         entry = {

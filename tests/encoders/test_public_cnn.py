@@ -71,3 +71,40 @@ def test_asset_round_trip_and_a_plain_classifier_is_refused(tmp_path):
         load_public_cnn(tmp_path / "plain")
     with pytest.raises(CheckpointError, match="no public CNN"):
         load_public_cnn(tmp_path / "missing")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["fmnist-public-cnn", "fmnist-public-cnn+effnet-lite0-64px-c/v1"])
+def test_shipped_spaces_load_by_name_with_a_matching_text_projection(name):
+    from privdiff.encoders import load_image_encoder, load_text_encoder
+
+    image, text = load_image_encoder(name), load_text_encoder(name)
+    assert image.space_id == text.space_id and image.dim == text.dim
+    x = np.zeros((2, 28, 28, 1), np.uint8)
+    x[1, 4:24, 10:18] = 255  # a trouser-ish bar
+    e = image.encode_images(x)
+    assert e.shape == (2, image.dim) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.integration
+def test_a_projection_trained_against_other_cnn_weights_is_refused(monkeypatch, tmp_path):
+    import json
+    import shutil
+
+    from privdiff.encoders import registry
+    from privdiff.encoders.public_cnn import SPACE_ID
+    from privdiff.errors import EncoderMismatch
+
+    stem = registry.projection_stem(SPACE_ID)
+    fake_dir = tmp_path / "enc"
+    fake_dir.mkdir()
+    for suffix in (".json", ".safetensors"):
+        shutil.copy(stem.with_suffix(suffix), fake_dir / (stem.name + suffix))
+    cfg = fake_dir / (stem.name + ".json")
+    data = json.loads(cfg.read_text())
+    data["image_fingerprint"] = "000000000000"
+    cfg.write_text(json.dumps(data))
+    monkeypatch.setattr(registry, "projection_stem", lambda space: fake_dir / stem.name)
+    monkeypatch.setattr(registry, "_TEXT_CACHE", {})
+    with pytest.raises(EncoderMismatch):
+        registry.load_text_encoder(SPACE_ID)

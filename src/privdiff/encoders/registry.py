@@ -146,7 +146,7 @@ def load_text_encoder(name: str = "default") -> TextEncoder:
             if not stem.with_suffix(".json").is_file():
                 raise CheckpointError(
                     f"no text projection into {space_id!r} is shipped; train one with "
-                    f"`python experiments/public_encoder.py --space {space_id}`"
+                    f"`python experiments/public_encoder.py --spaces {space_id}`"
                 )
             enc = MiniLMProjectionTextEncoder.from_asset(stem)
             # The projection records the image encoder's weights+centre fingerprint: a retrained
