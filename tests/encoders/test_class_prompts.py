@@ -24,11 +24,11 @@ def public_subset():
         pytest.skip(f"Fashion-MNIST not available ({exc})")
 
 
-def _own_class_fraction(dataset, prompts, classes):
+def _own_class_fraction(dataset, prompts, classes, space="default"):
     from privdiff.encoders import load_image_encoder, load_text_encoder
 
-    emb = np.asarray(load_image_encoder("default").encode_images(dataset.images), dtype=np.float32)
-    q = np.asarray(load_text_encoder("default").encode_text(list(prompts)), dtype=np.float32)
+    emb = np.asarray(load_image_encoder(space).encode_images(dataset.images), dtype=np.float32)
+    q = np.asarray(load_text_encoder(space).encode_text(list(prompts)), dtype=np.float32)
     top = np.argsort(-(q @ emb.T), axis=1)[:, :K]
     return (dataset.labels[top] == np.asarray(classes)[:, None]).mean(axis=1)
 
@@ -41,6 +41,14 @@ def test_each_canonical_prompt_retrieves_its_own_class(public_subset):
     assert own[-1] <= 0.5, "the negative control passed: this check cannot see a wrong prompt"
     bad = {p: float(f) for p, f in zip(CANONICAL_PROMPTS, own[:-1]) if f <= 0.5}
     assert not bad, f"prompts whose top-{K} public neighbours are mostly another class: {bad}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("space", ["fmnist-public-cnn/v1", "fmnist-public-cnn+effnet-lite0-64px-c/v1"])
+def test_each_canonical_prompt_retrieves_its_own_class_in_the_public_cnn_spaces(public_subset, space):
+    own = _own_class_fraction(public_subset, CANONICAL_PROMPTS, range(len(CANONICAL_PROMPTS)), space)
+    bad = {p: float(f) for p, f in zip(CANONICAL_PROMPTS, own) if f <= 0.5}
+    assert not bad, f"{space}: prompts whose top-{K} public neighbours are mostly another class: {bad}"
 
 
 def test_experiment_uses_the_canonical_prompts():

@@ -1,5 +1,7 @@
 """Fast CLI checks that need no model or encoder: bad options exit 2 before anything loads."""
 
+import pytest
+
 from privdiff.cli import main
 
 
@@ -60,4 +62,18 @@ def test_generate_with_a_missing_model_directory_fails_cleanly(tmp_path, capsys)
 def test_train_rdm_rejects_bad_channels(tmp_path, capsys):
     code = main(["train", "rdm", "--out", str(tmp_path / "m"), "--channels", "a,b"])
     assert code == 2 and "channels" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    "args, name",
+    [
+        (["--balance", "labels"], "balance"),
+        (["--context", "global"], "context"),
+        (["--context-rate", "2"], "context_rate"),
+    ],
+)
+def test_train_rdm_rejects_bad_data_options_before_loading_anything(tmp_path, capsys, args, name):
+    code = main(["train", "rdm", "--out", str(tmp_path / "m"), *args])
+    assert code == 2 and name in capsys.readouterr().err
     assert not (tmp_path / "m").exists()

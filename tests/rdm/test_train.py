@@ -9,8 +9,11 @@ from privdiff.rdm.model import RDMModel, read_model_info
 from privdiff.rdm.train import (
     TrainConfig,
     adapt_context,
+    batch_indices,
     cached_embeddings,
+    class_rows_of,
     drop_context,
+    inference_like_means,
     public_neighbour_means,
     train_rdm,
 )
@@ -174,6 +177,14 @@ def test_resume_refuses_a_different_embedding_space(tmp_path, tiny_data):
 def test_train_config_rejects_bad_values_by_name():
     with pytest.raises(InvalidParameter, match="s_max"):
         TrainConfig(s_max=-0.1).validate()
+    with pytest.raises(InvalidParameter, match="balance"):
+        TrainConfig(balance="labels").validate()
+    with pytest.raises(InvalidParameter, match="context"):
+        TrainConfig(context="global").validate()
+    with pytest.raises(InvalidParameter, match="context_rate"):
+        TrainConfig(context_rate=0.0).validate()
+    with pytest.raises(InvalidParameter, match="context_k"):
+        TrainConfig(context_k=0).validate()
     with pytest.raises(InvalidParameter, match="p_uncond"):
         TrainConfig(p_uncond=1.0).validate()
 
@@ -193,3 +204,93 @@ def test_cached_embeddings_encode_once(tmp_path, tiny_data):
     a = cached_embeddings(ds, Counting(), private=False, cache_dir=tmp_path, progress=False)
     b = cached_embeddings(ds, Counting(), private=False, cache_dir=tmp_path, progress=False)
     assert calls == [32] and np.array_equal(a, b)
+
+
+def test_class_balanced_batches_draw_every_class_equally_often():
+    # 900 rows of class 0 and 100 of class 7 (the footwear situation of dprdm-public, exaggerated).
+    labels = np.array([0] * 900 + [7] * 100)
+    g = torch.Generator().manual_seed(0)
+    uniform = torch.cat([batch_indices(1000, 64, g) for _ in range(50)])
+    balanced = torch.cat([batch_indices(1000, 64, g, class_rows_of(labels, 1000)) for _ in range(50)])
+    share_uniform = float((torch.from_numpy(labels)[uniform] == 7).float().mean())
+    share_balanced = float((torch.from_numpy(labels)[balanced] == 7).float().mean())
+    # 3,200 draws: binomial sd of a share is <= 0.009
+    assert abs(share_uniform - 0.1) < 0.03 and abs(share_balanced - 0.5) < 0.03
+    # within a class the draw is uniform over its rows: all 100 rare rows show up
+    assert len(set(balanced[torch.from_numpy(labels)[balanced] == 7].tolist())) == 100
+
+
+def test_class_rows_refuse_labels_of_the_wrong_shape():
+    with pytest.raises(InvalidParameter, match="labels"):
+        class_rows_of(np.zeros(5, dtype=np.int64), 6)
+
+
+def test_inference_like_means_at_rate_one_are_the_global_neighbour_means():
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(40, 8)).astype(np.float32)
+    unit = torch.from_numpy(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    idx = torch.arange(40)
+    got = inference_like_means(unit, idx, k=3, rate=1.0, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(got.numpy(), public_neighbour_means(emb, k=3), atol=1e-5)
+
+
+def test_inference_like_means_use_a_subsample_and_never_the_row_itself():
+    # Rows 0..9 are near-copies of one direction; everything else is random. With the full set the
+    # top-3 of row 0 are its copies; from a 5 % subsample they are mostly not, as at inference.
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=16)
+    emb = np.concatenate([base + 0.01 * rng.normal(size=(10, 16)), rng.normal(size=(990, 16))]).astype(np.float32)
+    unit = torch.from_numpy(emb / np.linalg.norm(emb, axis=1, keepdims=True))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.zeros(200, dtype=torch.long)
+    sub = inference_like_means(unit, idx, k=3, rate=0.05, generator=g)
+    full = inference_like_means(unit, idx, k=3, rate=1.0, generator=g)
+    cos_sub = (sub @ unit[0]) / sub.norm(dim=1)
+    cos_full = (full @ unit[0]) / full.norm(dim=1)
+    assert float(cos_full.min()) > 0.99 and float(cos_sub.mean()) < 0.9
+    # a pool that is empty falls back to one other row (never the row itself)
+    tiny = inference_like_means(unit[:2], torch.tensor([0, 1]), k=3, rate=1e-9, generator=g)
+    np.testing.assert_allclose(tiny.numpy(), unit[[1, 0]].numpy(), atol=1e-6)
+
+
+@pytest.mark.integration
+def test_balanced_inference_context_training_runs_resumes_exactly_and_records_its_settings(tmp_path, tiny_data):
+    images, emb, enc = tiny_data
+    labels = np.arange(len(images)) % 3
+    cfg = dict(balance="classes", context="inference", context_k=3, context_rate=0.5)
+    train_rdm(
+        images, emb, space_id=enc.space_id, out_dir=tmp_path / "full", config=_cfg(**cfg), labels=labels, progress=False
+    )
+    train_rdm(
+        images,
+        emb,
+        space_id=enc.space_id,
+        out_dir=tmp_path / "part",
+        config=_cfg(steps=2, **cfg),
+        labels=labels,
+        progress=False,
+    )
+    train_rdm(
+        images,
+        emb,
+        space_id=enc.space_id,
+        out_dir=tmp_path / "part",
+        config=_cfg(**cfg),
+        labels=labels,
+        progress=False,
+        resume=True,
+    )
+    a = RDMModel.load(tmp_path / "full").state_dict()
+    b = RDMModel.load(tmp_path / "part").state_dict()
+    assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
+    training = json.loads((tmp_path / "full" / "config.json").read_text())["training"]
+    assert {key: training[key] for key in cfg} == cfg
+
+
+def test_balanced_training_without_labels_is_refused_before_anything_is_written(tmp_path, tiny_data):
+    images, emb, enc = tiny_data
+    with pytest.raises(InvalidParameter, match="labels"):
+        train_rdm(
+            images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(balance="classes"), progress=False
+        )
+    assert not (tmp_path / "m").exists()

@@ -231,6 +231,112 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             f"augmented copies, AUC {cal.auc:.4f}"
         )
 
+    @eval_app.command("context-following")
+    def context_following_cmd(
+        model: Path | None = typer.Option(None, "--model", help="RDM directory (default: the shipped checkpoint)."),
+        data: str = typer.Option(
+            "fashion-mnist:test", "--data", help="Labelled held-out images the contexts are built from (public)."
+        ),
+        per_class: int = typer.Option(50, "--per-class", help="Generated images (one context each) per class."),
+        classes: str | None = typer.Option(None, "--classes", help="Only these classes (ids or names; default all)."),
+        k: int | None = typer.Option(None, "--k", help="Images averaged per context (default: model's generation k)."),
+        sigma: float | None = typer.Option(None, "--sigma", help="Context noise std (default: model's generation σ)."),
+        guidance_scale: float | None = typer.Option(None, "--guidance-scale", help="CFG w (default: model's)."),
+        steps: int | None = typer.Option(None, "--steps", help="DDIM steps (default: model's)."),
+        yardstick: str = typer.Option("fashion-mnist", "--yardstick", help="Shipped yardstick name or a directory."),
+        seed: int = typer.Option(0, "--seed", help="Seed of the context draw and of x_T (paired across models)."),
+        batch_size: int = typer.Option(100, "--batch-size", help="Images per sampler batch (memory only)."),
+        threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Directory for context_following.json, confusion.png and samples.png."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
+        """Context following: contexts from class c's held-out images -> fraction of outputs judged c."""
+        import json
+
+        from privdiff.data import check_size, class_id, load_dataset
+        from privdiff.encoders import load_image_encoder
+        from privdiff.errors import DataError, InvalidParameter, check_int
+        from privdiff.evaluation.domain import context_following, save_confusion_png
+        from privdiff.evaluation.yardstick import load_yardstick
+        from privdiff.rdm.model import RDMModel
+        from privdiff.rdm.pipeline import check_seed, generation_defaults, resolve_model_dir
+        from privdiff.rdm.train import cached_embeddings
+
+        per_class = check_int("per_class", per_class, 1, 100_000)
+        check_seed(seed)
+        check_int("batch_size", batch_size, 1, 4096)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(check_int("threads", threads, 1))
+        model_dir = resolve_model_dir(model)
+        defaults = generation_defaults(model_dir)
+        yard = load_yardstick(yardstick)
+        names = list(yard.config.class_names)
+        ids = None
+        if classes is not None:
+            ids = []
+            for tok in (t.strip() for t in classes.split(",")):
+                try:
+                    ids.append(class_id(tok, names))
+                except (IndexError, KeyError):
+                    raise InvalidParameter(
+                        "classes", tok, f"class ids in [0, {len(names) - 1}] or names: {', '.join(names)}"
+                    ) from None
+        rdm = RDMModel.load(model_dir)
+        dataset = load_dataset(data, size=check_size(rdm.config.sample_size))
+        if dataset.labels is None:
+            raise DataError(f"{data!r} has no labels; context following needs labelled images")
+        enc = load_image_encoder(rdm.config.space_id)
+        # Held-out *public* images (the test split): the shared cache is the right place.
+        emb = cached_embeddings(dataset, enc, private=False, progress=not as_json)
+        result, images = context_following(
+            rdm,
+            emb,
+            dataset.labels,
+            yard,
+            classes=ids,
+            per_class=per_class,
+            k=k if k is not None else defaults["k"],
+            sigma=sigma if sigma is not None else defaults["sigma"],
+            guidance_scale=guidance_scale if guidance_scale is not None else defaults["guidance_scale"],
+            num_inference_steps=steps if steps is not None else defaults["num_inference_steps"],
+            seed=seed,
+            batch_size=batch_size,
+            progress=not as_json,
+        )
+        payload = result.to_dict() | {
+            "model": str(model_dir),
+            "data": data,
+            "yardstick": yardstick,
+            "yardstick_test_accuracy": yard.config.report.get("test_accuracy"),
+        }
+        if out is not None:
+            from privdiff.report.images import save_labelled_grid
+
+            out.mkdir(parents=True, exist_ok=True)
+            rows = list(images.reshape(len(result.classes), per_class, *images.shape[1:]))
+            title = f"context following: {model_dir}"
+            payload["files"] = {
+                "json": str(out / "context_following.json"),
+                "confusion": str(save_confusion_png(result, out / "confusion.png", title=title)),
+                "samples": str(
+                    save_labelled_grid(rows, [names[c] for c in result.classes], out / "samples.png", scale=2)
+                ),
+            }
+            _write_json(payload, out / "context_following.json")
+        if as_json:
+            typer.echo(json.dumps(payload, indent=2))
+            return
+        o = result.overall
+        typer.echo(f"context following {o}  ({int(round(o.value * o.n))}/{o.n}, {model_dir})")
+        for c, e in zip(result.classes, result.per_class, strict=True):
+            typer.echo(f"  {names[c]:<12} {e}")
+        if out is not None:
+            typer.echo(f"outputs -> {out}")
+
     @eval_app.command("domain")
     def domain(
         generated: str = typer.Argument(

@@ -40,6 +40,19 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out."),
+        balance: str = typer.Option(
+            "none", "--balance", help="Batch sampling: none (uniform over images) or classes (uniform over classes)."
+        ),
+        context: str = typer.Option(
+            "neighbours",
+            "--context",
+            help="Training context: neighbours (mean of the k global public neighbours) or inference "
+            "(mean of --context-k nearest rows of a Poisson subsample at --context-rate, like generation).",
+        ),
+        context_k: int = typer.Option(20, "--context-k", help="Neighbours averaged in an inference-like context."),
+        context_rate: float = typer.Option(
+            0.01, "--context-rate", help="Subsampling rate q of an inference-like context's candidate pool."
+        ),
     ) -> None:
         """Adapt-train the RDM on public images (context = noisy mean of k public neighbours)."""
         from privdiff.data import check_size, load_dataset
@@ -63,6 +76,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             p_uncond=p_uncond,
             seed=seed,
             checkpoint_every=checkpoint_every,
+            balance=balance,
+            context=context,
+            context_k=context_k,
+            context_rate=context_rate,
         ).validate()
         if threads is not None:
             import torch
@@ -97,8 +114,16 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
                 str(seed),
             ]
             + (["--size", str(size)] if size is not None else [])
+            + (["--balance", balance] if balance != "none" else [])
+            + (
+                ["--context", context, "--context-k", str(context_k), "--context-rate", str(context_rate)]
+                if context != "neighbours"
+                else []
+            )
         )
         dataset = load_dataset(public, size=size)
+        if balance == "classes" and dataset.labels is None:
+            raise InvalidParameter("balance", balance, "'none' for an unlabelled public set (classes needs labels)")
         enc = load_image_encoder(encoder)
         typer.echo(f"public set {dataset.name}: {len(dataset)} images; encoder {enc.space_id} (d={enc.dim})")
         emb = cached_embeddings(dataset, enc, private=False, progress=True)
@@ -110,6 +135,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             config=config,
             resume=resume,
             progress=True,
+            labels=dataset.labels,
             extra_info={
                 "data": public,
                 "encoder": encoder,

@@ -6,6 +6,9 @@ Names understood by both loaders:
   (space ``effnet-lite0-64px-c/v1``) and MiniLM + the learned projection into that space;
 * a space id, e.g. ``"effnet-lite0-64px-c/v1"`` (what an index or checkpoint stores), or the same
   without ``/v1``; image-only: ``"effnet-lite0-<S>px"`` (raw features at S px, any S in 32..512);
+* ``"fmnist-public-cnn/v1"``: a small CNN trained on the *public* split only
+  (:mod:`privdiff.encoders.public_cnn`), and ``"fmnist-public-cnn+effnet-lite0-64px-c/v1"``, its
+  concatenation with the default space; text encoders exist once their projection is shipped;
 * ``"openclip:<model_name>@<checkpoint path>"``: the open_clip adapter (needs open_clip);
 * ``"clip:<local folder>"``: transformers' CLIP towers (:mod:`privdiff.encoders.hfclip`), the space
   of Kandinsky 2.2 / Stable unCLIP / IP-Adapter decoders (:mod:`privdiff.decoders`).
@@ -33,7 +36,20 @@ _EFFNET_RE = re.compile(r"^effnet-lite0-(?P<size>\d+)px(?P<c>-c)?(?:/v1)?$")
 _LOCK = threading.RLock()
 _IMAGE_CACHE: dict[str, ImageEncoder] = {}
 _TEXT_CACHE: dict[str, TextEncoder] = {}
-_VALID = "'default', 'effnet-lite0-<size>px[-c][/v1]', 'openclip:<model_name>@<checkpoint>', 'clip:<folder>'"
+_VALID = (
+    "'default', 'effnet-lite0-<size>px[-c][/v1]', 'fmnist-public-cnn[+effnet-lite0-64px-c]/v1', "
+    "'openclip:<model_name>@<checkpoint>', 'clip:<folder>'"
+)
+
+
+def _public_cnn_space(key: str) -> str | None:
+    """The canonical public-CNN space id ``key`` names (with or without ``/v1``), else None."""
+    from privdiff.encoders.public_cnn import CONCAT_SPACE_ID, SPACE_ID
+
+    for space in (SPACE_ID, CONCAT_SPACE_ID):
+        if key in (space, space.removesuffix("/v1")):
+            return space
+    return None
 
 
 def projection_stem(space_id: str) -> Path:
@@ -94,6 +110,11 @@ def load_image_encoder(name: str = "default") -> ImageEncoder:
             enc = _openclip(key)
         elif key.startswith("clip:"):
             enc = _hfclip(key)
+        elif (space := _public_cnn_space(key)) is not None:
+            from privdiff.encoders.public_cnn import SPACE_ID, ConcatEncoder, load_public_cnn
+
+            cnn = load_public_cnn()
+            enc = cnn if space == SPACE_ID else ConcatEncoder([cnn, load_image_encoder(DEFAULT_SPACE_ID)], space)
         else:
             raise InvalidParameter("encoder", name, _VALID)
         _IMAGE_CACHE[key] = enc
@@ -131,6 +152,25 @@ def load_text_encoder(name: str = "default") -> TextEncoder:
                 )
             if enc.space_id != space_id:
                 raise CheckpointError(f"{stem.name}.json declares space {enc.space_id!r}, expected {space_id!r}")
+        elif (space_id := _public_cnn_space(key)) is not None:
+            from privdiff.encoders.text import MiniLMProjectionTextEncoder
+
+            stem = projection_stem(space_id)
+            if not stem.with_suffix(".json").is_file():
+                raise CheckpointError(
+                    f"no text projection into {space_id!r} is shipped; train one with "
+                    f"`python experiments/public_encoder.py --spaces {space_id}`"
+                )
+            enc = MiniLMProjectionTextEncoder.from_asset(stem)
+            # The projection records the image encoder's weights+centre fingerprint: a retrained
+            # CNN under the same space id cannot silently pair with an old projection.
+            image_fp = getattr(load_image_encoder(space_id), "fingerprint", None)
+            if enc.config.get("image_fingerprint") != image_fp or enc.space_id != space_id:
+                raise EncoderMismatch(
+                    expected=f"{space_id} {image_fp}",
+                    found=f"{enc.space_id} {enc.config.get('image_fingerprint')}",
+                    what=f"text projection {stem.name}",
+                )
         elif key.startswith("openclip:"):
             # One object serves both towers, so an image and text encoder share the cache entry.
             enc = _IMAGE_CACHE.get(key) or _openclip(key)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -232,3 +233,241 @@ def paired_difference(
     value = fn(a, r) - fn(b, r)
     lo, hi = _centred_interval(reps, value, level)
     return Estimate(value, lo, hi, level, int(len(a)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Context following: does the RDM render the class its context comes from?
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContextFollowing:
+    """Result of :func:`context_following`: per-class and overall accuracy with Wilson intervals.
+
+    Attributes:
+        class_names: names of all classes (the yardstick's), index = class id.
+        classes: the class ids that were measured.
+        per_class: one :class:`Estimate` per measured class (fraction judged as that class).
+        overall: all measured images pooled.
+        confusion: (C, C) counts, row = class the context came from, column = yardstick's call.
+        settings: how the contexts were built and sampled (k, σ, w, steps, seed, counts).
+    """
+
+    class_names: tuple[str, ...]
+    classes: tuple[int, ...]
+    per_class: tuple[Estimate, ...]
+    overall: Estimate
+    confusion: np.ndarray
+    settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "overall": self.overall.to_dict(),
+            "per_class": {self.class_names[c]: e.to_dict() for c, e in zip(self.classes, self.per_class, strict=True)},
+            "confusion": {
+                "rows": "class the context came from",
+                "columns": "class the yardstick assigns",
+                "class_names": list(self.class_names),
+                "counts": self.confusion.tolist(),
+            },
+            "settings": dict(self.settings),
+            "interval": "95 % Wilson score interval (privdiff.evaluation.domain.wilson_interval)",
+        }
+
+
+def class_contexts(
+    embeddings: Any,
+    labels: Any,
+    *,
+    classes: Sequence[int],
+    per_class: int,
+    k: int,
+    sigma: float,
+    tokens: int,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Contexts built like DP-RDM inference contexts from real images of each class.
+
+    For each class c and each of ``per_class`` images: k distinct random rows of class c, each
+    L2-normalised, averaged, plus N(0, σ²I), replicated to ``tokens`` identical tokens. That is
+    the private retriever's release (mean of k unit vectors + Gaussian noise, method notes §3)
+    followed by ``mix_context`` at λ = 1, with the class's own images standing in for the top-k
+    of a subsample, so the context carries the class and nothing else.
+
+    The row choice and the noise come from generators seeded by (``seed``, class): two embedding
+    spaces measured with the same seed use the same images (only their embeddings differ), and
+    the first m contexts of a class do not depend on ``per_class`` or on the other classes.
+
+    Returns (contexts float32 (len(classes)·per_class, tokens, d), intended class per row).
+    """
+    from privdiff.encoders.base import l2_normalize
+    from privdiff.rdm.conditioning import replicate_context
+
+    emb = np.asarray(embeddings, dtype=np.float32)
+    lab = np.asarray(labels, dtype=np.int64)
+    if emb.ndim != 2 or lab.shape != (emb.shape[0],) or not np.isfinite(emb).all():
+        raise InvalidParameter(
+            "embeddings/labels", f"shapes {emb.shape}/{lab.shape}", "finite (N, d) embeddings with N labels"
+        )
+    per_class = check_int("per_class", per_class, 1)
+    k = check_int("k", k, 1)
+    tokens = check_int("tokens", tokens, 1)
+    sigma = check_in_range("sigma", sigma, 0.0, float("inf"), low_inclusive=True)
+    classes = [int(c) for c in classes]
+    if not classes:
+        raise InvalidParameter("classes", classes, "at least one class id")
+    unit = l2_normalize(emb)
+    means = np.empty((len(classes) * per_class, emb.shape[1]), dtype=np.float32)
+    intended = np.repeat(np.asarray(classes, dtype=np.int64), per_class)
+    for ci, c in enumerate(classes):
+        rows = np.flatnonzero(lab == c)
+        if rows.size < k:
+            raise InvalidParameter("k", k, f"at most {rows.size} (the images of class {c})")
+        pick = np.random.default_rng([seed, 0, c])
+        noise = np.random.default_rng([seed, 1, c])
+        for j in range(per_class):
+            block = unit[pick.choice(rows, size=k, replace=False)].mean(axis=0)
+            means[ci * per_class + j] = block + (sigma * noise.standard_normal(block.shape)).astype(np.float32)
+    return replicate_context(means, tokens), intended
+
+
+def _class_seed(seed: int, c: int) -> int:
+    return int(np.random.SeedSequence([seed, 2, c]).generate_state(1, dtype=np.uint64)[0] % 2**63)
+
+
+def context_following(
+    model: Any,
+    embeddings: Any,
+    labels: Any,
+    yardstick: Any,
+    *,
+    classes: Sequence[int] | None = None,
+    per_class: int = 50,
+    k: int = 20,
+    sigma: float = 0.05,
+    guidance_scale: float = 2.0,
+    num_inference_steps: int = 50,
+    seed: int = 0,
+    batch_size: int = 100,
+    progress: bool = False,
+) -> tuple[ContextFollowing, np.ndarray]:
+    """Context-following accuracy of an RDM: contexts from class c → fraction of images judged c.
+
+    ``embeddings``/``labels`` are real held-out images of every class (the Fashion-MNIST *test*
+    split) in the model's space; contexts come from :func:`class_contexts`; each context gets
+    one image from x_T drawn with ``seed`` (row i's x_T is the same for every model of the same
+    image shape, so two models are compared on paired noise); the yardstick judges the images.
+
+    Returns (result, images uint8 (len(classes)·per_class, H, W, C)).
+    """
+    import torch
+
+    from privdiff.diffusion.sampling import ddim_sample
+    from privdiff.rdm.model import ClassifierFreeGuidance
+    from privdiff.report.images import to_uint8
+
+    names = tuple(yardstick.config.class_names)
+    classes = list(range(len(names))) if classes is None else [int(c) for c in classes]
+    for c in classes:
+        check_int("class", c, 0, len(names) - 1)
+    batch_size = check_int("batch_size", batch_size, 1)
+    num_inference_steps = check_int("num_inference_steps", num_inference_steps, 1)
+    cfg = model.config
+    if np.asarray(embeddings).shape[-1] != cfg.embedding_dim:
+        raise InvalidParameter(
+            "embeddings", f"dimension {np.asarray(embeddings).shape[-1]}", f"the model's {cfg.embedding_dim}"
+        )
+    contexts, intended = class_contexts(
+        embeddings, labels, classes=classes, per_class=per_class, k=k, sigma=sigma, tokens=k, seed=seed
+    )
+    n = contexts.shape[0]
+    # x_T per class from its own generator (seed, class): image j of class c starts from the same
+    # noise for every model of this image shape and every per_class >= j + 1 (paired comparisons).
+    shape = (cfg.channels, cfg.sample_size, cfg.sample_size)
+    x_T = torch.cat(
+        [
+            torch.randn((per_class, *shape), generator=torch.Generator().manual_seed(_class_seed(seed, c)))
+            for c in classes
+        ]
+    )
+    gen = torch.Generator().manual_seed(seed)  # DDIM with η = 0 draws nothing from it
+    scheduler = model.ddim_scheduler()
+    model.eval()
+    out = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n, desc="context following", unit="img")
+    with torch.no_grad():
+        for s in range(0, n, batch_size):
+            ctx = torch.from_numpy(contexts[s : s + batch_size])
+            x0 = ddim_sample(
+                ClassifierFreeGuidance(model, ctx, guidance_scale),
+                scheduler,
+                x_T[s : s + batch_size],
+                num_inference_steps=num_inference_steps,
+                generator=gen,
+            )
+            out.append(to_uint8(x0))
+            if bar is not None:
+                bar.update(ctx.shape[0])
+    if bar is not None:
+        bar.close()
+    images = np.concatenate(out)
+    pred = yardstick.predict(images)
+    per = tuple(wilson_interval(int((pred[intended == c] == c).sum()), int((intended == c).sum())) for c in classes)
+    overall = wilson_interval(int((pred == intended).sum()), n)
+    settings = {
+        "per_class": per_class,
+        "n_images": n,
+        "k": k,
+        "sigma": sigma,
+        "context_tokens": k,
+        "guidance_scale": guidance_scale,
+        "num_inference_steps": num_inference_steps,
+        "seed": seed,
+        "space_id": cfg.space_id,
+        "x_T": "per class c: torch.randn((per_class, C, H, W)) from a generator seeded with "
+        "SeedSequence([seed, 2, c]) (privdiff.evaluation.domain._class_seed)",
+    }
+    result = ContextFollowing(names, tuple(classes), per, overall, confusion(intended, pred, len(names)), settings)
+    return result, images
+
+
+def save_confusion_png(result: ContextFollowing, path: Any, title: str = "context following") -> Any:
+    """Row-normalised confusion heat map (rows: context class, columns: yardstick's call)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = result.confusion[list(result.classes)].astype(np.float64)
+    frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    im = ax.imshow(frac, vmin=0, vmax=1, cmap="Blues")
+    for i in range(frac.shape[0]):
+        for j in range(frac.shape[1]):
+            if cm[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    f"{frac[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if frac[i, j] > 0.5 else "black",
+                )
+    ax.set_xticks(range(len(result.class_names)), result.class_names, rotation=45, ha="right")
+    ax.set_yticks(range(len(result.classes)), [result.class_names[c] for c in result.classes])
+    ax.set_xlabel("yardstick's class of the generated image")
+    ax.set_ylabel("class of the context's test images")
+    o = result.overall
+    ax.set_title(f"{title}\noverall {o.value:.3f} [{o.low:.3f}, {o.high:.3f}], n={o.n}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

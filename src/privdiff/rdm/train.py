@@ -15,6 +15,19 @@ Deliberate difference from the authors (notes §8 item 7): the context is replac
 context ∅ (zeros) with probability ``p_uncond`` (default 0.1), so the unconditional branch that
 classifier-free guidance uses at sampling time is trained rather than never seen.
 
+Two data-side options (issue #10 item 3), both off by default so the shipped recipe is unchanged:
+
+- ``balance="classes"``: each batch row picks a class uniformly, then an image of that class. The
+  DP-RDM public split has 1,500 images per clothing class but 60 per footwear class, so uniform
+  sampling shows the model ~1.7 % footwear per class-slot; balanced sampling shows 10 %.
+- ``context="inference"``: the context is built the way the private retriever builds it at
+  generation time (method notes §3): a Poisson subsample of the public set at rate
+  ``context_rate`` (≈ q·N candidates, as DP-RDM's subsampling gives), the ``context_k`` rows of
+  it most similar to the image (itself excluded), their unit-vector mean, plus N(0, s²I) with
+  s ≤ ``s_max`` (set it to the inference σ). The paper's global top-4 neighbours are far closer
+  to the image than the top-20 of a 1 % subsample, so a model trained on them sees sharper
+  contexts than it is given at inference.
+
 Objective: ε-prediction MSE under the DDPM forward process with the RDM schedule; AdamW with a
 linear warm-up; an EMA of the weights is what gets saved as the model. Training is resumable from
 ``<out>/training/state.pt`` and writes the loss curve as PNG + JSON.
@@ -50,6 +63,8 @@ from privdiff.utils.cache import ArrayCache, cache_key, cache_root
 
 STATE_DIR = "training"
 STATE_FILE = "state.pt"
+BALANCE_CHOICES = ("none", "classes")
+CONTEXT_CHOICES = ("neighbours", "inference")
 
 
 @dataclass
@@ -69,6 +84,14 @@ class TrainConfig:
         seed: seed of everything public in training (batches, noise, dropout of the context).
         checkpoint_every: steps between checkpoints (model + resumable state + loss plot).
         block_out_channels, layers_per_block, attention_head_dim: U-Net shape.
+        balance: ``"none"`` (uniform over images) or ``"classes"`` (uniform over classes, then
+            over the class's images; needs labels).
+        context: ``"neighbours"`` (the paper's: mean of the k global public neighbours) or
+            ``"inference"`` (mean of the ``context_k`` nearest rows of a Poisson subsample at rate
+            ``context_rate``, like DP-RDM inference; see the module docstring).
+        context_k: neighbours averaged into an ``"inference"`` context (generation k, default 20).
+        context_rate: Poisson subsampling rate of the candidate pool of an ``"inference"``
+            context (generation q, default 0.01).
     """
 
     steps: int = 3000
@@ -84,6 +107,10 @@ class TrainConfig:
     block_out_channels: tuple[int, ...] = (32, 32, 64)
     layers_per_block: int = 1
     attention_head_dim: int = 8
+    balance: str = "none"
+    context: str = "neighbours"
+    context_k: int = 20
+    context_rate: float = 0.01
 
     def validate(self) -> TrainConfig:
         check_int("steps", self.steps, 1)
@@ -96,6 +123,12 @@ class TrainConfig:
         check_in_range("ema_decay", self.ema_decay, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
         check_int("seed", self.seed, 0)
         check_int("checkpoint_every", self.checkpoint_every, 1)
+        if self.balance not in BALANCE_CHOICES:
+            raise InvalidParameter("balance", self.balance, "one of " + ", ".join(BALANCE_CHOICES))
+        if self.context not in CONTEXT_CHOICES:
+            raise InvalidParameter("context", self.context, "one of " + ", ".join(CONTEXT_CHOICES))
+        check_int("context_k", self.context_k, 1)
+        check_in_range("context_rate", self.context_rate, 0.0, 1.0, low_inclusive=False, high_inclusive=True)
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         return self
 
@@ -158,6 +191,60 @@ def drop_context(context, p_uncond: float, generator=None):
         return context
     keep = (torch.rand(context.shape[0], generator=generator) >= p_uncond).to(context.dtype)
     return context * keep[:, None, None]
+
+
+def batch_indices(n: int, batch_size: int, generator=None, class_rows: list | None = None):
+    """Row indices of one minibatch: uniform over the n rows, or class-balanced.
+
+    ``class_rows`` (one int64 tensor of row ids per class, as from :func:`class_rows_of`): each
+    row of the batch picks a class uniformly, then one of that class's images uniformly.
+    """
+    import torch
+
+    if class_rows is None:
+        return torch.randint(0, n, (batch_size,), generator=generator)
+    cls = torch.randint(0, len(class_rows), (batch_size,), generator=generator)
+    u = torch.rand(batch_size, generator=generator)
+    sizes = torch.tensor([len(r) for r in class_rows])
+    within = torch.minimum((u * sizes[cls]).long(), sizes[cls] - 1)
+    return torch.stack([class_rows[int(c)][int(j)] for c, j in zip(cls, within, strict=True)])
+
+
+def class_rows_of(labels: np.ndarray, n: int) -> list:
+    """One int64 tensor of row ids per class present in ``labels`` (N,), for balanced batches."""
+    import torch
+
+    lab = np.asarray(labels)
+    if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
+        raise InvalidParameter("labels", f"<{lab.dtype} array of shape {lab.shape}>", f"integer labels of shape ({n},)")
+    return [torch.from_numpy(np.flatnonzero(lab == c)) for c in np.unique(lab)]
+
+
+def inference_like_means(unit, idx, *, k: int, rate: float, generator=None):
+    """Context means built like DP-RDM inference (module docstring), for the rows ``idx``.
+
+    For each row i: a Poisson subsample of all rows at ``rate`` (row i itself never in it), the
+    ``k`` subsample rows with the largest inner product with row i (all of them if fewer), and
+    the mean of those unit vectors. ``unit`` is the (N, d) float tensor of L2-normalised
+    embeddings. An empty subsample (probability (1−rate)^(N−1)) falls back to one uniformly
+    drawn other row, so every row gets a context.
+    """
+    import torch
+
+    n = unit.shape[0]
+    b = idx.shape[0]
+    pool = torch.rand((b, n), generator=generator) < rate
+    pool[torch.arange(b), idx] = False
+    empty = ~pool.any(dim=1)
+    if empty.any():
+        other = (idx[empty] + 1 + torch.randint(0, n - 1, (int(empty.sum()),), generator=generator)) % n
+        pool[empty.nonzero().squeeze(1), other] = True
+    sims = unit[idx] @ unit.T
+    sims = sims.masked_fill(~pool, float("-inf"))
+    kk = min(k, n - 1)
+    top, ids = sims.topk(kk, dim=1)
+    valid = torch.isfinite(top).to(unit.dtype)
+    return (unit[ids] * valid[..., None]).sum(dim=1) / valid.sum(dim=1, keepdim=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,13 +323,14 @@ def train_rdm(
     resume: bool = False,
     progress: bool = True,
     extra_info: dict[str, Any] | None = None,
+    labels: np.ndarray | None = None,
 ) -> TrainResult:
     """Adapt-train an RDM on public ``images`` (uint8 NHWC) with their ``embeddings`` (N, d).
 
     Writes the EMA model to ``out_dir`` (loadable with :meth:`RDMModel.load`) every
     ``checkpoint_every`` steps and at the end, plus ``out_dir/training/`` (resumable state, loss
     curve PNG + JSON). ``extra_info`` (e.g. the data spec and the exact command) goes into the
-    model's ``config.json``.
+    model's ``config.json``. ``labels`` (N,) are needed only for ``config.balance="classes"``.
     """
     import torch
     from diffusers.training_utils import EMAModel
@@ -263,6 +351,9 @@ def train_rdm(
     n, h, w, c = images.shape
     if h != w:
         raise DataError(f"training images must be square, got {h}×{w}")
+    if config.balance == "classes" and labels is None:
+        raise InvalidParameter("labels", None, "class labels of the training images (balance='classes')")
+    class_rows = class_rows_of(labels, n) if config.balance == "classes" else None
     out_dir = Path(out_dir)
     state_dir = out_dir / STATE_DIR
     state_path = state_dir / STATE_FILE
@@ -308,7 +399,12 @@ def train_rdm(
         step = int(state["step"])
 
     # Precomputed once: the conditioning means and the model-space images.
-    r_bar_all = torch.from_numpy(public_neighbour_means(embeddings, config.k))
+    if config.context == "neighbours":
+        r_bar_all = torch.from_numpy(public_neighbour_means(embeddings, config.k))
+    else:
+        if n < 2:
+            raise InvalidParameter("embeddings", f"{n} rows", "at least 2 rows (each needs a neighbour)")
+        unit_all = torch.from_numpy(l2_normalize(embeddings))
     x_all = to_model_space(images)
     t0 = time.time()
 
@@ -345,9 +441,13 @@ def train_rdm(
     bar = tqdm(total=config.steps, initial=step, desc="train rdm", disable=not progress, dynamic_ncols=True)
     try:
         while step < config.steps:
-            idx = torch.randint(0, n, (config.batch_size,), generator=gen)
+            idx = batch_indices(n, config.batch_size, gen, class_rows)
             x0 = x_all[idx]
-            ctx = adapt_context(r_bar_all[idx], config.k, config.s_max, gen)
+            if config.context == "neighbours":
+                r_bar = r_bar_all[idx]
+            else:
+                r_bar = inference_like_means(unit_all, idx, k=config.context_k, rate=config.context_rate, generator=gen)
+            ctx = adapt_context(r_bar, config.k, config.s_max, gen)
             ctx = drop_context(ctx, config.p_uncond, gen)
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen)
