@@ -283,7 +283,7 @@ def test_balanced_inference_context_training_runs_resumes_exactly_and_records_it
     a = RDMModel.load(tmp_path / "full").state_dict()
     b = RDMModel.load(tmp_path / "part").state_dict()
     assert all(torch.allclose(a[key], b[key], atol=1e-6) for key in a)
-    training = json.loads((tmp_path / "full" / "config.json").read_text())["training"]
+    training = read_model_info(tmp_path / "full")["training"]
     assert {key: training[key] for key in cfg} == cfg
 
 

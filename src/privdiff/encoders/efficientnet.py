@@ -135,7 +135,7 @@ class EfficientNetLite0Encoder:
         """Raw pooled 1280-d features (before centring and normalisation), float32."""
         import torch
 
-        images = _check_images(images)
+        images = check_images(images)
         batch_size = check_int("batch_size", batch_size, minimum=1)
         net = _build_network(self.input_size)
         out = np.empty((images.shape[0], FEATURE_DIM), dtype=np.float32)
@@ -159,7 +159,7 @@ class EfficientNetLite0Encoder:
         return l2_normalize(feats)
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
+def check_images(images: np.ndarray) -> np.ndarray:
     if (
         not isinstance(images, np.ndarray)
         or images.dtype != np.uint8

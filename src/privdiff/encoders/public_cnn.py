@@ -89,9 +89,9 @@ class PublicCNNEncoder:
         import torch
         import torch.nn.functional as F
 
-        from privdiff.encoders.efficientnet import _check_images
+        from privdiff.encoders.efficientnet import check_images
 
-        x = _check_images(images)
+        x = check_images(images)
         if x.shape[1:] == (self.input_size, self.input_size, 1):
             return x
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().mean(dim=1, keepdim=True)

@@ -16,8 +16,9 @@ index and it is only ever applied to generated images and to held-out *test* ima
 The network and its trainer live in :mod:`privdiff.encoders.small_cnn` (the public retrieval
 space reuses the architecture, trained on public data only). Checkpoint layout (diffusers-style:
 config + safetensors, rebuilt from config): ``config.json`` (architecture, class names, image size,
-training command and report) and ``model.safetensors``. The shipped one lives in the package (``privdiff/assets/yardstick/``) and is
-reproduced by ``privdiff train yardstick`` (exact command in its ``config.json``).
+training command and report) and ``model.safetensors``. The shipped one lives in the package
+(``privdiff/assets/yardstick/``) and is reproduced by ``privdiff train yardstick`` (exact command
+in its ``config.json``).
 """
 
 from __future__ import annotations
