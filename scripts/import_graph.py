@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "cpsample": 4,
     "evaluation": 5,
     "demo": 6,  # the application (and its report)
+    "service": 6,  # `privdiff serve`: an application over make_pipeline and the ledger
     "cli": 7,
 }
 

@@ -25,7 +25,9 @@ def _ledger(env):
 
 
 def _gen(client, key, body=None, **headers):
-    return client.post("/v1/generate", json=body or {"prompt": "a sandal", "n": 2, "steps": 2}, headers=_h(key) | headers)
+    return client.post(
+        "/v1/generate", json=body or {"prompt": "a sandal", "n": 2, "steps": 2}, headers=_h(key) | headers
+    )
 
 
 def test_generate_returns_pngs_and_charges_one_query_on_both_ledgers(env, client_for):
@@ -41,7 +43,15 @@ def test_generate_returns_pngs_and_charges_one_query_on_both_ledgers(env, client
         img = Image.open(io.BytesIO(base64.b64decode(b64)))
         assert img.format == "PNG" and img.size == (12, 12)
     pv = body["privacy"]
-    assert set(pv) >= {"epsilon_request", "epsilon_remaining_key", "epsilon_remaining_dataset", "delta", "sigma", "q", "k"}
+    assert set(pv) >= {
+        "epsilon_request",
+        "epsilon_remaining_key",
+        "epsilon_remaining_dataset",
+        "delta",
+        "sigma",
+        "q",
+        "k",
+    }
     assert pv["epsilon_request"] > 0 and pv["k"] == 4
     queries, ids = _ledger(env)
     assert queries == 1 and ids == [body["request_id"]]
@@ -143,7 +153,9 @@ def test_wrong_content_type_bad_json_and_oversized_bodies(env, client_for):
     r = client.post("/v1/generate", content="{not json", headers=_h(key) | {"Content-Type": "application/json"})
     assert (r.status_code, r.json()["error"]) == (422, "invalid_input")
     r = client.post(
-        "/v1/generate", content='{"prompt": "' + "x" * 20000 + '"}', headers=_h(key) | {"Content-Type": "application/json"}
+        "/v1/generate",
+        content='{"prompt": "' + "x" * 20000 + '"}',
+        headers=_h(key) | {"Content-Type": "application/json"},
     )
     assert (r.status_code, r.json()["error"]) == (413, "payload_too_large")
     assert _ledger(env) == (0, [])
@@ -303,7 +315,9 @@ def test_keys_file_stores_only_salted_hashes(env):
 
     key = add_key(env, "carol")
     secret = key.split("_", 2)[2]
-    raw = env["keys"].read_bytes() + b"".join(p.read_bytes() for p in env["keys"].parent.glob("keys.db*") if p.is_file())
+    raw = env["keys"].read_bytes() + b"".join(
+        p.read_bytes() for p in env["keys"].parent.glob("keys.db*") if p.is_file()
+    )
     assert secret.encode() not in raw and key.encode() not in raw
     add_key(env, "dave")
     conn = sqlite3.connect(env["keys"])

@@ -22,8 +22,9 @@ FAST = {"rate": 1000.0, "burst": 1000, "workers": 2}
 
 
 def _post(url, key, body=BODY, timeout=120.0, **headers):
-    return httpx.post(url + "/v1/generate", json=body, headers={"Authorization": f"Bearer {key}"} | headers,
-                      timeout=timeout)
+    return httpx.post(
+        url + "/v1/generate", json=body, headers={"Authorization": f"Bearer {key}"} | headers, timeout=timeout
+    )
 
 
 def _burst(urls, key, total=64):
@@ -75,7 +76,7 @@ def _kill_cycles(tiny_model_dir, tmp_path, kills):
         server.start()
         stop = threading.Event()
 
-        def stream():
+        def stream(stop=stop, i=i):
             while not stop.is_set():
                 try:
                     r = _post(server.url, key, timeout=30.0, **{"Idempotency-Key": f"c{i}-{time.monotonic_ns()}"})

@@ -316,9 +316,7 @@ class Service:
                     epsilon_budget=book.epsilon_budget,
                     delta=book.delta,
                     queries_requested=count,
-                    queries_remaining=queries_that_fit(book, self.query, limit=max(1, count - 1))
-                    if count > 1
-                    else 0,
+                    queries_remaining=queries_that_fit(book, self.query, limit=max(1, count - 1)) if count > 1 else 0,
                 )
                 exc.scope = scope  # type: ignore[attr-defined]
                 raise exc
@@ -422,7 +420,9 @@ def parse_generate(body: Any, service: Service) -> dict[str, Any]:
         raise ApiError(422, "invalid_input", f"unknown field {unknown[0]!r}: allowed fields are {sorted(_FIELDS)}")
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_PROMPT_CHARS:
-        raise ApiError(422, "invalid_input", f"field 'prompt': must be non-empty text of at most {MAX_PROMPT_CHARS}")
+        raise ApiError(
+            422, "invalid_input", f"field 'prompt': must be non-empty text of at most {MAX_PROMPT_CHARS} characters"
+        )
     n = body.get("n", 1)
     if not _is_int(n) or n < 1:
         raise ApiError(422, "invalid_input", f"field 'n': must be an integer in [1, {s.max_images}], got {n!r}")
@@ -525,8 +525,9 @@ def create_app(
 
     def ready() -> None:
         if service.state != "ready":
-            raise ApiError(503, "not_ready", f"the model is {service.state}; try again shortly",
-                           headers={"Retry-After": "2"})
+            raise ApiError(
+                503, "not_ready", f"the model is {service.state}; try again shortly", headers={"Retry-After": "2"}
+            )
 
     def authenticate(request: Request, role: str | None = None) -> KeyInfo:
         header = request.headers.get("authorization", "")
@@ -568,9 +569,7 @@ def create_app(
             rows = service.dataset.history(limit=limit)
             # Per charge: when, the request label, the setting and ε after; nothing about the data.
             return {
-                "status": {
-                    k: v for k, v in service.dataset.status().to_dict().items() if k not in ("path", "index")
-                },
+                "status": {k: v for k, v in service.dataset.status().to_dict().items() if k not in ("path", "index")},
                 "charges": [
                     {
                         "time": r.time,
@@ -622,7 +621,9 @@ def create_app(
             status, payload = await _run(service, key, req, "req_" + uuid.uuid4().hex, key_charged=False)
             return JSONResponse(payload, status_code=status)
         if not idem or len(idem) > _IDEM_MAX or not idem.isprintable():
-            raise ApiError(422, "invalid_input", f"header 'Idempotency-Key': must be 1-{_IDEM_MAX} printable characters")
+            raise ApiError(
+                422, "invalid_input", f"header 'Idempotency-Key': must be 1-{_IDEM_MAX} printable characters"
+            )
         fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         return await _idempotent(service, key, req, idem, fingerprint)
 
@@ -635,7 +636,9 @@ def _guard(fn: Callable[[], Any]) -> Any:
         return fn()
     except LedgerError:
         log.exception("ledger unavailable")
-        raise ApiError(500, "ledger_unavailable", "the privacy ledger cannot be read; the operator must check it")
+        raise ApiError(
+            500, "ledger_unavailable", "the privacy ledger cannot be read; the operator must check it"
+        ) from None
 
 
 async def _read_body(request: Any, limit: int) -> bytes:
@@ -657,9 +660,7 @@ async def _run(service: Service, key: KeyInfo, req: dict, request_id: str, *, ke
     loop = asyncio.get_running_loop()
     try:
         await loop.run_in_executor(None, service.check_budgets, key, 1)
-        payload = await loop.run_in_executor(
-            service.pool, service.run_generation, key, req, request_id, key_charged
-        )
+        payload = await loop.run_in_executor(service.pool, service.run_generation, key, req, request_id, key_charged)
         return 200, payload
     except PrivacyBudgetExceeded as exc:
         scope = getattr(exc, "scope", "dataset")
@@ -703,9 +704,7 @@ async def _finish(service: Service, key: KeyInfo, req: dict, idem: str, request_
     try:
         status, payload = await _run(service, key, req, request_id, key_charged=key_charged)
     except BaseException:
-        await asyncio.get_running_loop().run_in_executor(
-            None, service.idem.release, key.id, idem, service.instances.id
-        )
+        await asyncio.get_running_loop().run_in_executor(None, service.idem.release, key.id, idem, service.instances.id)
         raise
     await asyncio.get_running_loop().run_in_executor(None, service.idem.complete, key.id, idem, status, payload)
     return JSONResponse(payload, status_code=status)
