@@ -28,7 +28,7 @@ async function refreshBudget() {
   $("key-status").textContent = "key " + body.key.name + " (" + body.key.role + ")";
   setGauge("gauge-key", body.key.epsilon_remaining, body.key.epsilon_quota);
   setGauge("gauge-dataset", body.dataset.epsilon_remaining, body.dataset.epsilon_budget);
-  if (body.queries_remaining === 0) {
+  if (body.queries_remaining === 0 && $("message").className !== "over") {  // keep a 409's own words
     showMessage("The privacy budget is spent: no more images can be generated.", "over");
   }
 }
