@@ -240,7 +240,7 @@ def test_503_until_the_model_is_loaded_and_healthz_says_so(env):
 
     gate = threading.Event()
 
-    def loader():
+    def loader(book):
         gate.wait(30)
         raise RuntimeError("never loads")
 

@@ -76,10 +76,10 @@ def make_app(env: dict, **settings):
 
     patch_encoders()
 
-    def loader():
+    def loader(book):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return make_pipeline(env["model"], mode="dp-rdm", index=env["index"], ledger=env["ledger"])
+            return make_pipeline(env["model"], mode="dp-rdm", index=env["index"], ledger=book)
 
     return create_app(ledger=env["ledger"], keys=env["keys"], loader=loader, settings=ServiceSettings(**settings))
 

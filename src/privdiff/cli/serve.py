@@ -50,12 +50,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             raise InvalidParameter("index", str(index), "an index directory (`privdiff index build`)")
         model_dir = resolve_model_dir(model)
 
-        def loader():
+        def loader(book):  # the service's own open ledger: one SQLite handle per process
             return make_pipeline(
                 model_dir,
                 mode="dp-rdm",
                 index=index,
-                ledger=ledger,
+                ledger=book,
                 k=k,
                 sigma=sigma,
                 sample_rate=sample_rate,

@@ -426,7 +426,7 @@ def make_pipeline(
     *,
     mode: str = "dp-rdm",
     index: str | os.PathLike | None = None,
-    ledger: str | os.PathLike | None = None,
+    ledger: str | os.PathLike | Any = None,
     k: int | None = None,
     sigma: float | None = None,
     sample_rate: float | None = None,
@@ -453,6 +453,7 @@ def make_pipeline(
             ``encoder``), so an application that builds several modes over one model loads them
             once; each is still checked to live in the model's space. Default: loaded here.
         embedding_cache: directory of the image-embedding cache (default: privdiff's shared one).
+        ledger: a ledger path, or an already open :class:`~privdiff.accounting.Ledger` (used as is).
     """
     from privdiff.encoders import load_image_encoder, load_text_encoder
     from privdiff.evaluation.baselines import NonPrivateRetrievalContext
@@ -488,7 +489,10 @@ def make_pipeline(
         sigma = sigma if sigma is not None else defaults["sigma"]
         sample_rate = sample_rate if sample_rate is not None else defaults["sample_rate"]
         idx = load_index(index, expected_space=model.space_id)
-        book = Ledger.open(ledger)
+        # An open Ledger may be passed: a process that keeps its own handle on the file (the service)
+        # must not open it twice, since closing a second descriptor of a SQLite file drops the
+        # process's POSIX locks on it (sqlite.org/howtocorrupt.html §2.2).
+        book = ledger if isinstance(ledger, Ledger) else Ledger.open(ledger)
         retriever = DPRetriever(idx, k, sigma, sample_rate, book, query_space=text.space_id)
         for message in setting_warnings(count=idx.count, k=k, sample_rate=sample_rate, delta=book.delta):
             warnings.warn(message, PrivdiffWarning, stacklevel=2)

@@ -219,7 +219,7 @@ class Service:
         ledger: str | os.PathLike,
         keys: str | os.PathLike,
         pipeline: Any = None,
-        loader: Callable[[], Any] | None = None,
+        loader: Callable[[Any], Any] | None = None,
         settings: ServiceSettings | None = None,
         defaults: dict[str, Any] | None = None,
     ):
@@ -263,7 +263,7 @@ class Service:
     def load(self) -> None:
         """Run the loader (start-up, in a thread); until it returns the API answers 503."""
         try:
-            result = self._loader()
+            result = self._loader(self.dataset)
             pipeline, defaults = result if isinstance(result, tuple) else (result, {})
             self.defaults = dict(defaults) | self.defaults
             self._install(pipeline)
@@ -464,12 +464,19 @@ def create_app(
     ledger: str | os.PathLike,
     keys: str | os.PathLike,
     pipeline: Any = None,
-    loader: Callable[[], Any] | None = None,
+    loader: Callable[[Any], Any] | None = None,
     settings: ServiceSettings | None = None,
     defaults: dict[str, Any] | None = None,
 ):
-    """The FastAPI app. Give an assembled ``pipeline`` (tests) or a ``loader`` returning
-    ``(pipeline, defaults)`` (the server: it runs in a thread at start-up; 503 until it is done)."""
+    """The FastAPI app. Give an assembled ``pipeline`` (tests) or a ``loader(ledger)`` returning
+    ``(pipeline, defaults)`` (the server: it runs in a thread at start-up; 503 until it is done).
+
+    ``loader`` gets the service's open dataset :class:`~privdiff.accounting.Ledger` and must build
+    the pipeline on it (``make_pipeline(..., ledger=ledger)``): the process then holds one SQLite
+    handle on the file. A second ``Ledger.open`` of the same file in this process would, when its
+    header check closes its descriptor, drop the process's POSIX locks, and another process could
+    then checkpoint and delete the WAL under this one (sqlite.org/howtocorrupt.html §2.2): charges
+    written afterwards would be lost to every other reader."""
     service = Service(ledger=ledger, keys=keys, pipeline=pipeline, loader=loader, settings=settings, defaults=defaults)
 
     @contextlib.asynccontextmanager
