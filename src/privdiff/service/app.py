@@ -193,13 +193,13 @@ class _KeyChargedSource:
         return getattr(self._inner, name)
 
     def condition(self, queries: Any, *, request_id: str | None = None) -> Any:
-        ticket = getattr(self._service._local, "ticket", None)
+        ticket = getattr(self._service.local, "ticket", None)
         if ticket is None or ticket["request_id"] != request_id:
             # Only the service's own worker may spend budget through this pipeline.
             raise InvalidParameter("request_id", request_id, "a request of the service")
         count = int(len(queries))
         svc = self._service
-        with svc._charge_lock.hold():
+        with svc.charge_lock.hold():
             before = svc.check_budgets(ticket["key"], count)
             book = svc.key_ledger(ticket["key"])
             if not ticket.get("key_charged"):
@@ -235,11 +235,11 @@ class Service:
         self.keys = KeyStore(keys)
         self.idem = IdempotencyStore(self.keys)
         self.keys.ledger_dir.mkdir(mode=0o700, exist_ok=True)
-        self._charge_lock = _FileLock(self.keys.path.with_name(self.keys.path.name + ".charge.lock"))
+        self.charge_lock = _FileLock(self.keys.path.with_name(self.keys.path.name + ".charge.lock"))
         self.instances = _Instances(self.keys.path.with_name(self.keys.path.name + ".instances"))
         self._key_books: dict[str, Any] = {}
         self._books_lock = threading.Lock()
-        self._local = threading.local()
+        self.local = threading.local()
         self.bucket = _TokenBucket(self.settings.rate, self.settings.burst)
         self.pool = ThreadPoolExecutor(max_workers=self.settings.workers, thread_name_prefix="privdiff-gen")
         self.pipeline: Any = None
@@ -274,7 +274,7 @@ class Service:
     def close(self) -> None:
         self.pool.shutdown(wait=True)
         self.instances.close()
-        self._charge_lock.close()
+        self.charge_lock.close()
 
     # ------------------------------------------------------------------ budgets
     def key_ledger(self, key: KeyInfo) -> Any:
@@ -353,7 +353,7 @@ class Service:
     # ------------------------------------------------------------------ generation (worker thread)
     def run_generation(self, key: KeyInfo, req: dict[str, Any], request_id: str, key_charged: bool) -> dict:
         ticket = {"key": key, "request_id": request_id, "key_charged": key_charged}
-        self._local.ticket = ticket
+        self.local.ticket = ticket
         try:
             out = self.pipeline(
                 [req["prompt"]],
@@ -364,7 +364,7 @@ class Service:
                 request_id=request_id,
             )
         finally:
-            self._local.ticket = None
+            self.local.ticket = None
         images = [_png_b64(img) for img in out.images[0]]
         pv = out.privacy
         key_charge = ticket.get("key_charge")

@@ -107,17 +107,17 @@ class KeyStore:
         if create and not self.path.parent.is_dir():
             raise KeyStoreError(f"cannot create keys file {self.path}: directory {self.path.parent} does not exist")
         try:
-            self._conn = _connect(self.path)
-            self._conn.executescript(_SCHEMA)
+            self.conn = _connect(self.path)
+            self.conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise KeyStoreError(f"{self.path} is not a privdiff keys file: {exc}") from None
         # The file holds salted hashes and stored images: readable by the owner only.
         os.chmod(self.path, 0o600)
-        self._lock = threading.RLock()
+        self.lock = threading.RLock()
         self._verified: dict[bytes, str] = {}
 
     def close(self) -> None:
-        self._conn.close()
+        self.conn.close()
 
     @property
     def ledger_dir(self) -> Path:
@@ -137,9 +137,9 @@ class KeyStore:
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
         salt = secrets.token_bytes(16)
         created = time.time()
-        with self._lock:
+        with self.lock:
             try:
-                self._conn.execute(
+                self.conn.execute(
                     "INSERT INTO keys(id, name, role, salt, hash, epsilon_quota, created) VALUES (?,?,?,?,?,?,?)",
                     (key_id, name, role, salt, _hash(secret, salt), epsilon_quota, created),
                 )
@@ -148,26 +148,24 @@ class KeyStore:
         return f"pdk_{key_id}_{secret}", KeyInfo(key_id, name, role, epsilon_quota, created, None)
 
     def list(self) -> list[KeyInfo]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self.lock:
+            rows = self.conn.execute(
                 "SELECT id, name, role, epsilon_quota, created, revoked FROM keys ORDER BY created"
             ).fetchall()
         return [KeyInfo(*r) for r in rows]
 
     def revoke(self, name_or_id: str) -> KeyInfo:
         """Revoke by name or id (idempotent); the key stops working on its next request."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT id FROM keys WHERE name = ? OR id = ?", (name_or_id, name_or_id)
-            ).fetchone()
+        with self.lock:
+            row = self.conn.execute("SELECT id FROM keys WHERE name = ? OR id = ?", (name_or_id, name_or_id)).fetchone()
             if row is None:
                 raise KeyStoreError(f"no key named {name_or_id!r} in {self.path}")
-            self._conn.execute("UPDATE keys SET revoked = coalesce(revoked, ?) WHERE id = ?", (time.time(), row[0]))
+            self.conn.execute("UPDATE keys SET revoked = coalesce(revoked, ?) WHERE id = ?", (time.time(), row[0]))
         return self.get(row[0])
 
     def get(self, key_id: str) -> KeyInfo | None:
-        with self._lock:
-            row = self._conn.execute(
+        with self.lock:
+            row = self.conn.execute(
                 "SELECT id, name, role, epsilon_quota, created, revoked FROM keys WHERE id = ?", (key_id,)
             ).fetchone()
         return KeyInfo(*row) if row else None
@@ -181,8 +179,8 @@ class KeyStore:
         if not m:
             return None
         digest = hashlib.sha256(key.encode()).digest()
-        with self._lock:
-            row = self._conn.execute(
+        with self.lock:
+            row = self.conn.execute(
                 "SELECT id, name, role, epsilon_quota, created, revoked, salt, hash FROM keys WHERE id = ?",
                 (m.group("id"),),
             ).fetchone()
@@ -192,7 +190,7 @@ class KeyStore:
         if known != row[0]:
             if not hmac.compare_digest(_hash(m.group("secret"), row[6]), row[7]):
                 return None
-            with self._lock:
+            with self.lock:
                 self._verified[digest] = row[0]
         return KeyInfo(*row[:6])
 
@@ -211,8 +209,8 @@ class IdempotencyStore:
 
     def claim(self, key_id: str, idem_key: str, fingerprint: str, request_id: str, owner: str) -> dict | None:
         """Insert a claim; None if inserted, else the existing row as a dict."""
-        with self._keys._lock:
-            conn = self._keys._conn
+        with self._keys.lock:
+            conn = self._keys.conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 row = conn.execute(
@@ -242,24 +240,24 @@ class IdempotencyStore:
 
     def take_over(self, key_id: str, idem_key: str, dead_owner: str, owner: str) -> bool:
         """Move a claim from a dead owner to ``owner``; False if someone else got there first."""
-        with self._keys._lock:
-            cur = self._keys._conn.execute(
+        with self._keys.lock:
+            cur = self._keys.conn.execute(
                 "UPDATE idempotency SET owner = ? WHERE key_id = ? AND idem_key = ? AND owner = ? AND status IS NULL",
                 (owner, key_id, idem_key, dead_owner),
             )
         return cur.rowcount == 1
 
     def complete(self, key_id: str, idem_key: str, status: int, body: dict) -> None:
-        with self._keys._lock:
-            self._keys._conn.execute(
+        with self._keys.lock:
+            self._keys.conn.execute(
                 "UPDATE idempotency SET status = ?, body = ? WHERE key_id = ? AND idem_key = ?",
                 (int(status), json.dumps(body), key_id, idem_key),
             )
 
     def release(self, key_id: str, idem_key: str, owner: str) -> None:
         """Drop an unfinished claim (a transient refusal such as 503, which a retry should redo)."""
-        with self._keys._lock:
-            self._keys._conn.execute(
+        with self._keys.lock:
+            self._keys.conn.execute(
                 "DELETE FROM idempotency WHERE key_id = ? AND idem_key = ? AND owner = ? AND status IS NULL",
                 (key_id, idem_key, owner),
             )
