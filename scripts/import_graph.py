@@ -30,6 +30,7 @@ LAYERS: dict[str, int] = {
     "decoders": 4,  # DP-RDM on unCLIP-class decoders (Kandinsky 2.2, Stable unCLIP, IP-Adapter)
     "evaluation": 5,
     "demo": 6,  # the application (and its report)
+    "service": 6,  # `privdiff serve`: an application over make_pipeline and the ledger
     "cli": 7,
 }
 

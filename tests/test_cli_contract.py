@@ -91,6 +91,8 @@ def test_the_walk_finds_every_command_and_its_int_options():
         "sample",
         "generate",
         "demo",
+        "serve",
+        "keys",
     } <= groups
     assert len(COMMANDS) >= 20
     assert (["account", "epsilon"], "--k") in INT_CASES and (

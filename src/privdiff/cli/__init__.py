@@ -97,6 +97,8 @@ _COMMAND_MODULES = (
     "cpsample",
     "yardstick",
     "demo",
+    "serve",
+    "keys",
 )
 
 for _name in _COMMAND_MODULES:

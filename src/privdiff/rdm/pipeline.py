@@ -549,7 +549,7 @@ def make_pipeline(
     *,
     mode: str = "dp-rdm",
     index: str | os.PathLike | None = None,
-    ledger: str | os.PathLike | None = None,
+    ledger: str | os.PathLike | Any = None,
     k: int | None = None,
     sigma: float | None = None,
     sample_rate: float | None = None,
@@ -580,6 +580,7 @@ def make_pipeline(
             ``encoder``), so an application that builds several modes over one model loads them
             once; each is still checked to live in the model's space. Default: loaded here.
         embedding_cache: directory of the image-embedding cache (default: privdiff's shared one).
+        ledger: a ledger path, or an already open :class:`~privdiff.accounting.Ledger` (used as is).
         backend: the dp-rdm top-k backend (:data:`BACKENDS`): ``"exact"`` (exact search; over the
             shards in this process when ``index`` is a sharded index directory), ``"ivf"`` (an
             IVF layout whose ``ivf_nlist`` coarse centroids are trained on ``public_data``,
@@ -631,7 +632,10 @@ def make_pipeline(
                 public_data, image_encoder(), private, cache_dir=embedding_cache
             ),
         )
-        book = Ledger.open(ledger)
+        # An open Ledger may be passed: a process that keeps its own handle on the file (the service)
+        # must not open it twice, since closing a second descriptor of a SQLite file drops the
+        # process's POSIX locks on it (sqlite.org/howtocorrupt.html §2.2).
+        book = ledger if isinstance(ledger, Ledger) else Ledger.open(ledger)
         retriever = DPRetriever(search, k, sigma, sample_rate, book, query_space=text.space_id)
         for message in setting_warnings(count=idx.count, k=k, sample_rate=sample_rate, delta=book.delta):
             warnings.warn(message, PrivdiffWarning, stacklevel=2)
