@@ -105,8 +105,10 @@ def _kill_cycles(tiny_model_dir, tmp_path, kills):
     assert ok_ids, "no request succeeded between the kills"
 
 
-def test_sigkill_at_random_moments_10_times_keeps_the_ledger_exact(tiny_model_dir, tmp_path):
-    _kill_cycles(tiny_model_dir, tmp_path, 10)
+def test_sigkill_at_random_moments_4_times_keeps_the_ledger_exact(tiny_model_dir, tmp_path):
+    # 4 cycles keep `make test` within CI's budget (each restart loads the model: ~20 s on 2 cores);
+    # the 50 run in the slow tier below.
+    _kill_cycles(tiny_model_dir, tmp_path, 4)
 
 
 @pytest.mark.slow
