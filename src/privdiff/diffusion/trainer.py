@@ -4,7 +4,9 @@ Each trainer builds its network (after ``torch.manual_seed(config.seed)``), hand
 :class:`TrainingLoop` and supplies ``loss_fn(step, generator) -> loss``; the loop owns what they
 share: AdamW with a linear warm-up to a constant learning rate, gradient clipping, an EMA of the
 weights, the progress bar, the per-step loss history, checkpoint timing and the resumable state
-(step, weights, optimiser, EMA, both RNG states, losses). The trainer writes its own files in its
+(step, weights, optimiser, EMA, both RNG states, losses). The shared settings are
+:class:`privdiff.utils.train_config.TrainConfig` (torch-free, so the configs of trainers whose
+modules import torch lazily can extend it). The trainer writes its own files in its
 ``on_checkpoint`` callback and passes the loss history to the one loss-curve writer
 (:func:`privdiff.diffusion.training.write_loss_curve`).
 
@@ -18,59 +20,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from privdiff.errors import CheckpointError, InvalidParameter, check_in_range, check_int, check_positive
+from privdiff.errors import CheckpointError, InvalidParameter
+from privdiff.utils.train_config import TrainConfig, warmup_lr
+
+__all__ = ["EMA_POWER", "TrainConfig", "TrainingLoop", "warmup_lr"]
 
 #: EMA warm-up exponent: decay_t = min(ema_decay, 1 − (1 + t)^(−power)) (diffusers' ``EMAModel``
 #: with ``use_ema_warmup``, inv_gamma 1), so a short run's average is not dominated by the random
 #: initialisation.
 EMA_POWER = 2 / 3
-
-
-@dataclass
-class TrainConfig:
-    """The settings every trainer shares (each trainer's config extends this and sets its defaults).
-
-    Attributes:
-        steps: optimiser steps in total (a resumed run continues up to this number).
-        batch_size: training examples per step.
-        lr: AdamW learning rate after a linear warm-up of ``warmup_steps``, then constant.
-        warmup_steps: linear warm-up length: lr·min(1, (s + 1)/warmup_steps) at step s (0: none).
-        ema_decay: largest EMA decay of the saved weights (reached after the EMA warm-up); 0: no EMA.
-        seed: seeds the initialisation and every random draw of training.
-        checkpoint_every: steps between checkpoints (the trainer's save callback), and at the end.
-    """
-
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    ema_decay: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 250
-
-    def validate_shared(self) -> None:
-        """Check the shared fields (typed errors naming the value and its range)."""
-        check_int("steps", self.steps, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_positive("lr", self.lr)
-        check_int("warmup_steps", self.warmup_steps, minimum=0)
-        check_in_range("ema_decay", self.ema_decay, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
-        check_int("seed", self.seed, minimum=0)
-        check_int("checkpoint_every", self.checkpoint_every, minimum=1)
-
-    def validate(self) -> TrainConfig:
-        self.validate_shared()
-        return self
-
-
-def warmup_lr(config: TrainConfig, step: int) -> float:
-    """The learning rate of (0-based) ``step``: linear warm-up, then constant (LambdaLinear-style)."""
-    return config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps > 0 else config.lr
 
 
 class TrainingLoop:

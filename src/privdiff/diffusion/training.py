@@ -28,7 +28,6 @@ from privdiff.diffusion.model import (
     save_model,
 )
 from privdiff.diffusion.noising import q_sample
-from privdiff.diffusion.trainer import TrainConfig as BaseTrainConfig
 from privdiff.diffusion.trainer import TrainingLoop
 from privdiff.errors import (
     CheckpointError,
@@ -38,6 +37,7 @@ from privdiff.errors import (
     check_positive,
 )
 from privdiff.utils.atomic import atomic_open, atomic_write_json
+from privdiff.utils.train_config import TrainConfig as BaseTrainConfig
 
 TRAINING_STATE = "training_state.pt"
 
