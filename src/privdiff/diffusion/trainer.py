@@ -56,8 +56,6 @@ class TrainingLoop:
         grad_clip: float | None = None,
         model_key: str = "model",
     ) -> None:
-        from diffusers.training_utils import EMAModel
-
         if grad_clip is not None and not grad_clip > 0:
             raise InvalidParameter("grad_clip", grad_clip, "> 0, or None for no clipping")
         self.model = model
@@ -65,16 +63,16 @@ class TrainingLoop:
         self.grad_clip = grad_clip
         self.model_key = model_key
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=weight_decay)
-        self.ema = self._new_ema(EMAModel) if config.ema_decay > 0 else None
+        self.ema = self._new_ema() if config.ema_decay > 0 else None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.losses: list[float] = []
         self.wall_seconds = 0.0
 
-    def _new_ema(self, ema_cls=None):
-        if ema_cls is None:
-            from diffusers.training_utils import EMAModel as ema_cls
-        return ema_cls(self.model.parameters(), decay=self.config.ema_decay, use_ema_warmup=True, power=EMA_POWER)
+    def _new_ema(self):
+        from diffusers.training_utils import EMAModel
+
+        return EMAModel(self.model.parameters(), decay=self.config.ema_decay, use_ema_warmup=True, power=EMA_POWER)
 
     def restart_ema(self) -> None:
         """Start the EMA from the model's current weights (after loading fine-tuning weights)."""
