@@ -130,6 +130,23 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path, tiny_data):
 
 
 @pytest.mark.integration
+def test_a_state_written_before_the_shared_training_loop_still_resumes_exactly(tmp_path, tiny_data):
+    # Old state.pt files held the LambdaLR state and no global-RNG state or wall time.
+    images, emb, enc = tiny_data
+    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "full", config=_cfg(), progress=False)
+    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "part", config=_cfg(steps=2), progress=False)
+    path = tmp_path / "part" / "training" / "state.pt"
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    del state["torch_rng"], state["wall_seconds"]
+    state["lr_scheduler"] = {"last_epoch": 2, "base_lrs": [1e-3], "_step_count": 3}
+    torch.save(state, path)
+    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "part", config=_cfg(), progress=False, resume=True)
+    a = RDMModel.load(tmp_path / "full").state_dict()
+    b = RDMModel.load(tmp_path / "part").state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.integration
 def test_training_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_data):
     images, emb, enc = tiny_data
     train_rdm(

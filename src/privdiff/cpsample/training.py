@@ -22,20 +22,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from privdiff.cpsample.classifier import NoiseAwareClassifier, confidence, random_labels
 from privdiff.diffusion.noising import q_sample
+from privdiff.diffusion.trainer import TrainingLoop
 from privdiff.errors import (
     CheckpointError,
     DataError,
     InvalidParameter,
     check_in_range,
     check_int,
-    check_positive,
 )
 from privdiff.utils.atomic import atomic_write_json
+from privdiff.utils.train_config import TrainConfig
 
 CLASSIFIER_DIR = "classifier"
 CLASSIFIER_JSON = "classifier.json"
@@ -58,8 +58,13 @@ CONFIDENCE_QUANTILES: tuple[float, ...] = (0.01, 0.5, 0.99)
 
 
 @dataclass
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(TrainConfig):
     """Settings of the random-label classifier's training.
+
+    The shared fields are those of :class:`privdiff.utils.train_config.TrainConfig`, run by
+    :class:`privdiff.diffusion.trainer.TrainingLoop` without gradient clipping; by default there
+    is no warm-up and no EMA (``ema_decay`` > 0 returns the EMA weights). ``checkpoint_every`` is
+    not used: :func:`train_classifier` keeps the run in memory and its caller saves the result.
 
     Attributes:
         steps: AdamW steps.
@@ -84,13 +89,10 @@ class ClassifierTrainConfig:
     calibration_batch_size: int = 32
 
     def validate(self, num_train_timesteps: int = 1000) -> ClassifierTrainConfig:
-        check_int("steps", self.steps, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_positive("lr", self.lr)
+        self.validate_shared()
         check_in_range("small_t_fraction", self.small_t_fraction, 0.0, 1.0, low_inclusive=True)
         check_int("small_t_max", self.small_t_max, minimum=1, maximum=num_train_timesteps)
         check_int("label_seed", self.label_seed, minimum=0)
-        check_int("seed", self.seed, minimum=0)
         check_int("calibration_batch_size", self.calibration_batch_size, minimum=1)
         if not self.block_out_channels or any(int(c) % 8 for c in self.block_out_channels):
             raise InvalidParameter("block_out_channels", self.block_out_channels, "non-empty, each a multiple of 8")
@@ -168,8 +170,6 @@ def train_classifier(
     Returns:
         ``(classifier, labels, log)`` where ``log`` holds the loss curve and wall time.
     """
-    from tqdm.auto import tqdm
-
     n_t = int(alphas_cumprod.shape[0])
     config = (config or ClassifierTrainConfig()).validate(n_t)
     if x0.ndim != 4 or x0.shape[0] < 2:
@@ -181,13 +181,11 @@ def train_classifier(
     labels = random_labels(x0.shape[0], config.label_seed)
     torch.manual_seed(config.seed)
     clf = NoiseAwareClassifier(in_channels=x0.shape[1], block_out_channels=tuple(config.block_out_channels)).train()
-    opt = torch.optim.AdamW(clf.parameters(), lr=config.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(config.seed)
+    loop = TrainingLoop(clf, config, weight_decay=0.0, grad_clip=None)
     batch = min(config.batch_size, x0.shape[0])
-    losses: list[float] = []
     t0 = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="train classifier", disable=not progress)
-    for _ in bar:
+
+    def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
         idx = torch.randperm(x0.shape[0], generator=g)[:batch]
         t = sample_timesteps(batch, config, n_t, g)
         x_t = q_sample(x0[idx], t, alphas_cumprod, torch.randn(x0[idx].shape, generator=g))
@@ -208,11 +206,12 @@ def train_classifier(
             )
             zc = clf(xc, tc)
             loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(zc, torch.full_like(zc, 0.5))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(bce=f"{np.mean(losses[-50:]):.4f}")
+        return loss
+
+    loop.run(loss_fn, progress=progress, desc="train classifier", postfix="bce", postfix_window=50)
+    losses = loop.losses
+    if loop.ema is not None:
+        loop.ema.copy_to(clf.parameters())
     clf.eval()
     log = {
         "loss_per_step": losses,

@@ -12,7 +12,6 @@ run stopped, and ``loss.json`` / ``loss.png`` with the loss curve.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,33 +28,32 @@ from privdiff.diffusion.model import (
     save_model,
 )
 from privdiff.diffusion.noising import q_sample
+from privdiff.diffusion.trainer import TrainingLoop
 from privdiff.errors import (
     CheckpointError,
     DataError,
     InvalidParameter,
-    check_int,
     check_nonnegative,
     check_positive,
 )
 from privdiff.utils.atomic import atomic_open, atomic_write_json
+from privdiff.utils.train_config import TrainConfig as BaseTrainConfig
 
 TRAINING_STATE = "training_state.pt"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(BaseTrainConfig):
     """Optimisation settings (AdamW; EMA of the weights as in DDPM/ddim, optional).
 
+    The shared fields (steps, batch_size, lr, warmup_steps, ema_decay, seed, checkpoint_every)
+    are those of :class:`privdiff.diffusion.trainer.TrainConfig`; here batches are drawn in
+    replacement-free epochs, ``ema_decay`` 0 disables the EMA, and the seed also seeds the batch
+    order and the diffusion noise.
+
     Attributes:
-        steps: total optimizer steps (a resumed run continues up to this number).
-        batch_size: images per step, drawn with replacement-free epochs from the training set.
-        lr: AdamW learning rate, after a linear warm-up of ``warmup_steps``.
         weight_decay: AdamW weight decay (small: memorising is the goal here).
-        ema_decay: EMA decay; 0 disables EMA. diffusers' ``EMAModel`` warm-up is used so a short
-            run's EMA is not dominated by the random initialisation.
         grad_clip: global gradient-norm clip (ddim's default 1.0).
-        checkpoint_every: write a resumable checkpoint every this many steps.
-        seed: seeds the initialisation, the batch order and the diffusion noise.
     """
 
     steps: int = 4000
@@ -69,16 +67,9 @@ class TrainConfig:
     seed: int = 0
 
     def validate(self) -> TrainConfig:
-        check_int("steps", self.steps, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-        check_positive("lr", self.lr)
+        self.validate_shared()
         check_nonnegative("weight_decay", self.weight_decay)
-        if not (0.0 <= float(self.ema_decay) < 1.0):
-            raise InvalidParameter("ema_decay", self.ema_decay, "in [0, 1)")
-        check_int("warmup_steps", self.warmup_steps, minimum=0)
         check_positive("grad_clip", self.grad_clip)
-        check_int("checkpoint_every", self.checkpoint_every, minimum=1)
-        check_int("seed", self.seed, minimum=0)
         return self
 
 
@@ -123,8 +114,6 @@ def train_diffusion(
         The trained model (EMA weights when EMA is on), as saved.
     """
     from diffusers import DDPMScheduler
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
     from privdiff.report.images import to_model_space
 
@@ -148,29 +137,20 @@ def train_diffusion(
 
     torch.manual_seed(config.seed)
     unet = build_unet(unet_config).train()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True) if config.ema_decay > 0 else None
+    loop = TrainingLoop(unet, config, weight_decay=config.weight_decay, grad_clip=config.grad_clip, model_key="unet")
     noise_scheduler = DDPMScheduler(**DDIM_SCHEDULE, clip_sample=False, prediction_type="epsilon")
-    generator = torch.Generator().manual_seed(config.seed)
-    step, losses, commands, wall = 0, [], [], 0.0
+    commands: list[str] = []
     order: list[int] = []
 
     if resume:
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state["unet_config"] != unet_config:
             raise CheckpointError(f"cannot resume {out_dir}: the stored U-Net config differs from the requested one")
-        unet.load_state_dict(state["unet"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        step, losses, commands = state["step"], state["losses"], state["commands"]
-        order, wall = state["order"], state.get("wall_seconds", 0.0)
+        loop.load_state_dict(state)
+        commands, order = state["commands"], state["order"]
     elif init_from is not None:
         unet.load_state_dict(_init_weights(Path(init_from), unet_config))
-        if ema is not None:  # the EMA starts from the fine-tuning initialisation, not from noise
-            ema = EMAModel(unet.parameters(), decay=config.ema_decay, use_ema_warmup=True)
+        loop.restart_ema()  # the EMA starts from the fine-tuning initialisation, not from noise
     if command:
         commands = [*commands, command]
 
@@ -184,42 +164,32 @@ def train_diffusion(
         **({"init_from": str(init_from)} if init_from is not None and not resume else {}),
     }
 
-    def lr_at(s: int) -> float:
-        return config.lr * min(1.0, (s + 1) / max(1, config.warmup_steps))
+    def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
+        nonlocal order
+        if len(order) < config.batch_size:
+            # Epochs without replacement: every image is seen equally often, which matters when
+            # the point is to memorise each one.
+            order = order + torch.randperm(len(images), generator=generator).tolist()
+        idx, order = order[: config.batch_size], order[config.batch_size :]
+        return ddpm_loss(unet, x_all[idx], noise_scheduler, generator)
 
-    def checkpoint() -> DiffusionModel:
+    def checkpoint(step: int) -> DiffusionModel:
         out_dir.mkdir(parents=True, exist_ok=True)
-        sample_unet = build_unet(unet_config)
-        sample_unet.load_state_dict(unet.state_dict())
-        if ema is not None:
-            ema.copy_to(sample_unet.parameters())
+        # Built before the state is saved: building draws from the global RNG, whose saved state
+        # must be the one training continues from.
+        sample_unet = loop.averaged_into(build_unet(unet_config))
         meta = {
             **meta_base,
             "steps_done": step,
-            "train_wall_seconds": round(wall, 1),
-            "weights": "ema" if ema is not None else "raw",
-            "final_loss_ema": _smoothed(losses),
+            "train_wall_seconds": round(loop.wall_seconds, 1),
+            "weights": "ema" if loop.ema is not None else "raw",
+            "final_loss_ema": _smoothed(loop.losses),
         }
         save_model(out_dir, sample_unet, schedule=dict(DDIM_SCHEDULE), meta=meta)
         with atomic_open(state_path) as fh:
-            torch.save(
-                {
-                    "step": step,
-                    "unet": unet.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "generator": generator.get_state(),
-                    "torch_rng": torch.get_rng_state(),
-                    "losses": losses,
-                    "commands": commands,
-                    "order": order,
-                    "unet_config": unet_config,
-                    "wall_seconds": wall,
-                },
-                fh,
-            )
+            torch.save({**loop.state_dict(), "commands": commands, "order": order, "unet_config": unet_config}, fh)
         write_loss_curve(
-            losses,
+            loop.losses,
             out_dir,
             title=f"{data_spec or 'training'} — {count_parameters(unet) / 1e6:.2f} M params",
         )
@@ -228,35 +198,16 @@ def train_diffusion(
             on_checkpoint(step, model)
         return model
 
-    bar = tqdm(total=config.steps, initial=step, desc="train diffusion", disable=not progress)
-    model = None
-    while step < config.steps:
-        t0 = time.perf_counter()
-        if len(order) < config.batch_size:
-            # Epochs without replacement: every image is seen equally often, which matters when
-            # the point is to memorise each one.
-            order = order + torch.randperm(len(images), generator=generator).tolist()
-        idx, order = order[: config.batch_size], order[config.batch_size :]
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
-        loss = ddpm_loss(unet, x_all[idx], noise_scheduler, generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), config.grad_clip)
-        optimizer.step()
-        if ema is not None:
-            ema.step(unet.parameters())
-        step += 1
-        losses.append(loss.item())
-        wall += time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{_smoothed(losses):.4f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            model = checkpoint()
-    bar.close()
-    if model is None:  # resumed at or past the target: rewrite the checkpoint with this command
-        model = checkpoint()
-    return model
+    saved: list[DiffusionModel] = []
+    loop.run(
+        loss_fn,
+        on_checkpoint=lambda step: saved.append(checkpoint(step)),
+        progress=progress,
+        desc="train diffusion",
+    )
+    if not saved:  # resumed at or past the target: rewrite the checkpoint with this command
+        saved.append(checkpoint(loop.step))
+    return saved[-1]
 
 
 def _init_weights(directory: Path, unet_config: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -35,7 +35,6 @@ linear warm-up; an EMA of the weights is what gets saved as the model. Training 
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -52,10 +51,10 @@ from privdiff.errors import (
     check_in_range,
     check_int,
     check_nonnegative,
-    check_positive,
 )
 from privdiff.utils.atomic import atomic_open
 from privdiff.utils.cache import ArrayCache, cache_key, cache_root
+from privdiff.utils.train_config import TrainConfig as BaseTrainConfig
 
 # Lazy imports: faiss, torch, diffusers, tqdm, matplotlib (and rdm.model, which imports torch) are
 # imported inside the functions that use them, for start-up time: the CLI imports this module for
@@ -68,8 +67,11 @@ CONTEXT_CHOICES = ("neighbours", "inference")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(BaseTrainConfig):
     """Adapt-training settings (names follow the notes; paper values in brackets).
+
+    The shared fields are those of :class:`privdiff.utils.train_config.TrainConfig`; the loop is
+    :class:`privdiff.diffusion.trainer.TrainingLoop` (gradient-norm clip 1.0, no weight decay).
 
     Attributes:
         steps: optimiser steps in total (a resumed run continues up to this number).
@@ -113,16 +115,10 @@ class TrainConfig:
     context_rate: float = 0.01
 
     def validate(self) -> TrainConfig:
-        check_int("steps", self.steps, 1)
-        check_int("batch_size", self.batch_size, 1)
-        check_positive("lr", self.lr)
-        check_int("warmup_steps", self.warmup_steps, 0)
+        self.validate_shared()
         check_int("k", self.k, 1)
         check_nonnegative("s_max", self.s_max)
         check_in_range("p_uncond", self.p_uncond, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
-        check_in_range("ema_decay", self.ema_decay, 0.0, 1.0, low_inclusive=True, high_inclusive=False)
-        check_int("seed", self.seed, 0)
-        check_int("checkpoint_every", self.checkpoint_every, 1)
         if self.balance not in BALANCE_CHOICES:
             raise InvalidParameter("balance", self.balance, "one of " + ", ".join(BALANCE_CHOICES))
         if self.context not in CONTEXT_CHOICES:
@@ -308,11 +304,6 @@ class TrainResult:
     num_parameters: int
 
 
-def _lr_lambda(warmup: int):
-    # LambdaLinear-style warm-up (notes §5), then constant.
-    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
-
 def train_rdm(
     images: np.ndarray,
     embeddings: np.ndarray,
@@ -333,9 +324,8 @@ def train_rdm(
     model's ``config.json``. ``labels`` (N,) are needed only for ``config.balance="classes"``.
     """
     import torch
-    from diffusers.training_utils import EMAModel
-    from tqdm.auto import tqdm
 
+    from privdiff.diffusion.trainer import TrainingLoop
     from privdiff.rdm.model import RDMConfig, RDMModel
     from privdiff.report.images import to_model_space
 
@@ -374,14 +364,10 @@ def train_rdm(
     model = RDMModel(model_cfg)
     model.train()
     scheduler = model.ddpm_scheduler()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(config.warmup_steps))
-    # EMA warm-up (decay 1 − (1 + step)^(−2/3), capped at ema_decay) so the short CPU runs do not
-    # carry the random initialisation in the average.
-    ema = EMAModel(model.parameters(), decay=config.ema_decay, use_ema_warmup=True, power=2 / 3)
-    gen = torch.Generator().manual_seed(config.seed)
-    losses: list[float] = []
-    step = 0
+    # LambdaLinear-style warm-up then constant lr (notes §5); EMA with warm-up (decay
+    # 1 − (1 + step)^(−2/3), capped at ema_decay) so the short CPU runs do not carry the random
+    # initialisation in the average.
+    loop = TrainingLoop(model, config, weight_decay=0.0, grad_clip=1.0, model_key="model")
 
     if resume and state_path.exists():
         try:
@@ -390,13 +376,9 @@ def train_rdm(
             raise CheckpointError(f"cannot read training state {state_path}: {exc}") from exc
         if state.get("model_config") != model_cfg.to_dict():
             raise CheckpointError(f"{state_path} was trained with a different model/encoder config; use a new --out")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        lr_sched.load_state_dict(state["lr_scheduler"])
-        ema.load_state_dict(state["ema"])
-        gen.set_state(state["generator"])
-        losses = list(state["losses"])
-        step = int(state["step"])
+        # States written before the shared loop also hold "lr_scheduler": the lr is a function of
+        # the step alone (warmup_lr), so it is not needed.
+        loop.load_state_dict(state)
 
     # Precomputed once: the conditioning means and the model-space images.
     if config.context == "neighbours":
@@ -408,80 +390,50 @@ def train_rdm(
     x_all = to_model_space(images)
     t0 = time.time()
 
-    def checkpoint() -> None:
+    def checkpoint(step: int) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        # Built before the state is saved: building draws from the global RNG, whose saved state
+        # must be the one training continues from.
+        ema_model = loop.averaged_into(RDMModel(model_cfg))
         with atomic_open(state_path) as fh:
             torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "lr_scheduler": lr_sched.state_dict(),
-                    "ema": ema.state_dict(),
-                    "generator": gen.get_state(),
-                    "losses": losses,
-                    "step": step,
-                    "model_config": model_cfg.to_dict(),
-                    "train_config": config.to_dict(),
-                },
+                {**loop.state_dict(), "model_config": model_cfg.to_dict(), "train_config": config.to_dict()},
                 fh,
             )
-        ema_model = RDMModel(model_cfg)
-        ema_model.load_state_dict(model.state_dict())
-        ema.copy_to(ema_model.parameters())
         info = {
-            "training": config.to_dict() | {"steps_done": step, "final_loss_ema100": _tail_mean(losses)},
+            "training": config.to_dict() | {"steps_done": step, "final_loss_ema100": loop.tail_mean()},
             "num_parameters": ema_model.num_parameters(),
         }
         info.update(extra_info or {})
         ema_model.save(out_dir, extra=info)
-        write_loss_curve(losses, state_dir, title=f"RDM adapt training ({step} steps)")
+        write_loss_curve(loop.losses, state_dir, title=f"RDM adapt training ({step} steps)")
 
     from privdiff.diffusion.noising import q_sample
 
-    bar = tqdm(total=config.steps, initial=step, desc="train rdm", disable=not progress, dynamic_ncols=True)
-    try:
-        while step < config.steps:
-            idx = batch_indices(n, config.batch_size, gen, class_rows)
-            x0 = x_all[idx]
-            if config.context == "neighbours":
-                r_bar = r_bar_all[idx]
-            else:
-                r_bar = inference_like_means(unit_all, idx, k=config.context_k, rate=config.context_rate, generator=gen)
-            ctx = adapt_context(r_bar, config.k, config.s_max, gen)
-            ctx = drop_context(ctx, config.p_uncond, gen)
-            noise = torch.randn(x0.shape, generator=gen)
-            t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen)
-            x_t = q_sample(x0, t, scheduler.alphas_cumprod, noise)
-            loss = torch.nn.functional.mse_loss(model(x_t, t, ctx), noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            lr_sched.step()
-            ema.step(model.parameters())
-            step += 1
-            losses.append(float(loss.detach()))
-            if not math.isfinite(losses[-1]):
-                raise CheckpointError(f"training diverged at step {step} (loss {losses[-1]})")
-            bar.update(1)
-            bar.set_postfix(loss=f"{_tail_mean(losses):.4f}")
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                checkpoint()
-    finally:
-        bar.close()
+    def loss_fn(step: int, gen) -> torch.Tensor:
+        idx = batch_indices(n, config.batch_size, gen, class_rows)
+        x0 = x_all[idx]
+        if config.context == "neighbours":
+            r_bar = r_bar_all[idx]
+        else:
+            r_bar = inference_like_means(unit_all, idx, k=config.context_k, rate=config.context_rate, generator=gen)
+        ctx = adapt_context(r_bar, config.k, config.s_max, gen)
+        ctx = drop_context(ctx, config.p_uncond, gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen)
+        x_t = q_sample(x0, t, scheduler.alphas_cumprod, noise)
+        return torch.nn.functional.mse_loss(model(x_t, t, ctx), noise)
+
+    loop.run(loss_fn, on_checkpoint=checkpoint, progress=progress, desc="train rdm")
     if not (out_dir / "model_index.json").exists():
-        checkpoint()
+        checkpoint(loop.step)
     return TrainResult(
         out_dir=out_dir,
-        steps_done=step,
-        final_loss=_tail_mean(losses),
+        steps_done=loop.step,
+        final_loss=loop.tail_mean(),
         seconds=time.time() - t0,
         num_parameters=model.num_parameters(),
     )
-
-
-def _tail_mean(losses: list[float], n: int = 100) -> float:
-    return float(np.mean(losses[-n:])) if losses else float("nan")
 
 
 def write_loss_curve(losses: list[float], directory: str | os.PathLike, title: str = "training loss") -> Path:
