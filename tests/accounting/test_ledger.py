@@ -249,3 +249,38 @@ def test_sigkilled_charger_leaves_an_intact_ledger_with_every_reported_charge(tm
         assert len(recorded) - len(returned) in (0, 1)
         assert led.status().queries == len(recorded)
         led.charge(Q, request_id="after-crash")
+
+
+def test_a_second_open_in_one_process_keeps_the_first_connections_locks(tmp_path):
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+    included (sqlite.org/howtocorrupt.html §2.2). Ledger.open's raw header read used to do exactly
+    that while another Ledger of the same process was open: another process could then take the
+    file as unused, checkpoint and delete the WAL, and the first Ledger's next charge went into the
+    deleted WAL (found by the service, which opened the dataset ledger twice)."""
+    path = tmp_path / "l.sqlite"
+    Ledger.create(path, epsilon=50, delta=DELTA).close()
+    first = Ledger.open(path)
+    first.charge(Q)  # the WAL exists and this process holds its shared lock on the database
+    second = Ledger.open(path)  # same process, same file
+    # Another process opens and closes the file: with our locks intact it is not the last user,
+    # so it must not checkpoint and delete the WAL under us.
+    peek = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('select 1 from meta').fetchall(); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", peek, str(path)], check=True, timeout=60)
+    first.charge(Q)
+    second.close()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from privdiff.accounting import Ledger; print(Ledger.open(sys.argv[1]).status().queries)",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    first.close()
+    assert out.stdout.strip() == "2", "a charge made after the second open is missing for other processes"

@@ -148,6 +148,25 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+#: Ledger files this process holds SQLite connections to: (device, inode) → open Ledger objects.
+#: Closing *any* descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+#: included (sqlite.org/howtocorrupt.html §2.2); another process could then take the file for
+#: unused, checkpoint and delete the WAL, and this process's next commit would go to the deleted
+#: WAL. So :meth:`Ledger.open` reads the raw header only of a file not already open here (SQLite
+#: has checked such a file, and ``quick_check`` still runs), under this lock, which also covers
+#: the connect and the registration, so no connection can appear during a raw read.
+_LIVE: dict[tuple[int, int], int] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def _file_key(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 _SCHEMA = """
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY,
@@ -272,6 +291,8 @@ class Ledger:
     def __init__(self, path: Path, conn: sqlite3.Connection, meta: dict[str, str]):
         self._path = path
         self._conn = conn
+        # This connection's entry in _LIVE (set by open(), which registered it), released by close().
+        self._live_key: tuple[int, int] | None = None
         # One connection per Ledger, shared by threads under this lock; processes use SQLite's.
         self._lock = threading.RLock()
         # `meta` was validated by open() (_parse_meta), so these conversions cannot fail.
@@ -386,18 +407,23 @@ class Ledger:
         the module docstring) raise :class:`~privdiff.errors.LedgerCorrupt`.
         """
         path = Path(path)
-        _check_header(path)
-        _remove_stale_temps(path)
-        try:
-            conn = sqlite3.connect(
-                f"file:{path}?mode=rw",
-                uri=True,
-                isolation_level=None,
-                timeout=LOCK_TIMEOUT_S,
-                check_same_thread=False,  # guarded by Ledger._lock
-            )
-        except sqlite3.Error as exc:
-            raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+        with _LIVE_LOCK:
+            key = _file_key(path)
+            if not _LIVE.get(key, 0):
+                _check_header(path)  # a raw read: only while no connection of ours is open (see _LIVE)
+            _remove_stale_temps(path)
+            try:
+                conn = sqlite3.connect(
+                    f"file:{path}?mode=rw",
+                    uri=True,
+                    isolation_level=None,
+                    timeout=LOCK_TIMEOUT_S,
+                    check_same_thread=False,  # guarded by Ledger._lock
+                )
+            except sqlite3.Error as exc:
+                raise LedgerError(f"cannot open ledger {path}: {exc}") from exc
+            key = _file_key(path)
+            _LIVE[key] = _LIVE.get(key, 0) + 1
         try:
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute(f"PRAGMA busy_timeout={int(LOCK_TIMEOUT_S * 1000)}")
@@ -419,15 +445,18 @@ class Ledger:
             meta = _parse_meta(conn.execute("SELECT key, value FROM meta").fetchall(), version, path)
             _check_history_consistent(conn, path)
         except (sqlite3.Error, UnicodeDecodeError) as exc:
-            conn.close()
+            _release_live(key, conn)
             raise LedgerError(f"ledger {path} is unreadable: {exc}") from exc
         except LedgerError:
-            conn.close()
+            _release_live(key, conn)
             raise
-        return cls(path, conn, meta)
+        ledger = cls(path, conn, meta)
+        ledger._live_key = key
+        return ledger
 
     def close(self) -> None:
-        self._conn.close()
+        _release_live(self._live_key, self._conn)
+        self._live_key = None
         if isinstance(self._tickets, _TicketLock):
             self._tickets.close()
         self._tickets = False
@@ -1165,6 +1194,16 @@ def _remove_stale_temps(path: Path) -> None:
             finally:
                 if fd >= 0:
                     os.close(fd)
+
+
+def _release_live(key: tuple[int, int] | None, conn: sqlite3.Connection) -> None:
+    """Close a connection opened by :meth:`Ledger.open` and drop it from :data:`_LIVE`."""
+    with _LIVE_LOCK:
+        conn.close()
+        if key is not None and _LIVE.get(key, 0) > 0:
+            _LIVE[key] -= 1
+            if not _LIVE[key]:
+                del _LIVE[key]
 
 
 def _check_header(path: Path) -> None:
