@@ -34,6 +34,19 @@ Processes share the work: the one that computes a ceiling holds a lease in the s
 same moment because they share one history, wait for it and use it (checked under the lock like
 their own) instead of each recomputing the same PLD.
 
+The ceiling is refreshed *before* it runs out: a charge that leaves a setting less than
+:data:`REFRESH_FRACTION` of its reserve starts a background thread that takes the lease and
+computes the next ceiling outside the write lock and the ticket queue, while every process keeps
+charging against the old ceiling, which stays valid; the next one is published (with its sha256)
+and picked up by a process whose own ceiling misses, with a read of the side file under the write
+lock. A charge waits for the lease only when no published ceiling covers it, i.e. when the
+reserve ran out before its successor was computed. The reserve of a refresh grows with the
+observed charge rate × recompute time (:data:`RESERVE_RECOMPUTES`), capped at
+:data:`MAX_RESERVE_SCALE` × ⌊T/512⌋; the trade-off is that a larger reserve makes the reported
+per-charge ε a looser bound (never lower than the truth; :meth:`Ledger.status` and
+:meth:`Ledger.preview` stay exact). The lease is an OFD byte-range lock, which the kernel drops
+with a process that dies, so a dead refresher never blocks anyone.
+
 So :attr:`Charge.epsilon_spent` (and the history's ``epsilon_after``) is the exact ε of the
 ledger after the charge for the RDP accountants and for PLD ledgers below 512 queries, and
 above that, for PLD, the exact ε of a history at most a reserve larger: a valid upper bound, never
@@ -151,11 +164,13 @@ MAX_RESERVE_SCALE = 16
 #: published makes a charger wait (see :meth:`Ledger._refresh`).
 REFRESH_FRACTION = 0.5
 #: Adaptive reserve of a refresh: enough queries of each setting for this many recompute times at
-#: the setting's observed charge rate (over the last :data:`RATE_WINDOW` charge records), so the
+#: the setting's observed charge rate (queries charged in the last :data:`RATE_SPAN_S` seconds,
+#: among the last :data:`RATE_WINDOW` charge records: a bulk import long ago says nothing), so the
 #: part left when the refresh starts (REFRESH_FRACTION of it) outlasts the recompute twice over.
 #: Bounded by MAX_RESERVE_SCALE × ⌊T/divisor⌋: a larger reserve is a looser per-charge ε bound.
 RESERVE_RECOMPUTES = 4.0
 RATE_WINDOW = 2000
+RATE_SPAN_S = 10.0
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -223,11 +238,13 @@ class _Ceiling:
     reserved: bool
     #: Per setting: refresh once fewer than this many queries of it are left (see REFRESH_FRACTION).
     refresh_below: dict[DPRDMQuery, int] = dataclasses.field(default_factory=dict)
+    #: Seconds it took to compute (sizes the next reserve, see RESERVE_RECOMPUTES).
+    seconds: float = 0.0
 
     def running_low(self, merged: dict[DPRDMQuery, int], settings: Iterable[DPRDMQuery]) -> bool:
         """Does the history ``merged`` leave less than the refresh threshold of a setting?"""
         return self.reserved and any(
-            self.counts.get(q, 0) - merged.get(q, 0) < self.refresh_below.get(q, 1) for q in settings
+            self.counts.get(q, 0) - merged.get(q, 0) < self.refresh_below.get(q, 0) for q in settings
         )
 
     def covers(self, candidate: dict[DPRDMQuery, int], budget: float) -> bool:
@@ -656,9 +673,13 @@ class Ledger:
         if tickets is None:
             return None
         try:
-            return tickets.shared(self.accountant, self.delta)
+            published = tickets.shared(self.accountant, self.delta)
         except OSError:
             return None
+        if published is not None:
+            # The publisher's recompute time sizes our next reserve, should we be the next refresher.
+            self._recompute_s = max(self._recompute_s, published.seconds)
+        return published
 
     # ------------------------------------------------------------------ the early refresh
     def _start_refresh(self, ceiling: _Ceiling) -> None:
@@ -726,8 +747,9 @@ class Ledger:
             return
         unit = total // divisor
         counts = dict(history)
-        for q, c in ceiling.counts.items():
-            counts[q] = max(counts.get(q, 0), c)
+        for previous in (ceiling, published):
+            for q, c in previous.counts.items() if previous is not None else ():
+                counts[q] = max(counts.get(q, 0), c)
         below = {q: ceiling.refresh_below.get(q, 0) for q in counts}
         for q in low:
             # Reserve: at least the static ⌊T/divisor⌋ (× the contention scale), grown to cover
@@ -748,9 +770,9 @@ class Ledger:
             # exact ε decides (see _new_ceiling); retrying here would only burn CPU.
             self._refresh_skip = ceiling
             return
-        fresh = _Ceiling(counts, eps, reserved=True, refresh_below=below)
+        fresh = _Ceiling(counts, eps, reserved=True, refresh_below=below, seconds=self._recompute_s)
         if lease is not None:
-            lease.publish(self.accountant, self.delta, counts, eps, below)
+            lease.publish(self.accountant, self.delta, counts, eps, below, self._recompute_s)
         self._install(fresh)
 
     def _install(self, ceiling: _Ceiling) -> None:
@@ -762,23 +784,21 @@ class Ledger:
 
     @staticmethod
     def _recent_rates(conn: sqlite3.Connection) -> dict[DPRDMQuery, float]:
-        """Queries per second of each setting over the last RATE_WINDOW charge records (by id, the
-        primary key: no scan). Only sizes a reserve, so anything odd in the records yields {}."""
+        """Queries per second of each setting over the last RATE_SPAN_S seconds, among the last
+        RATE_WINDOW charge records (by id, the primary key: no scan). Only sizes a reserve, so
+        anything odd in the records yields {}."""
         rows = conn.execute(
             "SELECT time, sigma, sample_rate, k, count FROM charges"
             " WHERE id > (SELECT coalesce(max(id), 0) FROM charges) - ?",
             (RATE_WINDOW,),
         ).fetchall()
+        since = time.time() - RATE_SPAN_S
         try:
-            if len(rows) < 2:
-                return {}
-            span = time.time() - min(float(r[0]) for r in rows)
-            if not math.isfinite(span) or span <= 0:
-                return {}
             rates: dict[DPRDMQuery, float] = {}
-            for _, s, q, k, c in rows:
-                key = DPRDMQuery(s, q, k)
-                rates[key] = rates.get(key, 0.0) + int(c) / span
+            for t, s, q, k, c in rows:
+                if float(t) >= since:
+                    key = DPRDMQuery(s, q, k)
+                    rates[key] = rates.get(key, 0.0) + int(c) / RATE_SPAN_S
             return rates
         except (PrivdiffError, TypeError, ValueError):
             return {}
@@ -800,35 +820,45 @@ class Ledger:
         divisor = CEILING_RESERVE_DIVISOR.get(self.accountant, 0)
         reserve = self._reserve_scale * (sum(target.values()) // divisor) if divisor else 0
         if reserve:
-            counts = dict(target)
-            if self._ceiling is not None:
-                for q, c in self._ceiling.counts.items():
-                    counts[q] = max(counts.get(q, 0), c)
-            below = dict(self._ceiling.refresh_below) if self._ceiling is not None else {}
-            for q, _ in new:
-                counts[q] = target[q] + reserve
-                below[q] = int(reserve * REFRESH_FRACTION)
-            counts = dict(sorted(counts.items(), key=_group_key))
-            below = {q: below.get(q, 0) for q in counts}
+            # One process computes at a time: the others wait for the lease (the reserve ran out for
+            # everyone at once) and take the ceiling it published if it covers them, rather than
+            # each computing a private one that nobody else can use.
             tickets = self._ticket_lock()
             leased = False
             try:
-                leased = tickets is not None and tickets.try_lease()
+                leased = tickets is not None and tickets.take_lease(time.monotonic() + LOCK_TIMEOUT_S)
             except OSError:
                 pass
             try:
+                published = self._published() if leased else None
+                if published is not None and published.covers(target, self.epsilon_budget):
+                    self._ceiling = published
+                    return published
+                counts = dict(target)
+                # Keep what this object's and the published ceiling reserve for other settings, so
+                # interleaved settings do not evict each other and the result can replace the
+                # published one (published ceilings only grow, see _TicketLock.publish).
+                for previous in (self._ceiling, published):
+                    for q, c in previous.counts.items() if previous is not None else ():
+                        counts[q] = max(counts.get(q, 0), c)
+                below = dict(self._ceiling.refresh_below) if self._ceiling is not None else {}
+                for q, _ in new:
+                    counts[q] = target[q] + reserve
+                    below[q] = int(reserve * REFRESH_FRACTION)
+                counts = dict(sorted(counts.items(), key=_group_key))
+                below = {q: below.get(q, 0) for q in counts}
                 t0 = time.monotonic()
                 eps = self._epsilon(list(counts.items()))
                 self._recompute_s = time.monotonic() - t0
-                if leased:
+                if leased and eps <= self.epsilon_budget * (1.0 - CEILING_SLACK):
                     with contextlib.suppress(OSError):
-                        tickets.publish(self.accountant, self.delta, counts, eps, below)
+                        tickets.publish(self.accountant, self.delta, counts, eps, below, self._recompute_s)
             finally:
                 if leased:
                     with contextlib.suppress(OSError):
                         tickets.release_lease()
             if eps <= self.epsilon_budget * (1.0 - CEILING_SLACK):
-                self._ceiling = _Ceiling(counts, eps, reserved=True, refresh_below=below)
+                self._ceiling = _Ceiling(counts, eps, reserved=True, refresh_below=below, seconds=self._recompute_s)
                 return self._ceiling
         eps_after = self._epsilon(list(target.items()))
         if eps_after > self.epsilon_budget:
@@ -1200,6 +1230,10 @@ class _TicketLock:
     def try_lease(self) -> bool:
         return self._lock(fcntl.F_WRLCK, self._LEASE)
 
+    def take_lease(self, deadline: float) -> bool:
+        """Wait for the lease and take it; False if ``deadline`` passed (a hung holder)."""
+        return self._wait(fcntl.F_WRLCK, self._LEASE, deadline)
+
     def wait_lease(self, deadline: float) -> None:
         """Wait until no process holds the lease (it published, gave up, or died)."""
         if self._wait(fcntl.F_RDLCK, self._LEASE, deadline):
@@ -1215,7 +1249,10 @@ class _TicketLock:
         counts: dict[DPRDMQuery, int],
         epsilon: float,
         refresh_below: dict[DPRDMQuery, int] | None = None,
+        seconds: float = 0.0,
     ) -> None:
+        """Publish a ceiling, unless the one already there holds more of some setting: published
+        ceilings only grow, so a slow writer of an older one never replaces a newer one."""
         body = {
             "accountant": accountant,
             "delta": repr(delta),
@@ -1223,6 +1260,7 @@ class _TicketLock:
             "epsilon": repr(epsilon),
             # When to refresh it early; only timing, never part of what ε is claimed for.
             "refresh_below": [[q.sigma, q.sample_rate, q.k, n] for q, n in (refresh_below or {}).items()],
+            "seconds": repr(float(seconds)),
         }
         body["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         data = json.dumps(body, sort_keys=True).encode()
@@ -1231,20 +1269,29 @@ class _TicketLock:
         if not self._wait(fcntl.F_WRLCK, self._BLOB_LOCK, time.monotonic() + 1.0):
             return
         try:
-            os.pwrite(self._fd, len(data).to_bytes(4, "little") + data, self._BLOB)
+            current = self._parse(self._read_blob(), accountant, delta)
+            if current is None or all(counts.get(q, 0) >= c for q, c in current.counts.items()):
+                os.pwrite(self._fd, len(data).to_bytes(4, "little") + data, self._BLOB)
         finally:
             self._lock(fcntl.F_UNLCK, self._BLOB_LOCK)
+
+    def _read_blob(self) -> bytes:
+        head = os.pread(self._fd, 4, self._BLOB)
+        n = int.from_bytes(head, "little") if len(head) == 4 else 0
+        return os.pread(self._fd, n, self._BLOB + 4) if 0 < n <= self._BLOB_MAX else b""
 
     def shared(self, accountant: str, delta: float) -> _Ceiling | None:
         """The published ceiling, if there is an intact one for this accountant and δ."""
         if not self._wait(fcntl.F_RDLCK, self._BLOB_LOCK, time.monotonic() + 1.0):
             return None
         try:
-            head = os.pread(self._fd, 4, self._BLOB)
-            n = int.from_bytes(head, "little") if len(head) == 4 else 0
-            data = os.pread(self._fd, n, self._BLOB + 4) if 0 < n <= self._BLOB_MAX else b""
+            data = self._read_blob()
         finally:
             self._lock(fcntl.F_UNLCK, self._BLOB_LOCK)
+        return self._parse(data, accountant, delta)
+
+    @staticmethod
+    def _parse(data: bytes, accountant: str, delta: float) -> _Ceiling | None:
         try:
             body = json.loads(data)
             sha = body.pop("sha256")
@@ -1258,11 +1305,14 @@ class _TicketLock:
                 for s, q, k, n in body.get("refresh_below", [])
             }
             eps = float(body["epsilon"])
+            seconds = float(body.get("seconds", "0"))
         except (ValueError, TypeError, KeyError, AttributeError, PrivdiffError):
             return None
         if not math.isfinite(eps) or eps < 0:
             return None
-        return _Ceiling(dict(sorted(counts.items(), key=_group_key)), eps, reserved=True, refresh_below=below)
+        seconds = seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+        counts = dict(sorted(counts.items(), key=_group_key))
+        return _Ceiling(counts, eps, reserved=True, refresh_below=below, seconds=min(seconds, LOCK_TIMEOUT_S))
 
 
 # ---------------------------------------------------------------------------------------------
