@@ -188,7 +188,8 @@ def _exact_pld(path: Path, n: int) -> dict:
 
 
 def _charger(path: str, tickets: bool, duration: float, ready, start, out) -> None:
-    """Child process: warm up (one charge builds the ceiling), then charge until `duration` ends."""
+    """Child process: warm up (one charge of each setting it uses builds the ceiling: the first charge
+    of a setting no ceiling reserves must wait for an exact PLD), then charge until `duration` ends."""
     from privdiff.accounting import DPRDMQuery, Ledger
     from privdiff.accounting import ledger as ledger_mod
 
@@ -197,7 +198,7 @@ def _charger(path: str, tickets: bool, duration: float, ready, start, out) -> No
     rng = random.Random()
     queries = [DPRDMQuery(*g) for g in GROUPS]
     led = Ledger.open(path)
-    led.charge(queries[0], request_id="warm")
+    led.charge_many(queries[:2], request_id="warm")
     ready.put(1)
     start.wait()
     end = time.perf_counter() + duration

@@ -118,6 +118,8 @@ def test_epsilon_is_monotone_in_the_counts_across_grid_changes_and_the_rdp_fallb
 @pytest.mark.parametrize("accountant", ["pld", "rdp"])
 def test_repeat_charges_inside_the_ceiling_do_no_accounting(tmp_path, monkeypatch, accountant):
     monkeypatch.setattr(ledger_mod, "CEILING_RESERVE_DIVISOR", {accountant: 4})
+    # No early refresh here (the refresh's own accounting is tested below): the reserve alone.
+    monkeypatch.setattr(ledger_mod, "REFRESH_FRACTION", 0.0)
     led = Ledger.create(tmp_path / "l.sqlite", epsilon=1e4, delta=DELTA, accountant=accountant)
     first = led.charge(SETTINGS[0], count=40)  # T = 40: the ceiling reserves 40 // 4 = 10 more
     assert first.epsilon_spent == pytest.approx(_from_scratch({SETTINGS[0]: 50}, accountant), rel=1e-12)
@@ -196,6 +198,169 @@ def test_a_published_ceiling_serves_other_ledger_objects_unless_corrupt(tmp_path
     assert charge.epsilon_spent >= exact * (1 - 1e-9) and charge.queries_total == 41
     a.close()
     b.close()
+
+
+# ------------------------------------------------------------------ the early refresh
+
+
+def _spy_epsilon(monkeypatch) -> list[str]:
+    """Record the thread of every ε computation: the charge path runs on the main thread."""
+    calls: list[str] = []
+    real = Ledger._epsilon
+    monkeypatch.setattr(
+        Ledger, "_epsilon", lambda self, h: calls.append(threading.current_thread().name) or real(self, h)
+    )
+    return calls
+
+
+def _join_refresh(led: Ledger) -> None:
+    thread = led._refresh_thread
+    if thread is not None:
+        thread.join(timeout=120)
+        assert not thread.is_alive()
+
+
+@needs_ofd
+def test_a_charge_in_the_refresh_window_never_waits_for_the_recompute(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "CEILING_RESERVE_DIVISOR", {"pld": 4})
+    path = tmp_path / "l.sqlite"
+    led = Ledger.create(path, epsilon=1e4, delta=DELTA, accountant="pld")
+    first = led.charge(SETTINGS[0], count=40)  # ceiling 40 + 10; refresh once fewer than 5 are left
+    # Another Ledger object holds the lease: it is "computing the next ceiling" and never finishes.
+    holder = ledger_mod._TicketLock(path.with_name(path.name + "-lock"))
+    assert holder.try_lease()
+    waited = []
+    monkeypatch.setattr(ledger_mod._TicketLock, "wait_lease", lambda self, deadline: waited.append(1))
+    calls = _spy_epsilon(monkeypatch)
+    charges = [led.charge(SETTINGS[0]) for _ in range(10)]  # 41 … 50: 46 … 50 are inside the window
+    _join_refresh(led)
+    assert not waited and not calls  # nobody waited for the lease, nobody accounted
+    assert led._refresh_thread is not None  # the window was entered: a refresh was tried, found the lease taken
+    assert {c.epsilon_spent for c in charges} == {first.epsilon_spent}
+    assert [c.queries_total for c in charges] == list(range(41, 51))
+    # Truly exhausted: now (and only now) a charge waits for the lease, then computes itself.
+    holder.release_lease()
+    holder.close()
+    charge = led.charge(SETTINGS[0])
+    assert waited and calls
+    assert charge.epsilon_spent >= _from_scratch({SETTINGS[0]: 51}, "pld") * (1 - 1e-9)
+    led.close()
+
+
+@needs_ofd
+def test_the_next_ceiling_is_published_before_the_old_one_runs_out(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "CEILING_RESERVE_DIVISOR", {"pld": 4})
+    path = tmp_path / "l.sqlite"
+    a = Ledger.create(path, epsilon=1e4, delta=DELTA, accountant="pld")
+    b = Ledger.open(path)
+    first = a.charge(SETTINGS[0], count=40)  # ceiling 50
+    calls: list[str] = []
+    real = Ledger._epsilon
+    go = threading.Event()
+
+    def slow(self, history):  # the refresh's recompute does not finish until we say so
+        calls.append(threading.current_thread().name)
+        if threading.current_thread() is not threading.main_thread():
+            assert go.wait(timeout=120)
+        return real(self, history)
+
+    monkeypatch.setattr(Ledger, "_epsilon", slow)
+    waited = []
+    real_wait = ledger_mod._TicketLock.wait_lease
+    monkeypatch.setattr(
+        ledger_mod._TicketLock, "wait_lease", lambda self, deadline: waited.append(1) or real_wait(self, deadline)
+    )
+    for _ in range(6):  # 41 … 46: the 46th leaves 4 < 5, and a background thread computes ahead
+        a.charge(SETTINGS[0])
+    # While the recompute is stuck, both objects keep charging against the old ceiling.
+    stuck = [(a, b)[i % 2].charge(SETTINGS[0]) for i in range(4)]  # 47 … 50
+    assert {c.epsilon_spent for c in stuck} == {first.epsilon_spent}
+    assert calls == ["privdiff-ledger-refresh"] and not waited
+    go.set()
+    _join_refresh(a)
+    published = a._published()
+    assert published is not None and published.counts[SETTINGS[0]] >= 46 + 46 // 4
+    assert published.epsilon == pytest.approx(_from_scratch(published.counts, "pld"), rel=1e-9)
+    calls.clear()
+    # Both objects charge past the old ceiling (50) under the new one without any accounting.
+    for i in range(6):
+        charge = (a, b)[i % 2].charge(SETTINGS[0])
+        assert charge.epsilon_spent == published.epsilon
+    assert "MainThread" not in calls
+    assert a.status().queries == 56
+    assert a.status().epsilon_spent == pytest.approx(_from_scratch({SETTINGS[0]: 56}, "pld"), rel=1e-9)
+    a.close()
+    b.close()
+
+
+@needs_ofd
+def test_the_refresh_reserve_grows_with_the_charge_rate_up_to_its_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "CEILING_RESERVE_DIVISOR", {"pld": 4})
+    led = Ledger.create(tmp_path / "l.sqlite", epsilon=1e4, delta=DELTA, accountant="pld")
+    led.charge(SETTINGS[0], count=40)
+    for _ in range(5):
+        led.charge(SETTINGS[0])
+    _join_refresh(led)  # nothing started yet: 45 leaves 5, not below 5
+    assert led._refresh_thread is None
+    led._recompute_s = 1e6  # a recompute "takes forever" at a nonzero rate: the reserve hits its cap
+    led.charge(SETTINGS[0])  # 46
+    _join_refresh(led)
+    assert led._ceiling.counts[SETTINGS[0]] == 46 + ledger_mod.MAX_RESERVE_SCALE * (46 // 4)
+    led.close()
+
+
+@needs_ofd
+def test_near_the_budget_the_refresh_gives_up_and_refusal_stays_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "CEILING_RESERVE_DIVISOR", {"pld": 4})
+    budget = _from_scratch({SETTINGS[0]: 52}, "pld") * (1 + 1e-4)  # room for 52, never for a reserve past it
+    led = Ledger.create(tmp_path / "l.sqlite", epsilon=budget, delta=DELTA, accountant="pld")
+    led.charge(SETTINGS[0], count=40)  # ceiling 50 fits
+    for _ in range(10):
+        led.charge(SETTINGS[0])
+        _join_refresh(led)
+    assert led._ceiling.counts[SETTINGS[0]] == 50  # the refresh found no successor that fits
+    led.charge(SETTINGS[0], count=2)  # 52: exact
+    with pytest.raises(PrivacyBudgetExceeded):
+        led.charge(SETTINGS[0])
+    assert led.status().queries == 52 and led.status().epsilon_spent <= budget
+    led.close()
+
+
+_HOLD_LEASE = """
+import sys, time
+from privdiff.accounting import ledger as m
+lock = m._TicketLock(__import__("pathlib").Path(sys.argv[1]))
+assert lock.try_lease()
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+@needs_ofd
+@pytest.mark.integration
+def test_a_killed_lease_holder_never_blocks_the_refresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(ledger_mod, "CEILING_RESERVE_DIVISOR", {"pld": 4})
+    path = tmp_path / "l.sqlite"
+    led = Ledger.create(path, epsilon=1e4, delta=DELTA, accountant="pld")
+    led.charge(SETTINGS[0], count=40)
+    env = os.environ | {"PYTHONPATH": str(ROOT / "src")}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LEASE, str(path) + "-lock"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "held"
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    calls = _spy_epsilon(monkeypatch)
+    for _ in range(6):
+        led.charge(SETTINGS[0])
+    _join_refresh(led)
+    assert calls and "MainThread" not in calls  # the kernel dropped the dead holder's lease
+    assert led._ceiling.counts[SETTINGS[0]] > 50
+    led.close()
 
 
 # ------------------------------------------------------------------ first come, first served

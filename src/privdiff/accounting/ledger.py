@@ -34,6 +34,19 @@ Processes share the work: the one that computes a ceiling holds a lease in the s
 same moment because they share one history, wait for it and use it (checked under the lock like
 their own) instead of each recomputing the same PLD.
 
+The ceiling is refreshed *before* it runs out: a charge that leaves a setting less than
+:data:`REFRESH_FRACTION` of its reserve starts a background thread that takes the lease and
+computes the next ceiling outside the write lock and the ticket queue, while every process keeps
+charging against the old ceiling, which stays valid; the next one is published (with its sha256)
+and picked up by a process whose own ceiling misses, with a read of the side file under the write
+lock. A charge waits for the lease only when no published ceiling covers it, i.e. when the
+reserve ran out before its successor was computed. The reserve of a refresh grows with the
+observed charge rate × recompute time (:data:`RESERVE_RECOMPUTES`), capped at
+:data:`MAX_RESERVE_SCALE` × ⌊T/512⌋; the trade-off is that a larger reserve makes the reported
+per-charge ε a looser bound (never lower than the truth; :meth:`Ledger.status` and
+:meth:`Ledger.preview` stay exact). The lease is an OFD byte-range lock, which the kernel drops
+with a process that dies, so a dead refresher never blocks anyone.
+
 So :attr:`Charge.epsilon_spent` (and the history's ``epsilon_after``) is the exact ε of the
 ledger after the charge for the RDP accountants and for PLD ledgers below 512 queries, and
 above that, for PLD, the exact ε of a history at most a reserve larger: a valid upper bound, never
@@ -69,6 +82,7 @@ releases with fresh noise, so both are charged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -82,7 +96,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,6 +157,20 @@ CEILING_SLACK = 1e-6
 #: A freshly computed ceiling that other processes used up before it could be used doubles the
 #: reserve of this ``Ledger`` (up to this factor), so under contention it is not recomputed forever.
 MAX_RESERVE_SCALE = 16
+#: Refresh the ceiling *before* it runs out: once a charge leaves less than this fraction of a
+#: setting's reserve, a background thread of that process takes the lease and computes the next
+#: ceiling (outside the write lock and the ticket queue) while every process keeps charging
+#: against the old one, which stays valid. Only a ceiling used up before its successor is
+#: published makes a charger wait (see :meth:`Ledger._refresh`).
+REFRESH_FRACTION = 0.5
+#: Adaptive reserve of a refresh: enough queries of each setting for this many recompute times at
+#: the setting's observed charge rate (queries charged in the last :data:`RATE_SPAN_S` seconds,
+#: among the last :data:`RATE_WINDOW` charge records: a bulk import long ago says nothing), so the
+#: part left when the refresh starts (REFRESH_FRACTION of it) outlasts the recompute twice over.
+#: Bounded by MAX_RESERVE_SCALE × ⌊T/divisor⌋: a larger reserve is a looser per-charge ε bound.
+RESERVE_RECOMPUTES = 4.0
+RATE_WINDOW = 2000
+RATE_SPAN_S = 10.0
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
@@ -227,6 +255,16 @@ class _Ceiling:
     epsilon: float
     #: True when ``counts`` holds a reserve beyond the candidate it was computed for.
     reserved: bool
+    #: Per setting: refresh once fewer than this many queries of it are left (see REFRESH_FRACTION).
+    refresh_below: dict[DPRDMQuery, int] = dataclasses.field(default_factory=dict)
+    #: Seconds it took to compute (sizes the next reserve, see RESERVE_RECOMPUTES).
+    seconds: float = 0.0
+
+    def running_low(self, merged: dict[DPRDMQuery, int], settings: Iterable[DPRDMQuery]) -> bool:
+        """Does the history ``merged`` leave less than the refresh threshold of a setting?"""
+        return self.reserved and any(
+            self.counts.get(q, 0) - merged.get(q, 0) < self.refresh_below.get(q, 0) for q in settings
+        )
 
     def covers(self, candidate: dict[DPRDMQuery, int], budget: float) -> bool:
         """May ``candidate`` be charged with ε = ``self.epsilon``? Exact match, or contained
@@ -309,6 +347,16 @@ class Ledger:
         self._ceiling: _Ceiling | None = None
         self._reserve_scale = 1
         self._tickets: _TicketLock | None | bool = None  # None: not opened yet; False: unavailable
+        # The early refresh (see REFRESH_FRACTION): one background thread at a time, holding the
+        # lease through its own open file description (an OFD lock taken through self._tickets
+        # would not exclude this process's own charging thread), and the ceiling it last gave up
+        # on (lease busy elsewhere, or the next ceiling would not fit the budget).
+        self._refresh_guard = threading.Lock()
+        self._refresh_thread: threading.Thread | None = None
+        self._refresh_skip: _Ceiling | None = None
+        self._lease: _TicketLock | None | bool = None
+        self._recompute_s = 0.0  # seconds the last reserved ceiling took to compute
+        self._closed = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -455,11 +503,17 @@ class Ledger:
         return ledger
 
     def close(self) -> None:
+        with self._refresh_guard:
+            self._closed = True
+            thread = self._refresh_thread
+        if thread is not None:
+            thread.join()  # it reads through self._conn and publishes through self._lease
         _release_live(self._live_key, self._conn)
         self._live_key = None
-        if isinstance(self._tickets, _TicketLock):
-            self._tickets.close()
-        self._tickets = False
+        for side in (self._tickets, self._lease):
+            if isinstance(side, _TicketLock):
+                side.close()
+        self._tickets = self._lease = False
 
     def __enter__(self) -> Ledger:
         return self
@@ -566,7 +620,7 @@ class Ledger:
         # plus this charge: a lookup and one transaction, no accounting at all.
         ceiling = self._ceiling
         if optimistic and ceiling is not None and ceiling.reserved:
-            charge = self._charge_under(ceiling, new, request_id)
+            charge = self._charge_under(ceiling, new, request_id, shared=True)
             if charge is not None:
                 return charge
         # Optimistic: a new ceiling computed outside the write lock from a snapshot, used if the
@@ -591,30 +645,192 @@ class Ledger:
             return self._record(conn, history, new, eps_after, request_id)
 
     def _charge_shared(self, new: list[tuple[DPRDMQuery, int]], request_id: str) -> Charge | None:
-        """Try the ceiling another process published (waiting for one being computed) before
-        computing one; None when there is none that covers this charge (then this process
-        computes, holding the lease if it can get it, see :meth:`_new_ceiling`)."""
+        """Try the ceiling another process published, then, if it does not cover this charge and
+        one is being computed, wait for that one; None when neither covers it (then this process
+        computes, holding the lease if it can get it, see :meth:`_new_ceiling`).
+
+        Only a charge that no published ceiling covers waits: while a refresh computes the next
+        ceiling, the current one still admits charges (see REFRESH_FRACTION)."""
+        tickets = self._ticket_lock() if CEILING_RESERVE_DIVISOR.get(self.accountant) else None
+        if tickets is None:
+            return None
+        shared = self._published()
+        if shared is not None and shared != self._ceiling:
+            self._ceiling = shared
+            charge = self._charge_under(shared, new, request_id)
+            if charge is not None:
+                return charge
+        try:
+            tickets.wait_lease(time.monotonic() + LOCK_TIMEOUT_S)
+        except OSError:
+            return None
+        fresh = self._published()
+        if fresh is None or fresh == shared or fresh == self._ceiling:
+            return None
+        self._ceiling = fresh
+        return self._charge_under(fresh, new, request_id)
+
+    def _charge_under(
+        self, ceiling: _Ceiling, new: list[tuple[DPRDMQuery, int]], request_id: str, *, shared: bool = False
+    ) -> Charge | None:
+        """Charge if ``ceiling`` (or, with ``shared``, the ceiling another process published) covers
+        the history read under the write lock plus ``new``; else commit nothing and return None.
+
+        A charge that leaves a setting of its ceiling running low starts the early refresh
+        (:meth:`_start_refresh`) after it committed: it never waits for it."""
+        with self._write_transaction() as conn:
+            history = self._grouped(conn)
+            merged = _merged(history, new)
+            use = ceiling if ceiling.covers(merged, self.epsilon_budget) else None
+            if use is None and shared:
+                # Another process may have refreshed already: reading its ceiling costs a pread,
+                # far less than a second turn in the queue.
+                published = self._published()
+                if published is not None and published.covers(merged, self.epsilon_budget):
+                    use = self._ceiling = published
+            if use is None:
+                return None
+            charge = self._record(conn, history, new, use.epsilon, request_id)
+            low = use.running_low(merged, (q for q, _ in new))
+        if low:
+            self._start_refresh(use)
+        return charge
+
+    def _published(self) -> _Ceiling | None:
+        """The intact ceiling published in the side file for this accountant and δ, if any."""
         tickets = self._ticket_lock() if CEILING_RESERVE_DIVISOR.get(self.accountant) else None
         if tickets is None:
             return None
         try:
-            tickets.wait_lease(time.monotonic() + LOCK_TIMEOUT_S)
-            shared = tickets.shared(self.accountant, self.delta)
+            published = tickets.shared(self.accountant, self.delta)
         except OSError:
             return None
-        if shared is None or shared == self._ceiling:
-            return None
-        self._ceiling = shared
-        return self._charge_under(shared, new, request_id)
+        if published is not None:
+            # The publisher's recompute time sizes our next reserve, should we be the next refresher.
+            self._recompute_s = max(self._recompute_s, published.seconds)
+        return published
 
-    def _charge_under(self, ceiling: _Ceiling, new: list[tuple[DPRDMQuery, int]], request_id: str) -> Charge | None:
-        """Charge if ``ceiling`` covers the history read under the write lock plus ``new``; else
-        commit nothing and return None."""
-        with self._write_transaction() as conn:
-            history = self._grouped(conn)
-            if ceiling.covers(_merged(history, new), self.epsilon_budget):
-                return self._record(conn, history, new, ceiling.epsilon, request_id)
-        return None
+    # ------------------------------------------------------------------ the early refresh
+    def _start_refresh(self, ceiling: _Ceiling) -> None:
+        """Compute the successor of ``ceiling`` in a background thread, unless one is running."""
+        with self._refresh_guard:
+            if self._closed or self._refresh_skip is ceiling:
+                return
+            if self._refresh_thread is not None and self._refresh_thread.is_alive():
+                return
+            self._refresh_thread = threading.Thread(
+                target=self._refresh, args=(ceiling,), name="privdiff-ledger-refresh", daemon=True
+            )
+            self._refresh_thread.start()
+
+    def _lease_lock(self) -> _TicketLock | None:
+        if self._lease is None:
+            self._lease = False
+            if _TicketLock.available():
+                with contextlib.suppress(OSError):
+                    self._lease = _TicketLock(self._path.with_name(self._path.name + "-lock"))
+        return self._lease or None
+
+    def _refresh(self, ceiling: _Ceiling) -> None:
+        """The next ceiling, computed while charges still go through under ``ceiling``.
+
+        Best effort by design: it only ever *adds* a ceiling, which every charge checks against
+        the durable counts under the write lock like any other, so a refresh that fails (disk
+        error, the ledger being closed) leaves the ledger exactly as correct; the charge that
+        finds ``ceiling`` used up then computes a ceiling itself, as it would without refreshes.
+        """
+        lease = self._lease_lock()
+        try:
+            if lease is not None and not lease.try_lease():
+                # Another process (or Ledger object) is computing; it publishes, and our charges
+                # pick its ceiling up from the side file once ours runs out.
+                self._refresh_skip = ceiling
+                return
+        except OSError:
+            lease = None
+        try:
+            self._refresh_leased(ceiling, lease)
+        except (PrivdiffError, OSError, sqlite3.Error, ValueError, TypeError):
+            self._refresh_skip = ceiling
+        finally:
+            if lease is not None:
+                with contextlib.suppress(OSError):
+                    lease.release_lease()
+
+    def _refresh_leased(self, ceiling: _Ceiling, lease: _TicketLock | None) -> None:
+        with self._read_transaction() as conn:
+            history = dict(self._grouped(conn))
+            rates = self._recent_rates(conn)
+        low = [q for q, c in ceiling.counts.items() if c - history.get(q, 0) < ceiling.refresh_below.get(q, 0)]
+        published = lease.shared(self.accountant, self.delta) if lease is not None else None
+        if (
+            published is not None
+            and all(published.counts.get(q, 0) >= c for q, c in ceiling.counts.items())
+            and not published.running_low(history, low)
+        ):
+            self._install(published)  # someone refreshed while we queued for the lease
+            return
+        divisor = CEILING_RESERVE_DIVISOR.get(self.accountant, 0)
+        total = sum(history.values())
+        if not divisor or not low:
+            return
+        unit = total // divisor
+        counts = dict(history)
+        for previous in (ceiling, published):
+            for q, c in previous.counts.items() if previous is not None else ():
+                counts[q] = max(counts.get(q, 0), c)
+        below = {q: ceiling.refresh_below.get(q, 0) for q in counts}
+        for q in low:
+            # Reserve: at least the static ⌊T/divisor⌋ (× the contention scale), grown to cover
+            # RESERVE_RECOMPUTES recompute times at this setting's charge rate; capped, since the
+            # reported per-charge ε is the ε of history + reserve (status()/preview() stay exact).
+            need = math.ceil(RESERVE_RECOMPUTES * rates.get(q, 0.0) * self._recompute_s)
+            reserve = min(MAX_RESERVE_SCALE * unit, max(self._reserve_scale * unit, need))
+            if reserve <= 0:
+                return
+            counts[q] = history.get(q, 0) + reserve
+            below[q] = int(reserve * REFRESH_FRACTION)
+        counts = dict(sorted(counts.items(), key=_group_key))
+        t0 = time.monotonic()
+        eps = self._epsilon(list(counts.items()))
+        self._recompute_s = time.monotonic() - t0
+        if eps > self.epsilon_budget * (1.0 - CEILING_SLACK):
+            # Near the budget: no reserve fits. Charges use `ceiling` until it runs out, then the
+            # exact ε decides (see _new_ceiling); retrying here would only burn CPU.
+            self._refresh_skip = ceiling
+            return
+        fresh = _Ceiling(counts, eps, reserved=True, refresh_below=below, seconds=self._recompute_s)
+        if lease is not None:
+            lease.publish(self.accountant, self.delta, counts, eps, below, self._recompute_s)
+        self._install(fresh)
+
+    def _install(self, ceiling: _Ceiling) -> None:
+        """Make ``ceiling`` this object's fast-path ceiling unless it holds less than the current one."""
+        with self._lock:
+            current = self._ceiling
+            if current is None or all(ceiling.counts.get(q, 0) >= c for q, c in current.counts.items()):
+                self._ceiling = ceiling
+
+    @staticmethod
+    def _recent_rates(conn: sqlite3.Connection) -> dict[DPRDMQuery, float]:
+        """Queries per second of each setting over the last RATE_SPAN_S seconds, among the last
+        RATE_WINDOW charge records (by id, the primary key: no scan). Only sizes a reserve, so
+        anything odd in the records yields {}."""
+        rows = conn.execute(
+            "SELECT time, sigma, sample_rate, k, count FROM charges"
+            " WHERE id > (SELECT coalesce(max(id), 0) FROM charges) - ?",
+            (RATE_WINDOW,),
+        ).fetchall()
+        since = time.time() - RATE_SPAN_S
+        try:
+            rates: dict[DPRDMQuery, float] = {}
+            for t, s, q, k, c in rows:
+                if float(t) >= since:
+                    key = DPRDMQuery(s, q, k)
+                    rates[key] = rates.get(key, 0.0) + int(c) / RATE_SPAN_S
+            return rates
+        except (PrivdiffError, TypeError, ValueError):
+            return {}
 
     def _new_ceiling(
         self, history: list[tuple[DPRDMQuery, int]], new: list[tuple[DPRDMQuery, int]], *, lost_race: bool
@@ -633,30 +849,45 @@ class Ledger:
         divisor = CEILING_RESERVE_DIVISOR.get(self.accountant, 0)
         reserve = self._reserve_scale * (sum(target.values()) // divisor) if divisor else 0
         if reserve:
-            counts = dict(target)
-            if self._ceiling is not None:
-                for q, c in self._ceiling.counts.items():
-                    counts[q] = max(counts.get(q, 0), c)
-            for q, _ in new:
-                counts[q] = target[q] + reserve
-            counts = dict(sorted(counts.items(), key=_group_key))
+            # One process computes at a time: the others wait for the lease (the reserve ran out for
+            # everyone at once) and take the ceiling it published if it covers them, rather than
+            # each computing a private one that nobody else can use.
             tickets = self._ticket_lock()
             leased = False
             try:
-                leased = tickets is not None and tickets.try_lease()
+                leased = tickets is not None and tickets.take_lease(time.monotonic() + LOCK_TIMEOUT_S)
             except OSError:
                 pass
             try:
+                published = self._published() if leased else None
+                if published is not None and published.covers(target, self.epsilon_budget):
+                    self._ceiling = published
+                    return published
+                counts = dict(target)
+                # Keep what this object's and the published ceiling reserve for other settings, so
+                # interleaved settings do not evict each other and the result can replace the
+                # published one (published ceilings only grow, see _TicketLock.publish).
+                for previous in (self._ceiling, published):
+                    for q, c in previous.counts.items() if previous is not None else ():
+                        counts[q] = max(counts.get(q, 0), c)
+                below = dict(self._ceiling.refresh_below) if self._ceiling is not None else {}
+                for q, _ in new:
+                    counts[q] = target[q] + reserve
+                    below[q] = int(reserve * REFRESH_FRACTION)
+                counts = dict(sorted(counts.items(), key=_group_key))
+                below = {q: below.get(q, 0) for q in counts}
+                t0 = time.monotonic()
                 eps = self._epsilon(list(counts.items()))
-                if leased:
+                self._recompute_s = time.monotonic() - t0
+                if leased and eps <= self.epsilon_budget * (1.0 - CEILING_SLACK):
                     with contextlib.suppress(OSError):
-                        tickets.publish(self.accountant, self.delta, counts, eps)
+                        tickets.publish(self.accountant, self.delta, counts, eps, below, self._recompute_s)
             finally:
                 if leased:
                     with contextlib.suppress(OSError):
                         tickets.release_lease()
             if eps <= self.epsilon_budget * (1.0 - CEILING_SLACK):
-                self._ceiling = _Ceiling(counts, eps, reserved=True)
+                self._ceiling = _Ceiling(counts, eps, reserved=True, refresh_below=below, seconds=self._recompute_s)
                 return self._ceiling
         eps_after = self._epsilon(list(target.items()))
         if eps_after > self.epsilon_budget:
@@ -1028,6 +1259,10 @@ class _TicketLock:
     def try_lease(self) -> bool:
         return self._lock(fcntl.F_WRLCK, self._LEASE)
 
+    def take_lease(self, deadline: float) -> bool:
+        """Wait for the lease and take it; False if ``deadline`` passed (a hung holder)."""
+        return self._wait(fcntl.F_WRLCK, self._LEASE, deadline)
+
     def wait_lease(self, deadline: float) -> None:
         """Wait until no process holds the lease (it published, gave up, or died)."""
         if self._wait(fcntl.F_RDLCK, self._LEASE, deadline):
@@ -1036,12 +1271,25 @@ class _TicketLock:
     def release_lease(self) -> None:
         self._lock(fcntl.F_UNLCK, self._LEASE)
 
-    def publish(self, accountant: str, delta: float, counts: dict[DPRDMQuery, int], epsilon: float) -> None:
+    def publish(
+        self,
+        accountant: str,
+        delta: float,
+        counts: dict[DPRDMQuery, int],
+        epsilon: float,
+        refresh_below: dict[DPRDMQuery, int] | None = None,
+        seconds: float = 0.0,
+    ) -> None:
+        """Publish a ceiling, unless the one already there holds more of some setting: published
+        ceilings only grow, so a slow writer of an older one never replaces a newer one."""
         body = {
             "accountant": accountant,
             "delta": repr(delta),
             "groups": [[q.sigma, q.sample_rate, q.k, c] for q, c in counts.items()],
             "epsilon": repr(epsilon),
+            # When to refresh it early; only timing, never part of what ε is claimed for.
+            "refresh_below": [[q.sigma, q.sample_rate, q.k, n] for q, n in (refresh_below or {}).items()],
+            "seconds": repr(float(seconds)),
         }
         body["sha256"] = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
         data = json.dumps(body, sort_keys=True).encode()
@@ -1050,20 +1298,29 @@ class _TicketLock:
         if not self._wait(fcntl.F_WRLCK, self._BLOB_LOCK, time.monotonic() + 1.0):
             return
         try:
-            os.pwrite(self._fd, len(data).to_bytes(4, "little") + data, self._BLOB)
+            current = self._parse(self._read_blob(), accountant, delta)
+            if current is None or all(counts.get(q, 0) >= c for q, c in current.counts.items()):
+                os.pwrite(self._fd, len(data).to_bytes(4, "little") + data, self._BLOB)
         finally:
             self._lock(fcntl.F_UNLCK, self._BLOB_LOCK)
+
+    def _read_blob(self) -> bytes:
+        head = os.pread(self._fd, 4, self._BLOB)
+        n = int.from_bytes(head, "little") if len(head) == 4 else 0
+        return os.pread(self._fd, n, self._BLOB + 4) if 0 < n <= self._BLOB_MAX else b""
 
     def shared(self, accountant: str, delta: float) -> _Ceiling | None:
         """The published ceiling, if there is an intact one for this accountant and δ."""
         if not self._wait(fcntl.F_RDLCK, self._BLOB_LOCK, time.monotonic() + 1.0):
             return None
         try:
-            head = os.pread(self._fd, 4, self._BLOB)
-            n = int.from_bytes(head, "little") if len(head) == 4 else 0
-            data = os.pread(self._fd, n, self._BLOB + 4) if 0 < n <= self._BLOB_MAX else b""
+            data = self._read_blob()
         finally:
             self._lock(fcntl.F_UNLCK, self._BLOB_LOCK)
+        return self._parse(data, accountant, delta)
+
+    @staticmethod
+    def _parse(data: bytes, accountant: str, delta: float) -> _Ceiling | None:
         try:
             body = json.loads(data)
             sha = body.pop("sha256")
@@ -1072,12 +1329,19 @@ class _TicketLock:
             if body["accountant"] != accountant or float(body["delta"]) != delta:
                 return None
             counts = {DPRDMQuery(s, q, k): check_int("count", c, minimum=1) for s, q, k, c in body["groups"]}
+            below = {
+                DPRDMQuery(s, q, k): check_int("refresh_below", n, minimum=0)
+                for s, q, k, n in body.get("refresh_below", [])
+            }
             eps = float(body["epsilon"])
+            seconds = float(body.get("seconds", "0"))
         except (ValueError, TypeError, KeyError, AttributeError, PrivdiffError):
             return None
         if not math.isfinite(eps) or eps < 0:
             return None
-        return _Ceiling(dict(sorted(counts.items(), key=_group_key)), eps, reserved=True)
+        seconds = seconds if math.isfinite(seconds) and seconds > 0 else 0.0
+        counts = dict(sorted(counts.items(), key=_group_key))
+        return _Ceiling(counts, eps, reserved=True, refresh_below=below, seconds=min(seconds, LOCK_TIMEOUT_S))
 
 
 # ---------------------------------------------------------------------------------------------
