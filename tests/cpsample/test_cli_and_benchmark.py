@@ -218,7 +218,7 @@ def test_benchmark_quick_runs_and_reports_a_ratio(tmp_path):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     out = tmp_path / "b.json"
-    assert bench.main(["--quick", "--out", str(out)]) == 0
+    assert bench.main(["--quick", "--alpha", "0.001", "--scale", "1000", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["ratio_cpsample_over_ddim"] > 0
     # The paper's α = 0.001: an untrained classifier is never 99.9 % sure, so the gate never fires
@@ -274,3 +274,16 @@ def test_cli_defaults_repeat_the_guidance_defaults():
 
     for name in ("DEFAULT_ALPHA", "DEFAULT_SCALE", "DEFAULT_MODE", "DEFAULT_GATE_ON", "DEFAULT_STEP"):
         assert getattr(cli, name) == getattr(guidance, name), name
+
+
+@pytest.mark.integration
+def test_benchmark_t_window_skips_the_classifier_and_times_the_unwindowed_run(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_cpsample_w", ROOT / "benchmarks" / "cpsample.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "w.json"
+    # --quick: 5 DDIM steps, t = 800, 600, 400, 200, 0; a window t < 500 keeps 3 of them.
+    assert bench.main(["--quick", "--t-max", "500", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["settings"]["t_max"] == 500 and result["classifier_calls_per_run"] == 3
+    assert len(result["no_window_seconds"]) == 2 and result["ratio_no_window_over_ddim"] > 0
