@@ -72,7 +72,7 @@ def test_sample_with_protection_writes_pngs_grid_and_json(tmp_path, tiny_model_d
     assert record["cpsample"] == {
         "alpha": 0.5,
         "scale": 10.0,
-        "mode": "boundary",
+        "mode": "toward_opposite",
         "gate_on": "x0",
         "step": "unit",
         "t_max": None,  # this classifier has no report to read a t-window from
@@ -249,7 +249,7 @@ def test_sample_defaults_read_alpha_and_window_from_the_shipped_report(tmp_path,
     assert main([*args, "--out", str(out)]) == 0
     record = json.loads((out / "sample.json").read_text())
     assert record["cpsample"]["alpha"] == 0.25 and record["cpsample"]["t_max"] == 500
-    assert (record["cpsample"]["mode"], record["cpsample"]["gate_on"]) == ("boundary", "x0")
+    assert (record["cpsample"]["mode"], record["cpsample"]["gate_on"]) == ("toward_opposite", "x0")
     err = capsys.readouterr().err
     assert "suggested by the classifier's report" in err and "warning" not in err
     # DDIM 4 steps: t = 750, 500, 250, 0: the classifier runs at the two below 500 only.

@@ -15,7 +15,7 @@ from privdiff.cli._options import size_option
 # (tests/cpsample/test_cli_and_benchmark.py checks the two agree).
 DEFAULT_ALPHA = 0.25
 DEFAULT_SCALE = 2.0
-DEFAULT_MODE = "boundary"
+DEFAULT_MODE = "toward_opposite"
 DEFAULT_GATE_ON = "x0"
 DEFAULT_STEP = "unit"
 
