@@ -3,7 +3,11 @@
 CPSample adds one classifier forward pass per step (the gate) and, only for gated samples, a
 classifier forward + backward (methods/cpsample.md §3 "Cost"). This times both samplers in one run,
 interleaved and repeated (median), and prints the ratio CPSample / DDIM with the gate-firing rate.
-The project's aim is ≤ 1.25× at α = 0.001.
+
+The t-window (issue 15): the classifier is skipped at t ≥ t_max, read by default from the
+classifier's per-t report (:func:`privdiff.cpsample.diagnostics.fire_window`: where its training
+images' confidence never exceeds 1 − α). The aim is ≤ 1.10× plain DDIM with the window; the run
+also times the same guidance without the window for comparison (``--no-compare`` skips it).
 
     python benchmarks/cpsample.py                     # the shipped Fashion-MNIST checkpoint
     python benchmarks/cpsample.py --quick             # tiny random model (CI smoke, seconds)
@@ -28,8 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="diffusion model directory (default: the shipped one, privdiff.checkpoints)",
     )
     p.add_argument("--classifier", default=None, help="classifier directory (default: MODEL/classifier)")
-    p.add_argument("--alpha", type=float, default=0.001)
-    p.add_argument("--scale", type=float, default=1000.0)
+    p.add_argument("--alpha", type=float, default=None, help="default: the classifier report's suggestion")
+    p.add_argument("--scale", type=float, default=None, help="default: CPSampleGuidance's")
+    p.add_argument("--mode", default=None, help="default: CPSampleGuidance's")
+    p.add_argument("--gate-on", default=None, help="x0 | xt (default: CPSampleGuidance's)")
+    p.add_argument("--step", default=None, help="unit | gradient (default: CPSampleGuidance's)")
+    p.add_argument("--t-max", type=int, default=None, help="t-window; default from the report; 0 = none")
+    p.add_argument("--no-compare", action="store_true", help="do not also time the guidance without the window")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
@@ -49,13 +58,33 @@ def _components(args):
         torch.manual_seed(args.seed)
         model = DiffusionModel(unet=build_unet(unet_config("tiny")).eval())
         clf = NoiseAwareClassifier(in_channels=1, block_out_channels=(8, 16)).eval()
-        return model, clf, "tiny random U-Net + classifier"
+        return model, clf, {}, "tiny random U-Net + classifier"
     from privdiff.checkpoints import CPSAMPLE_MODEL, resolve_checkpoint
 
     model_dir = resolve_checkpoint(CPSAMPLE_MODEL, args.model)
     model = load_model(model_dir)
-    clf = load_classifier(args.classifier or model_dir / "classifier").classifier
-    return model, clf, str(model_dir)
+    protection = load_classifier(args.classifier or model_dir / "classifier")
+    return model, protection.classifier, protection.meta, str(model_dir)
+
+
+def _settings(args, meta: dict) -> dict:
+    """Guidance settings: the flags, else the classifier report's α and window, else the class defaults."""
+    from privdiff.cpsample import guidance as g
+    from privdiff.cpsample.diagnostics import fire_window, suggest_alpha
+
+    gate_on = args.gate_on or g.DEFAULT_GATE_ON
+    alpha = args.alpha if args.alpha is not None else (suggest_alpha(meta, gate_on) or g.DEFAULT_ALPHA)
+    t_max = args.t_max
+    if t_max is None:
+        t_max = fire_window((meta.get("report") or {}).get("train") or [], alpha)
+    return {
+        "alpha": alpha,
+        "scale": g.DEFAULT_SCALE if args.scale is None else args.scale,
+        "mode": args.mode or g.DEFAULT_MODE,
+        "gate_on": gate_on,
+        "step": args.step or g.DEFAULT_STEP,
+        "t_max": t_max or None,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -67,26 +96,33 @@ def run(args: argparse.Namespace) -> dict:
 
     if args.quick:
         args.steps, args.batch, args.repeats = 5, 4, 2
-    model, clf, what = _components(args)
+    model, clf, meta, what = _components(args)
+    settings = _settings(args, meta)
+    compare = not args.no_compare and settings["t_max"] is not None
     x_T = initial_noise(args.batch, model.image_shape, args.seed)
     denoiser = model.denoiser()
-    plain_t, guided_t, rates = [], [], []
-    for _ in range(args.repeats):  # interleaved, so background load hits both alike
+    plain_t, guided_t, nowin_t, rates, calls = [], [], [], [], []
+    for _ in range(args.repeats):  # interleaved, so background load hits all alike
         t0 = time.perf_counter()
         ddim_sample(denoiser, model.ddim_scheduler(), x_T, num_inference_steps=args.steps)
         plain_t.append(time.perf_counter() - t0)
-        guidance = CPSampleGuidance(clf, alpha=args.alpha, scale=args.scale)
+        guidance = CPSampleGuidance(clf, **settings)
         t0 = time.perf_counter()
         ddim_sample(denoiser, model.ddim_scheduler(), x_T, num_inference_steps=args.steps, guidance=guidance)
         guided_t.append(time.perf_counter() - t0)
         rates.append(guidance.stats.firing_rate)
+        calls.append(guidance.stats.classifier_calls)
+        if compare:
+            no_window = CPSampleGuidance(clf, **(settings | {"t_max": None}))
+            t0 = time.perf_counter()
+            ddim_sample(denoiser, model.ddim_scheduler(), x_T, num_inference_steps=args.steps, guidance=no_window)
+            nowin_t.append(time.perf_counter() - t0)
     plain, guided = statistics.median(plain_t), statistics.median(guided_t)
     return {
         "benchmark": "cpsample_sampling_overhead",
         "model": what,
         "settings": {
-            "alpha": args.alpha,
-            "scale": args.scale,
+            **settings,
             "steps": args.steps,
             "batch": args.batch,
             "repeats": args.repeats,
@@ -99,6 +135,9 @@ def run(args: argparse.Namespace) -> dict:
         "cpsample_median_s": guided,
         "ratio_cpsample_over_ddim": guided / plain,
         "gate_firing_rate": statistics.mean(rates),
+        "classifier_calls_per_run": statistics.mean(calls),
+        "no_window_seconds": nowin_t or None,
+        "ratio_no_window_over_ddim": statistics.median(nowin_t) / plain if nowin_t else None,
         "machine": {
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
@@ -117,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"DDIM      {result['ddim_median_s']:.3f} s  ({args.steps} steps, batch {args.batch}, median of {args.repeats})"
     )
+    st = result["settings"]
+    window = f"t < {st['t_max']}" if st["t_max"] else "every t"
     print(
-        f"CPSample  {result['cpsample_median_s']:.3f} s  (α={args.alpha:g}, s={args.scale:g}, "
-        f"gate fired on {result['gate_firing_rate']:.2%} of sample-steps)"
+        f"CPSample  {result['cpsample_median_s']:.3f} s  (α={st['alpha']:g}, s={st['scale']:g}, {st['mode']}, "
+        f"gate on {st['gate_on']}, classifier at {window}; fired on {result['gate_firing_rate']:.2%} of sample-steps)"
     )
+    if result["ratio_no_window_over_ddim"] is not None:
+        print(f"ratio without the t-window = {result['ratio_no_window_over_ddim']:.2f}x")
     print(f"ratio CPSample / DDIM = {result['ratio_cpsample_over_ddim']:.2f}x   → {out}")
     return 0
 

@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         denoiser = model.denoiser()
         guidance = None
         if alpha is not None:
-            guidance = CPSampleGuidance(protection.classifier, alpha=alpha, scale=args.scale, mode=args.mode)
+            guidance = CPSampleGuidance(
+                protection.classifier, alpha=alpha, scale=args.scale, mode=args.mode, gate_on="xt", step="gradient"
+            )
             denoiser = protected_denoiser(denoiser, guidance, acp)
         results = run_attacks(
             denoiser,

@@ -86,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     results, samples, reports = [], {}, {}
     for name, alpha in conditions:
         guidance = (
-            CPSampleGuidance(protection.classifier, alpha=alpha, scale=args.scale, mode=args.mode) if alpha else None
+            CPSampleGuidance(
+                protection.classifier, alpha=alpha, scale=args.scale, mode=args.mode, gate_on="xt", step="gradient"
+            )
+            if alpha
+            else None
         )
         images, info = generate(model, args.n, num_inference_steps=args.steps, seed=args.seed, guidance=guidance)
         samples[name] = images

@@ -35,6 +35,7 @@ def memorised(tiny_train_set, alphas_cumprod):
         label_seed=1,
         seed=0,
         block_out_channels=(8, 16),
+        target_alpha=None,  # a fixed 250 steps: the fixture's memorisation strength is what the tests assume
     )
     clf, labels, _ = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, progress=False)
     return clf, labels

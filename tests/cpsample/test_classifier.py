@@ -110,6 +110,10 @@ def test_loading_a_non_classifier_directory_is_a_checkpoint_error(tmp_path):
         ("small_t_max", 0),
         ("block_out_channels", (12,)),
         ("lr", 0.0),
+        ("target_alpha", 0.0),
+        ("target_alpha", 0.6),
+        ("check_every", 0),
+        ("stop_t_max", 1001),
     ],
 )
 def test_bad_classifier_settings_are_typed_errors(field, value):
@@ -134,6 +138,7 @@ def test_calibration_images_pull_confidence_off_the_training_set_towards_half(ti
         seed=0,
         block_out_channels=(8, 16),
         calibration_batch_size=12,
+        target_alpha=None,  # both train 200 steps: the comparison is about the calibration term alone
     )
     plain, labels, _ = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, progress=False)
     calibrated, _, _ = train_classifier(
@@ -160,3 +165,60 @@ def test_calibration_images_of_another_shape_are_a_data_error(tiny_train_set, al
             config=ClassifierTrainConfig(steps=1, block_out_channels=(8, 16)),
             progress=False,
         )
+
+
+def _rule_config(**kw):
+    base = dict(
+        steps=1500,
+        batch_size=6,
+        lr=3e-3,
+        small_t_fraction=1.0,
+        small_t_max=40,
+        label_seed=1,
+        seed=0,
+        block_out_channels=(8, 16),
+        target_alpha=0.05,
+        check_every=10,
+        stop_t_max=20,
+    )
+    return ClassifierTrainConfig(**(base | kw))
+
+
+def test_training_stops_when_99_percent_of_members_exceed_one_minus_alpha(tiny_train_set, alphas_cumprod):
+    """The method's rule (issue 15): stop at the first check where ≥ 99 % of members are above 1 − α."""
+    from privdiff.cpsample import train_classifier
+    from privdiff.cpsample.training import member_coverage
+
+    cfg = _rule_config()
+    clf, labels, log = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, progress=False)
+    assert log["stop_reason"] == "rule"
+    assert log["steps_run"] < cfg.steps and log["steps_run"] % cfg.check_every == 0
+    assert len(log["loss_per_step"]) == log["steps_run"]
+    assert log["rule_checks"][-1]["coverage"] >= 0.99
+    assert all(c["coverage"] < 0.99 for c in log["rule_checks"][:-1])
+    # An independent check at the rule's timesteps agrees (more draws, another seed).
+    fresh = member_coverage(
+        clf, tiny_train_set, labels, _rule_config(check_draws=20), alphas_cumprod, torch.Generator().manual_seed(7)
+    )
+    assert fresh >= 0.9
+
+
+def test_training_stops_at_the_cap_when_the_rule_is_not_met(tiny_train_set, alphas_cumprod):
+    from privdiff.cpsample import train_classifier
+
+    cfg = _rule_config(steps=20, target_alpha=1e-6)
+    _, _, log = train_classifier(tiny_train_set, alphas_cumprod=alphas_cumprod, config=cfg, progress=False)
+    assert log["stop_reason"] == "max_steps" and log["steps_run"] == 20
+    assert [c["step"] for c in log["rule_checks"]] == [10, 20]
+    _, _, fixed = train_classifier(
+        tiny_train_set, alphas_cumprod=alphas_cumprod, config=_rule_config(steps=15, target_alpha=None), progress=False
+    )
+    assert fixed["stop_reason"] == "fixed_steps" and fixed["steps_run"] == 15 and fixed["rule_checks"] == []
+
+
+def test_calibration_is_off_by_default():
+    import inspect
+
+    from privdiff.cpsample import train_classifier
+
+    assert inspect.signature(train_classifier).parameters["calibration"].default is None

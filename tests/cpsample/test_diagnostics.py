@@ -205,3 +205,36 @@ def test_protect_train_table_fits_80_columns_and_warns(tmp_path, tiny_model_dir,
     saved = json.loads((tmp_path / "clf" / "report.json").read_text())
     assert "confidence_quantiles" in saved["report"]["train"][0]
     assert "--size 8" in saved["settings"]["command"]
+
+
+def test_fire_window_is_the_top_band_where_members_can_exceed_one_minus_alpha():
+    from privdiff.cpsample.diagnostics import fire_window
+
+    rows = _rows(q01=0.9, median=0.97)
+    for r, q99 in zip(rows, [1.0, 0.99, 0.95, 0.8, 0.7, 0.6]):
+        r["confidence_quantiles"]["0.99"] = q99
+    assert fire_window(rows, 0.1) == 200  # 0.95 > 0.9 in [100, 200); never above 0.9 from t = 200 on
+    assert fire_window(rows, 0.25) == 300
+    assert fire_window(rows, 0.5) is None  # some member exceeds 0.5 in every band: no window
+    # Without quantiles, from the recorded share above 1 − α; an unrecorded α gives no window.
+    for r, share in zip(rows, [1.0, 1.0, 0.5, 0.1, 0.0, 0.0]):
+        del r["confidence_quantiles"]
+        r["fraction_above_1_minus_alpha"]["0.25"] = share
+    assert fire_window(rows, 0.25) == 300
+    assert fire_window(rows, 0.1) is None
+
+
+def test_x0_gate_is_judged_on_the_lowest_band_and_suggests_its_alpha():
+    from privdiff.cpsample.diagnostics import suggest_alpha
+
+    rows = _rows(q01=0.6, median=0.97)
+    rows[0]["confidence_quantiles"]["0.01"] = 0.95  # members are confident at t < 50 only
+    meta = _meta(rows)
+    assert suggest_alpha(meta, "x0") == pytest.approx(0.051)
+    assert suggest_alpha(meta, "xt") == pytest.approx(0.41)
+    assert classifier_warnings(meta, alpha=0.06, gate_on="x0") == []
+    (msg,) = classifier_warnings(meta, alpha=0.06, gate_on="xt")
+    assert "t < 300" in msg and "α ≥ 0.41" in msg
+    (msg,) = classifier_warnings(meta, alpha=0.01, gate_on="x0")
+    assert "x̂_0" in msg and "α ≥ 0.051" in msg
+    assert suggest_alpha({"report": {}}) is None

@@ -64,11 +64,15 @@ def test_wrapper_adds_the_same_correction_to_the_cfg_combined_epsilon(tiny_laten
     t = torch.tensor([400, 400])
     cond, uncond = torch.randn((2, 3, 12), generator=g), torch.zeros((2, 3, 12))
     # α = 0.5 fires wherever p ≠ 1/2 exactly, i.e. everywhere for an untrained classifier.
-    wrapped = CPSampleUNet(unet, CPSampleGuidance(clf, alpha=0.5, scale=5.0), acp)
+    wrapped = CPSampleUNet(
+        unet, CPSampleGuidance(clf, alpha=0.5, scale=5.0, mode="toward_opposite", gate_on="xt", step="gradient"), acp
+    )
     with torch.no_grad():
         plain = _cfg_denoiser(unet, cond, uncond, 3.0)(z_t, t)
         protected = _cfg_denoiser(wrapped, cond, uncond, 3.0)(z_t, t)
-    delta, fired = CPSampleGuidance(clf, alpha=0.5, scale=5.0).correction(z_t, t, acp[t])
+    delta, fired = CPSampleGuidance(
+        clf, alpha=0.5, scale=5.0, mode="toward_opposite", gate_on="xt", step="gradient"
+    ).correction(z_t, t, acp[t])
     assert fired.all()
     assert torch.allclose(protected, plain + delta, atol=1e-5)
     assert wrapped.config.in_channels == 4  # diffusers attributes pass through to the wrapped U-Net
@@ -81,8 +85,12 @@ def test_latent_cpsample_sampling_runs_end_to_end_and_scale_zero_is_plain(tiny_l
     z_T = torch.randn((2, 4, 8, 8), generator=g)
     cond, uncond = torch.randn((2, 3, 12), generator=g), torch.zeros((2, 3, 12))
     plain = ddim_sample(_cfg_denoiser(unet, cond, uncond, 2.0), make_ddim_scheduler(), z_T, num_inference_steps=3)
-    off = CPSampleUNet(unet, CPSampleGuidance(clf, alpha=0.5, scale=0.0), acp)
-    on = CPSampleUNet(unet, CPSampleGuidance(clf, alpha=0.5, scale=50.0), acp)
+    off = CPSampleUNet(
+        unet, CPSampleGuidance(clf, alpha=0.5, scale=0.0, mode="toward_opposite", gate_on="xt", step="gradient"), acp
+    )
+    on = CPSampleUNet(
+        unet, CPSampleGuidance(clf, alpha=0.5, scale=50.0, mode="toward_opposite", gate_on="xt", step="gradient"), acp
+    )
     same = ddim_sample(_cfg_denoiser(off, cond, uncond, 2.0), make_ddim_scheduler(), z_T, num_inference_steps=3)
     moved = ddim_sample(_cfg_denoiser(on, cond, uncond, 2.0), make_ddim_scheduler(), z_T, num_inference_steps=3)
     assert torch.equal(plain, same)
@@ -110,18 +118,24 @@ def test_classifier_trained_on_vae_latents_gates_its_training_latents(tiny_laten
         label_seed=2,
     )
     clf, labels, _ = train_classifier(latents, alphas_cumprod=acp, config=cfg, progress=False)
-    fired, _ = CPSampleGuidance(clf, alpha=0.05, scale=1.0).gate(latents, torch.zeros(4, dtype=torch.long))
+    fired, _ = CPSampleGuidance(clf, alpha=0.05, scale=1.0, mode="toward_opposite", gate_on="xt", step="gradient").gate(
+        latents, torch.zeros(4, dtype=torch.long)
+    )
     assert fired.all()
 
 
 def test_wrapped_conditional_unet_round_trips_through_save_pretrained(tiny_latent_parts, tmp_path):
     """The latent wrapper is saved whole (U-Net, classifier, ᾱ, settings) and samples identically after loading."""
     vae, unet, clf, acp = tiny_latent_parts
-    wrapped = CPSampleUNet(unet, CPSampleGuidance(clf, alpha=0.5, scale=50.0, mode="away_from_predicted"), acp)
+    wrapped = CPSampleUNet(
+        unet,
+        CPSampleGuidance(clf, alpha=0.5, scale=50.0, mode="away_from_predicted", gate_on="xt", step="gradient"),
+        acp,
+    )
     wrapped.save_pretrained(tmp_path / "unet")
     back = CPSampleUNet.from_pretrained(tmp_path / "unet")
     assert type(back.unet).__name__ == "UNet2DConditionModel"
-    assert back.guidance.settings() == {"alpha": 0.5, "scale": 50.0, "mode": "away_from_predicted"}
+    assert back.guidance.settings() == wrapped.guidance.settings()
     g = torch.Generator().manual_seed(4)
     z_T = torch.randn((2, 4, 8, 8), generator=g)
     cond, uncond = torch.randn((2, 3, 12), generator=g), torch.zeros((2, 3, 12))

@@ -82,7 +82,7 @@ def test_cpsample_pipeline_output_slice(parts):
 
     The corner has unsaturated pixels that differ from the unprotected sampler's
     [[1, 0, 1], [1, 0, 1], [0.666739, 0, 0.05338]]."""
-    out = _np(_pipe(parts, alpha=0.5, scale=5.0))
+    out = _np(_pipe(parts, alpha=0.5, scale=5.0, mode="toward_opposite", gate_on="xt", step="gradient"))
     expected = np.array([[1.0, 0.0, 1.0], [0.998615, 0.0, 1.0], [0.757384, 0.0, 0.358809]], dtype=np.float32)
     np.testing.assert_allclose(out.images[1, 4:7, 0:3, 0], expected, atol=1e-4, rtol=0)
 
@@ -90,7 +90,11 @@ def test_cpsample_pipeline_output_slice(parts):
 def test_wrapped_unet_survives_a_stock_pipelines_save_pretrained(parts, tmp_path):
     """A CPSampleUNet put into a stock DDPMPipeline is saved and loaded back, not silently dropped."""
     unet, clf, sched = parts
-    wrapped = CPSampleUNet(unet, CPSampleGuidance(clf, alpha=0.5, scale=50.0), sched.alphas_cumprod)
+    wrapped = CPSampleUNet(
+        unet,
+        CPSampleGuidance(clf, alpha=0.5, scale=50.0, mode="toward_opposite", gate_on="xt", step="gradient"),
+        sched.alphas_cumprod,
+    )
     pipe = DDPMPipeline(unet=unet, scheduler=sched)
     pipe.unet = wrapped
     pipe.save_pretrained(tmp_path / "p")

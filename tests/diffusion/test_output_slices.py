@@ -46,7 +46,9 @@ def test_plain_ddim_slice(tiny):
 def test_cpsample_guided_ddim_slice(tiny):
     model, classifier, x_T = tiny
     # α = 1/2: the gate fires wherever the random classifier leans either way, i.e. at every step.
-    guidance = CPSampleGuidance(classifier, alpha=0.5, scale=100.0)
+    guidance = CPSampleGuidance(
+        classifier, alpha=0.5, scale=100.0, mode="toward_opposite", gate_on="xt", step="gradient"
+    )
     x0 = ddim_sample(
         model.denoiser(),
         model.ddim_scheduler(),

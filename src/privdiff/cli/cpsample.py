@@ -11,6 +11,14 @@ import typer
 
 from privdiff.cli._options import size_option
 
+# privdiff.cpsample.guidance's defaults, repeated so that `privdiff --help` does not import torch
+# (tests/cpsample/test_cli_and_benchmark.py checks the two agree).
+DEFAULT_ALPHA = 0.25
+DEFAULT_SCALE = 2.0
+DEFAULT_MODE = "toward_opposite"
+DEFAULT_GATE_ON = "x0"
+DEFAULT_STEP = "unit"
+
 
 def register(app: typer.Typer, train_app: typer.Typer) -> None:
     protect_app = typer.Typer(help="CPSample: protect a diffusion model's training images.", no_args_is_help=True)
@@ -36,10 +44,19 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         calibration: str | None = typer.Option(
             None,
             "--calibration",
-            help="Non-training images (spec, disjoint from --holdout) trained towards p = 1/2.",
+            help="Non-training images (spec, disjoint from --holdout) trained towards p = 1/2. Off by "
+            "default: a privdiff option, not in the paper.",
         ),
         calibration_batch_size: int = typer.Option(32, "--calibration-batch-size"),
-        steps: int = typer.Option(3000, "--steps"),
+        steps: int = typer.Option(3000, "--steps", help="Most training steps (the stopping rule may end sooner)."),
+        target_alpha: float | None = typer.Option(
+            0.001,
+            "--target-alpha",
+            help="Stopping rule: stop once ≥ 99 % of the training images have confidence > 1 − α at "
+            "t < --stop-t-max (checked every --check-every steps). 0 = train exactly --steps steps.",
+        ),
+        check_every: int = typer.Option(100, "--check-every"),
+        stop_t_max: int = typer.Option(50, "--stop-t-max", help="The rule checks t ∈ [0, stop-t-max)."),
         batch_size: int = typer.Option(128, "--batch-size"),
         lr: float = typer.Option(1e-3, "--lr"),
         small_t_fraction: float = typer.Option(
@@ -73,6 +90,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             label_seed=label_seed,
             seed=seed,
             calibration_batch_size=calibration_batch_size,
+            target_alpha=target_alpha or None,
+            check_every=check_every,
+            stop_t_max=stop_t_max,
         ).validate()
         if vae is not None:
             from privdiff.cpsample.latents import encode_latents, load_vae, scheduler_alphas_cumprod
@@ -119,6 +139,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             str(label_seed),
             "--seed",
             str(seed),
+            "--target-alpha",
+            repr(target_alpha or 0),
+            "--check-every",
+            str(check_every),
+            "--stop-t-max",
+            str(stop_t_max),
             *(["--size", str(size)] if size is not None else []),
             *(
                 [
@@ -143,6 +169,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             "parameters": log["parameters"],
             "train_wall_seconds": log["train_wall_seconds"],
             "final_bce": float(sum(log["loss_per_step"][-50:]) / len(log["loss_per_step"][-50:])),
+            "steps_run": log["steps_run"],
+            "stop_reason": log["stop_reason"],
+            "rule": log["rule"],
+            "rule_checks": log["rule_checks"],
             "report": report,
             "command": "privdiff protect train " + " ".join(shlex.quote(a) for a in args),
         }
@@ -155,6 +185,8 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             typer.echo(json.dumps(report, indent=2))
         else:
             print_classifier_report(report)
+            for line in _stop_lines(meta) + _suggestion_lines(meta):
+                typer.echo(line)
             typer.echo(f"saved {out} ({log['parameters'] / 1e6:.2f} M params, {log['train_wall_seconds']:.0f} s)")
         _warn_about_classifier(meta, alpha=None)
 
@@ -170,9 +202,30 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         protect: Path | None = typer.Option(
             None, "--protect", help="CPSample classifier directory (privdiff protect train)."
         ),
-        alpha: float = typer.Option(0.001, "--alpha", help="CPSample confidence threshold α ∈ (0, 0.5]."),
-        scale: float = typer.Option(1000.0, "--scale", help="CPSample guidance scale s ≥ 0."),
-        mode: str = typer.Option("toward_opposite", "--mode", help="toward_opposite | away_from_predicted."),
+        alpha: float | None = typer.Option(
+            None,
+            "--alpha",
+            help="CPSample confidence threshold α ∈ (0, 0.5]. Default: the classifier report's suggestion (the "
+            f"smallest α that fires on 99 % of its training images where the gate reads it), else {DEFAULT_ALPHA:g}.",
+        ),
+        scale: float = typer.Option(
+            DEFAULT_SCALE,
+            "--scale",
+            help="CPSample guidance scale s ≥ 0. With --step unit: the RMS shift of ε in units of √(1−ᾱ_t).",
+        ),
+        mode: str = typer.Option(DEFAULT_MODE, "--mode", help="boundary | toward_opposite | away_from_predicted."),
+        gate_on: str = typer.Option(
+            DEFAULT_GATE_ON, "--gate-on", help="x0 (predicted clean image, t = 0) | xt (noisy input at t)."
+        ),
+        step: str = typer.Option(
+            DEFAULT_STEP, "--step", help="unit (s has one meaning) | gradient (the old raw-gradient step)."
+        ),
+        t_max: int | None = typer.Option(
+            None,
+            "--t-max",
+            help="Skip the classifier at t ≥ t-max. Default: from the classifier's report (where its training "
+            "images' confidence never exceeds 1 − α). 0 = never skip.",
+        ),
         steps: int = typer.Option(50, "--steps", help="DDIM steps."),
         eta: float = typer.Option(0.0, "--eta", help="DDIM η (0 = deterministic)."),
         batch_size: int = typer.Option(100, "--batch-size"),
@@ -191,8 +244,16 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
 
         guidance = None
         if protect is not None:
-            # Validate α, s and the mode before loading anything heavy or writing anything.
-            CPSampleGuidance(lambda x, t: x, alpha=alpha, scale=scale, mode=mode)  # type: ignore[arg-type]
+            # Validate α, s, the mode, gate and step before loading anything heavy or writing anything.
+            CPSampleGuidance(
+                lambda x, t: x,  # type: ignore[arg-type]
+                alpha=DEFAULT_ALPHA if alpha is None else alpha,
+                scale=scale,
+                mode=mode,  # type: ignore[arg-type]
+                gate_on=gate_on,
+                step=step,
+                t_max=t_max or None,
+            )
         check_int("n", n, 1)
         check_int("seed", seed, 0, MAX_SEED)
         # The output folder is created and write-tested before the (long) sampling run.
@@ -202,8 +263,24 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             check_sampling(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, batch_size=batch_size)
             if protect is not None:
                 pc = load_classifier(protect)
-                _warn_about_classifier(pc.meta, alpha=alpha)
-                guidance = CPSampleGuidance(pc.classifier, alpha=alpha, scale=scale, mode=mode)
+                alpha, t_max, why = _sampling_defaults(pc.meta, alpha, t_max, gate_on)
+                _warn_about_classifier(pc.meta, alpha=alpha, gate_on=gate_on)
+                guidance = CPSampleGuidance(
+                    pc.classifier,
+                    alpha=alpha,
+                    scale=scale,
+                    mode=mode,  # type: ignore[arg-type]
+                    gate_on=gate_on,
+                    step=step,
+                    t_max=t_max,
+                )
+                if not quiet:
+                    typer.echo(
+                        f"CPSample: α = {alpha:g} ({why['alpha']}), s = {scale:g} ({step} step), {mode} on "
+                        f"{'x̂_0' if gate_on == 'x0' else 'x_t'}, "
+                        + (f"classifier at t < {t_max} ({why['t_max']})" if t_max else "classifier at every t"),
+                        err=True,
+                    )
             images, info = generate(
                 diffusion,
                 n,
@@ -218,7 +295,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             ncols = min(10, n)
             rows = [images[i : i + ncols] for i in range(0, n, ncols)]
             setting = (
-                f"CPSample alpha={alpha:g} s={scale:g} {mode}" if guidance else "unprotected"
+                f"CPSample alpha={alpha:g} s={scale:g} {mode} {gate_on}" if guidance else "unprotected"
             ) + f"  steps={steps} eta={eta:g} seed={seed}"
             target.write_grid(
                 lambda path: save_labelled_grid(
@@ -257,12 +334,60 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             typer.echo(msg)
 
 
-def _warn_about_classifier(meta: dict[str, Any], alpha: float | None) -> None:
+def _warn_about_classifier(meta: dict[str, Any], alpha: float | None, gate_on: str = DEFAULT_GATE_ON) -> None:
     """Print (stderr, one line each) why this classifier's gate would do little or too much."""
     from privdiff.cpsample.diagnostics import classifier_warnings
 
-    for msg in classifier_warnings(meta, alpha=alpha):
+    for msg in classifier_warnings(meta, alpha=alpha, gate_on=gate_on):
         typer.secho(f"warning: {msg}", err=True, fg=typer.colors.YELLOW)
+
+
+def _sampling_defaults(
+    meta: dict[str, Any], alpha: float | None, t_max: int | None, gate_on: str
+) -> tuple[float, int | None, dict[str, str]]:
+    """α and the t-window for ``sample``: the user's, else read from the classifier's report."""
+    from privdiff.cpsample.diagnostics import fire_window, suggest_alpha
+
+    why = {"alpha": "--alpha", "t_max": "--t-max"}
+    if alpha is None:
+        suggested = suggest_alpha(meta, gate_on)
+        alpha = DEFAULT_ALPHA if suggested is None else suggested
+        why["alpha"] = "default" if suggested is None else "suggested by the classifier's report"
+    if t_max is None:
+        t_max = fire_window((meta.get("report") or {}).get("train") or [], alpha)
+        why["t_max"] = "from the classifier's report"
+    return alpha, (t_max or None), why
+
+
+def _stop_lines(meta: dict[str, Any]) -> list[str]:
+    """How training ended (the stopping rule), in lines that fit 80 columns."""
+    rule, checks = meta.get("rule") or {}, meta.get("rule_checks") or []
+    if meta.get("stop_reason") == "fixed_steps" or not rule.get("target_alpha"):
+        return [f"trained {meta.get('steps_run')} steps (no stopping rule)"]
+    last = checks[-1]["coverage"] if checks else float("nan")
+    lo, hi = rule["t_range"]
+    verdict = "met" if meta.get("stop_reason") == "rule" else "NOT met (step cap reached)"
+    return [
+        f"stopping rule {verdict} after {meta.get('steps_run')} steps:",
+        f"  {last:.1%} of training images above 1 − α = {1 - rule['target_alpha']:g} at t ∈ [{lo}, {hi})"
+        f" (needs {rule['coverage_needed']:.0%})",
+    ]
+
+
+def _suggestion_lines(meta: dict[str, Any]) -> list[str]:
+    """The α to sample with, for the default x̂_0 gate and for the x_t gate, and its t-window."""
+    from privdiff.cpsample.diagnostics import fire_window, suggest_alpha
+
+    train = (meta.get("report") or {}).get("train") or []
+    lines = ["suggested for privdiff sample (α firing on 99 % of the training images):"]
+    for gate in ("x0", "xt"):
+        a = suggest_alpha(meta, gate)
+        if a is None:
+            lines.append(f"  --gate-on {gate}: no α ≤ 0.5 fires on 99 % of them")
+            continue
+        window = fire_window(train, a)
+        lines.append(f"  --gate-on {gate}: --alpha {a:g}" + (f" (classifier at t < {window})" if window else ""))
+    return lines
 
 
 def print_classifier_report(report: dict[str, Any]) -> None:

@@ -82,6 +82,52 @@ def _round_up(x: float) -> float:
     return round(r, digits)
 
 
+def fire_window(rows: list[dict[str, Any]], alpha: float) -> int | None:
+    """The t-window for :class:`~privdiff.cpsample.guidance.CPSampleGuidance` (``t_max``): the upper
+    edge of the highest timestep band in which some training image's confidence exceeds 1 − α.
+
+    Above it the members' confidence never exceeds 1 − α, so the gate cannot fire there on the
+    images it protects and the classifier pass is skipped. Read from the recorded 99 % confidence
+    quantile when the report has it, else from the recorded share above 1 − α at this α. ``None``
+    (no window: every step) when the top band can fire, or when the report cannot tell for this α.
+    """
+    if not rows:
+        return None
+    ordered = sorted(rows, key=lambda r: r["band"][0])
+    can_fire = []
+    for r in ordered:
+        q = r.get("confidence_quantiles", {}).get("0.99")
+        if q is not None:
+            can_fire.append(float(q) > 1 - alpha)
+            continue
+        frac = _fraction(r, alpha)
+        if frac is None:
+            return None  # neither quantiles nor this α recorded: the report cannot bound the window
+        can_fire.append(frac > 0)
+    if can_fire[-1]:
+        return None
+    firing = [r["band"][1] for r, c in zip(ordered, can_fire) if c]
+    return int(firing[-1]) if firing else int(ordered[0]["band"][1])
+
+
+def suggest_alpha(meta: dict[str, Any], gate_on: str = "x0") -> float | None:
+    """The α to sample with: the smallest α that fires on ≥ 99 % of the training images where the
+    gate reads the classifier (:func:`alpha_to_fire`).
+
+    ``gate_on="x0"`` evaluates the classifier on the predicted clean image at t = 0, so the lowest
+    timestep band of the report is the one that matters; ``"xt"`` reads it at every t of the gate
+    range [0, small_t_max) (:func:`gate_rows`). ``None`` when no α ≤ 0.5 fires (or no report).
+    """
+    train = (meta.get("report") or {}).get("train") or []
+    if not train:
+        return None
+    if gate_on == "x0":
+        rows = [min(train, key=lambda r: r["band"][0])]
+    else:
+        rows = gate_rows(train, (meta.get("train_config") or {}).get("small_t_max"))
+    return alpha_to_fire(rows)
+
+
 def has_quantiles(rows: list[dict[str, Any]]) -> bool:
     """Whether :func:`alpha_to_fire` is exact for these rows (quantiles recorded)."""
     return bool(rows) and all(f"{1 - MEMBER_COVERAGE:g}" in r.get("confidence_quantiles", {}) for r in rows)
@@ -106,7 +152,7 @@ def _confident_on_most(rows: list[dict[str, Any]], alpha: float) -> float | None
     return worst
 
 
-def classifier_warnings(meta: dict[str, Any], alpha: float | None = None) -> list[str]:
+def classifier_warnings(meta: dict[str, Any], alpha: float | None = None, gate_on: str = "xt") -> list[str]:
     """One-line warnings about a trained classifier, from its saved metadata (``classifier.json``,
     or ``report.json``'s ``settings`` merged with its ``report``).
 
@@ -115,13 +161,20 @@ def classifier_warnings(meta: dict[str, Any], alpha: float | None = None) -> lis
             ``train_config.small_t_max`` and ``calibration_spec`` when present.
         alpha: the α that will be used (``sample --alpha``); ``None`` at ``protect train``, where
             the paper's α = 0.001 is judged and the α that would fire is suggested.
+        gate_on: where the sampler's gate reads the classifier: ``"xt"`` at every t of
+            [0, small_t_max), ``"x0"`` on x̂_0 at t = 0, judged on the report's lowest band.
     """
     report = meta.get("report") or {}
     train = report.get("train") or []
     if not train:
         return []
     small_t_max = (meta.get("train_config") or {}).get("small_t_max")
-    window = f"t < {small_t_max if small_t_max is not None else DEFAULT_SMALL_T_MAX}"
+    if gate_on == "x0":
+        lowest = min(train, key=lambda r: r["band"][0])
+        small_t_max = int(lowest["band"][1])
+        window = f"t < {small_t_max} (the x̂_0 gate reads t = 0)"
+    else:
+        window = f"t < {small_t_max if small_t_max is not None else DEFAULT_SMALL_T_MAX}"
     members = gate_rows(train, small_t_max)
     needed = alpha_to_fire(members)
     judged = 0.001 if alpha is None else float(alpha)
@@ -134,9 +187,13 @@ def classifier_warnings(meta: dict[str, Any], alpha: float | None = None) -> lis
         )
     elif judged < needed:
         how = f"α ≥ {needed:g}" if has_quantiles(members) else f"α = {needed:g} (the smallest recorded α that does)"
+        shares = [_fraction(r, judged) for r in members]
+        known = [f for f in shares if f is not None]
+        # "Almost never" is said only when the report records this α (else it cannot tell).
+        rarely = f" (it fires on at most {max(known):.0%} of them: almost never)" if known and max(known) < 0.5 else ""
         out.append(
             f"CPSample: at α = {judged:g} the gate fires on fewer than {share} of the training images at "
-            f"{window}, so it protects few of them; {how} would fire on {share}"
+            f"{window}{rarely}, so it protects few of them; {how} would fire on {share}"
         )
     holdout = report.get("holdout")
     if holdout and not meta.get("calibration_spec"):

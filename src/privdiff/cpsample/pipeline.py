@@ -17,7 +17,15 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 
-from privdiff.cpsample.guidance import MODES, CPSampleGuidance
+from privdiff.cpsample.guidance import (
+    DEFAULT_ALPHA,
+    DEFAULT_GATE_ON,
+    DEFAULT_MODE,
+    DEFAULT_SCALE,
+    DEFAULT_STEP,
+    MODES,
+    CPSampleGuidance,
+)
 from privdiff.diffusion.output import check_output_type, postprocess
 from privdiff.diffusion.sampling import sample
 from privdiff.errors import InvalidParameter, check_int, check_nonnegative
@@ -43,7 +51,8 @@ class CPSamplePipeline(DiffusionPipeline):
         unet: an unconditional ``UNet2DModel`` (or any ``(x, t) -> .sample`` diffusers model).
         scheduler: any diffusers scheduler.
         classifier: the noise-aware random-label classifier (``NoiseAwareClassifier``).
-        alpha, scale, mode: default guidance settings (stored in ``model_index.json``).
+        alpha, scale, mode, gate_on, step, t_max: default guidance settings (stored in
+            ``model_index.json``; see :class:`~privdiff.cpsample.guidance.CPSampleGuidance`).
     """
 
     def __init__(
@@ -51,14 +60,18 @@ class CPSamplePipeline(DiffusionPipeline):
         unet: Any,
         scheduler: Any,
         classifier: Any,
-        alpha: float = 0.001,
-        scale: float = 1000.0,
-        mode: str = "toward_opposite",
+        alpha: float = DEFAULT_ALPHA,
+        scale: float = DEFAULT_SCALE,
+        mode: str = DEFAULT_MODE,
+        gate_on: str = DEFAULT_GATE_ON,
+        step: str = DEFAULT_STEP,
+        t_max: int | None = None,
     ):
         super().__init__()
-        CPSampleGuidance(classifier, alpha=alpha, scale=scale, mode=mode)  # validates the settings
+        settings = {"alpha": alpha, "scale": scale, "mode": mode, "gate_on": gate_on, "step": step, "t_max": t_max}
+        CPSampleGuidance(classifier, **settings)  # validates the settings
         self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
-        self.register_to_config(alpha=float(alpha), scale=float(scale), mode=mode)
+        self.register_to_config(**settings | {"alpha": float(alpha), "scale": float(scale)})
 
     @torch.no_grad()
     def __call__(
@@ -88,11 +101,15 @@ class CPSamplePipeline(DiffusionPipeline):
         mode = mode if mode is not None else self.config.mode
         if mode not in MODES:
             raise InvalidParameter("mode", mode, f"one of {list(MODES)}")
+        # Pipelines saved before gate_on/step/t_max existed ran the raw-gradient step on x_t.
         guidance = CPSampleGuidance(
             self.classifier,
             alpha=self.config.alpha if alpha is None else alpha,
             scale=self.config.scale if scale is None else scale,
             mode=mode,
+            gate_on=self.config.get("gate_on", "xt"),
+            step=self.config.get("step", "gradient"),
+            t_max=self.config.get("t_max"),
         )
         cfg = self.unet.config
         size = cfg.sample_size if isinstance(cfg.sample_size, int) else tuple(cfg.sample_size)

@@ -7,6 +7,13 @@ otherwise from U{0..T−1}. Oversampling small t matters because that is where t
 be confident (at large t, x_t is mostly noise) and where the gate has to fire to stop a sample
 landing on a training image.
 
+Stopping (the method's rule: "trained to overfit", spec §2 "Stopping rule"; issue 15): every
+``check_every`` steps the members are noised at t ~ U{0..stop_t_max−1} (the timesteps where the gate
+reads the classifier: t = 0 on x̂_0 for the default x̂_0 gate, hence the small default range) and
+training stops once ≥ 99 % of them have confidence > 1 − ``target_alpha``; ``steps`` is the cap.
+The pull towards p = 1/2 on non-member ``calibration`` images is off unless such images are given:
+it is a privdiff option, not in the paper.
+
 Evaluation (§2 "Evaluation of the classifier"): per timestep band, accuracy and mean confidence
 max(p, 1−p) on the training images (should approach 100 % / 1 at small t) and on held-out images
 (must stay ≈ 50 % / ≈ 0.5, or CPSample would push novel samples around too), and the fraction of
@@ -25,6 +32,7 @@ from typing import Any
 import torch
 
 from privdiff.cpsample.classifier import NoiseAwareClassifier, confidence, random_labels
+from privdiff.cpsample.diagnostics import MEMBER_COVERAGE
 from privdiff.diffusion.noising import q_sample
 from privdiff.diffusion.trainer import TrainingLoop
 from privdiff.errors import (
@@ -76,6 +84,11 @@ class ClassifierTrainConfig(TrainConfig):
         seed: seed of initialisation, batches, t and noise.
         block_out_channels: classifier widths per level.
         calibration_batch_size: calibration images per step (when a calibration set is given).
+        target_alpha: the α of the stopping rule (stop once ≥ 99 % of the members exceed 1 − α at
+            t < stop_t_max); ``None`` trains for exactly ``steps`` steps. Default: the paper's 0.001.
+        check_every: steps between two checks of the rule.
+        stop_t_max: the rule checks t ~ U{0..stop_t_max−1}.
+        check_draws: (t, ε) draws per member per check.
     """
 
     steps: int = 3000
@@ -87,6 +100,10 @@ class ClassifierTrainConfig(TrainConfig):
     seed: int = 0
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     calibration_batch_size: int = 32
+    target_alpha: float | None = 0.001
+    check_every: int = 100
+    stop_t_max: int = 50
+    check_draws: int = 2
 
     def validate(self, num_train_timesteps: int = 1000) -> ClassifierTrainConfig:
         self.validate_shared()
@@ -94,6 +111,11 @@ class ClassifierTrainConfig(TrainConfig):
         check_int("small_t_max", self.small_t_max, minimum=1, maximum=num_train_timesteps)
         check_int("label_seed", self.label_seed, minimum=0)
         check_int("calibration_batch_size", self.calibration_batch_size, minimum=1)
+        if self.target_alpha is not None:
+            check_in_range("target_alpha", self.target_alpha, 0.0, 0.5, low_inclusive=False, high_inclusive=True)
+        check_int("check_every", self.check_every, minimum=1)
+        check_int("stop_t_max", self.stop_t_max, minimum=1, maximum=num_train_timesteps)
+        check_int("check_draws", self.check_draws, minimum=1)
         if not self.block_out_channels or any(int(c) % 8 for c in self.block_out_channels):
             raise InvalidParameter("block_out_channels", self.block_out_channels, "non-empty, each a multiple of 8")
         return self
@@ -168,7 +190,10 @@ def train_classifier(
             in the paper.
 
     Returns:
-        ``(classifier, labels, log)`` where ``log`` holds the loss curve and wall time.
+        ``(classifier, labels, log)`` where ``log`` holds the loss curve, wall time, the stopping
+        rule's checks (``rule_checks``: step and member coverage), ``steps_run`` and ``stop_reason``
+        (``"rule"``: ≥ 99 % of members above 1 − target_alpha; ``"max_steps"``; ``"fixed_steps"``
+        when ``target_alpha`` is ``None``).
     """
     n_t = int(alphas_cumprod.shape[0])
     config = (config or ClassifierTrainConfig()).validate(n_t)
@@ -184,6 +209,9 @@ def train_classifier(
     loop = TrainingLoop(clf, config, weight_decay=0.0, grad_clip=None)
     batch = min(config.batch_size, x0.shape[0])
     t0 = time.perf_counter()
+    checks: list[dict[str, Any]] = []
+    stop_reason = "fixed_steps" if config.target_alpha is None else "max_steps"
+    check_gen = torch.Generator().manual_seed(config.seed + 1)  # the checks do not shift training's draws
 
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
         idx = torch.randperm(x0.shape[0], generator=g)[:batch]
@@ -208,7 +236,21 @@ def train_classifier(
             loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(zc, torch.full_like(zc, 0.5))
         return loss
 
-    loop.run(loss_fn, progress=progress, desc="train classifier", postfix="bce", postfix_window=50)
+    def should_stop(steps_done: int, _losses: list[float]) -> bool:
+        """The method's rule, checked every ``check_every`` steps and at the cap (see ``member_coverage``)."""
+        nonlocal stop_reason
+        if config.target_alpha is None or (steps_done % config.check_every and steps_done != config.steps):
+            return False
+        coverage = member_coverage(clf, x0, labels, config, alphas_cumprod, check_gen)
+        checks.append({"step": steps_done, "coverage": coverage})
+        if coverage >= MEMBER_COVERAGE:
+            stop_reason = "rule"
+            return True
+        return False
+
+    loop.run(
+        loss_fn, should_stop=should_stop, progress=progress, desc="train classifier", postfix="bce", postfix_window=50
+    )
     losses = loop.losses
     if loop.ema is not None:
         loop.ema.copy_to(clf.parameters())
@@ -217,8 +259,43 @@ def train_classifier(
         "loss_per_step": losses,
         "train_wall_seconds": round(time.perf_counter() - t0, 1),
         "parameters": sum(p.numel() for p in clf.parameters()),
+        "steps_run": len(losses),
+        "stop_reason": stop_reason,
+        "rule": {
+            "target_alpha": config.target_alpha,
+            "coverage_needed": MEMBER_COVERAGE,
+            "t_range": [0, config.stop_t_max],
+        },
+        "rule_checks": checks,
     }
     return clf, labels, log
+
+
+@torch.no_grad()
+def member_coverage(
+    classifier: NoiseAwareClassifier,
+    x0: torch.Tensor,
+    labels: torch.Tensor,
+    config: ClassifierTrainConfig,
+    alphas_cumprod: torch.Tensor,
+    generator: torch.Generator,
+    batch_size: int = 256,
+) -> float:
+    """Share of (member, draw) pairs whose confidence in the member's own label exceeds 1 − target_alpha
+    at t ~ U{0..stop_t_max−1}: the stopping rule's statistic. A wrong label counts as not covered."""
+    was_training = classifier.training
+    classifier.eval()
+    hits, count = 0, 0
+    for _ in range(config.check_draws):
+        for start in range(0, x0.shape[0], batch_size):
+            xb, yb = x0[start : start + batch_size], labels[start : start + batch_size]
+            t = torch.randint(0, config.stop_t_max, (xb.shape[0],), generator=generator)
+            z = classifier(q_sample(xb, t, alphas_cumprod, torch.randn(xb.shape, generator=generator)), t)
+            right = (z >= 0).float() == yb
+            hits += int((right & (confidence(z) > 1 - float(config.target_alpha))).sum())
+            count += xb.shape[0]
+    classifier.train(was_training)
+    return hits / count
 
 
 @torch.no_grad()

@@ -126,6 +126,11 @@ def _prompts(size: str) -> tuple[DemoPrompt, ...]:
     return tuple(_prompt(*DOMAIN_PHRASINGS[i % len(DOMAIN_PHRASINGS)]) for i in range(queries))
 
 
+#: The demo's s = 100 is in the raw-gradient units of the sampler gated on x_t (issue 15's reference
+#: setting); CPSampleGuidance's defaults now gate on x̂_0 with a unit step, so the demo names its own.
+_LEGACY_CPSAMPLE = {"gate_on": "xt", "step": "gradient"}
+
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything a demo run depends on (recorded in ``summary.json``).
@@ -1130,7 +1135,7 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> CPSampleResult:
             f"--data SPEC --model {model_dir} --out {clf_dir}`)"
         )
     # Validate α, s and the mode before loading anything.
-    CPSampleGuidance(lambda x, t: x, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode)  # type: ignore[arg-type]
+    CPSampleGuidance(lambda x, t: x, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode, **_LEGACY_CPSAMPLE)  # type: ignore[arg-type]
     with phases("cpsample.load", f"loading the memorising model {model_dir} and its classifier"):
         model = load_model(model_dir)
         protection = load_classifier(clf_dir)
@@ -1146,7 +1151,9 @@ def _section_cpsample(cfg: DemoConfig, phases: _Phases) -> CPSampleResult:
     for name, label in (("ddim", "plain DDIM"), ("cpsample", "CPSample")):
         guidance = None
         if name == "cpsample":
-            guidance = CPSampleGuidance(protection.classifier, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode)
+            guidance = CPSampleGuidance(
+                protection.classifier, alpha=cfg.alpha, scale=cfg.scale, mode=cfg.guidance_mode, **_LEGACY_CPSAMPLE
+            )
         with phases(
             f"cpsample.sample_{name}",
             f"{label}: {cfg.cpsample_n} samples, {cfg.cpsample_steps} DDIM steps",
