@@ -6,7 +6,7 @@ import pytest
 
 from rdm.conftest import tiny_model_dir  # noqa: F401 - re-exported fixture
 
-from .tiny import build_env, make_app
+from .tiny import build_env, make_app, patch_encoders
 
 
 @pytest.fixture()
@@ -15,16 +15,17 @@ def env(tiny_model_dir, tmp_path):  # noqa: F811
 
 
 @pytest.fixture()
-def client_for():
+def client_for(monkeypatch):
     """client_for(env, **settings) -> a started TestClient (closed at teardown)."""
     from fastapi.testclient import TestClient
 
+    patch_encoders(monkeypatch.setattr)  # undone at teardown, after the clients are closed
     clients = []
 
     def make(env, **settings):
         settings.setdefault("rate", 1000.0)
         settings.setdefault("burst", 1000)
-        c = TestClient(make_app(env, **settings))
+        c = TestClient(make_app(env, patch=False, **settings))
         c.__enter__()
         clients.append(c)
         import time

@@ -59,22 +59,26 @@ def build_env(root: Path, model_dir: Path, *, queries: int = 1000) -> dict:
     return {"model": model_dir, "index": index.path, "ledger": ledger, "keys": keys}
 
 
-def patch_encoders() -> None:
-    """The stand-in encoder instead of the real ones (nothing heavy loads)."""
+def patch_encoders(setattr=setattr) -> None:
+    """The stand-in encoder instead of the real ones (nothing heavy loads).
+
+    In the pytest process pass ``monkeypatch.setattr`` so the patch ends with the test: a lasting
+    patch would hand the 12×12 stand-in to every later test that loads an encoder (the demo's)."""
     import privdiff.encoders as encoders
     from rdm.conftest import PixelProjectionEncoder
 
-    encoders.load_text_encoder = lambda name="default": PixelProjectionEncoder()
-    encoders.load_image_encoder = lambda name="default": PixelProjectionEncoder()
+    setattr(encoders, "load_text_encoder", lambda name="default": PixelProjectionEncoder())
+    setattr(encoders, "load_image_encoder", lambda name="default": PixelProjectionEncoder())
 
 
-def make_app(env: dict, **settings):
+def make_app(env: dict, *, patch: bool = True, **settings):
     import warnings
 
     from privdiff.rdm.pipeline import make_pipeline
     from privdiff.service.app import ServiceSettings, create_app
 
-    patch_encoders()
+    if patch:  # the server subprocess; in-process tests patch through monkeypatch (conftest)
+        patch_encoders()
 
     def loader(book):
         with warnings.catch_warnings():
