@@ -8,6 +8,14 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property tests draw the same examples on every run (derandomize: examples follow from the test's
+# own source), so CI cannot turn red or slow on a new draw; `HYPOTHESIS_PROFILE=explore` searches
+# fresh examples (and keeps failures in the local example database).
+settings.register_profile("deterministic", derandomize=True, database=None, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(scope="session")
