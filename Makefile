@@ -54,6 +54,9 @@ demo: setup
 bench: setup
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/retrieval.py
+	$(BIN)/python benchmarks/scan.py
+	$(BIN)/python benchmarks/sharded.py
+	$(BIN)/python benchmarks/service.py
 	$(BIN)/python benchmarks/cpsample.py
 
 clean:
