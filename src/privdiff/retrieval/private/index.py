@@ -199,7 +199,43 @@ def _manifest_bytes(manifest: IndexManifest) -> bytes:
     return (json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-class EmbeddingIndex:
+class ManifestView:
+    """Public, non-private metadata read from ``self._manifest``: one definition for an index and
+    for its sharded form (:class:`~privdiff.retrieval.private.sharded.ShardedIndex`), which keeps
+    the parent's manifest and so has the same identity."""
+
+    __slots__ = ()
+    _manifest: IndexManifest
+
+    @property
+    def manifest(self) -> IndexManifest:
+        return self._manifest
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the manifest: the index's identity for ledgers (module docstring)."""
+        return self._manifest.fingerprint
+
+    @property
+    def short_fingerprint(self) -> str:
+        """The first 12 hex digits of :attr:`fingerprint`: what messages and ``index info`` show."""
+        return self._manifest.fingerprint[:SHORT_FINGERPRINT]
+
+    @property
+    def space_id(self) -> str:
+        return self._manifest.space_id
+
+    @property
+    def dim(self) -> int:
+        return self._manifest.dim
+
+    @property
+    def count(self) -> int:
+        """N, the number of records."""
+        return self._manifest.count
+
+
+class EmbeddingIndex(ManifestView):
     """N private (or public) unit vectors in one encoder's embedding space.
 
     The rows are deliberately not a public attribute: for a private index the only readers are the
@@ -244,33 +280,7 @@ class EmbeddingIndex:
             scan.setflags(write=False)
         return cls(vectors, manifest, None, scan)
 
-    # --- public, non-private metadata ---------------------------------------------------------
-    @property
-    def manifest(self) -> IndexManifest:
-        return self._manifest
-
-    @property
-    def fingerprint(self) -> str:
-        """sha256 of the manifest: the index's identity for ledgers (module docstring)."""
-        return self._manifest.fingerprint
-
-    @property
-    def short_fingerprint(self) -> str:
-        """The first 12 hex digits of :attr:`fingerprint`: what messages and ``index info`` show."""
-        return self._manifest.fingerprint[:SHORT_FINGERPRINT]
-
-    @property
-    def space_id(self) -> str:
-        return self._manifest.space_id
-
-    @property
-    def dim(self) -> int:
-        return self._manifest.dim
-
-    @property
-    def count(self) -> int:
-        """N, the number of records."""
-        return self._manifest.count
+    # --- public, non-private metadata: ManifestView (manifest, fingerprint, space_id, dim, count)
 
     def __len__(self) -> int:
         return self._manifest.count

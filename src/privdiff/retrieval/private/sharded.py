@@ -71,11 +71,11 @@ import numpy as np
 from privdiff.errors import IndexCorrupt, InvalidParameter, ShardFailure, check_in_range, check_int
 from privdiff.retrieval.private.backends import padded_topk_sums
 from privdiff.retrieval.private.index import (
-    SHORT_FINGERPRINT,
     SOURCE_ROWS_FILE,
     UNIT_NORM_TOLERANCE,
     EmbeddingIndex,
     IndexManifest,
+    ManifestView,
     rows_for_mechanism,
 )
 from privdiff.retrieval.private.search import select_topk
@@ -117,7 +117,7 @@ class ShardInfo:
     sha256: str
 
 
-class ShardedIndex:
+class ShardedIndex(ManifestView):
     """The metadata of a sharded index directory (never its rows).
 
     ``manifest`` is the *parent* index's manifest, so ``fingerprint`` is the parent's and a ledger
@@ -168,32 +168,8 @@ class ShardedIndex:
         return cls(parent, d, shards, dtype)
 
     @property
-    def manifest(self) -> IndexManifest:
-        return self._manifest
-
-    @property
     def path(self) -> Path:
         return self._path
-
-    @property
-    def fingerprint(self) -> str:
-        return self._manifest.fingerprint
-
-    @property
-    def short_fingerprint(self) -> str:
-        return self._manifest.fingerprint[:SHORT_FINGERPRINT]
-
-    @property
-    def count(self) -> int:
-        return self._manifest.count
-
-    @property
-    def dim(self) -> int:
-        return self._manifest.dim
-
-    @property
-    def space_id(self) -> str:
-        return self._manifest.space_id
 
     @property
     def num_shards(self) -> int:
