@@ -486,19 +486,11 @@ def _as_sharded(sharded: ShardedIndex | str | os.PathLike) -> ShardedIndex:
     raise InvalidParameter("sharded", type(sharded).__name__, "a ShardedIndex or a sharded index directory")
 
 
-class ShardedTopK:
-    """Sharded exact top-k in one process: every shard memory-mapped here, searched in turn.
+class _OverShards:
+    """The TopKBackend metadata of a backend over a :class:`ShardedIndex` (``self._sharded``)."""
 
-    Same output distribution as :class:`~privdiff.retrieval.private.backends.ExactTopK` over the
-    parent index (module docstring). Each shard draws from its own child of the mechanism's
-    OS-seeded generator (``rng.spawn``), so the shards' draws are independent.
-    """
-
-    __slots__ = ("_sharded", "_shards")
-
-    def __init__(self, sharded: ShardedIndex | str | os.PathLike, *, verify: str = "full"):
-        self._sharded = _as_sharded(sharded)
-        self._shards = [open_shard(self._sharded.path, i, verify=verify) for i in range(self._sharded.num_shards)]
+    __slots__ = ()
+    _sharded: ShardedIndex
 
     @property
     def manifest(self) -> IndexManifest:
@@ -511,6 +503,21 @@ class ShardedTopK:
     @property
     def sharded_index(self) -> ShardedIndex:
         return self._sharded
+
+
+class ShardedTopK(_OverShards):
+    """Sharded exact top-k in one process: every shard memory-mapped here, searched in turn.
+
+    Same output distribution as :class:`~privdiff.retrieval.private.backends.ExactTopK` over the
+    parent index (module docstring). Each shard draws from its own child of the mechanism's
+    OS-seeded generator (``rng.spawn``), so the shards' draws are independent.
+    """
+
+    __slots__ = ("_sharded", "_shards")
+
+    def __init__(self, sharded: ShardedIndex | str | os.PathLike, *, verify: str = "full"):
+        self._sharded = _as_sharded(sharded)
+        self._shards = [open_shard(self._sharded.path, i, verify=verify) for i in range(self._sharded.num_shards)]
 
     def topk_sums(
         self, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
@@ -577,7 +584,7 @@ def _ray():
     return ray
 
 
-class RayShardedTopK:
+class RayShardedTopK(_OverShards):
     """Sharded exact top-k on Ray: one actor per shard, each memory-mapping its own shard file.
 
     Args:
@@ -641,18 +648,6 @@ class RayShardedTopK:
             raise ShardFailure(
                 f"could not start the shard actors of index {self._sharded.short_fingerprint}: {cause}"
             ) from None
-
-    @property
-    def manifest(self) -> IndexManifest:
-        return self._sharded.manifest
-
-    @property
-    def path(self) -> Path | None:
-        return self._sharded.path
-
-    @property
-    def sharded_index(self) -> ShardedIndex:
-        return self._sharded
 
     def topk_sums(
         self, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
