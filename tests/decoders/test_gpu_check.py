@@ -34,6 +34,15 @@ def test_cpu_dry_run_writes_the_report(tmp_path):
         assert 0 < r["share_retrieval_and_ledger"] < 1 and shares == pytest.approx(1.0, abs=1e-3)
 
 
+def test_cpu_dry_run_trains_the_rdm_through_the_device_option(tmp_path):
+    out = tmp_path / "report.json"
+    report = _script().main(["--cpu-dry-run", "--families", "", "--train-rdm", "--out", str(out)])
+    step = report["train_rdm"]
+    assert step["returncode"] == 0, step.get("tail")
+    assert step["steps"] == 3 and step["final_loss"] > 0
+    assert step["command"][step["command"].index("--device") + 1] == "cpu"
+
+
 def test_gpu_check_shell_wrapper_is_offline_and_executable():
     sh = ROOT / "scripts" / "gpu-check.sh"
     text = sh.read_text()

@@ -71,9 +71,18 @@ def test_train_rdm_rejects_bad_channels(tmp_path, capsys):
         (["--balance", "labels"], "balance"),
         (["--context", "global"], "context"),
         (["--context-rate", "2"], "context_rate"),
+        (["--device", "tpu"], "device"),
     ],
 )
 def test_train_rdm_rejects_bad_data_options_before_loading_anything(tmp_path, capsys, args, name):
     code = main(["train", "rdm", "--out", str(tmp_path / "m"), *args])
     assert code == 2 and name in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_train_rdm_on_a_missing_gpu_is_refused_before_anything_is_written(tmp_path, capsys):
+    code = main(["train", "rdm", "--out", str(tmp_path / "m"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and "device" in err and "0 CUDA device" in err
     assert not (tmp_path / "m").exists()

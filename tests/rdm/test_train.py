@@ -311,3 +311,28 @@ def test_balanced_training_without_labels_is_refused_before_anything_is_written(
             images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(balance="classes"), progress=False
         )
     assert not (tmp_path / "m").exists()
+
+
+def test_training_on_a_device_this_machine_lacks_is_refused_before_anything_is_written(tmp_path, tiny_data):
+    images, emb, enc = tiny_data
+    missing = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+    with pytest.raises(InvalidParameter, match="device"):
+        train_rdm(
+            images, emb, space_id=enc.space_id, out_dir=tmp_path / "m", config=_cfg(), progress=False, device=missing
+        )
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.integration
+def test_training_with_an_explicit_device_resumes_exactly(tmp_path, tiny_data):
+    # The device path moves each batch and, on resume, the EMA's shadow weights to the model's
+    # device; on the CPU it must give exactly the default path's weights.
+    images, emb, enc = tiny_data
+    train_rdm(images, emb, space_id=enc.space_id, out_dir=tmp_path / "full", config=_cfg(), progress=False)
+    kw = dict(space_id=enc.space_id, out_dir=tmp_path / "part", progress=False, device="cpu")
+    train_rdm(images, emb, config=_cfg(steps=2), **kw)
+    train_rdm(images, emb, config=_cfg(), resume=True, **kw)
+    a = RDMModel.load(tmp_path / "full").state_dict()
+    b = RDMModel.load(tmp_path / "part").state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert read_model_info(tmp_path / "part")["training"]["steps_done"] == 4

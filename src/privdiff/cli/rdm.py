@@ -53,6 +53,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         context_rate: float = typer.Option(
             0.01, "--context-rate", help="Subsampling rate q of an inference-like context's candidate pool."
         ),
+        device: str = typer.Option(
+            "cpu", "--device", help="Where the U-Net trains: cpu, cuda, cuda:N or mps (random numbers stay on the CPU)."
+        ),
     ) -> None:
         """Adapt-train the RDM on public images (context = noisy mean of k public neighbours)."""
         from privdiff.data import check_size, load_dataset
@@ -60,8 +63,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.errors import InvalidParameter, check_int
         from privdiff.rdm.pipeline import DEFAULT_GENERATION
         from privdiff.rdm.train import TrainConfig, cached_embeddings, train_rdm
+        from privdiff.utils.device import check_device
 
         size = check_size(size)
+        check_device(device)  # before the data and encoder load
         try:
             block_out_channels = tuple(int(c) for c in channels.split(","))
         except ValueError:
@@ -136,10 +141,12 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             resume=resume,
             progress=True,
             labels=dataset.labels,
+            device=device,
             extra_info={
                 "data": public,
                 "encoder": encoder,
                 "command": command,
+                "device": device,
                 "generation_defaults": dict(DEFAULT_GENERATION),
             },
         )

@@ -45,6 +45,11 @@ class TrainingLoop:
         grad_clip: global gradient-norm clip; ``None`` for none.
         model_key: the key of the raw weights in :meth:`state_dict` (kept per trainer so the
             state files written before this loop existed still resume).
+
+    The model's device is the training device (the caller moves it there before building the
+    loop). The generator stays on the CPU on every device: batches, noise and timesteps are drawn
+    there and moved, so a GPU run sees the same random numbers as a CPU run and resumes from a
+    state written on either.
     """
 
     def __init__(
@@ -101,9 +106,11 @@ class TrainingLoop:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state[self.model_key])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state["optimizer"])  # casts its state to the parameters' device
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
+            # A state is loaded with map_location="cpu"; the shadow weights must live with the model's.
+            self.ema.to(device=next(self.model.parameters()).device)
         self.generator.set_state(state["generator"])
         if state.get("torch_rng") is not None:  # absent in RDM states written before this loop
             torch.set_rng_state(state["torch_rng"])

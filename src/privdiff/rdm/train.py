@@ -315,6 +315,7 @@ def train_rdm(
     progress: bool = True,
     extra_info: dict[str, Any] | None = None,
     labels: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Adapt-train an RDM on public ``images`` (uint8 NHWC) with their ``embeddings`` (N, d).
 
@@ -322,14 +323,21 @@ def train_rdm(
     ``checkpoint_every`` steps and at the end, plus ``out_dir/training/`` (resumable state, loss
     curve PNG + JSON). ``extra_info`` (e.g. the data spec and the exact command) goes into the
     model's ``config.json``. ``labels`` (N,) are needed only for ``config.balance="classes"``.
+
+    ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``mps``) is where the U-Net trains. Every random
+    number is still drawn on the CPU (see :class:`~privdiff.diffusion.trainer.TrainingLoop`), so
+    the run is the CPU run up to floating-point differences of the device's kernels, and a run
+    started on one device resumes on another.
     """
     import torch
 
     from privdiff.diffusion.trainer import TrainingLoop
     from privdiff.rdm.model import RDMConfig, RDMModel
     from privdiff.report.images import to_model_space
+    from privdiff.utils.device import check_device
 
     config = (config or TrainConfig()).validate()
+    dev = check_device(device)
     images = np.asarray(images)
     embeddings = np.asarray(embeddings, dtype=np.float32)
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -361,9 +369,10 @@ def train_rdm(
         attention_head_dim=config.attention_head_dim,
     )
     torch.manual_seed(config.seed)
-    model = RDMModel(model_cfg)
+    model = RDMModel(model_cfg).to(dev)
     model.train()
     scheduler = model.ddpm_scheduler()
+    alphas_cumprod = scheduler.alphas_cumprod.to(dev)
     # LambdaLinear-style warm-up then constant lr (notes §5); EMA with warm-up (decay
     # 1 − (1 + step)^(−2/3), capped at ema_decay) so the short CPU runs do not carry the random
     # initialisation in the average.
@@ -421,7 +430,9 @@ def train_rdm(
         ctx = drop_context(ctx, config.p_uncond, gen)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=gen)
-        x_t = q_sample(x0, t, scheduler.alphas_cumprod, noise)
+        # Drawn on the CPU above (same numbers on every device), computed on the training device.
+        x0, noise, t, ctx = x0.to(dev), noise.to(dev), t.to(dev), ctx.to(dev)
+        x_t = q_sample(x0, t, alphas_cumprod, noise)
         return torch.nn.functional.mse_loss(model(x_t, t, ctx), noise)
 
     loop.run(loss_fn, on_checkpoint=checkpoint, progress=progress, desc="train rdm")
