@@ -35,6 +35,8 @@ and ``.png`` (+ grids) under ``--out``.
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import hashlib
 import json
 import shlex
 import sys
@@ -52,16 +54,38 @@ BASELINES = {
 }
 
 DOMAINS: dict[str, dict] = {
-    "winter-tops": {"classes": [2, 4], "prompts": ["a photo of a top", "a piece of clothing"]},
-    "footwear": {"classes": [5, 7, 9], "prompts": ["a photo of a shoe", "a photo of footwear"]},
+    "winter-tops": {
+        "classes": [2, 4],
+        "prompts": ["a photo of a top", "a piece of clothing"],
+        "fine_prompts": ["a photo of a pullover", "a photo of a coat"],
+    },
+    "footwear": {
+        "classes": [5, 7, 9],
+        "prompts": ["a photo of a shoe", "a photo of footwear"],
+        "fine_prompts": ["a photo of a sandal", "a photo of a sneaker", "a photo of an ankle boot"],
+    },
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--domain", choices=sorted(DOMAINS), default="winter-tops")
+    ap.add_argument(
+        "--model", type=Path, default=None, help="RDM folder (default: the shipped one); encoders follow its space"
+    )
+    ap.add_argument(
+        "--prompts",
+        choices=["coarse", "fine"],
+        default="coarse",
+        help="coarse: the domain's generic prompts ('a photo of a shoe'); fine: one per class ('a photo of a sneaker')",
+    )
     ap.add_argument("--queries", type=int, nargs="+", default=[10, 100, 1000, 10000], help="T values")
-    ap.add_argument("--lams", type=float, nargs="+", default=[1.0])
+    ap.add_argument("--lams", type=float, nargs="*", default=[1.0], help="λ values (none: only the baselines)")
+    ap.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="report only the requested settings whose images are already cached (a partial sweep's figure)",
+    )
     ap.add_argument(
         "--baselines", nargs="*", default=["public", "nonprivate", "noretrieval"], choices=sorted(BASELINES)
     )
@@ -73,6 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--inception", action="store_true", help="also the standard Inception FID, with its interval")
     ap.add_argument("--inception-n-boot", type=int, default=50, help="bootstrap replicates of the Inception FID")
+    ap.add_argument(
+        "--inception-settings",
+        nargs="+",
+        default=["*"],
+        help="fnmatch patterns of the settings that get the Inception FID (its features cost ~2 min a setting)",
+    )
     ap.add_argument(
         "--reference-images",
         type=int,
@@ -92,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
 
     absl.logging.set_verbosity(absl.logging.ERROR)  # dp-accounting's RDP convergence chatter
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from tqdm.auto import tqdm
 
     from privdiff.accounting import DPRDMQuery, calibrate, compute_epsilon
@@ -110,17 +139,24 @@ def main(argv: list[str] | None = None) -> int:
     dom = DOMAINS[args.domain]
     classes = dom["classes"]
     spec = "fashion-mnist:dprdm-private{classes=" + ",".join(map(str, classes)) + "}"
-    model_dir = resolve_model_dir(None)
+    model_dir = resolve_model_dir(args.model)
     defaults = generation_defaults(model_dir)
     sigma, k, w = defaults["sigma"], defaults["k"], defaults["guidance_scale"]
     model = RDMModel.load(model_dir)
-    text, image = load_text_encoder("default"), load_image_encoder("default")
+    space = model.config.space_id
+    # The encoders of the model's own retrieval space: the private index, the public retrieval set
+    # and the prompts all live where the model was trained to read its context.
+    text, image = load_text_encoder(space), load_image_encoder(space)
     yard = load_yardstick("fashion-mnist")
+    # Cached images depend on the model's weights: one work folder per (domain, prompt set, model).
+    weights = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
+    weights = weights if weights.is_file() else model_dir / "model.safetensors"
+    model_tag = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
 
     private = load_dataset(spec)
     n_priv = len(private)
     delta = 1.0 / n_priv
-    work = args.work / args.domain
+    work = args.work / f"{args.domain}-{args.prompts}-{model_tag}"
     work.mkdir(parents=True, exist_ok=True)
     index_dir = work / "index"
     if not (index_dir / "manifest.json").exists():
@@ -132,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
         test_spec += f"[::{max(1, n_test // max(1, args.reference_images))}]"
     test = load_dataset(test_spec)
     ref_feats = yard.features(test.images)
-    prompts = [dom["prompts"][i % len(dom["prompts"])] for i in range(args.contexts)]
+    prompt_set = dom["prompts"] if args.prompts == "coarse" else dom["fine_prompts"]
+    prompts = [prompt_set[i % len(prompt_set)] for i in range(args.contexts)]
     per = args.images_per_context
     print(
         f"{args.domain}: private {spec} N={n_priv} (δ=1/N={delta:.3g}); σ={sigma} k={k} w={w} steps={args.steps}; "
@@ -182,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         eps_exec = compute_epsilon([(query, args.contexts)], delta, args.accountant).epsilon
         for lam in args.lams:
             key = f"dprdm_T{T}_lam{lam:g}"
+            if args.cached_only and not (work / f"{key}.npz").exists():
+                continue
             ledger_path = work / f"{key}.ledger"
             pipe = None  # a cached setting is not generated again
             if not (work / f"{key}.npz").exists():
@@ -221,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             [(f"{name}_T{T}", {"sample_rate": q_of[T], "T": T}) for T in args.queries] if name == "subsampled" else []
         )
         for key, extra in runs or [(name, {})]:
+            if args.cached_only and not (work / f"{key}.npz").exists():
+                continue
             kw = {"private_data": spec} if mode in ("non-private", "subsampled") else {}
             if "sample_rate" in extra:
                 kw["sample_rate"] = extra["sample_rate"]
@@ -240,12 +281,17 @@ def main(argv: list[str] | None = None) -> int:
                 settings[key]["expected_subsample"] = extra["sample_rate"] * n_priv
 
     feats = {key: yard.features(s["images"]) for key, s in settings.items()}
+    inc: dict = {}
     if args.inception:
         from privdiff.evaluation.fid import FEATURE_EXTRACTOR_ID, cached_inception_features
 
         # Cached by content hash: a rerun (or a resumed sweep) computes each set's features once.
         inc_ref = cached_inception_features(test.images, progress=True)
-        inc = {key: cached_inception_features(s["images"], progress=True) for key, s in settings.items()}
+        inc = {
+            key: cached_inception_features(s["images"], progress=True)
+            for key, s in settings.items()
+            if any(fnmatch.fnmatch(key, pat) for pat in args.inception_settings)
+        }
     preds = {key: yard.predict(s["images"]) for key, s in settings.items()}
     records = {}
     for key, s in settings.items():
@@ -259,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             feats[key], ref_feats, metric="kid", n_boot=args.n_boot, seed=args.seed
         ).to_dict()
         rec["predicted_classes"] = np.bincount(preds[key], minlength=10).tolist()
-        if args.inception:
+        if key in inc:
             rec["inception_fid"] = distance_with_ci(
                 inc[key], inc_ref, metric="fid", n_boot=args.inception_n_boot, seed=args.seed
             ).to_dict()
@@ -277,12 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         records[key] = rec
         save_grid(
             s["images"][:: max(1, len(s["images"]) // 40)][:40],
-            args.out / "grids" / f"{args.domain}_{key}.png",
+            args.out / "grids" / f"{args.domain}{'' if args.prompts == 'coarse' else '-' + args.prompts}_{key}.png",
             ncols=10,
             scale=2,
         )
         inc_text = ""
-        if args.inception:
+        if key in inc:
             f = rec["inception_fid"]
             inc_text = f"  Inception FID {f['value']:.1f} [{f['low']:.1f}, {f['high']:.1f}]"
         print(
@@ -299,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         "private_spec": spec,
         "N": n_priv,
         "delta": delta,
-        "prompts": dom["prompts"],
+        "model": {"dir": str(model_dir), "weights_sha256_10": model_tag, "space_id": space},
+        "prompt_set": args.prompts,
+        "prompts": prompt_set,
         "contexts": args.contexts,
         "images_per_context": per,
         "steps": args.steps,
@@ -320,29 +368,70 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.time() - t_all, 1),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"domain_{args.domain}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    stem = f"domain_{args.domain}" + ("" if args.prompts == "coarse" else f"_{args.prompts}")
+    (args.out / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
+    out_png = args.out / f"{stem}.png"
 
-    keys = list(records)
-    panels = [("in_domain_rate", "in-domain rate"), ("domain_fid", "domain FID")]
-    panels += [("inception_fid", "Inception FID")] if args.inception else []
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2))
-    for ax, (metric, label) in zip(axes, panels):
-        v = np.array([records[x][metric]["value"] for x in keys])
-        err = np.array(
-            [[v[i] - records[x][metric]["low"], records[x][metric]["high"] - v[i]] for i, x in enumerate(keys)]
-        ).T
-        colors = [
-            "tab:blue" if x.startswith("dprdm") else "tab:orange" if x.startswith("subsampled") else "tab:gray"
-            for x in keys
-        ]
-        ax.bar(range(len(keys)), v, yerr=err, capsize=3, color=colors)
-        ax.set_xticks(range(len(keys)), keys, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{label} (95 % CI), n = {args.contexts * per} per setting")
-    fig.suptitle(f"DP-RDM on a private domain: {args.domain} ({spec}, N = {n_priv}), ε = {args.epsilon} for T queries")
-    fig.tight_layout()
-    fig.savefig(args.out / f"domain_{args.domain}.png", dpi=110)
-    print(f"wrote {args.out}/domain_{args.domain}.json and .png ({payload['seconds']} s)")
+    _plot(records, payload, args, out_png)
+    print(f"wrote {args.out}/{stem}.json and .png ({payload['seconds']} s)")
     return 0
+
+
+REFERENCE_STYLE = {
+    "public": ("public-only retrieval (ε = 0)", "tab:gray"),
+    "nonprivate": ("non-private retrieval (ε = ∞)", "tab:green"),
+    "noretrieval": ("no retrieval (λ = 0)", "tab:red"),
+}
+
+
+def _plot(records: dict, payload: dict, args, out_png: Path) -> None:
+    """Each metric against T (log axis): one line per λ, the subsampled-noiseless line, and the
+    T-independent references as horizontal bands; every point with its 95 % interval."""
+    import matplotlib.pyplot as plt
+
+    panels = [("in_domain_rate", "in-domain rate (↑)"), ("domain_fid", "domain FID (↓)")]
+    if any("inception_fid" in r for r in records.values()):
+        panels.append(("inception_fid", "Inception FID (↓)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.4))
+    lams = sorted({r["lam"] for r in records.values() if r["mode"] == "dp-rdm"}, reverse=True)
+    for ax, (metric, label) in zip(axes, panels):
+
+        def line(keys, ax=ax, metric=metric, **style):
+            pts = [(records[x]["T"], records[x][metric]) for x in keys if metric in records[x]]
+            if not pts:
+                return
+            pts.sort(key=lambda p: p[0])
+            t = np.array([p[0] for p in pts], dtype=float)
+            v = np.array([p[1]["value"] for p in pts])
+            err = np.array([[p[1]["value"] - p[1]["low"], p[1]["high"] - p[1]["value"]] for p in pts]).T
+            ax.errorbar(t, v, yerr=err, capsize=3, marker="o", **style)
+
+        for i, lam in enumerate(lams):
+            keys = [x for x, r in records.items() if r["mode"] == "dp-rdm" and r["lam"] == lam]
+            line(keys, color=plt.cm.Blues(1.0 - 0.25 * i), label=f"DP-RDM ε = {payload['epsilon']:g}, λ = {lam:g}")
+        line(
+            [x for x, r in records.items() if r["mode"] == "subsampled"],
+            color="tab:orange",
+            linestyle="--",
+            label="subsampled, no noise (not private)",
+        )
+        for name, (ref_label, color) in REFERENCE_STYLE.items():
+            if name in records and metric in records[name]:
+                r = records[name][metric]
+                ax.axhline(r["value"], color=color, linestyle=":", label=ref_label)
+                ax.axhspan(r["low"], r["high"], color=color, alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xlabel("T, queries the budget ε covers")
+        ax.set_title(f"{label}, 95 % CI, n = {payload['contexts'] * payload['images_per_context']}/setting")
+    axes[0].legend(fontsize=7, loc="best")
+    fig.suptitle(
+        f"DP-RDM on a private domain: {payload['domain']} ({payload['private_spec']}, N = {payload['N']}), "
+        f"{payload['prompt_set']} prompts",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
