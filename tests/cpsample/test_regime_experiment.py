@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -61,3 +62,33 @@ def test_the_smoke_regime_runs_every_stage_then_caches_them(tmp_path):
 def test_a_subset_that_overlaps_the_broad_set_is_refused():
     with pytest.raises(SystemExit):
         _script().parse_args(["--dataset", "mnist5k", "--subset", "600"])
+
+
+def _rows(spec: str) -> tuple[str, int, int]:
+    """``kind[:split][lo:hi]`` → (kind[:split], lo, hi) with an open end as a huge number."""
+    m = re.fullmatch(r"(?P<base>[^\[]+)\[(?P<lo>\d*):(?P<hi>\d*)\]", spec)
+    assert m, spec
+    return m["base"], int(m["lo"] or 0), int(m["hi"]) if m["hi"] else 10**9
+
+
+def _overlap(a: str, b: str) -> bool:
+    (base_a, lo_a, hi_a), (base_b, lo_b, hi_b) = _rows(a), _rows(b)
+    return base_a == base_b and lo_a < hi_b and lo_b < hi_a
+
+
+@pytest.mark.parametrize("smoke", [[], ["--smoke"]])
+@pytest.mark.parametrize("dataset", ["fashion-mnist", "mnist5k"])
+def test_the_subset_the_broad_set_and_the_held_out_images_are_disjoint(dataset, smoke):
+    script = _script()
+    sp = script.specs(script.parse_args(["--dataset", dataset, *smoke]))
+    for other in ("general", "calibration", "holdout", "reference"):
+        assert not _overlap(sp["subset"], sp[other]), (other, sp)
+    assert not _overlap(sp["general"], sp["holdout"]) and not _overlap(sp["general"], sp["reference"])
+
+
+def test_the_gpu_script_is_offline_executable_and_runs_both_datasets_on_cuda():
+    sh = ROOT / "scripts" / "gpu-cpsample.sh"
+    text = sh.read_text()
+    assert sh.stat().st_mode & 0o111
+    assert "HF_HUB_OFFLINE=1" in text and "DEVICE=cuda" in text
+    assert "for dataset in fashion-mnist mnist5k" in text and "--results" in text
