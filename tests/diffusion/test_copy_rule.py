@@ -72,6 +72,7 @@ def test_the_rule_stops_at_the_first_check_at_or_above_the_target_and_draws_the_
     assert all(s.shape == (3, 8, 8, 1) for s in measure.seen)
 
 
+@pytest.mark.integration
 def test_checks_do_not_change_the_trained_weights(tmp_path, tiny_images):
     plain = _train(tiny_images, tmp_path / "plain", config=_cfg(steps=6))
     checked = _train(
@@ -82,6 +83,7 @@ def test_checks_do_not_change_the_trained_weights(tmp_path, tiny_images):
         assert torch.equal(p, q), name
 
 
+@pytest.mark.integration
 def test_a_resumed_run_keeps_its_copy_history_and_stops_when_the_rate_crosses(tmp_path, tiny_images):
     out = tmp_path / "ft"
     _train(tiny_images, out, measure=Scripted(0.0, 0.0, 0.01), rule=_rule(), config=_cfg(steps=4))
@@ -124,6 +126,7 @@ def test_training_on_a_device_this_machine_lacks_is_refused_before_anything_is_w
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration
 def test_training_with_an_explicit_cpu_device_resumes_bit_identically(tmp_path, tiny_images):
     straight = _train(tiny_images, tmp_path / "a", config=_cfg(steps=4))
     _train(tiny_images, tmp_path / "b", config=_cfg(steps=2), device="cpu")
@@ -174,6 +177,7 @@ def test_train_diffusion_on_a_missing_gpu_is_refused_before_anything_is_written(
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.integration
 def test_train_diffusion_measures_copies_against_its_training_data(tmp_path, capsys):
     _fashion_or_skip()
     base = ["train", "diffusion", "--data", "fashion-mnist:train[:4]", "--size", "8", "--unet", "tiny"]
