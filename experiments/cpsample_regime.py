@@ -220,7 +220,8 @@ def finetune(args, run: Path, sp: dict[str, str], record: dict[str, Any]) -> dic
     cli = ["train", "diffusion", "--data", sp["subset"], "--out", str(out), "--unet", args.unet]
     cli += ["--init-from", str(run / "general"), "--steps", str(args.finetune_steps)]
     cli += ["--batch-size", str(args.finetune_batch), "--lr", repr(args.finetune_lr)]
-    cli += ["--checkpoint-every", str(args.check_every), "--device", args.device]
+    # Checkpoints (and their PNGs) are the slow part of a short GPU step; the stop writes one anyway.
+    cli += ["--checkpoint-every", str(max(args.check_every, 500)), "--device", args.device]
     cli += ["--stop-at-copy-rate", repr(TARGET_COPY_RATE), "--copy-check-every", str(args.check_every)]
     cli += ["--copy-check-samples", str(args.check_samples), "--copy-check-steps", str(args.check_steps)]
     if (out / "training_state.pt").is_file() and not done:
