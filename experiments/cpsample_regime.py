@@ -261,7 +261,7 @@ def train_classifier(args, run: Path, sp: dict[str, str], record: dict[str, Any]
     done = (out / "classifier.json").is_file()
     cli = ["protect", "train", "--data", sp["subset"], "--model", str(run / "finetune"), "--out", str(out)]
     cli += ["--holdout", sp["holdout"], "--steps", str(args.classifier_steps)]
-    cli += ["--batch-size", str(args.classifier_batch), "--device", args.device, "--json"]
+    cli += ["--batch-size", str(args.classifier_batch), "--device", args.device]
     cli += ["--calibration", sp["calibration"]] if "calibration" in sp else []
     _stage(record, "classifier", ["privdiff " + shlex.join(cli)], done, lambda: _cli(cli))
     meta = _read(out / "classifier.json") or {}
