@@ -222,3 +222,40 @@ def test_calibration_is_off_by_default():
     from privdiff.cpsample import train_classifier
 
     assert inspect.signature(train_classifier).parameters["calibration"].default is None
+
+
+def test_training_the_classifier_on_an_explicit_cpu_device_is_the_default_run(tiny_train_set, alphas_cumprod):
+    from privdiff.cpsample.training import train_classifier
+
+    cfg = dict(steps=4, batch_size=4, target_alpha=None, block_out_channels=(8, 16))
+    a, _, log_a = train_classifier(
+        tiny_train_set, alphas_cumprod=alphas_cumprod, config=ClassifierTrainConfig(**cfg), progress=False
+    )
+    b, _, log_b = train_classifier(
+        tiny_train_set,
+        alphas_cumprod=alphas_cumprod,
+        config=ClassifierTrainConfig(**cfg),
+        progress=False,
+        device="cpu",
+    )
+    assert log_a["loss_per_step"] == log_b["loss_per_step"]
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_training_the_classifier_on_a_device_this_machine_lacks_is_refused(tiny_train_set, alphas_cumprod):
+    from privdiff.cpsample.training import train_classifier
+
+    missing = f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"
+    with pytest.raises(InvalidParameter, match="device"):
+        train_classifier(
+            tiny_train_set, alphas_cumprod=alphas_cumprod, config=ClassifierTrainConfig(steps=2), device=missing
+        )
+
+
+def test_protect_train_refuses_a_bad_device_before_loading_anything(tmp_path, capsys):
+    from privdiff.cli import main
+
+    args = ["protect", "train", "--data", "no-such-data", "--model", str(tmp_path / "none")]
+    code = main([*args, "--out", str(tmp_path / "clf"), "--device", "tpu"])
+    assert code == 2 and "device" in capsys.readouterr().err
+    assert not (tmp_path / "clf").exists()

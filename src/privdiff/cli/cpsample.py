@@ -66,6 +66,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         label_seed: int = typer.Option(0, "--label-seed", help="Seed of the Bernoulli(1/2) labels."),
         seed: int = typer.Option(0, "--seed"),
         json_out: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
+        device: str = typer.Option(
+            "cpu",
+            "--device",
+            help="Where the classifier trains: cpu, cuda, cuda:N or mps (random numbers stay on the CPU).",
+        ),
     ) -> None:
         """Train the noise-aware classifier to overfit random labels, then report it per timestep band."""
         from privdiff.cpsample.training import (
@@ -79,8 +84,10 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         from privdiff.diffusion.model import load_model
         from privdiff.report.images import to_model_space
         from privdiff.utils.atomic import atomic_write_json
+        from privdiff.utils.device import check_device
 
         size = check_size(size)
+        check_device(device)  # before the model and data load
         config = ClassifierTrainConfig(
             steps=steps,
             batch_size=batch_size,
@@ -112,7 +119,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         held = load_dataset(holdout, size=size) if holdout else None
         calib = space(load_dataset(calibration, size=size).images) if calibration else None
         x0 = space(ds.images)
-        clf, labels, log = train_classifier(x0, alphas_cumprod=acp, config=config, calibration=calib)
+        clf, labels, log = train_classifier(x0, alphas_cumprod=acp, config=config, calibration=calib, device=device)
         report: dict[str, Any] = {"train": evaluate_classifier(clf, x0, labels, alphas_cumprod=acp, seed=seed + 1)}
         if held is not None:
             report["holdout"] = evaluate_classifier(clf, space(held.images), None, alphas_cumprod=acp, seed=seed + 2)
@@ -146,6 +153,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             "--stop-t-max",
             str(stop_t_max),
             *(["--size", str(size)] if size is not None else []),
+            *(["--device", device] if device != "cpu" else []),
             *(
                 [
                     "--calibration",

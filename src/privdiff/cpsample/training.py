@@ -176,6 +176,7 @@ def train_classifier(
     config: ClassifierTrainConfig | None = None,
     calibration: torch.Tensor | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> tuple[NoiseAwareClassifier, torch.Tensor, dict[str, Any]]:
     """Fit a :class:`NoiseAwareClassifier` to random labels on noisy versions of ``x0``.
 
@@ -188,6 +189,9 @@ def train_classifier(
             off the training set to 1/2, which is what keeps CPSample's gate from firing on novel
             samples (methods/cpsample.md §2, "Evaluation" (b)). A privdiff design choice [I], not
             in the paper.
+        device: where the classifier trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``); batches, t
+            and noise are still drawn on the CPU and moved, so every device sees the same numbers.
+            The classifier is returned on this device.
 
     Returns:
         ``(classifier, labels, log)`` where ``log`` holds the loss curve, wall time, the stopping
@@ -195,8 +199,11 @@ def train_classifier(
         (``"rule"``: ≥ 99 % of members above 1 − target_alpha; ``"max_steps"``; ``"fixed_steps"``
         when ``target_alpha`` is ``None``).
     """
+    from privdiff.utils.device import check_device
+
     n_t = int(alphas_cumprod.shape[0])
     config = (config or ClassifierTrainConfig()).validate(n_t)
+    dev = check_device(device)
     if x0.ndim != 4 or x0.shape[0] < 2:
         raise DataError(f"need at least 2 training images (N, C, H, W); got shape {tuple(x0.shape)}")
     if calibration is not None and tuple(calibration.shape[1:]) != tuple(x0.shape[1:]):
@@ -205,8 +212,10 @@ def train_classifier(
         )
     labels = random_labels(x0.shape[0], config.label_seed)
     torch.manual_seed(config.seed)
-    clf = NoiseAwareClassifier(in_channels=x0.shape[1], block_out_channels=tuple(config.block_out_channels)).train()
+    clf = NoiseAwareClassifier(in_channels=x0.shape[1], block_out_channels=tuple(config.block_out_channels))
+    clf = clf.to(dev).train()
     loop = TrainingLoop(clf, config, weight_decay=0.0, grad_clip=None)
+    acp_dev, labels_dev = alphas_cumprod.to(dev), labels.to(dev)
     batch = min(config.batch_size, x0.shape[0])
     t0 = time.perf_counter()
     checks: list[dict[str, Any]] = []
@@ -216,8 +225,10 @@ def train_classifier(
     def loss_fn(step: int, g: torch.Generator) -> torch.Tensor:
         idx = torch.randperm(x0.shape[0], generator=g)[:batch]
         t = sample_timesteps(batch, config, n_t, g)
-        x_t = q_sample(x0[idx], t, alphas_cumprod, torch.randn(x0[idx].shape, generator=g))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(x_t, t), labels[idx])
+        noise = torch.randn(x0[idx].shape, generator=g)
+        t = t.to(dev)
+        x_t = q_sample(x0[idx].to(dev), t, acp_dev, noise.to(dev))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(x_t, t), labels_dev[idx.to(dev)])
         if calibration is not None:
             cidx = torch.randint(
                 0,
@@ -226,12 +237,9 @@ def train_classifier(
                 generator=g,
             )
             tc = sample_timesteps(cidx.shape[0], config, n_t, g)
-            xc = q_sample(
-                calibration[cidx],
-                tc,
-                alphas_cumprod,
-                torch.randn(calibration[cidx].shape, generator=g),
-            )
+            noise_c = torch.randn(calibration[cidx].shape, generator=g)
+            tc = tc.to(dev)
+            xc = q_sample(calibration[cidx].to(dev), tc, acp_dev, noise_c.to(dev))
             zc = clf(xc, tc)
             loss = loss + torch.nn.functional.binary_cross_entropy_with_logits(zc, torch.full_like(zc, 0.5))
         return loss
@@ -290,7 +298,7 @@ def member_coverage(
         for start in range(0, x0.shape[0], batch_size):
             xb, yb = x0[start : start + batch_size], labels[start : start + batch_size]
             t = torch.randint(0, config.stop_t_max, (xb.shape[0],), generator=generator)
-            z = classifier(q_sample(xb, t, alphas_cumprod, torch.randn(xb.shape, generator=generator)), t)
+            z = _logits(classifier, xb, t, alphas_cumprod, torch.randn(xb.shape, generator=generator)).cpu()
             right = (z >= 0).float() == yb
             hits += int((right & (confidence(z) > 1 - float(config.target_alpha))).sum())
             count += xb.shape[0]
@@ -330,7 +338,7 @@ def evaluate_classifier(
             for start in range(0, x0.shape[0], batch_size):
                 xb, yb = x0[start : start + batch_size], labels[start : start + batch_size]
                 t = torch.randint(lo, hi, (xb.shape[0],), generator=g)
-                z = classifier(q_sample(xb, t, alphas_cumprod, torch.randn(xb.shape, generator=g)), t)
+                z = _logits(classifier, xb, t, alphas_cumprod, torch.randn(xb.shape, generator=g)).cpu()
                 correct += float(((z >= 0).float() == yb).sum())
                 conf = confidence(z)
                 conf_sum += float(conf.sum())
@@ -351,6 +359,15 @@ def evaluate_classifier(
             }
         )
     return rows
+
+
+def _logits(
+    classifier: NoiseAwareClassifier, x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor, noise
+) -> torch.Tensor:
+    """The classifier's logits on q(x_t | x_0) for CPU-drawn (t, ε), computed on the classifier's device."""
+    dev = next(classifier.parameters()).device
+    t = t.to(dev)
+    return classifier(q_sample(x0.to(dev), t, alphas_cumprod.to(dev), noise.to(dev)), t)
 
 
 def training_config_dict(config: ClassifierTrainConfig) -> dict[str, Any]:

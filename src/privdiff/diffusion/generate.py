@@ -47,7 +47,11 @@ def generate(
     n, num_inference_steps, eta, batch_size, seed = check_sampling(
         model, n, num_inference_steps=num_inference_steps, eta=eta, seed=seed, batch_size=batch_size
     )
+    # x_T is drawn on the CPU (the same images on every device) and moved to the network's device.
+    params = getattr(model.unet, "parameters", None)
     x_T = initial_noise(n, model.image_shape, seed)
+    if params is not None:
+        x_T = x_T.to(next(params()).device)
     g = torch.Generator().manual_seed(int(seed) + 1)
     denoiser, scheduler = model.denoiser(), model.ddim_scheduler()
     out = []

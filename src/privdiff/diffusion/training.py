@@ -8,10 +8,20 @@ CPSample's replication experiments ("fine-tuned on a small subset", methods/cpsa
 A run directory holds the sampling checkpoint (:mod:`privdiff.diffusion.model`), ``training_state.pt``
 (raw weights, EMA, optimizer, step, every RNG state) so ``resume=True`` continues exactly where a
 run stopped, and ``loss.json`` / ``loss.png`` with the loss curve.
+
+The copy-rate stop rule (:class:`CopyRule`) is CPSample's fine-tuning regime (Kazdan et al. 2025,
+§5.2: a model trained on a broad set is fine-tuned on a small subset "until it replicates" a few per
+cent of its samples): every ``check_every`` steps, ``samples`` images are drawn with DDIM from the
+EMA weights (fixed x_T, so successive checks differ only by the weights), the caller's ``measure``
+counts the replicas among them, and training stops at the first check whose rate is ≥ ``target``.
+The checks are part of the run (``training_state.pt``) and are drawn in ``copies.json`` /
+``copies.png``. They use their own generators and a copy of the network, so a run with checks
+trains exactly the weights of a run without them.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +43,8 @@ from privdiff.errors import (
     CheckpointError,
     DataError,
     InvalidParameter,
+    check_in_range,
+    check_int,
     check_nonnegative,
     check_positive,
 )
@@ -40,6 +52,11 @@ from privdiff.utils.atomic import atomic_open, atomic_write_json
 from privdiff.utils.train_config import TrainConfig as BaseTrainConfig
 
 TRAINING_STATE = "training_state.pt"
+COPIES_JSON = "copies.json"
+
+#: ``measure(samples uint8 (M, H, W, C)) -> dict`` with at least ``rate`` (the replicated fraction),
+#: ``n_replicated`` and ``n``; whatever else it returns (interval, threshold) is recorded with the check.
+CopyMeasure = Callable[[np.ndarray], dict[str, Any]]
 
 
 @dataclass
@@ -73,12 +90,45 @@ class TrainConfig(BaseTrainConfig):
         return self
 
 
+@dataclass
+class CopyRule:
+    """Stop fine-tuning once the model copies ``target`` of its samples (module docstring).
+
+    Attributes:
+        target: stop at the first check whose replication rate (point estimate) is ≥ this, in (0, 1].
+        check_every: steps between two checks (a check also runs before the first step of a fresh
+            run, giving the starting model's rate, and at the last step).
+        samples: images drawn per check.
+        ddim_steps: DDIM steps per image (η = 0).
+        seed: seed of the checks' x_T (the same at every check, so the rates are comparable).
+    """
+
+    target: float
+    check_every: int = 250
+    samples: int = 200
+    ddim_steps: int = 25
+    seed: int = 0
+
+    def validate(self, num_train_timesteps: int = 1000) -> CopyRule:
+        check_in_range("target", self.target, 0.0, 1.0, low_inclusive=False, high_inclusive=True)
+        check_int("check_every", self.check_every, minimum=1)
+        check_int("samples", self.samples, minimum=1, maximum=100_000)
+        check_int("ddim_steps", self.ddim_steps, minimum=1, maximum=num_train_timesteps)
+        check_int("seed", self.seed, minimum=0, maximum=2**63 - 2)
+        return self
+
+
 def ddpm_loss(unet, x0: torch.Tensor, noise_scheduler, generator: torch.Generator) -> torch.Tensor:
-    """Ho et al. 2020 Eq. 14 ("L_simple"): E_{t,ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖²."""
-    b = x0.shape[0]
+    """Ho et al. 2020 Eq. 14 ("L_simple"): E_{t,ε} ‖ε − ε_θ(√ᾱ_t x_0 + √(1−ᾱ_t) ε, t)‖².
+
+    t and ε are drawn from ``generator`` on the CPU and moved to ``x0``'s device, so every device
+    trains on the same random numbers (and a run resumes on another device).
+    """
+    b, dev = x0.shape[0], x0.device
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=generator)
     noise = torch.randn(x0.shape, generator=generator)
-    x_t = q_sample(x0, t, noise_scheduler.alphas_cumprod, noise)
+    t, noise = t.to(dev), noise.to(dev)
+    x_t = q_sample(x0, t, noise_scheduler.alphas_cumprod.to(dev), noise)
     return torch.nn.functional.mse_loss(unet(x_t, t).sample, noise)
 
 
@@ -94,6 +144,10 @@ def train_diffusion(
     init_from: str | Path | None = None,
     progress: bool = True,
     on_checkpoint: Callable[[int, DiffusionModel], None] | None = None,
+    device: str = "cpu",
+    copy_rule: CopyRule | None = None,
+    copy_measure: CopyMeasure | None = None,
+    copy_measure_info: dict[str, Any] | None = None,
 ) -> DiffusionModel:
     """Train (or resume training) a DDPM on uint8 images (N, H, W, C) and save it to ``out_dir``.
 
@@ -109,6 +163,13 @@ def train_diffusion(
             experiments fine-tune a trained model on a small subset); its raw weights are used when
             its ``training_state.pt`` is present, else its sampling weights. Ignored when resuming.
         on_checkpoint: called as ``on_checkpoint(step, model)`` after each checkpoint.
+        device: where the U-Net trains (``cpu``, ``cuda``, ``cuda:N``, ``mps``); every random
+            number is still drawn on the CPU, so a run resumes on another device.
+        copy_rule: stop once the replication rate of the EMA weights' samples reaches
+            ``copy_rule.target`` (:class:`CopyRule`); needs ``copy_measure``.
+        copy_measure: counts the replicas among a check's samples (the caller's metric, e.g.
+            :func:`privdiff.evaluation.replication.replication_counter` against ``images``).
+        copy_measure_info: how ``copy_measure`` decides (feature space, threshold), for the record.
 
     Returns:
         The trained model (EMA weights when EMA is on), as saved.
@@ -116,8 +177,14 @@ def train_diffusion(
     from diffusers import DDPMScheduler
 
     from privdiff.report.images import to_model_space
+    from privdiff.utils.device import check_device
 
     config = (config or TrainConfig()).validate()
+    dev = check_device(device)
+    if copy_rule is not None:
+        copy_rule.validate(DDIM_SCHEDULE["num_train_timesteps"])
+        if copy_measure is None:
+            raise InvalidParameter("copy_measure", None, "a function counting replicas when copy_rule is set")
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) == 0:
         raise DataError(
@@ -136,11 +203,12 @@ def train_diffusion(
         raise CheckpointError(f"cannot resume: {state_path} does not exist")
 
     torch.manual_seed(config.seed)
-    unet = build_unet(unet_config).train()
+    unet = build_unet(unet_config).to(dev).train()
     loop = TrainingLoop(unet, config, weight_decay=config.weight_decay, grad_clip=config.grad_clip, model_key="unet")
     noise_scheduler = DDPMScheduler(**DDIM_SCHEDULE, clip_sample=False, prediction_type="epsilon")
     commands: list[str] = []
     order: list[int] = []
+    copy_checks: list[dict[str, Any]] = []
 
     if resume:
         state = torch.load(state_path, map_location="cpu", weights_only=False)
@@ -148,13 +216,14 @@ def train_diffusion(
             raise CheckpointError(f"cannot resume {out_dir}: the stored U-Net config differs from the requested one")
         loop.load_state_dict(state)
         commands, order = state["commands"], state["order"]
+        copy_checks = list(state.get("copy_checks", []))
     elif init_from is not None:
         unet.load_state_dict(_init_weights(Path(init_from), unet_config))
         loop.restart_ema()  # the EMA starts from the fine-tuning initialisation, not from noise
     if command:
         commands = [*commands, command]
 
-    x_all = to_model_space(images)
+    x_all = to_model_space(images)  # stays on the CPU; each batch moves to the device
     meta_base = {
         "data_spec": data_spec,
         "num_train_images": int(len(images)),
@@ -162,7 +231,10 @@ def train_diffusion(
         "objective": "epsilon-prediction, L_simple (Ho et al. 2020 Eq. 14)",
         "commands": commands,
         **({"init_from": str(init_from)} if init_from is not None and not resume else {}),
+        **({"device": str(dev)} if str(dev) != "cpu" else {}),
     }
+    if copy_rule is not None:
+        meta_base["copy_rule"] = {**asdict(copy_rule), "measure": dict(copy_measure_info or {})}
 
     def loss_fn(step: int, generator: torch.Generator) -> torch.Tensor:
         nonlocal order
@@ -171,7 +243,43 @@ def train_diffusion(
             # the point is to memorise each one.
             order = order + torch.randperm(len(images), generator=generator).tolist()
         idx, order = order[: config.batch_size], order[config.batch_size :]
-        return ddpm_loss(unet, x_all[idx], noise_scheduler, generator)
+        return ddpm_loss(unet, x_all[idx].to(dev), noise_scheduler, generator)
+
+    def check_copies(step: int) -> dict[str, Any]:
+        """Sample the EMA weights and record the replication rate (no draw from training's RNGs)."""
+        import time
+
+        from privdiff.diffusion.generate import generate
+
+        t0 = time.perf_counter()
+        # A copy of the training network (deepcopy draws no random numbers, unlike build_unet)
+        # carrying the weights a checkpoint would save.
+        averaged = loop.averaged_into(copy.deepcopy(unet)).eval()
+        samples, _ = generate(
+            DiffusionModel(unet=averaged, schedule=dict(DDIM_SCHEDULE)),
+            copy_rule.samples,
+            num_inference_steps=copy_rule.ddim_steps,
+            seed=copy_rule.seed,
+            progress=False,
+        )
+        del averaged
+        result = dict(copy_measure(samples))
+        record = {
+            "step": int(step),
+            **{k: result[k] for k in ("rate", "n_replicated", "n")},
+            **{k: v for k, v in result.items() if k not in ("rate", "n_replicated", "n")},
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        copy_checks.append(record)
+        return record
+
+    def reached(record: dict[str, Any] | None) -> bool:
+        return record is not None and record["rate"] >= copy_rule.target
+
+    def should_stop(step: int, _losses: list[float]) -> bool:
+        if copy_rule is None or (step % copy_rule.check_every and step != config.steps):
+            return False
+        return reached(check_copies(step))
 
     def checkpoint(step: int) -> DiffusionModel:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,9 +293,23 @@ def train_diffusion(
             "weights": "ema" if loop.ema is not None else "raw",
             "final_loss_ema": _smoothed(loop.losses),
         }
+        if copy_rule is not None:
+            last = copy_checks[-1] if copy_checks else None
+            meta["stop_reason"] = "copy_rate" if reached(last) else ("max_steps" if step >= config.steps else "running")
+            meta["copy_rate"] = last  # the final measured rate (None before the first check)
+            write_copy_curve(copy_checks, out_dir, target=copy_rule.target, title=data_spec)
         save_model(out_dir, sample_unet, schedule=dict(DDIM_SCHEDULE), meta=meta)
         with atomic_open(state_path) as fh:
-            torch.save({**loop.state_dict(), "commands": commands, "order": order, "unet_config": unet_config}, fh)
+            torch.save(
+                {
+                    **loop.state_dict(),
+                    "commands": commands,
+                    "order": order,
+                    "unet_config": unet_config,
+                    "copy_checks": copy_checks,
+                },
+                fh,
+            )
         write_loss_curve(
             loop.losses,
             out_dir,
@@ -199,12 +321,21 @@ def train_diffusion(
         return model
 
     saved: list[DiffusionModel] = []
-    loop.run(
-        loss_fn,
-        on_checkpoint=lambda step: saved.append(checkpoint(step)),
-        progress=progress,
-        desc="train diffusion",
-    )
+    done = False
+    if copy_rule is not None:
+        if loop.step == 0:
+            done = reached(check_copies(0))  # the starting model's rate: the curve's first point
+        else:
+            # A resumed run whose last check already reached the target is finished.
+            done = bool(copy_checks) and copy_checks[-1]["step"] == loop.step and reached(copy_checks[-1])
+    if not done:
+        loop.run(
+            loss_fn,
+            on_checkpoint=lambda step: saved.append(checkpoint(step)),
+            should_stop=should_stop if copy_rule is not None else None,
+            progress=progress,
+            desc="train diffusion",
+        )
     if not saved:  # resumed at or past the target: rewrite the checkpoint with this command
         saved.append(checkpoint(loop.step))
     return saved[-1]
@@ -223,6 +354,38 @@ def _init_weights(directory: Path, unet_config: dict[str, Any]) -> dict[str, tor
     if {k: v for k, v in dict(model.unet.config).items() if k in unet_config} != unet_config:
         raise CheckpointError(f"cannot fine-tune from {directory}: its U-Net config differs from the requested one")
     return model.unet.state_dict()
+
+
+def write_copy_curve(
+    checks: list[dict[str, Any]], out_dir: str | Path, *, target: float | None = None, title: str = ""
+) -> Path:
+    """``copies.json`` (every check) and ``copies.png`` (rate with its interval vs step, the target dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / COPIES_JSON, {"target": target, "checks": list(checks)})
+    path = out_dir / "copies.png"
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if checks:
+        steps = np.array([c["step"] for c in checks])
+        rate = np.array([c["rate"] for c in checks])
+        low = np.array([c.get("ci_low", r) for c, r in zip(checks, rate)])
+        high = np.array([c.get("ci_high", r) for c, r in zip(checks, rate)])
+        ax.errorbar(steps, rate, yerr=[rate - low, high - rate], marker="o", ms=3, capsize=2, label="replication rate")
+    if target is not None:
+        ax.axhline(target, ls="--", color="grey", lw=1, label=f"target {target:g}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("replicated fraction (95 % Wilson)")
+    ax.set_title(title or "copies during fine-tuning", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _smoothed(losses: list[float], window: int = 100) -> float:

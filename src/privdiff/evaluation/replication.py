@@ -255,6 +255,49 @@ def replication_report(
     )
 
 
+def replication_counter(
+    reference: np.ndarray,
+    *,
+    feature_space: str = DEFAULT_FEATURE_SPACE,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+):
+    """``(count, info)``: ``count(generated) -> dict`` measures the replication rate against
+    ``reference`` again and again (a fine-tuning run's copy checks; the reference features are
+    computed once), ``info`` says how (feature space, τ and where τ came from).
+
+    The dict holds ``rate``, ``n_replicated``, ``n``, the 95 % Wilson interval (``ci_low``,
+    ``ci_high``; :func:`privdiff.evaluation.domain.wilson_interval`), ``threshold`` and
+    ``mean_similarity``, the numbers :func:`replication_report` would give for the same images.
+    """
+    from privdiff.evaluation.domain import wilson_interval
+
+    feature_space = check_feature_space(feature_space)
+    check_images(reference, "reference")
+    tau, _source = _resolve_threshold(threshold, feature_space)
+    ref_feats = extract_features(reference, feature_space, batch_size=batch_size)
+    ref_shape = reference.shape[1:]
+
+    def count(generated: np.ndarray) -> dict[str, Any]:
+        check_images(generated, "generated")
+        if feature_space == "pixel" and generated.shape[1:] != ref_shape:
+            raise InvalidParameter("generated", f"<images of shape {generated.shape[1:]}>", f"shape {ref_shape}")
+        sims, _idx = nearest_neighbours(extract_features(generated, feature_space, batch_size=batch_size), ref_feats)
+        hits, n = int(np.count_nonzero(sims > tau)), int(sims.shape[0])
+        ci = wilson_interval(hits, n)
+        return {
+            "rate": hits / n,
+            "n_replicated": hits,
+            "n": n,
+            "ci_low": ci.low,
+            "ci_high": ci.high,
+            "threshold": tau,
+            "mean_similarity": float(np.mean(sims)),
+        }
+
+    return count, {"feature_space": feature_space, "threshold": tau, "threshold_source": _source}
+
+
 def compare_rates(report_a: ReplicationReport, report_b: ReplicationReport) -> dict[str, Any]:
     """Two-sided Fisher exact test that two replication rates differ (e.g. DDIM vs CPSample).
 
