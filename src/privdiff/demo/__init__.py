@@ -847,7 +847,7 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
     import warnings
 
     from privdiff.accounting import DPRDMQuery, Ledger, compute_epsilon
-    from privdiff.encoders import load_image_encoder, load_text_encoder
+    from privdiff.encoders import encoder_for_model, load_image_encoder, load_text_encoder
     from privdiff.errors import PrivdiffWarning
     from privdiff.evaluation.yardstick import load_yardstick
     from privdiff.rdm.model import RDMModel, read_model_info
@@ -857,11 +857,13 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
     # Fail (skip) on a missing model before the expensive index build.
     model_dir = resolve_model_dir(cfg.rdm_model)
     info = read_model_info(model_dir)
+    # "default" is the model's own space: the private index is built where the model retrieves.
+    encoder = encoder_for_model(cfg.encoder, info["model"]["space_id"])
     root = cfg.out / "rdm"
     root.mkdir(parents=True, exist_ok=True)
 
     with phases("dprdm.load", "loading the encoders and the domain yardstick"):
-        image_encoder = load_image_encoder(cfg.encoder)
+        image_encoder = load_image_encoder(encoder)
         # Before the ledger exists: a missing yardstick skips the section with nothing charged.
         yardstick = load_yardstick("fashion-mnist")
     index_path, index_info = _private_index(cfg, image_encoder, phases)
@@ -877,9 +879,9 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
         # Every mode is assembled by make_pipeline, the function users call: the model and the
         # encoders are loaded once here and shared, the mode → context source choice is its own.
         model = RDMModel.load(model_dir)
-        text = _DedupTextEncoder(load_text_encoder(cfg.encoder))
+        text = _DedupTextEncoder(load_text_encoder(encoder))
         shared = dict(
-            encoder=cfg.encoder,
+            encoder=encoder,
             model=model,
             text_encoder=text,
             image_encoder=image_encoder,
