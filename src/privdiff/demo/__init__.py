@@ -79,8 +79,9 @@ _OWNED = ("planner", "rdm", "cpsample", "report.html", "summary.json")
 #: The DP-RDM section's private domain: winter tops. The public split has 1,500 pullovers and
 #: 1,500 coats, yet coarse prompts retrieve public T-shirts and shirts (48 % / 49 % of public-only
 #: outputs in docs/results/dprdm/domain): the private collection is what pulls the context to
-#: long-sleeved garments. Measured there at 1,000 images per setting: in-domain 0.027 public-only
-#: against 0.53-0.69 for DP-RDM at ε = 10.
+#: long-sleeved garments. Measured there at 1,000 images per setting, with the RDM shipped before
+#: the current one (EfficientNet space): in-domain 0.027 public-only against 0.53-0.69 for DP-RDM
+#: at ε = 10.
 DOMAIN_CLASSES = (2, 4)
 DOMAIN_NAME = "winter tops (Pullover + Coat)"
 DOMAIN_SPEC = "fashion-mnist:dprdm-private{classes=2,4}"
@@ -199,7 +200,7 @@ def demo_config(
     """The preset of ``size`` (``quick``, ``default`` or ``full``), with any field overridden.
 
     Sizes (wall time on 2 CPU cores with the private index cached; the first run also encodes the
-    private set, ~49k images with EfficientNet-Lite0 at roughly 400 img/s, about 2 minutes):
+    private set with the shipped model's encoder, ~500 img/s on a busy 2-core machine):
 
     * ``quick``: 3,000 of the private winter tops and a quarter of the public set, 4 queries ×
       3 images × 3 modes at 15 DDIM steps (the same 36 images as before the domain story), 16
