@@ -118,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     w = args.guidance_scale if args.guidance_scale is not None else defaults["guidance_scale"]
     steps = args.steps if args.steps is not None else defaults["num_inference_steps"]
     model = RDMModel.load(model_dir)
-    text = load_text_encoder("default")
-    image_enc = load_image_encoder("default")
+    # The model's own space (what "default" means wherever a model is known).
+    text = load_text_encoder(model.space_id)
+    image_enc = load_image_encoder(model.space_id)
     model.check_space(text.space_id, "text encoder")
 
     private = load_dataset("fashion-mnist:dprdm-private")

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = resolve_model_dir(args.model)
     model = RDMModel.load(model_dir)
-    enc = load_image_encoder("default")
+    enc = load_image_encoder(model.space_id)  # the model's own space
     model.check_space(enc.space_id)
     test = load_dataset("fashion-mnist:test")
     emb = cached_embeddings(test, enc, private=False)

@@ -36,7 +36,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from privdiff.data import FASHION_MNIST_CLASSES, load_dataset  # noqa: E402
 from privdiff.encoders.captions import CANONICAL_PROMPTS, training_captions  # noqa: E402
 from privdiff.encoders.public_cnn import CONCAT_SPACE_ID, SPACE_ID, ConcatEncoder  # noqa: E402
-from privdiff.encoders.registry import DEFAULT_SPACE_ID, load_image_encoder, projection_stem  # noqa: E402
+from privdiff.encoders.registry import EFFNET_SPACE_ID, load_image_encoder, projection_stem  # noqa: E402
 from privdiff.encoders.text import minilm_embed, save_projection, train_text_projection  # noqa: E402
 from privdiff.rdm.train import cached_embeddings  # noqa: E402
 
@@ -74,7 +74,7 @@ def main(argv=None):
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--spaces", nargs="+", default=[DEFAULT_SPACE_ID, SPACE_ID, CONCAT_SPACE_ID])
+    ap.add_argument("--spaces", nargs="+", default=[EFFNET_SPACE_ID, SPACE_ID, CONCAT_SPACE_ID])
     ap.add_argument("--steps", type=int, default=800, help="text projection steps")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/dprdm/model")
@@ -102,7 +102,7 @@ def main(argv=None):
             "centroid_margin_mean": round(float(mar.mean()), 4),
             "nearest_centroid_accuracy": round(float((mar > 0).mean()), 4),
         }
-        if space == DEFAULT_SPACE_ID:
+        if space == EFFNET_SPACE_ID:  # its projection shipped first (experiments/text_projection.py)
             from privdiff.encoders.registry import load_text_encoder
 
             text = load_text_encoder(space)

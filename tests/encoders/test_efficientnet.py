@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from privdiff.data import load_dataset
-from privdiff.encoders import DEFAULT_SPACE_ID, check_same_space, load_image_encoder
+from privdiff.encoders import EFFNET_SPACE_ID, check_same_space, load_image_encoder
 from privdiff.encoders.efficientnet import EfficientNetLite0Encoder, centre_asset_path, load_centre
 from privdiff.errors import DataError, EncoderMismatch, InvalidParameter
 
@@ -63,10 +63,11 @@ def test_bad_image_input_is_rejected(raw_encoder):
 
 
 @pytest.mark.integration
-def test_default_encoder_is_centred_cached_and_in_its_own_space(raw_encoder, faces):
-    enc = load_image_encoder()
-    assert enc is load_image_encoder("default") is load_image_encoder(DEFAULT_SPACE_ID)
-    assert enc.space_id == DEFAULT_SPACE_ID == "effnet-lite0-64px-c/v1"
+def test_centred_encoder_is_cached_and_in_its_own_space(raw_encoder, faces):
+    # No longer the default (the shipped RDM moved to fmnist-public-cnn/v1): loaded by name.
+    enc = load_image_encoder(EFFNET_SPACE_ID)
+    assert enc is load_image_encoder(EFFNET_SPACE_ID) and enc is not load_image_encoder("default")
+    assert enc.space_id == EFFNET_SPACE_ID == "effnet-lite0-64px-c/v1"
     centre, meta = load_centre(centre_asset_path(64))
     assert meta["source"] == "fashion-mnist:dprdm-public" and centre.shape == (1280,)
     z = enc.encode_images(faces[:6])
@@ -84,13 +85,13 @@ def test_centring_lowers_similarity_of_unrelated_fashion_images(raw_encoder):
         pytest.skip(f"Fashion-MNIST unavailable: {exc}")
     # The public-data centre removes the shared post-ReLU component of in-domain images.
     raw = raw_encoder.encode_images(imgs)
-    cen = load_image_encoder().encode_images(imgs)
+    cen = load_image_encoder(EFFNET_SPACE_ID).encode_images(imgs)
     off = ~np.eye(20, dtype=bool)
     assert (cen @ cen.T)[off].mean() < 0.5 * (raw @ raw.T)[off].mean()
 
 
 def test_spaces_differ_and_mismatch_is_refused(raw_encoder):
-    enc = load_image_encoder()
+    enc = load_image_encoder(EFFNET_SPACE_ID)
     assert raw_encoder.space_id != enc.space_id
     with pytest.raises(EncoderMismatch, match="effnet-lite0-64px/v1"):
         check_same_space(enc.space_id, raw_encoder.space_id, what="index")

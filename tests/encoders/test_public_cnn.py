@@ -108,3 +108,27 @@ def test_a_projection_trained_against_other_cnn_weights_is_refused(monkeypatch, 
     monkeypatch.setattr(registry, "_TEXT_CACHE", {})
     with pytest.raises(EncoderMismatch):
         registry.load_text_encoder(SPACE_ID)
+
+
+def test_default_names_the_shipped_rdm_space():
+    # "default" follows the shipped model: an index built with the default encoder is one the
+    # shipped RDM retrieves from, and the EfficientNet space stays loadable by name.
+    from privdiff.encoders import DEFAULT_SPACE_ID, EFFNET_SPACE_ID, load_image_encoder, load_text_encoder
+    from privdiff.rdm.model import read_model_info
+    from privdiff.rdm.pipeline import resolve_model_dir
+
+    shipped = read_model_info(resolve_model_dir())["model"]
+    assert DEFAULT_SPACE_ID == shipped["space_id"] == "fmnist-public-cnn/v1"
+    image = load_image_encoder()
+    assert image is load_image_encoder("default") is load_image_encoder(DEFAULT_SPACE_ID)
+    assert image.dim == shipped["embedding_dim"] == 128
+    assert load_text_encoder("default") is load_text_encoder(DEFAULT_SPACE_ID)
+    assert load_image_encoder(EFFNET_SPACE_ID).space_id == EFFNET_SPACE_ID != DEFAULT_SPACE_ID
+
+
+def test_encoder_for_model_maps_only_default_to_the_model_space():
+    from privdiff.encoders import encoder_for_model
+
+    assert encoder_for_model("default", "effnet-lite0-64px-c/v1") == "effnet-lite0-64px-c/v1"
+    assert encoder_for_model(" default ", "x/v1") == "x/v1"
+    assert encoder_for_model("fmnist-public-cnn/v1", "effnet-lite0-64px-c/v1") == "fmnist-public-cnn/v1"

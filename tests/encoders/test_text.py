@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from privdiff.data import FASHION_MNIST_CLASSES
-from privdiff.encoders import check_same_space, load_image_encoder, load_text_encoder
+from privdiff.encoders import EFFNET_SPACE_ID, check_same_space, load_image_encoder, load_text_encoder
 from privdiff.encoders.registry import projection_stem
 from privdiff.encoders.text import (
     MiniLMProjectionTextEncoder,
@@ -32,9 +32,13 @@ def test_default_text_encoder_shares_the_image_space(text_encoder):
     np.testing.assert_array_equal(z, text_encoder.encode_text(["a photo of a sneaker", "jeans", "a handbag"]))
 
 
-def test_shipped_projection_config_records_how_to_retrain_it():
-    config = json.loads(projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text())
-    assert config["command"].startswith("python experiments/text_projection.py")
+@pytest.mark.parametrize(
+    ("space", "script"),
+    [(EFFNET_SPACE_ID, "experiments/text_projection.py"), ("default", "experiments/public_encoder.py")],
+)
+def test_shipped_projection_config_records_how_to_retrain_it(space, script):
+    config = json.loads(projection_stem(load_image_encoder(space).space_id).with_suffix(".json").read_text())
+    assert config["command"].startswith(f"python {script}")
     assert "dprdm-public" in config["trained_on"]
 
 
@@ -125,7 +129,7 @@ def test_projection_trained_against_another_centre_is_refused(tmp_path, monkeypa
     from privdiff.encoders import registry
     from privdiff.errors import EncoderMismatch
 
-    space = load_image_encoder().space_id
+    space = EFFNET_SPACE_ID  # the centring-vector fingerprint is the EfficientNet spaces' check
     stem = tmp_path / "proj"
     config = {"kind": "linear", "in_dim": 384, "out_dim": 1280, "space_id": space}
     save_projection(torch.nn.Linear(384, 1280), config | {"image_centre_sha256_12": "0" * 12}, stem)
@@ -140,8 +144,8 @@ def test_projection_trained_against_another_centre_is_refused(tmp_path, monkeypa
 
 
 def test_shipped_projection_records_the_shipped_centre():
-    config = json.loads(projection_stem(load_image_encoder().space_id).with_suffix(".json").read_text())
-    assert config["image_centre_sha256_12"] == load_image_encoder().centre_sha256_12
+    config = json.loads(projection_stem(EFFNET_SPACE_ID).with_suffix(".json").read_text())
+    assert config["image_centre_sha256_12"] == load_image_encoder(EFFNET_SPACE_ID).centre_sha256_12
 
 
 def test_saving_identical_weights_keeps_the_file_byte_for_byte(tmp_path):

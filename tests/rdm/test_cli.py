@@ -103,7 +103,8 @@ def test_train_command_records_the_exact_command_and_space(setup):
 
     cfg = read_model_info(model)
     assert cfg["command"].startswith("privdiff train rdm --public 'fashion-mnist:train[:40]'")
-    assert cfg["model"]["space_id"] == "effnet-lite0-64px-c/v1" and cfg["training"]["steps_done"] == 2
+    # No --encoder: "default", the shipped RDM's space.
+    assert cfg["model"]["space_id"] == "fmnist-public-cnn/v1" and cfg["training"]["steps_done"] == 2
 
 
 def test_generate_dp_writes_images_record_and_charges_one_query_per_prompt(setup, tmp_path):

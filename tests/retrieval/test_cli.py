@@ -240,3 +240,27 @@ def test_index_build_reports_unreadable_embeddings_as_data_error(tmp_path, capsy
     )
     assert rc == 2
     assert "cannot read embeddings" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_an_index_built_with_the_default_encoder_is_one_the_shipped_rdm_retrieves_from(tmp_path, capsys):
+    # No --encoder anywhere: `index build` embeds in the shipped model's space, and the shipped
+    # model assembles a dp-rdm pipeline on that index (nothing is charged by assembling it).
+    from pathlib import Path
+
+    from privdiff.accounting import Ledger
+    from privdiff.rdm.model import read_model_info
+    from privdiff.rdm.pipeline import make_pipeline, resolve_model_dir
+
+    if not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST not installed: apt-get install dataset-fashion-mnist")
+    out = tmp_path / "idx"
+    assert main(["index", "build", "--data", "fashion-mnist:train[:64]", "--out", str(out), "--json"]) == 0
+    built = json.loads(capsys.readouterr().out)
+    shipped = read_model_info(resolve_model_dir())["model"]
+    assert (built["space_id"], built["dim"]) == (shipped["space_id"], shipped["embedding_dim"])
+    Ledger.create(tmp_path / "b.db", epsilon=10.0, delta=1e-5).close()
+    pipe, _ = make_pipeline(resolve_model_dir(), index=out, ledger=tmp_path / "b.db", sample_rate=0.5)
+    assert pipe.text_encoder.space_id == shipped["space_id"]
+    with Ledger.open(tmp_path / "b.db") as book:
+        assert book.status().queries == 0

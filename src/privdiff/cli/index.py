@@ -17,7 +17,11 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
     def build(
         out: Path = typer.Option(..., "--out", help="Index directory to create (must not exist)."),
         data: str = typer.Option(None, "--data", help="Dataset spec, e.g. fashion-mnist:dprdm-private, folder:/path."),
-        encoder: str = typer.Option("default", "--encoder", help="Image encoder name or space id."),
+        encoder: str = typer.Option(
+            "default",
+            "--encoder",
+            help="Image encoder name or space id (default: the shipped RDM's space, fmnist-public-cnn/v1).",
+        ),
         embeddings: Path = typer.Option(
             None,
             "--embeddings",

@@ -27,7 +27,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             metavar="N",
             help="Resize every image to N×N, N in [8, 1024] (Lanczos; folders are centre-cropped first).",
         ),
-        encoder: str = typer.Option("default", "--encoder", help="Image encoder name (privdiff.encoders)."),
+        encoder: str = typer.Option(
+            "default", "--encoder", help="Image encoder name (privdiff.encoders; default: fmnist-public-cnn/v1)."
+        ),
         out: Path = typer.Option(..., "--out", help="Model directory to write (config.json + model.safetensors)."),
         steps: int = typer.Option(3000, "--steps", help="Total optimiser steps."),
         batch_size: int = typer.Option(32, "--batch-size"),
@@ -200,7 +202,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         private_data: str | None = typer.Option(
             None, "--private-data", help="Private set spec, only for --mode non-private."
         ),
-        encoder: str = typer.Option("default", "--encoder", help="Encoder name (text + image, one space)."),
+        encoder: str = typer.Option(
+            "default", "--encoder", help="Encoder name (text + image, one space; default: the model's own space)."
+        ),
         guidance_scale: float | None = typer.Option(None, "--guidance-scale", help="w of classifier-free guidance."),
         steps: int | None = typer.Option(None, "--steps", help="DDIM steps."),
         seed: int = typer.Option(0, "--seed", help="Seed of the public sampler noise x_T (not of the DP noise)."),

@@ -16,7 +16,9 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         keys: Path = typer.Option(..., "--keys", help="Keys file (`privdiff keys add ... --keys FILE`)."),
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
         port: int = typer.Option(8000, "--port", help="TCP port, 1-65535."),
-        encoder: str = typer.Option("default", "--encoder", help="Encoder name (text + image, one space)."),
+        encoder: str = typer.Option(
+            "default", "--encoder", help="Encoder name (text + image, one space; default: the model's own space)."
+        ),
         k: int | None = typer.Option(None, "--k", help="k neighbours (default: the model's)."),
         sigma: float | None = typer.Option(None, "--sigma", help="σ: noise std per coordinate."),
         sample_rate: float | None = typer.Option(None, "--sample-rate", help="q: Poisson subsampling rate."),

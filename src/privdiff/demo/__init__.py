@@ -79,8 +79,9 @@ _OWNED = ("planner", "rdm", "cpsample", "report.html", "summary.json")
 #: The DP-RDM section's private domain: winter tops. The public split has 1,500 pullovers and
 #: 1,500 coats, yet coarse prompts retrieve public T-shirts and shirts (48 % / 49 % of public-only
 #: outputs in docs/results/dprdm/domain): the private collection is what pulls the context to
-#: long-sleeved garments. Measured there at 1,000 images per setting: in-domain 0.027 public-only
-#: against 0.53-0.69 for DP-RDM at ε = 10.
+#: long-sleeved garments. Measured there at 1,000 images per setting, with the RDM shipped before
+#: the current one (EfficientNet space): in-domain 0.027 public-only against 0.53-0.69 for DP-RDM
+#: at ε = 10.
 DOMAIN_CLASSES = (2, 4)
 DOMAIN_NAME = "winter tops (Pullover + Coat)"
 DOMAIN_SPEC = "fashion-mnist:dprdm-private{classes=2,4}"
@@ -199,7 +200,7 @@ def demo_config(
     """The preset of ``size`` (``quick``, ``default`` or ``full``), with any field overridden.
 
     Sizes (wall time on 2 CPU cores with the private index cached; the first run also encodes the
-    private set, ~49k images with EfficientNet-Lite0 at roughly 400 img/s, about 2 minutes):
+    private set with the shipped model's encoder, ~500 img/s on a busy 2-core machine):
 
     * ``quick``: 3,000 of the private winter tops and a quarter of the public set, 4 queries ×
       3 images × 3 modes at 15 DDIM steps (the same 36 images as before the domain story), 16
@@ -847,7 +848,7 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
     import warnings
 
     from privdiff.accounting import DPRDMQuery, Ledger, compute_epsilon
-    from privdiff.encoders import load_image_encoder, load_text_encoder
+    from privdiff.encoders import encoder_for_model, load_image_encoder, load_text_encoder
     from privdiff.errors import PrivdiffWarning
     from privdiff.evaluation.yardstick import load_yardstick
     from privdiff.rdm.model import RDMModel, read_model_info
@@ -857,11 +858,13 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
     # Fail (skip) on a missing model before the expensive index build.
     model_dir = resolve_model_dir(cfg.rdm_model)
     info = read_model_info(model_dir)
+    # "default" is the model's own space: the private index is built where the model retrieves.
+    encoder = encoder_for_model(cfg.encoder, info["model"]["space_id"])
     root = cfg.out / "rdm"
     root.mkdir(parents=True, exist_ok=True)
 
     with phases("dprdm.load", "loading the encoders and the domain yardstick"):
-        image_encoder = load_image_encoder(cfg.encoder)
+        image_encoder = load_image_encoder(encoder)
         # Before the ledger exists: a missing yardstick skips the section with nothing charged.
         yardstick = load_yardstick("fashion-mnist")
     index_path, index_info = _private_index(cfg, image_encoder, phases)
@@ -877,9 +880,9 @@ def _section_dprdm(cfg: DemoConfig, phases: _Phases) -> DPRDMResult:
         # Every mode is assembled by make_pipeline, the function users call: the model and the
         # encoders are loaded once here and shared, the mode → context source choice is its own.
         model = RDMModel.load(model_dir)
-        text = _DedupTextEncoder(load_text_encoder(cfg.encoder))
+        text = _DedupTextEncoder(load_text_encoder(encoder))
         shared = dict(
-            encoder=cfg.encoder,
+            encoder=encoder,
             model=model,
             text_encoder=text,
             image_encoder=image_encoder,

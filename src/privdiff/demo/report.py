@@ -24,12 +24,13 @@ if TYPE_CHECKING:  # the demo is an application above the report; only its types
     from privdiff.demo import CPSampleResult, DemoResult, DPRDMResult, PlannerResult
     from privdiff.demo import Section as DemoSection
 
-#: What a cold run adds, said once for the terminal and the report. The throughput is the one
-#: ../shared/RESOURCES.md measured on an idle 2-core machine; a loaded machine is several times slower.
+#: What a cold run adds, said once for the terminal and the report. The throughput of the shipped
+#: model's encoder (fmnist-public-cnn/v1) was measured by `privdiff demo --quick`: 3,000 images in
+#: 6.1 s wall (3.7 s CPU) on the shared 2-core machine while other jobs ran (load ~7).
 COLD_INDEX_NOTE = (
     "A cold run first embeds the private collection (the 9,000 winter tops of `make demo`) with "
-    "EfficientNet-Lite0: about 25 seconds at ~400 images/s on 2 idle cores, unless privdiff's "
-    "embedding cache already holds it."
+    "the shipped model's encoder (a small CNN, fmnist-public-cnn/v1): about 20 seconds at ~500 "
+    "images/s on a busy 2-core machine, unless privdiff's embedding cache already holds it."
 )
 
 _MODE_LABELS = {
@@ -506,8 +507,9 @@ def _domain_rates(s: Section, d: DPRDMResult) -> None:
     width = max(r.high - r.low for r in dom.rates.values())
     s.text(
         "Intervals are Wilson 95 % intervals over the images of a mode. Images drawn from one query's context "
-        "are correlated, so they are a little optimistic; the measured result with 1,000 images from 100 "
-        "queries per setting is in docs/results/dprdm/domain (public-only 0.027, DP-RDM at ε = 10 0.53-0.69)."
+        "are correlated, so they are a little optimistic; a measurement with 1,000 images from 100 queries per "
+        "setting is in docs/results/dprdm/domain (made with the RDM shipped before this one: public-only 0.027, "
+        "DP-RDM at ε = 10 0.53-0.69)."
     )
     if n < 100:
         s.callout(

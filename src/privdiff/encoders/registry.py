@@ -2,13 +2,17 @@
 
 Names understood by both loaders:
 
-* ``"default"``: the shipped pair, EfficientNet-Lite0 at 64 px centred on public data
-  (space ``effnet-lite0-64px-c/v1``) and MiniLM + the learned projection into that space;
-* a space id, e.g. ``"effnet-lite0-64px-c/v1"`` (what an index or checkpoint stores), or the same
-  without ``/v1``; image-only: ``"effnet-lite0-<S>px"`` (raw features at S px, any S in 32..512);
-* ``"fmnist-public-cnn/v1"``: a small CNN trained on the *public* split only
-  (:mod:`privdiff.encoders.public_cnn`), and ``"fmnist-public-cnn+effnet-lite0-64px-c/v1"``, its
-  concatenation with the default space; text encoders exist once their projection is shipped;
+* ``"default"``: the space of the shipped RDM (:data:`DEFAULT_SPACE_ID`, ``fmnist-public-cnn/v1``):
+  a small CNN trained on the *public* split only (:mod:`privdiff.encoders.public_cnn`) and MiniLM +
+  the learned projection into it. Where a model is known (``make_pipeline``, generate, serve, the
+  demo), ``"default"`` means that model's own space instead (:func:`encoder_for_model`);
+* a space id, e.g. ``"fmnist-public-cnn/v1"`` (what an index or checkpoint stores), or the same
+  without ``/v1``;
+* ``"effnet-lite0-64px-c/v1"``: EfficientNet-Lite0 at 64 px centred on public data (the default
+  until the shipped RDM moved to the public CNN's space; :data:`EFFNET_SPACE_ID`), with its MiniLM
+  projection; image-only: ``"effnet-lite0-<S>px"`` (raw features at S px, any S in 32..512);
+* ``"fmnist-public-cnn+effnet-lite0-64px-c/v1"``: the public CNN concatenated with the EfficientNet
+  space; text encoders exist once their projection is shipped;
 * ``"openclip:<model_name>@<checkpoint path>"``: the open_clip adapter (needs open_clip);
 * ``"clip:<local folder>"``: transformers' CLIP towers (:mod:`privdiff.encoders.hfclip`), the space
   of Kandinsky 2.2 / Stable unCLIP / IP-Adapter decoders (:mod:`privdiff.decoders`).
@@ -28,10 +32,15 @@ from privdiff.encoders.efficientnet import (
     effnet_space_id,
     load_centre,
 )
+from privdiff.encoders.public_cnn import SPACE_ID as PUBLIC_CNN_SPACE_ID
 from privdiff.errors import CheckpointError, EncoderMismatch, InvalidParameter
 
 DEFAULT_INPUT_SIZE = 64
-DEFAULT_SPACE_ID = effnet_space_id(DEFAULT_INPUT_SIZE, centred=True)
+#: The centred 64 px EfficientNet space (the default before the shipped RDM moved to the public CNN).
+EFFNET_SPACE_ID = effnet_space_id(DEFAULT_INPUT_SIZE, centred=True)
+#: What ``"default"`` names: the space of the shipped RDM (``assets/checkpoints/rdm/fashion-mnist``),
+#: so an index built with the default encoder is one the shipped model can retrieve from.
+DEFAULT_SPACE_ID = PUBLIC_CNN_SPACE_ID
 _EFFNET_RE = re.compile(r"^effnet-lite0-(?P<size>\d+)px(?P<c>-c)?(?:/v1)?$")
 _LOCK = threading.RLock()
 _IMAGE_CACHE: dict[str, ImageEncoder] = {}
@@ -83,6 +92,15 @@ def _resolve(name: str) -> str:
     return DEFAULT_SPACE_ID if name == "default" else name
 
 
+def encoder_for_model(name: str, model_space_id: str) -> str:
+    """The encoder name to load for a model in ``model_space_id``: ``"default"`` means the model's
+    own space (a user's RDM trained in another space than the shipped one still works with the
+    default encoder); any other name is kept, so a mismatch stays the model's error to report."""
+    if isinstance(name, str) and name.strip() == "default":
+        return model_space_id
+    return name
+
+
 def load_image_encoder(name: str = "default") -> ImageEncoder:
     """An image encoder by name (see the module docstring); the same object for the same name."""
     key = _resolve(name)
@@ -114,7 +132,7 @@ def load_image_encoder(name: str = "default") -> ImageEncoder:
             from privdiff.encoders.public_cnn import SPACE_ID, ConcatEncoder, load_public_cnn
 
             cnn = load_public_cnn()
-            enc = cnn if space == SPACE_ID else ConcatEncoder([cnn, load_image_encoder(DEFAULT_SPACE_ID)], space)
+            enc = cnn if space == SPACE_ID else ConcatEncoder([cnn, load_image_encoder(EFFNET_SPACE_ID)], space)
         else:
             raise InvalidParameter("encoder", name, _VALID)
         _IMAGE_CACHE[key] = enc

@@ -17,8 +17,11 @@ Spaces:
     has no direction: its row is all zeros and its similarity to everything is 0. Requires equal
     image shapes on both sides.
 ``effnet``
-    The privdiff image encoder (EfficientNet-Lite0 ImageNet features,
-    ``privdiff.encoders.load_image_encoder("default")``), the space DP-RDM retrieves in.
+    EfficientNet-Lite0 ImageNet features at 64 px centred on public data
+    (``privdiff.encoders.load_image_encoder("effnet-lite0-64px-c/v1")``), the space the shipped
+    DP-RDM retrieved in until it moved to ``fmnist-public-cnn/v1``. Pinned by name, not
+    ``"default"``: the replication thresholds calibrated in this space (and the name ``effnet``)
+    would otherwise silently apply to another space.
 ``inception``
     FID Inception-v3 pool features (2048-d), L2-normalised; shares the FID feature cache.
 """
@@ -33,8 +36,9 @@ from privdiff.errors import InvalidParameter, check_int
 from privdiff.evaluation.fid import FEATURE_EXTRACTOR_ID, cached_inception_features, check_images
 
 FEATURE_SPACES: tuple[str, ...] = ("pixel", "effnet", "inception")
-#: The privdiff encoder name behind the ``effnet`` space.
-EFFNET_ENCODER = "default"
+#: The privdiff encoder name behind the ``effnet`` space: pinned, so the metric keeps its meaning
+#: (and its calibrated thresholds) whatever ``"default"`` names.
+EFFNET_ENCODER = "effnet-lite0-64px-c/v1"
 
 
 def check_feature_space(feature_space: Any) -> str:
@@ -62,7 +66,7 @@ def pixel_features(images: np.ndarray) -> np.ndarray:
 
 
 def effnet_features(images: np.ndarray, *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
-    """privdiff's default image encoder (EfficientNet-Lite0), imported only when asked for."""
+    """The EfficientNet-Lite0 encoder of :data:`EFFNET_ENCODER`, imported only when asked for."""
     images = check_images(images)
     try:
         from privdiff.encoders import load_image_encoder
