@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device of the model and classifier (noise is drawn on the CPU, so results match across devices)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/results/cpsample/membership")
     p.add_argument("--tag", default="")
@@ -130,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = f"_{args.tag}" if args.tag else ""
-    model = load_model(model_dir)
+    model = load_model(model_dir, device=args.device)
     protection = load_classifier(classifier_dir)
+    protection.classifier.to(args.device)
     members_spec = args.members or protection.meta["data_spec"]
     acp = model.alphas_cumprod()
     members_u8 = load_dataset(members_spec).images
     nonmembers_u8 = load_dataset(args.nonmembers).images
-    members, nonmembers = to_model_space(members_u8), to_model_space(nonmembers_u8)
+    members, nonmembers = to_model_space(members_u8).to(args.device), to_model_space(nonmembers_u8).to(args.device)
     settings = guidance_settings(protection.meta, args)
 
     def new_guidance() -> CPSampleGuidance:

@@ -156,17 +156,17 @@ def loss_attack_errors(
     t = _validate(x0, t, alphas_cumprod)
     check_int("repeats", repeats, minimum=1)
     g = torch.Generator().manual_seed(seed)
-    a = alphas_cumprod[t].to(x0.dtype)
+    a = alphas_cumprod[t].to(device=x0.device, dtype=x0.dtype)
     out = np.zeros(x0.shape[0])
     for _ in range(repeats):
         for s in range(0, x0.shape[0], batch_size):
             xb = x0[s : s + batch_size]
-            eps = torch.randn(xb.shape, generator=g)
+            eps = torch.randn(xb.shape, generator=g).to(xb.device)  # CPU draws: same noise on any device
             x_t = a.sqrt() * xb + (1 - a).sqrt() * eps
-            tb = torch.full((xb.shape[0],), t, dtype=torch.long)
+            tb = torch.full((xb.shape[0],), t, dtype=torch.long, device=xb.device)
             with torch.no_grad():  # a protected denoiser re-enables grad for its classifier term only
                 eps_hat = denoiser(x_t, tb).detach()
-            out[s : s + xb.shape[0]] += (eps - eps_hat).pow(2).flatten(1).sum(1).numpy()
+            out[s : s + xb.shape[0]] += (eps - eps_hat).pow(2).flatten(1).sum(1).cpu().numpy()
     return out / repeats
 
 
@@ -182,16 +182,16 @@ def pia_errors(
     """PIA (Kong et al. 2024): ‖ε₀ − ε̂(√ᾱ_t x + √(1−ᾱ_t) ε₀, t)‖_p^p with ε₀ = ε̂(x, 0)."""
     t = _validate(x0, t, alphas_cumprod)
     check_positive("p", p)
-    a = alphas_cumprod[t].to(x0.dtype)
+    a = alphas_cumprod[t].to(device=x0.device, dtype=x0.dtype)
     out = np.zeros(x0.shape[0])
     for s in range(0, x0.shape[0], batch_size):
         xb = x0[s : s + batch_size]
-        zero = torch.zeros(xb.shape[0], dtype=torch.long)
+        zero = torch.zeros(xb.shape[0], dtype=torch.long, device=xb.device)
         with torch.no_grad():  # a protected denoiser re-enables grad for its classifier term only
             eps0 = denoiser(xb, zero).detach()
             x_t = a.sqrt() * xb + (1 - a).sqrt() * eps0
-            eps_hat = denoiser(x_t, torch.full((xb.shape[0],), t, dtype=torch.long)).detach()
-        out[s : s + xb.shape[0]] = (eps0 - eps_hat).abs().pow(p).flatten(1).sum(1).numpy()
+            eps_hat = denoiser(x_t, torch.full((xb.shape[0],), t, dtype=torch.long, device=xb.device)).detach()
+        out[s : s + xb.shape[0]] = (eps0 - eps_hat).abs().pow(p).flatten(1).sum(1).cpu().numpy()
     return out
 
 
@@ -261,10 +261,10 @@ def _ddim_move(
     """One deterministic DDIM (η = 0) move of x from timestep t_from to t_to, up or down the chain
     (Song et al. 2021, Eq. 12 with σ = 0): x̂_0 = (x − √(1−ᾱ_from)·ε̂)/√ᾱ_from, then
     x' = √ᾱ_to·x̂_0 + √(1−ᾱ_to)·ε̂ with ε̂ = ε̂(x, t_from). Upwards this is the DDIM inversion step."""
-    a_from = alphas_cumprod[t_from].to(x.dtype)
-    a_to = alphas_cumprod[t_to].to(x.dtype)
+    a_from = alphas_cumprod[t_from].to(device=x.device, dtype=x.dtype)
+    a_to = alphas_cumprod[t_to].to(device=x.device, dtype=x.dtype)
     with torch.no_grad():  # a protected denoiser re-enables grad for its classifier term only
-        eps = denoiser(x, torch.full((x.shape[0],), t_from, dtype=torch.long)).detach()
+        eps = denoiser(x, torch.full((x.shape[0],), t_from, dtype=torch.long, device=x.device)).detach()
     x0_hat = (x - (1 - a_from).sqrt() * eps) / a_from.sqrt()
     return a_to.sqrt() * x0_hat + (1 - a_to).sqrt() * eps
 
@@ -308,7 +308,7 @@ def secmi_errors(
             t_c = t_next
         x_up = _ddim_move(denoiser, x, t_c, t, acp)
         x_back = _ddim_move(denoiser, x_up, t, t_c, acp)
-        out[s : s + x.shape[0]] = (x - x_back).pow(2).flatten(1).sum(1).numpy()
+        out[s : s + x.shape[0]] = (x - x_back).pow(2).flatten(1).sum(1).cpu().numpy()
     return out
 
 
@@ -338,14 +338,14 @@ def classifier_confidence_scores(
     t = _validate(x0, t, alphas_cumprod)
     check_int("batch_size", batch_size, minimum=1)
     g = torch.Generator().manual_seed(seed)
-    a = alphas_cumprod[t].to(x0.dtype)
+    a = alphas_cumprod[t].to(device=x0.device, dtype=x0.dtype)
     out = np.zeros(x0.shape[0])
     for s in range(0, x0.shape[0], batch_size):
         xb = x0[s : s + batch_size]
-        x_t = a.sqrt() * xb + (1 - a).sqrt() * torch.randn(xb.shape, generator=g)
+        x_t = a.sqrt() * xb + (1 - a).sqrt() * torch.randn(xb.shape, generator=g).to(xb.device)
         with torch.no_grad():
-            z = classifier(x_t, torch.full((xb.shape[0],), t, dtype=torch.long))
-        out[s : s + xb.shape[0]] = z.detach().abs().double().numpy()
+            z = classifier(x_t, torch.full((xb.shape[0],), t, dtype=torch.long, device=xb.device))
+        out[s : s + xb.shape[0]] = z.detach().abs().double().cpu().numpy()
     return out
 
 
