@@ -18,7 +18,8 @@ two-sided AUC with bootstrap CIs, TPR at 1 % and 0.1 % FPR in both directions (o
 resolvable" when the non-members are too few). Error attacks also get the paper's z-test.
 
 Writes ``mia.json`` (the command, every setting, per-image scores and the reports),
-``mia_table.md`` and ``mia_auc.png`` to ``--out`` (default ``docs/results/cpsample/membership``).
+``mia_table.md``, ``mia_auc.png`` and the black-box samples (``samples_<condition>.npz``, key
+``images``) to ``--out`` (default ``docs/results/cpsample/membership``).
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=1000, help="generated samples per condition (black-box)")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the generated samples")
     p.add_argument("--feature-space", default="pixel", help="space of the nearest-sample distance")
+    p.add_argument(
+        "--fid-reference",
+        default=None,
+        help="also the Inception FID of each condition's samples against these images (dataset spec); "
+        "the quality side of the black-box trade-off",
+    )
     # CPSample guidance; None = what `privdiff sample --protect` picks (classifier report, else defaults).
     p.add_argument("--alpha", type=float, default=None)
     p.add_argument("--scale", type=float, default=None)
@@ -68,6 +75,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=list(SHORT),
         choices=list(SHORT),
         help="which threat models to run (default: all)",
+    )
+    p.add_argument(
+        "--conditions",
+        nargs="+",
+        default=["DDIM", "CPSample"],
+        choices=["DDIM", "CPSample"],
+        help="which conditions to run (default both; a CPSample-only run compares guidance variants)",
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples of the CIs")
     p.add_argument("--batch-size", type=int, default=128)
@@ -175,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     white_box_gate: dict[str, float] = {}
     # --- white-box denoiser -------------------------------------------------------------------
-    for condition in ("DDIM", "CPSample") if "white-box" in args.threat_models else ():
+    for condition in args.conditions if "white-box" in args.threat_models else ():
         denoiser = model.denoiser()
         guidance = None
         if condition == "CPSample":
@@ -206,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             white_box_gate[condition] = guidance.stats.firing_rate
 
     # --- classifier access (CPSample only: plain DDIM has no classifier) -----------------------
-    for t in args.classifier_t if "classifier" in args.threat_models else ():
+    for t in args.classifier_t if "classifier" in args.threat_models and "CPSample" in args.conditions else ():
         kw = {"alphas_cumprod": acp, "batch_size": args.batch_size}
         sm = mia.classifier_confidence_scores(protection.classifier, members, t, seed=args.seed, **kw)
         sn = mia.classifier_confidence_scores(protection.classifier, nonmembers, t, seed=args.seed + 1, **kw)
@@ -214,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- black-box samples ----------------------------------------------------------------------
     sampling: dict[str, Any] = {}
-    for condition in ("DDIM", "CPSample") if "black-box" in args.threat_models else ():
+    for condition in args.conditions if "black-box" in args.threat_models else ():
         guidance = new_guidance() if condition == "CPSample" else None
         images, info = generate(
             model,
@@ -225,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             progress=False,
         )
+        # The samples are kept (uint8, a few hundred KB) so FID/KID or a visual check can follow.
+        np.savez_compressed(out / f"samples_{condition.lower()}{tag}.npz", images=images)
         rep = replication_report(images, members_u8, feature_space=args.feature_space)
         sampling[condition] = {
             **info,
@@ -233,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
             "replication_threshold": rep.threshold,
             "gate_firing_rate": guidance.stats.firing_rate if guidance else None,
         }
+        if args.fid_reference:
+            import warnings
+
+            from privdiff.evaluation.fid import compute_fid
+
+            with warnings.catch_warnings():  # small-n warnings are kept in the record instead
+                warnings.simplefilter("ignore")
+                fid = compute_fid(images, load_dataset(args.fid_reference).images)
+            sampling[condition]["fid"] = {"value": fid.fid, "reference": args.fid_reference, "warnings": fid.warnings}
         sm = mia.nearest_sample_scores(members_u8, images, feature_space=args.feature_space)
         sn = mia.nearest_sample_scores(nonmembers_u8, images, feature_space=args.feature_space)
         params = {"samples": args.samples, "sample_steps": args.sample_steps, "feature_space": args.feature_space}
@@ -320,6 +345,11 @@ def markdown_table(record: dict[str, Any]) -> str:
                     f"- {cond}: {info['n']} samples, {info['num_inference_steps']} DDIM steps, "
                     f"{info['replicated']}/{info['n']} replicate a member (pixel cosine > "
                     f"{info['replication_threshold']:.3f})"
+                    + (
+                        f", Inception FID {info['fid']['value']:.1f} against `{info['fid']['reference']}`"
+                        if info.get("fid")
+                        else ""
+                    )
                 )
         lines.append("")
     lines.append(f"Command: `{record['command']}`")
