@@ -334,8 +334,9 @@ def markdown_table(record: dict[str, Any]) -> str:
         for r in rows:
             rep = r["report"]
             tpr = rep["tpr_at_fpr"]
+            attack = r["attack"].replace("|", "\\|")  # "|z|" would split the Markdown cell
             lines.append(
-                f"| {r['attack']} | {r['condition']} | {_cell(rep['auc'])} | {_cell(rep['auc_two_sided'])} | "
+                f"| {attack} | {r['condition']} | {_cell(rep['auc'])} | {_cell(rep['auc_two_sided'])} | "
                 f"{_tpr_cell(tpr, '0.01')} | {_tpr_cell(tpr, '0.001')} |"
             )
         if threat == "black-box samples" and record.get("sampling"):

@@ -29,6 +29,7 @@ def test_table_has_one_section_per_threat_model_with_cis_and_unresolvable_cells(
         ("white-box denoiser", "loss (t=100)", "DDIM", 3.0),
         ("white-box denoiser", "loss (t=100)", "CPSample", -2.0),
         ("black-box samples", "nearest sample (cosine)", "CPSample", 0.0),
+        ("classifier access", "confidence |z| (t=0)", "CPSample", 4.0),
     ]:
         rep = two_sided_report(rng.normal(shift, 1, 64), rng.normal(0, 1, 128), n_boot=50)
         rows.append({"threat_model": threat, "attack": attack, "condition": cond, "report": rep})
@@ -46,6 +47,9 @@ def test_table_has_one_section_per_threat_model_with_cis_and_unresolvable_cells(
     }
     table = exp.markdown_table(record)
     assert "### white-box denoiser" in table and "### black-box samples" in table
+    assert "| confidence \\|z\\| (t=0) | CPSample |" in table  # a pipe in a name does not split the cell
+    record["results"] = rows[:3]
+    table = exp.markdown_table(record)
     assert "### classifier access" not in table  # no rows, no section
     cpsample_row = next(line for line in table.splitlines() if line.startswith("| loss (t=100) | CPSample"))
     auc = rows[1]["report"]["auc"]
