@@ -149,9 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     text, image = load_text_encoder(space), load_image_encoder(space)
     yard = load_yardstick("fashion-mnist")
     # Cached images depend on the model's weights: one work folder per (domain, prompt set, model).
-    weights = model_dir / "unet" / "diffusion_pytorch_model.safetensors"
-    weights = weights if weights.is_file() else model_dir / "model.safetensors"
-    model_tag = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
+    # The tag hashes the tensors, not a file, so one model in either folder layout (v1 or the
+    # converted pipeline folder) shares its cache.
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    model_tag = digest.hexdigest()[:10]
 
     private = load_dataset(spec)
     n_priv = len(private)
