@@ -70,20 +70,17 @@ def _components(args):
 def _settings(args, meta: dict) -> dict:
     """Guidance settings: the flags, else the classifier report's α and window, else the class defaults."""
     from privdiff.cpsample import guidance as g
-    from privdiff.cpsample.diagnostics import fire_window, suggest_alpha
+    from privdiff.cpsample.diagnostics import sampling_defaults
 
     gate_on = args.gate_on or g.DEFAULT_GATE_ON
-    alpha = args.alpha if args.alpha is not None else (suggest_alpha(meta, gate_on) or g.DEFAULT_ALPHA)
-    t_max = args.t_max
-    if t_max is None:
-        t_max = fire_window((meta.get("report") or {}).get("train") or [], alpha)
+    alpha, t_max, _ = sampling_defaults(meta, args.alpha, args.t_max, gate_on)
     return {
         "alpha": alpha,
         "scale": g.DEFAULT_SCALE if args.scale is None else args.scale,
         "mode": args.mode or g.DEFAULT_MODE,
         "gate_on": gate_on,
         "step": args.step or g.DEFAULT_STEP,
-        "t_max": t_max or None,
+        "t_max": t_max,
     }
 
 

@@ -292,8 +292,8 @@ def evaluate(args, run: Path, sp: dict[str, str], record: dict[str, Any], argv: 
 def _evaluate(args, run: Path, sp: dict[str, str]) -> dict[str, Any]:
     import numpy as np
 
-    from privdiff.cli.cpsample import DEFAULT_GATE_ON, DEFAULT_MODE, DEFAULT_SCALE, DEFAULT_STEP, _sampling_defaults
-    from privdiff.cpsample.guidance import CPSampleGuidance
+    from privdiff.cpsample.diagnostics import sampling_defaults
+    from privdiff.cpsample.guidance import DEFAULT_GATE_ON, DEFAULT_MODE, DEFAULT_SCALE, DEFAULT_STEP, CPSampleGuidance
     from privdiff.cpsample.training import load_classifier
     from privdiff.data import load_dataset
     from privdiff.diffusion.generate import generate
@@ -305,7 +305,7 @@ def _evaluate(args, run: Path, sp: dict[str, str]) -> dict[str, Any]:
     protection = load_classifier(run / "classifier")
     protection.classifier.to(args.device)
     # Exactly what `privdiff sample --protect` would choose for this classifier.
-    alpha, t_max, why = _sampling_defaults(protection.meta, None, None, DEFAULT_GATE_ON)
+    alpha, t_max, why = sampling_defaults(protection.meta, None, None, DEFAULT_GATE_ON)
     guidance = CPSampleGuidance(
         protection.classifier,
         alpha=alpha,

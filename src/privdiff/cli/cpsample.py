@@ -242,6 +242,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         """Sample images with DDIM, optionally protected by CPSample (writes PNGs, a grid and a JSON)."""
+        from privdiff.cpsample.diagnostics import sampling_defaults
         from privdiff.cpsample.guidance import CPSampleGuidance
         from privdiff.cpsample.training import load_classifier
         from privdiff.diffusion.generate import MAX_SEED, check_sampling, generate
@@ -271,7 +272,7 @@ def register(app: typer.Typer, train_app: typer.Typer) -> None:
             check_sampling(diffusion, n, num_inference_steps=steps, eta=eta, seed=seed, batch_size=batch_size)
             if protect is not None:
                 pc = load_classifier(protect)
-                alpha, t_max, why = _sampling_defaults(pc.meta, alpha, t_max, gate_on)
+                alpha, t_max, why = sampling_defaults(pc.meta, alpha, t_max, gate_on)
                 _warn_about_classifier(pc.meta, alpha=alpha, gate_on=gate_on)
                 guidance = CPSampleGuidance(
                     pc.classifier,
@@ -348,23 +349,6 @@ def _warn_about_classifier(meta: dict[str, Any], alpha: float | None, gate_on: s
 
     for msg in classifier_warnings(meta, alpha=alpha, gate_on=gate_on):
         typer.secho(f"warning: {msg}", err=True, fg=typer.colors.YELLOW)
-
-
-def _sampling_defaults(
-    meta: dict[str, Any], alpha: float | None, t_max: int | None, gate_on: str
-) -> tuple[float, int | None, dict[str, str]]:
-    """α and the t-window for ``sample``: the user's, else read from the classifier's report."""
-    from privdiff.cpsample.diagnostics import fire_window, suggest_alpha
-
-    why = {"alpha": "--alpha", "t_max": "--t-max"}
-    if alpha is None:
-        suggested = suggest_alpha(meta, gate_on)
-        alpha = DEFAULT_ALPHA if suggested is None else suggested
-        why["alpha"] = "default" if suggested is None else "suggested by the classifier's report"
-    if t_max is None:
-        t_max = fire_window((meta.get("report") or {}).get("train") or [], alpha)
-        why["t_max"] = "from the classifier's report"
-    return alpha, (t_max or None), why
 
 
 def _stop_lines(meta: dict[str, Any]) -> list[str]:

@@ -128,6 +128,28 @@ def suggest_alpha(meta: dict[str, Any], gate_on: str = "x0") -> float | None:
     return alpha_to_fire(rows)
 
 
+def sampling_defaults(
+    meta: dict[str, Any], alpha: float | None = None, t_max: int | None = None, gate_on: str = "x0"
+) -> tuple[float, int | None, dict[str, str]]:
+    """α and the classifier's t-window for sampling: the caller's, else read from the classifier's report.
+
+    Returns ``(alpha, t_max, why)``: ``t_max`` is ``None`` for "every t", ``why`` says where each
+    came from. The one resolution ``privdiff sample --protect``, the benchmark and the experiments
+    share, so they all sample with what the CLI would choose.
+    """
+    from privdiff.cpsample.guidance import DEFAULT_ALPHA  # lazy: guidance imports torch
+
+    why = {"alpha": "--alpha", "t_max": "--t-max"}
+    if alpha is None:
+        suggested = suggest_alpha(meta, gate_on)
+        alpha = DEFAULT_ALPHA if suggested is None else suggested
+        why["alpha"] = "default" if suggested is None else "suggested by the classifier's report"
+    if t_max is None:
+        t_max = fire_window((meta.get("report") or {}).get("train") or [], alpha)
+        why["t_max"] = "from the classifier's report"
+    return alpha, (t_max or None), why
+
+
 def has_quantiles(rows: list[dict[str, Any]]) -> bool:
     """Whether :func:`alpha_to_fire` is exact for these rows (quantiles recorded)."""
     return bool(rows) and all(f"{1 - MEMBER_COVERAGE:g}" in r.get("confidence_quantiles", {}) for r in rows)
