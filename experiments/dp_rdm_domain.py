@@ -64,6 +64,15 @@ DOMAINS: dict[str, dict] = {
         "prompts": ["a photo of a shoe", "a photo of footwear"],
         "fine_prompts": ["a photo of a sandal", "a photo of a sneaker", "a photo of an ankle boot"],
     },
+    # The same shoe prompts, but a private collection of sandals only: the public set (60 sandals
+    # among 10,680 images) answers "a photo of a shoe" with 20/20 sneakers and "a photo of footwear"
+    # with 1/20 sandals, so this is a domain the public retrieval set answers poorly, unlike
+    # "footwear" as a whole.
+    "sandals": {
+        "classes": [5],
+        "prompts": ["a photo of a shoe", "a photo of footwear"],
+        "fine_prompts": ["a photo of a sandal"],
+    },
 }
 
 
