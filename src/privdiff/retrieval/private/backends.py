@@ -39,6 +39,7 @@ from privdiff.retrieval.private.index import (
     EmbeddingIndex,
     IndexManifest,
     advise_random_access,
+    int8_scan_for_mechanism,
     rows_for_mechanism,
     scan_rows_for_mechanism,
 )
@@ -117,7 +118,13 @@ class ExactTopK:
             records are selected on the same subsample, the scan reads half the bytes (the
             float32 rows are then touched only for the candidates and the k released rows).
             Not the default: on the machine measured it saves memory, not time
-            (docs/results/scale/scan_README.md).
+            (docs/results/scale/scan_README.md). ``"int8"`` scans the index's int8 scan copy
+            (``add_scan_copy(dir, dtype="int8")``) with a compiled int8 kernel and re-ranks
+            exactly in float32 (``int8scan.int8_scan_slack``): again the same records on the
+            same subsample, a quarter of the bytes. It needs numba (``pip install
+            'privdiff[fast]'``); without it construction raises
+            :class:`~privdiff.errors.MissingDependency` (no silent fallback). Opt-in as well
+            (see the scan README for the measurement behind that choice).
     """
 
     __slots__ = ("_index", "_method", "_scan")
@@ -126,18 +133,24 @@ class ExactTopK:
         self._index = _check_index(index)
         if method not in ("auto", "sparse", "dense"):
             raise InvalidParameter("method", method, "one of 'auto', 'sparse', 'dense'")
-        if scan not in ("float32", "float16"):
-            raise InvalidParameter("scan", scan, "'float32' or 'float16'")
-        if scan == "float16" and scan_rows_for_mechanism(index) is None:
+        if scan not in ("float32", "float16", "int8"):
+            raise InvalidParameter("scan", scan, "'float32', 'float16' or 'int8'")
+        has = scan_rows_for_mechanism(index) if scan == "float16" else int8_scan_for_mechanism(index)
+        if scan != "float32" and has is None:
+            arg = "" if scan == "float16" else ", dtype='int8'"
             raise InvalidParameter(
                 "scan",
                 scan,
-                "'float32' for an index without a float16 scan copy",
-                hint="add one with privdiff.retrieval.private.add_scan_copy(index_dir) (the fingerprint is unchanged)",
+                f"'float32' for an index without a {scan} scan copy",
+                hint=f"add one with privdiff.retrieval.private.add_scan_copy(index_dir{arg}) (fingerprint unchanged)",
             )
+        if scan == "int8":
+            from privdiff.retrieval.private.int8scan import require_numba
+
+            require_numba()  # at construction: before any query is charged
         self._method = method
         self._scan = scan
-        if scan == "float16":
+        if scan != "float32":
             advise_random_access(rows_for_mechanism(index))  # only candidates are read from the float32 rows
 
     @property
@@ -152,7 +165,11 @@ class ExactTopK:
         self, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         vectors = rows_for_mechanism(self._index)
-        scan = scan_rows_for_mechanism(self._index) if self._scan == "float16" else None
+        scan = None
+        if self._scan == "float16":
+            scan = scan_rows_for_mechanism(self._index)
+        elif self._scan == "int8":
+            scan = int8_scan_for_mechanism(self._index)
         ids = subsampled_topk(vectors, queries, k, sample_rate, rng, method=self._method, scan=scan)
         return padded_topk_sums(vectors, ids)
 

@@ -41,6 +41,7 @@ import numpy as np
 
 from privdiff.errors import InvalidParameter, check_in_range, check_int
 from privdiff.retrieval.private.index import UNIT_NORM_TOLERANCE
+from privdiff.retrieval.private.int8scan import INT8_MAX_DIM, Int8ScanCopy, int8_scan_slack, score_pairs_int8
 from privdiff.retrieval.private.subsample import poisson_pair_blocks
 
 __all__ = [
@@ -378,7 +379,15 @@ def _sparse_topk(
     out = np.full((B, k), -1, dtype=np.int64)
     slack = None
     buf = None
-    if scan is not None:
+    int8 = None
+    if isinstance(scan, Int8ScanCopy):
+        if scan.shape != vectors.shape or scan.codes.dtype != np.int8 or scan.scales.shape != (n,):
+            raise InvalidParameter("scan", f"int8 {scan.shape}", f"an int8 scan copy of shape {vectors.shape}")
+        if d > INT8_MAX_DIM:
+            raise InvalidParameter("scan", f"int8 at d = {d}", f"d <= {INT8_MAX_DIM} (int32 accumulation)")
+        qcodes, qscales, slack = int8_scan_slack(queries, scan)
+        int8 = (scan, qcodes, qscales)
+    elif scan is not None:
         if scan.shape != vectors.shape or scan.dtype != np.float16:
             raise InvalidParameter("scan", f"{scan.dtype} {scan.shape}", f"float16 {vectors.shape}")
         buf = np.empty((_SCAN_ROW_BLOCK, d), dtype=np.float32)
@@ -387,11 +396,16 @@ def _sparse_topk(
         qc = np.ascontiguousarray(queries[s : s + _QUERY_CHUNK])
         nb = qc.shape[0]
         acc = _Survivors(nb, k, None if slack is None else slack[s : s + nb])
-        for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
-            acc.add(qid, rows, _score_pairs(vectors, scan, qc, rows, qid, buf))
+        if int8 is not None:
+            copy, qcodes_c, qscales_c = int8[0], int8[1][s : s + nb], int8[2][s : s + nb]
+            for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
+                acc.add(qid, rows, score_pairs_int8(copy, qcodes_c, qscales_c, rows, qid))
+        else:
+            for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
+                acc.add(qid, rows, _score_pairs(vectors, scan, qc, rows, qid, buf))
         gs, gi = acc.grid()
         if scan is not None and gi.size:
-            # Candidates within 2β of the k-th float16 score, re-scored exactly in float32.
+            # Candidates within 2β of the k-th reduced-precision score, re-scored exactly in float32.
             cand = (gi >= 0) & ~(gs < acc.threshold(gs)[:, None])
             cq, cc = (np.ascontiguousarray(a) for a in np.nonzero(cand))
             exact = np.empty(cq.size, dtype=np.float32)
