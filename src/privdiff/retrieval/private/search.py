@@ -15,7 +15,10 @@ Two exact execution paths compute the same function; ``subsampled_topk`` picks o
   query, not a (query × |S|) grid. Cost O(qN·d) per query, against O(N) per query for the
   authors' full Bernoulli mask + ``IDSelectorBatch`` scan (which also reads the same qN rows).
   With a float16 scan copy the pass reads half the bytes and the survivors within the proven
-  error bound are re-scored in float32 (:func:`float16_scan_slack`): same ids.
+  error bound are re-scored in float32 (:func:`float16_scan_slack`): same ids. With the int8 scan
+  copy (``int8scan``) a compiled int8 gather-dot scores the pairs from a quarter of the bytes,
+  and again the survivors within its proven bound (``int8scan.int8_scan_slack``) are re-scored
+  in float32: same ids.
 * **dense** (large q, and q = 1): one BLAS product of a block of rows with a chunk of queries,
   then an i.i.d. Bernoulli(q) mask drawn directly. At large q the BLAS reuse of every row across
   many queries beats gathering; ``benchmarks/retrieval.py`` measures the crossover.
@@ -357,7 +360,7 @@ def _sparse_topk(
     k: int,
     sample_rate: float,
     rng: np.random.Generator,
-    scan: np.ndarray | None = None,
+    scan: np.ndarray | Int8ScanCopy | None = None,
 ) -> np.ndarray:
     """Exact top-k per query over independent Poisson(q) subsamples, in O(qN·d) per query.
 
@@ -368,7 +371,10 @@ def _sparse_topk(
     keeps only pairs that can still be selected. With a float16 ``scan`` copy the pass reads
     half the bytes and the survivors (every pair within 2β of the k-th best,
     :func:`float16_scan_slack`) are re-scored from the float32 rows before selection, so the ids
-    are exactly those of the float32 path on the same subsample.
+    are exactly those of the float32 path on the same subsample. An
+    :class:`~privdiff.retrieval.private.int8scan.Int8ScanCopy` is scanned by the int8 kernel with
+    its own 2β (``int8scan.int8_scan_slack``) and re-ranked the same way. The pairs are drawn
+    from ``rng`` identically in every variant.
     """
     import faiss
 
@@ -464,7 +470,7 @@ def subsampled_topk(
     rng: np.random.Generator,
     *,
     method: str = "auto",
-    scan: np.ndarray | None = None,
+    scan: np.ndarray | Int8ScanCopy | None = None,
 ) -> np.ndarray:
     """For each query row: fresh Poisson(q) subsample, then exact top-k ids by inner product.
 
@@ -476,9 +482,11 @@ def subsampled_topk(
         rng: the randomness of the subsample (the mechanism passes an OS-seeded generator).
         method: ``"auto"`` (sparse below ``DENSE_SAMPLE_RATE_THRESHOLD``, else dense),
             ``"sparse"`` or ``"dense"``; all three sample the same distribution.
-        scan: optional float16 copy of ``vectors`` (rows of unit norm): the sparse path scans it
+        scan: optional float16 copy of ``vectors`` (rows of unit norm), or their
+            :class:`~privdiff.retrieval.private.int8scan.Int8ScanCopy`: the sparse path scans it
             and re-ranks exactly in float32, returning the same ids as without it on the same
-            subsample (:func:`float16_scan_slack`). The dense path ignores it.
+            subsample (:func:`float16_scan_slack`, ``int8scan.int8_scan_slack``). The dense path
+            ignores it.
 
     Returns:
         (B, k) int64 ids in ascending order, ``-1`` where fewer than k records were sampled.
