@@ -272,3 +272,26 @@ def test_default_import_and_float32_search_do_not_import_numba():
     subprocess.run(
         [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     )
+
+
+def test_fused_filter_keeps_exactly_what_the_survivors_would_keep():
+    from privdiff.retrieval.private.int8scan import query_levels, score_pairs_int8_kept
+
+    x = _random_unit(400, 32, 14)
+    queries = _random_unit(6, 32, 15)
+    copy = _int8_copy_of(x)
+    qcodes, qscales, _ = int8_scan_slack(queries, copy)
+    assert qcodes.dtype == np.int16 and np.abs(qcodes).max() == query_levels(32) == 32767
+    rows = np.repeat(np.arange(400, dtype=np.int64), 6)
+    qid = np.tile(np.arange(6, dtype=np.int64), 400)
+    full = score_pairs_int8(copy, qcodes, qscales, rows, qid)
+    thr = np.array([-np.inf, 0.0, 0.1, 0.2, np.inf, -0.1], dtype=np.float32)
+    thr[2] = full[2]  # a pair exactly at its threshold is kept (the survivors keep `not (a < thr)`)
+    keep = ~(full < thr[qid])
+    q_k, r_k, s_k = score_pairs_int8_kept(copy, qcodes, qscales, rows, qid, thr)
+    np.testing.assert_array_equal(q_k, qid[keep])
+    np.testing.assert_array_equal(r_k, rows[keep])
+    np.testing.assert_array_equal(s_k, full[keep])
+    assert 0 < keep.sum() < keep.size
+    assert query_levels(512) == 32767 and query_levels(4096) == 4128
+    assert all(127 * query_levels(d) * d < 2**31 for d in (1, 512, 516, 517, 4096, 133_000))

@@ -2,8 +2,11 @@
 
 An index row e (float32, ‖e‖₂ ≤ 1 + τ) is stored for the scan as a scale s_e = max_i |e_i| / 127
 (float32) and codes ê = round(e / s_e) ∈ [-127, 127]^d (int8), a quarter of the float32 bytes plus
-4 bytes per row. A query x is quantised the same way (s_x, x̂). The scan scores a (row, query)
-pair as a = fl₃₂(fl₃₂(ê·x̂) · fl₃₂(s_e s_x)), the integer dot product ê·x̂ being exact in int32;
+4 bytes per row. A query x is quantised the same way but finer (s_x = max|x_i| / L_q with
+L_q = min(32767, ⌊(2³¹ − 1) / (127 d)⌋) levels, int16 codes x̂: 32,766 levels at d = 512), which
+makes the query's own rounding error negligible in the bound at no cost (the kernel widens to
+int16 anyway). The scan scores a (row, query) pair as a = fl₃₂(fl₃₂(ê·x̂) · fl₃₂(s_e s_x)), the
+integer dot product ê·x̂ being exact in int32 (|ê·x̂| ≤ 127 L_q d < 2³¹);
 :func:`int8_scan_slack` bounds |fl₃₂(x·e) − a| so that ``search._sparse_topk`` can keep every pair
 that may belong to the exact float32 top-k and re-rank those in float32 (same ids, always).
 
@@ -31,9 +34,11 @@ __all__ = [
     "Int8ScanCopy",
     "int8_scan_slack",
     "numba_available",
+    "query_levels",
     "quantise_rows",
     "row_stats",
     "score_pairs_int8",
+    "score_pairs_int8_kept",
 ]
 
 #: int32 accumulation of d products of magnitude ≤ 127² is exact while d·127² < 2³¹.
@@ -67,20 +72,29 @@ class Int8ScanCopy:
         return int(self.codes.nbytes + self.scales.nbytes)
 
 
-def quantise_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row symmetric int8 quantisation: ``(codes int8 (n, d), scales float32 (n,))``.
+def query_levels(d: int) -> int:
+    """L_q, the query codes' largest magnitude: int16, and 127 · L_q · d < 2³¹ (exact int32 dots)."""
+    return int(min(32767, (2**31 - 1) // (127 * max(1, int(d)))))
 
-    s = fl₃₂(max|e_i| / 127) (an all-zero row gets s = 1, codes 0); codes = clip(rint(e / s)) in
-    float64. Whatever float32 value s takes, the residual e − s·ê is measured afterwards
-    (:func:`row_stats`), so the bound never assumes |e_i − s ê_i| ≤ s/2.
+
+def quantise_rows(rows: np.ndarray, levels: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row symmetric quantisation: ``(codes (n, d), scales float32 (n,))``.
+
+    s = fl₃₂(max|e_i| / levels) (an all-zero row gets s = 1, codes 0); codes = clip(rint(e / s))
+    in float64, int8 for ``levels`` ≤ 127 (index rows), int16 up to 32767 (queries). Whatever
+    float32 value s takes, the residual e − s·ê is measured afterwards (:func:`row_stats`), so
+    the bound never assumes |e_i − s ê_i| ≤ s/2.
     """
     e = np.asarray(rows, dtype=np.float64)
     if e.ndim != 2:
         raise InvalidParameter("rows", f"shape {e.shape}", "a 2-d array")
+    if not 1 <= levels <= 32767:
+        raise InvalidParameter("levels", levels, "1 <= levels <= 32767")
     amax = np.abs(e).max(axis=1) if e.shape[1] else np.zeros(e.shape[0])
-    scales = (amax / 127.0).astype(np.float32)
+    scales = (amax / float(levels)).astype(np.float32)
     scales[scales == 0] = 1.0
-    codes = np.clip(np.rint(e / scales.astype(np.float64)[:, None]), -127, 127).astype(np.int8)
+    dtype = np.int8 if levels <= 127 else np.int16
+    codes = np.clip(np.rint(e / scales.astype(np.float64)[:, None]), -levels, levels).astype(dtype)
     return codes, scales
 
 
@@ -114,8 +128,11 @@ def int8_scan_slack(queries: np.ndarray, copy: Int8ScanCopy) -> tuple[np.ndarray
 
         Q := min(‖x‖₁ R_∞ + ‖δ_x‖_∞ L₁,  ‖x‖₂ R₂ + ‖δ_x‖₂ L₂).
 
-    Rounding of the scan score. ê·x̂ is an exact int32 (|ê·x̂| ≤ 127² d < 2³¹ for d ≤
-    ``INT8_MAX_DIM``); a = fl₃₂(fl₃₂(ê·x̂) · fl₃₂(s_e s_x)) takes three float32 roundings, so
+    With L_q query levels (:func:`query_levels`) ‖δ_x‖ is ~L_q/127 times smaller than e's, so Q is
+    essentially ‖x‖₂ R₂ (the rows' own rounding, which no query-side choice can remove).
+
+    Rounding of the scan score. ê·x̂ is an exact int32 (every partial sum is at most
+    Σ|ê_i x̂_i| ≤ 127 L_q d < 2³¹); a = fl₃₂(fl₃₂(ê·x̂) · fl₃₂(s_e s_x)) takes three float32 roundings, so
     |a − s_e s_x ê·x̂| ≤ γ₃ |s_e s_x ê·x̂| ≤ γ₃ ‖s_x x̂‖_∞ L₁ with γ₃ = 3u/(1 − 3u), u = 2⁻²⁴
     (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., Lemma 3.1).
     Rounding of the exact path: |fl₃₂(x·e) − x·e| ≤ γ_d ‖x‖₂ (1 + τ) (Higham (3.5), any summation
@@ -130,7 +147,7 @@ def int8_scan_slack(queries: np.ndarray, copy: Int8ScanCopy) -> tuple[np.ndarray
 
     x = np.asarray(queries, dtype=np.float64)
     d = x.shape[1]
-    qcodes, qscales = quantise_rows(x)
+    qcodes, qscales = quantise_rows(x, query_levels(d))
     st = row_stats(x, qcodes, qscales)  # ‖δ_x‖_∞, ‖δ_x‖₂, ‖s_x x̂‖₁, ‖s_x x̂‖₂
     l1, l2 = np.abs(x).sum(axis=1), np.linalg.norm(x, axis=1)
     quant = np.minimum(
@@ -142,7 +159,6 @@ def int8_scan_slack(queries: np.ndarray, copy: Int8ScanCopy) -> tuple[np.ndarray
     gamma_d = d * u32 / (1.0 - d * u32)
     xhat_inf = qscales.astype(np.float64) * np.abs(qcodes.astype(np.float64)).max(axis=1, initial=0.0)
     beta = quant + gamma3 * xhat_inf * copy.max_l1 + gamma_d * l2 * (1.0 + float(UNIT_NORM_TOLERANCE))
-    # int16 query codes: the kernel's measured-fastest operand width (values stay in [-127, 127]).
     return np.ascontiguousarray(qcodes, dtype=np.int16), qscales, 2.0 * beta * (1.0 + 1e-6)
 
 
@@ -189,13 +205,18 @@ def _compile():
     require_numba()
     import numba
 
-    @numba.njit(cache=_cache_ok(), nogil=True, boundscheck=False)
-    def gather_dot(codes, scales, qcodes, qscales, rows, qid, out):  # pragma: no cover - compiled
-        # One pair at a time, int8 row × int16 query, int32 accumulation: LLVM vectorises it with
+    cache = _cache_ok()
+
+    @numba.njit(cache=cache, nogil=True, boundscheck=False)
+    def gather_dot(codes, qcodes, rows, qid, acc_out):  # pragma: no cover - compiled
+        # One pair at a time, int8 row × int16 query, int32 accumulation (exact: 127·L_q·d < 2³¹);
+        # LLVM vectorises it with
         # vpmaddwd. Measured against variants that reuse a row across its adjacent pairs (widen the
-        # row once into an int16 buffer; score two queries per row load): both slower here
-        # (docs/results/scale/scan_README.md). No fastmath: integer sums are exact in any order,
-        # and the float32 scaling must round as the bound assumes.
+        # row once into a buffer; score two queries per row load): both slower here
+        # (docs/results/scale/scan_README.md). The float scaling is a separate loop: in the same
+        # loop nest LLVM drops the vpmaddwd pattern and the kernel runs 2x slower (measured).
+        # No fastmath: integer sums are exact in any order, and the float32 scaling must round
+        # as the bound assumes.
         d = codes.shape[1]
         for j in range(rows.size):
             r = rows[j]
@@ -203,9 +224,30 @@ def _compile():
             acc = np.int32(0)
             for t in range(d):
                 acc += np.int32(codes[r, t]) * np.int32(qcodes[q, t])
-            out[j] = np.float32(acc) * (scales[r] * qscales[q])
+            acc_out[j] = acc
 
-    _KERNEL = gather_dot
+    @numba.njit(cache=cache, nogil=True, boundscheck=False)
+    def scale(acc, scales, qscales, rows, qid, out):  # pragma: no cover - compiled
+        for j in range(rows.size):
+            out[j] = np.float32(acc[j]) * (scales[rows[j]] * qscales[qid[j]])
+
+    @numba.njit(cache=cache, nogil=True, boundscheck=False)
+    def scale_keep(acc, scales, qscales, rows, qid, thr, out_q, out_r, out_s):  # pragma: no cover - compiled
+        # The scale loop fused with _Survivors.add's filter (drop a pair scoring below its query's
+        # running threshold): saves numpy's mask and three gathers over every pair.
+        m = 0
+        for j in range(rows.size):
+            r = rows[j]
+            q = qid[j]
+            a = np.float32(acc[j]) * (scales[r] * qscales[q])
+            if not (a < thr[q]):
+                out_q[m] = q
+                out_r[m] = r
+                out_s[m] = a
+                m += 1
+        return m
+
+    _KERNEL = (gather_dot, scale, scale_keep)
     return _KERNEL
 
 
@@ -213,10 +255,42 @@ def score_pairs_int8(
     copy: Int8ScanCopy, qcodes: np.ndarray, qscales: np.ndarray, rows: np.ndarray, qid: np.ndarray
 ) -> np.ndarray:
     """a_j = fl₃₂(ê_{rows[j]}·x̂_{qid[j]}) · fl₃₂(s_e s_x) for every pair, as float32 (one thread)."""
-    kernel = _compile()
+    dot, scale, _ = _compile()
     if qcodes.dtype != np.int16:
         raise InvalidParameter("qcodes", str(qcodes.dtype), "int16 (int8scan.int8_scan_slack's codes, widened)")
     out = np.empty(rows.size, dtype=np.float32)
     if rows.size:
-        kernel(np.asarray(copy.codes), np.asarray(copy.scales), qcodes, qscales, rows, qid, out)
+        acc = np.empty(rows.size, dtype=np.int32)
+        dot(np.asarray(copy.codes), qcodes, rows, qid, acc)
+        scale(acc, np.asarray(copy.scales), qscales, rows, qid, out)
     return out
+
+
+def score_pairs_int8_kept(
+    copy: Int8ScanCopy,
+    qcodes: np.ndarray,
+    qscales: np.ndarray,
+    rows: np.ndarray,
+    qid: np.ndarray,
+    thr: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`score_pairs_int8`, keeping only pairs with ``not (a < thr[qid])``: ``(qid, rows, a)``.
+
+    Exactly the pairs ``search._Survivors.add`` would keep with thresholds ``thr`` (the same
+    float32 comparison), so pre-filtering here changes nothing but the cost.
+    """
+    dot, _, scale_keep = _compile()
+    if qcodes.dtype != np.int16:
+        raise InvalidParameter("qcodes", str(qcodes.dtype), "int16 (int8scan.int8_scan_slack's codes, widened)")
+    n = rows.size
+    acc = np.empty(n, dtype=np.int32)
+    out_q = np.empty(n, dtype=qid.dtype)
+    out_r = np.empty(n, dtype=rows.dtype)
+    out_s = np.empty(n, dtype=np.float32)
+    if not n:
+        return out_q, out_r, out_s
+    dot(np.asarray(copy.codes), qcodes, rows, qid, acc)
+    m = scale_keep(acc, np.asarray(copy.scales), qscales, rows, qid, thr, out_q, out_r, out_s)
+    if 2 * m < n:  # do not pin a mostly empty block-sized buffer among the survivors
+        return out_q[:m].copy(), out_r[:m].copy(), out_s[:m].copy()
+    return out_q[:m], out_r[:m], out_s[:m]

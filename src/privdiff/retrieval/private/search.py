@@ -44,7 +44,7 @@ import numpy as np
 
 from privdiff.errors import InvalidParameter, check_in_range, check_int
 from privdiff.retrieval.private.index import UNIT_NORM_TOLERANCE
-from privdiff.retrieval.private.int8scan import INT8_MAX_DIM, Int8ScanCopy, int8_scan_slack, score_pairs_int8
+from privdiff.retrieval.private.int8scan import INT8_MAX_DIM, Int8ScanCopy, int8_scan_slack, score_pairs_int8_kept
 from privdiff.retrieval.private.subsample import poisson_pair_blocks
 
 __all__ = [
@@ -405,7 +405,7 @@ def _sparse_topk(
         if int8 is not None:
             copy, qcodes_c, qscales_c = int8[0], int8[1][s : s + nb], int8[2][s : s + nb]
             for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
-                acc.add(qid, rows, score_pairs_int8(copy, qcodes_c, qscales_c, rows, qid))
+                acc.add(*score_pairs_int8_kept(copy, qcodes_c, qscales_c, rows, qid, acc.thr))
         else:
             for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
                 acc.add(qid, rows, _score_pairs(vectors, scan, qc, rows, qid, buf))
