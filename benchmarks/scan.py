@@ -284,8 +284,9 @@ def _int8_split(vectors, copy, queries, k, blocks, repeats) -> dict:
 
     def survive():  # as search._sparse_topk does it: scoring fused with the survivors' filter
         acc = search._Survivors(nb, k, slack)
+        work = {}
         for r, c in blocks:
-            acc.add(*int8scan.score_pairs_int8_kept(copy, qcodes, qscales, r, c, acc.thr))
+            acc.add(*int8scan.score_pairs_int8_kept(copy, qcodes, qscales, r, c, acc.thr, work))
         gs, gi = acc.grid()
         cand = (gi >= 0) & ~(gs < acc.threshold(gs)[:, None])
         state.update(gs=gs, gi=gi, cand=cand)

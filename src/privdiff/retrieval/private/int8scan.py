@@ -273,24 +273,32 @@ def score_pairs_int8_kept(
     rows: np.ndarray,
     qid: np.ndarray,
     thr: np.ndarray,
+    work: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`score_pairs_int8`, keeping only pairs with ``not (a < thr[qid])``: ``(qid, rows, a)``.
 
     Exactly the pairs ``search._Survivors.add`` would keep with thresholds ``thr`` (the same
-    float32 comparison), so pre-filtering here changes nothing but the cost.
+    float32 comparison), so pre-filtering here changes nothing but the cost. ``work`` (a dict
+    the caller keeps across blocks) holds the block-sized temporaries: fresh multi-MiB arrays
+    per block cost page faults; the kept pairs are returned as copies, never views of it.
     """
     dot, _, scale_keep = _compile()
     if qcodes.dtype != np.int16:
         raise InvalidParameter("qcodes", str(qcodes.dtype), "int16 (int8scan.int8_scan_slack's codes, widened)")
     n = rows.size
-    acc = np.empty(n, dtype=np.int32)
-    out_q = np.empty(n, dtype=qid.dtype)
-    out_r = np.empty(n, dtype=rows.dtype)
-    out_s = np.empty(n, dtype=np.float32)
-    if not n:
-        return out_q, out_r, out_s
-    dot(np.asarray(copy.codes), qcodes, rows, qid, acc)
-    m = scale_keep(acc, np.asarray(copy.scales), qscales, rows, qid, thr, out_q, out_r, out_s)
-    if 2 * m < n:  # do not pin a mostly empty block-sized buffer among the survivors
-        return out_q[:m].copy(), out_r[:m].copy(), out_s[:m].copy()
-    return out_q[:m], out_r[:m], out_s[:m]
+    work = {} if work is None else work
+    if work.get("n", -1) < n:
+        work.update(
+            n=n,
+            acc=np.empty(n, dtype=np.int32),
+            q=np.empty(n, dtype=np.int64),
+            r=np.empty(n, dtype=np.int64),
+            s=np.empty(n, dtype=np.float32),
+        )
+    acc, out_q, out_r, out_s = (work[key][:n] for key in ("acc", "q", "r", "s"))
+    if n:
+        dot(np.asarray(copy.codes), qcodes, rows, qid, acc)
+        m = scale_keep(acc, np.asarray(copy.scales), qscales, rows, qid, thr, out_q, out_r, out_s)
+    else:
+        m = 0
+    return out_q[:m].copy(), out_r[:m].copy(), out_s[:m].copy()

@@ -404,8 +404,9 @@ def _sparse_topk(
         acc = _Survivors(nb, k, None if slack is None else slack[s : s + nb])
         if int8 is not None:
             copy, qcodes_c, qscales_c = int8[0], int8[1][s : s + nb], int8[2][s : s + nb]
+            work: dict = {}
             for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
-                acc.add(*score_pairs_int8_kept(copy, qcodes_c, qscales_c, rows, qid, acc.thr))
+                acc.add(*score_pairs_int8_kept(copy, qcodes_c, qscales_c, rows, qid, acc.thr, work))
         else:
             for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
                 acc.add(qid, rows, _score_pairs(vectors, scan, qc, rows, qid, buf))
