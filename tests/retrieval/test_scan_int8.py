@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import privdiff.retrieval.private.search as search
-from privdiff.errors import IndexCorrupt, InvalidParameter, MissingDependency
+from privdiff.errors import IndexCorrupt, InvalidParameter, MissingDependency, PrivdiffWarning
 from privdiff.retrieval.private import ExactTopK, add_scan_copy, build_index, load_index
 from privdiff.retrieval.private.index import (
     INT8_CODES_FILE,
@@ -258,15 +258,34 @@ def test_without_numba_the_int8_scan_is_refused_before_any_search(tmp_path, monk
     monkeypatch.setitem(sys.modules, "numba", None)  # `import numba` now raises ImportError
     with pytest.raises(MissingDependency, match="numba"):
         ExactTopK(idx, scan="int8")
-    ExactTopK(idx)  # the float32 scan needs nothing more
+    ExactTopK(idx, scan="float32")  # the float32 scan needs nothing more
+    # The default picks int8 only where it can run it: here it warns once and scans float32.
+    with pytest.warns(PrivdiffWarning, match="numba"):
+        backend = ExactTopK(idx)
+    assert "int8" not in repr(backend)
+
+
+def test_the_default_scan_is_int8_where_the_index_has_the_copy():
+    raw = np.random.default_rng(16).standard_normal((300, 16))
+    with_copy = EmbeddingIndex.from_embeddings(raw, space_id=SPACE, scan_copy="int8")
+    assert "scan='int8'" in repr(ExactTopK(with_copy))
+    plain = EmbeddingIndex.from_embeddings(raw, space_id=SPACE, scan_copy="float16")
+    assert repr(ExactTopK(plain)) == "ExactTopK(count=300)"  # float32, as before
+    q = _random_unit(5, 16, 17)
+    a = ExactTopK(plain).topk_sums(q, 6, 0.4, np.random.default_rng(3))
+    b = ExactTopK(with_copy).topk_sums(q, 6, 0.4, np.random.default_rng(3))
+    np.testing.assert_array_equal(a[0], b[0])
 
 
 def test_default_import_and_float32_search_do_not_import_numba():
     code = (
         "import sys, numpy as np\n"
         "import privdiff, privdiff.retrieval, privdiff.retrieval.private as P, privdiff.cli\n"
-        "idx = P.EmbeddingIndex.from_embeddings(np.eye(8) + 0.1, space_id='t/v1', scan_copy=('float16', 'int8'))\n"
-        "P.ExactTopK(idx).topk_sums(np.eye(8, dtype=np.float32)[:2], 2, 0.5, np.random.default_rng(0))\n"
+        "q = np.eye(8, dtype=np.float32)[:2]\n"
+        "idx = P.EmbeddingIndex.from_embeddings(np.eye(8) + 0.1, space_id='t/v1', scan_copy='float16')\n"
+        "P.ExactTopK(idx).topk_sums(q, 2, 0.5, np.random.default_rng(0))\n"
+        "idx8 = P.EmbeddingIndex.from_embeddings(np.eye(8) + 0.1, space_id='t/v1', scan_copy='int8')\n"
+        "P.ExactTopK(idx8, scan='float32').topk_sums(q, 2, 0.5, np.random.default_rng(0))\n"
         "assert 'numba' not in sys.modules, 'numba imported on the default path'\n"
     )
     subprocess.run(

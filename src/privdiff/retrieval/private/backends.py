@@ -113,7 +113,11 @@ class ExactTopK:
         index: the private :class:`~privdiff.retrieval.private.index.EmbeddingIndex`.
         method: ``"auto"``, ``"sparse"`` or ``"dense"`` (``search.subsampled_topk``); all three
             sample the same distribution and select the same records, only speed differs.
-        scan: ``"float32"`` (default) scans the float32 rows; ``"float16"`` scans the index's
+        scan: ``"auto"`` (default): ``"int8"`` when the index carries an int8 scan copy and numba
+            is installed (the fastest exact scan measured, docs/results/scale/scan_README.md),
+            else ``"float32"`` (with a one-line warning when only numba is missing); an index
+            without an int8 copy searches exactly as before. ``"float32"`` scans the float32
+            rows; ``"float16"`` scans the index's
             float16 scan copy (``index.add_scan_copy``) and re-ranks exactly in float32: the same
             records are selected on the same subsample, the scan reads half the bytes (the
             float32 rows are then touched only for the candidates and the k released rows).
@@ -122,19 +126,37 @@ class ExactTopK:
             (``add_scan_copy(dir, dtype="int8")``) with a compiled int8 kernel and re-ranks
             exactly in float32 (``int8scan.int8_scan_slack``): again the same records on the
             same subsample, a quarter of the bytes. It needs numba (``pip install
-            'privdiff[fast]'``); without it construction raises
-            :class:`~privdiff.errors.MissingDependency` (no silent fallback). Opt-in as well
-            (see the scan README for the measurement behind that choice).
+            'privdiff[fast]'``); asked for explicitly without it, construction raises
+            :class:`~privdiff.errors.MissingDependency`. The kernel is compiled (or loaded from
+            numba's cache) at construction, so nothing can fail for it after a charge.
     """
 
     __slots__ = ("_index", "_method", "_scan")
 
-    def __init__(self, index: EmbeddingIndex, *, method: str = "auto", scan: str = "float32"):
+    def __init__(self, index: EmbeddingIndex, *, method: str = "auto", scan: str = "auto"):
         self._index = _check_index(index)
         if method not in ("auto", "sparse", "dense"):
             raise InvalidParameter("method", method, "one of 'auto', 'sparse', 'dense'")
-        if scan not in ("float32", "float16", "int8"):
-            raise InvalidParameter("scan", scan, "'float32', 'float16' or 'int8'")
+        if scan not in ("auto", "float32", "float16", "int8"):
+            raise InvalidParameter("scan", scan, "'auto', 'float32', 'float16' or 'int8'")
+        if scan == "auto":
+            scan = "float32"
+            if int8_scan_for_mechanism(index) is not None:  # numba is looked at only then
+                from privdiff.retrieval.private.int8scan import numba_available
+
+                if numba_available():
+                    scan = "int8"
+                else:
+                    import warnings
+
+                    from privdiff.errors import PrivdiffWarning
+
+                    warnings.warn(
+                        "the index has an int8 scan copy but numba is not installed: scanning float32 "
+                        "(same results, slower; pip install 'privdiff[fast]')",
+                        PrivdiffWarning,
+                        stacklevel=2,
+                    )
         has = scan_rows_for_mechanism(index) if scan == "float16" else int8_scan_for_mechanism(index)
         if scan != "float32" and has is None:
             arg = "" if scan == "float16" else ", dtype='int8'"
@@ -145,9 +167,9 @@ class ExactTopK:
                 hint=f"add one with privdiff.retrieval.private.add_scan_copy(index_dir{arg}) (fingerprint unchanged)",
             )
         if scan == "int8":
-            from privdiff.retrieval.private.int8scan import require_numba
+            from privdiff.retrieval.private.int8scan import compile_kernel
 
-            require_numba()  # at construction: before any query is charged
+            compile_kernel()  # at construction: before any query is charged (MissingDependency without numba)
         self._method = method
         self._scan = scan
         if scan != "float32":

@@ -197,6 +197,12 @@ def _cache_ok() -> bool:
     return os.access(pyc if os.path.isdir(pyc) else here, os.W_OK)
 
 
+def compile_kernel() -> None:
+    """Compile the kernel now (or load it from numba's cache); MissingDependency without numba."""
+    require_numba()
+    _compile()
+
+
 def _compile():
     """Compile the kernel (first call in a process only). See ``benchmarks/scan.py`` for the variant choice."""
     global _KERNEL
