@@ -314,3 +314,11 @@ def test_fused_filter_keeps_exactly_what_the_survivors_would_keep():
     assert 0 < keep.sum() < keep.size
     assert query_levels(512) == 32767 and query_levels(4096) == 4128
     assert all(127 * query_levels(d) * d < 2**31 for d in (1, 512, 516, 517, 4096, 133_000))
+
+
+def test_int8_scan_refuses_non_finite_queries():
+    x = _random_unit(50, 8, 18)
+    q = _random_unit(2, 8, 19)
+    q[1, 3] = np.nan
+    with pytest.raises(InvalidParameter, match="queries"):
+        subsampled(x, q, 3, 0.5, 0, _int8_copy_of(x))

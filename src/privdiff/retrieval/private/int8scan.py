@@ -134,14 +134,18 @@ def int8_scan_slack(queries: np.ndarray, copy: Int8ScanCopy) -> tuple[np.ndarray
     Rounding of the scan score. ê·x̂ is an exact int32 (every partial sum is at most
     Σ|ê_i x̂_i| ≤ 127 L_q d < 2³¹); a = fl₃₂(fl₃₂(ê·x̂) · fl₃₂(s_e s_x)) takes three float32 roundings, so
     |a − s_e s_x ê·x̂| ≤ γ₃ |s_e s_x ê·x̂| ≤ γ₃ ‖s_x x̂‖_∞ L₁ with γ₃ = 3u/(1 − 3u), u = 2⁻²⁴
-    (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., Lemma 3.1).
+    (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., Lemma 3.1); should
+    fl₃₂(s_e s_x) or a fall below the normal range (only for queries of norm ≲ 1e-30), each of
+    those two roundings adds at most 2⁻¹⁵⁰ absolute, times |ê·x̂| ≤ 127 L_q d for the first:
+    the term (127 L_q d + 1) 2⁻¹⁴⁹ covers it.
     Rounding of the exact path: |fl₃₂(x·e) − x·e| ≤ γ_d ‖x‖₂ (1 + τ) (Higham (3.5), any summation
     order, FMA or not; τ = ``UNIT_NORM_TOLERANCE``).
 
-    So |fl₃₂(x·e) − a| ≤ β := Q + γ₃ ‖s_x x̂‖_∞ L₁ + γ_d ‖x‖₂ (1 + τ), and keeping every pair with
-    a ≥ a₍ₖ₎ − 2β keeps the exact float32 top-k (the argument of ``float16_scan_slack``, with this
-    β). All norms are computed in float64 (relative error ≲ d·2⁻⁵³); the result is inflated by
-    1e-6 (relative) to absorb that, and the caller rounds thresholds down to float32.
+    So |fl₃₂(x·e) − a| ≤ β := Q + γ₃ ‖s_x x̂‖_∞ L₁ + (127 L_q d + 1) 2⁻¹⁴⁹ + γ_d ‖x‖₂ (1 + τ),
+    and keeping every pair with a ≥ a₍ₖ₎ − 2β keeps the exact float32 top-k (the argument of
+    ``float16_scan_slack``, with this β). All norms are computed in float64 (relative error
+    ≲ d·2⁻⁵³); the result is inflated by 1e-6 (relative) to absorb that, and the caller rounds
+    thresholds down to float32.
     """
     from privdiff.retrieval.private.index import UNIT_NORM_TOLERANCE
 
@@ -158,7 +162,8 @@ def int8_scan_slack(queries: np.ndarray, copy: Int8ScanCopy) -> tuple[np.ndarray
     gamma3 = 3 * u32 / (1 - 3 * u32)
     gamma_d = d * u32 / (1.0 - d * u32)
     xhat_inf = qscales.astype(np.float64) * np.abs(qcodes.astype(np.float64)).max(axis=1, initial=0.0)
-    beta = quant + gamma3 * xhat_inf * copy.max_l1 + gamma_d * l2 * (1.0 + float(UNIT_NORM_TOLERANCE))
+    underflow = (127.0 * query_levels(d) * d + 1.0) * 2.0**-149
+    beta = quant + gamma3 * xhat_inf * copy.max_l1 + underflow + gamma_d * l2 * (1.0 + float(UNIT_NORM_TOLERANCE))
     return np.ascontiguousarray(qcodes, dtype=np.int16), qscales, 2.0 * beta * (1.0 + 1e-6)
 
 

@@ -391,6 +391,8 @@ def _sparse_topk(
             raise InvalidParameter("scan", f"int8 {scan.shape}", f"an int8 scan copy of shape {vectors.shape}")
         if d > INT8_MAX_DIM:
             raise InvalidParameter("scan", f"int8 at d = {d}", f"d <= {INT8_MAX_DIM} (int32 accumulation)")
+        if not np.isfinite(queries).all():  # the mechanism refuses these before charging; the bound needs it
+            raise InvalidParameter("queries", "non-finite values", "finite rows for the int8 scan")
         qcodes, qscales, slack = int8_scan_slack(queries, scan)
         int8 = (scan, qcodes, qscales)
     elif scan is not None:
