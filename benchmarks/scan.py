@@ -8,14 +8,18 @@ one thread for faiss, BLAS and torch), one run times
   scatter / partition over all of it, at most 4 M pairs per pass), kept here verbatim;
 * **privdiff float32**: ``search.subsampled_topk`` (streamed record-major pairs, O(k) survivors);
 * **privdiff float16 scan**: the same with the float16 scan copy and exact float32 re-rank;
+* **privdiff int8 scan**: the same with the int8 per-row-scaled scan copy, scored by the compiled
+  numba kernel (``int8scan``), survivors within 2β re-ranked exactly in float32;
 
 against three floors: the old *cache* floor (one GEMV per query over the same qN contiguous rows:
 L3-resident, not a memory floor), the *fresh-rows* floor (one GEMV per query over its own qN
 contiguous rows) and the *batched* limit (one sequential read of the rows a batch touches,
 1 − (1 − q)^B of them, divided by B). It splits privdiff's time into pair sampling, scoring (and
 how much of that is compute: the same pairs scored on cache-resident rows) and selection, and
-checks that the float16 scan and the previous path return the float32 path's ids on the same
-subsample.
+checks that the float16 and int8 scans and the previous path return the float32 path's ids on the
+same subsample. For the int8 scan it also splits the time (sampling / int8 scoring / survivors /
+re-rank / selection), measures the kernel variants per pair on the same pairs, and the kernel's
+first-call (JIT compile) cost in a fresh process, cold and from numba's on-disk cache.
 
 **Memory** (``--memory``): peak resident memory of ``build_index`` and ``load_index(verify="full")``
 (before and after this change), measured in fresh subprocesses as VmHWM minus the resident size
@@ -132,6 +136,195 @@ def _read_pass(array):
             np.bitwise_or.reduce(v[s : s + chunk], axis=None)
 
 
+_KERNEL_VARIANTS = r"""
+import numpy as np
+from numba import njit
+
+
+@njit(boundscheck=False, nogil=True)
+def int8_x_int8(codes, qc, rows, qid, out):  # both operands int8, widened per element
+    d = codes.shape[1]
+    for j in range(rows.size):
+        r = rows[j]
+        q = qid[j]
+        acc = np.int32(0)
+        for t in range(d):
+            acc += np.int32(codes[r, t]) * np.int32(qc[q, t])
+        out[j] = acc
+
+
+@njit(boundscheck=False, nogil=True)
+def int8_x_int16(codes, qw, rows, qid, out):  # the library's kernel: queries pre-widened to int16
+    d = codes.shape[1]
+    for j in range(rows.size):
+        r = rows[j]
+        q = qid[j]
+        acc = np.int32(0)
+        for t in range(d):
+            acc += np.int32(codes[r, t]) * np.int32(qw[q, t])
+        out[j] = acc
+
+
+@njit(boundscheck=False, nogil=True)
+def row_buffer(codes, qw, rows, qid, out):  # reuse: widen a row once, for all its adjacent pairs
+    d = codes.shape[1]
+    buf = np.empty(d, dtype=np.int16)
+    prev = -1
+    for j in range(rows.size):
+        r = rows[j]
+        if r != prev:
+            for t in range(d):
+                buf[t] = codes[r, t]
+            prev = r
+        q = qid[j]
+        acc = np.int32(0)
+        for t in range(d):
+            acc += np.int32(buf[t]) * np.int32(qw[q, t])
+        out[j] = acc
+
+
+@njit(boundscheck=False, nogil=True)
+def two_queries_per_row(codes, qw, rows, qid, out):  # reuse: one row load serves two pairs
+    d = codes.shape[1]
+    n = rows.size
+    j = 0
+    while j < n:
+        r = rows[j]
+        if j + 1 < n and rows[j + 1] == r:
+            q0 = qid[j]
+            q1 = qid[j + 1]
+            a0 = np.int32(0)
+            a1 = np.int32(0)
+            for t in range(d):
+                e = np.int32(codes[r, t])
+                a0 += e * np.int32(qw[q0, t])
+                a1 += e * np.int32(qw[q1, t])
+            out[j] = a0
+            out[j + 1] = a1
+            j += 2
+        else:
+            q = qid[j]
+            acc = np.int32(0)
+            for t in range(d):
+                acc += np.int32(codes[r, t]) * np.int32(qw[q, t])
+            out[j] = acc
+            j += 1
+"""
+
+_COMPILE_CHILD = r"""
+import json, sys, time
+import numpy as np
+t0 = time.perf_counter()
+from privdiff.retrieval.private import int8scan
+c = int8scan.Int8ScanCopy(np.ones((4, 512), np.int8), np.ones(4, np.float32), 0.0, 0.0, 0.0, 0.0)
+t1 = time.perf_counter()
+int8scan.score_pairs_int8(c, np.ones((2, 512), np.int16), np.ones(2, np.float32), np.arange(2), np.arange(2))
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "first_call_s": t2 - t1, "cache": int8scan._cache_ok()}))
+"""
+
+
+def _kernel_variants(copy, queries, qcodes, blocks, repeats) -> dict:
+    """ns per pair of each int8 kernel variant on the benchmark's own pairs (record-major)."""
+    import types
+
+    mod = types.ModuleType("int8_variants")
+    exec(compile(_KERNEL_VARIANTS, "int8_variants", "exec"), mod.__dict__)
+    codes = np.asarray(copy.codes)
+    from privdiff.retrieval.private.int8scan import quantise_rows
+
+    q8 = quantise_rows(queries)[0]  # int8 query codes for the int8 × int8 variant
+    npairs = sum(r.size for r, _ in blocks)
+    res = {}
+    for name in ("int8_x_int8", "int8_x_int16", "row_buffer", "two_queries_per_row"):
+        fn = getattr(mod, name)
+        qq = q8 if name == "int8_x_int8" else qcodes
+        out = np.empty(max(r.size for r, _ in blocks), dtype=np.int32)
+        fn(codes, qq, blocks[0][0][:4], blocks[0][1][:4], out)  # compile outside the timing
+
+        def go(fn=fn, qq=qq, out=out):
+            for r, c in blocks:
+                fn(codes, qq, r, c, out)
+
+        res[name] = _timed(go, repeats)[1] / npairs * 1e9
+    return res
+
+
+def _compile_cost() -> dict:
+    """First-call cost of the int8 kernel in fresh processes: cold (empty cache), then cached."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "NUMBA_CACHE_DIR": cache}
+        runs = []
+        for _ in range(2):
+            p = subprocess.run([sys.executable, "-c", _COMPILE_CHILD], capture_output=True, text=True, env=env)
+            runs.append(
+                json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {"error": p.stderr[-500:]}
+            )
+    return {"cold": runs[0], "cached": runs[1]}
+
+
+def _int8_split(vectors, copy, queries, k, blocks, repeats) -> dict:
+    """The int8 path's CPU time by stage on pre-drawn pairs (the steps of ``search._sparse_topk``)."""
+    import faiss
+
+    from privdiff.retrieval.private import int8scan, search
+
+    d = queries.shape[1]
+    nb = queries.shape[0]
+    t_slack = _timed(lambda: int8scan.int8_scan_slack(queries, copy), repeats)
+    qcodes, qscales, slack = int8scan.int8_scan_slack(queries, copy)
+    scored = []
+
+    def score():
+        scored.clear()
+        scored.extend(int8scan.score_pairs_int8(copy, qcodes, qscales, r, c) for r, c in blocks)
+
+    t_score = _timed(score, repeats)
+    state = {}
+
+    def survive():  # as search._sparse_topk does it: scoring fused with the survivors' filter
+        acc = search._Survivors(nb, k, slack)
+        work = {}
+        for r, c in blocks:
+            acc.add(*int8scan.score_pairs_int8_kept(copy, qcodes, qscales, r, c, acc.thr, work))
+        gs, gi = acc.grid()
+        cand = (gi >= 0) & ~(gs < acc.threshold(gs)[:, None])
+        state.update(gs=gs, gi=gi, cand=cand)
+
+    t_surv = _timed(survive, repeats)
+    gs, gi, cand = state["gs"], state["gi"], state["cand"]
+
+    def rerank():
+        cq, cc = (np.ascontiguousarray(a) for a in np.nonzero(cand))
+        exact = np.empty(cq.size, dtype=np.float32)
+        rows_c = np.ascontiguousarray(gi[cq, cc])
+        faiss.pairwise_indexed_inner_product(
+            int(d),
+            int(cq.size),
+            faiss.swig_ptr(queries),
+            faiss.swig_ptr(cq),
+            faiss.swig_ptr(vectors),
+            faiss.swig_ptr(rows_c),
+            faiss.swig_ptr(exact),
+        )
+        g = np.full(gs.shape, -np.inf, dtype=np.float32)
+        g[cq, cc] = exact
+        state.update(g=g, gi2=np.where(cand, gi, -1))
+
+    t_rerank = _timed(rerank, repeats)
+    t_select = _timed(lambda: search.select_topk(state["g"], state["gi2"], k), repeats)
+    return {
+        "query_quantisation_and_bound_cpu_s": t_slack[1],
+        "int8_scoring_cpu_s": t_score[1],
+        "survivors_cpu_s": max(0.0, t_surv[1] - t_score[1]),
+        "rerank_float32_cpu_s": t_rerank[1],
+        "selection_cpu_s": t_select[1],
+        "rerank_candidates": int(cand.sum()),
+        "rerank_candidates_per_query": float(cand.sum()) / nb,
+        "slack_2beta_mean": float(slack.mean()),
+    }
+
+
 def run_speed(args) -> dict:
     sys.path.insert(0, str(HERE))
     import faiss
@@ -146,6 +339,11 @@ def run_speed(args) -> dict:
     for s in range(0, args.n, 65536):
         scan[s : s + 65536] = vectors[s : s + 65536]
     build_s = time.perf_counter() - t0
+    from privdiff.retrieval.private.index import _int8_copy_of
+
+    t0 = time.perf_counter()
+    copy8 = _int8_copy_of(vectors)  # what build_index / add_scan_copy(dtype="int8") store
+    build8_s = time.perf_counter() - t0
     rng = np.random.default_rng(args.seed + 1)
     queries = rng.standard_normal((args.queries, args.d), dtype=np.float32)
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
@@ -154,8 +352,10 @@ def run_speed(args) -> dict:
     # Exactness on the same subsample (same seed → same pairs in every privdiff variant).
     ids32 = search.subsampled_topk(vectors, queries, k, q, np.random.default_rng(7), method="sparse")
     ids16 = search.subsampled_topk(vectors, queries, k, q, np.random.default_rng(7), method="sparse", scan=scan)
+    ids8 = search.subsampled_topk(vectors, queries, k, q, np.random.default_rng(7), method="sparse", scan=copy8)
     checks = {
         "float16_scan_ids_equal_float32": bool((ids32 == ids16).all()),
+        "int8_scan_ids_equal_float32": bool((ids32 == ids8).all()),
         "authors_topk_equal_on_shared_subsample": bool(rb._agreement(index, vectors, queries, k, q, args.seed + 2)),
     }
     # The previous path draws the same pairs from the same seed when it needs a single pass
@@ -166,6 +366,7 @@ def run_speed(args) -> dict:
     # Warm every path once (page faults, thread pools).
     rb._authors(index, queries[:2], k, q)
     search.subsampled_topk(vectors, queries[:4], k, q, np.random.default_rng(), scan=scan)
+    search.subsampled_topk(vectors, queries[:4], k, q, np.random.default_rng(), scan=copy8)
 
     R = args.repeats
     t = {
@@ -175,14 +376,17 @@ def run_speed(args) -> dict:
         "float16": _timed(
             lambda: search.subsampled_topk(vectors, queries, k, q, np.random.default_rng(), scan=scan), R
         ),
+        "int8": _timed(lambda: search.subsampled_topk(vectors, queries, k, q, np.random.default_rng(), scan=copy8), R),
         "floor_cache": _timed(lambda: _floor_cache(vectors, queries, q), R),
         "floor_fresh": _timed(lambda: _floor_fresh(vectors, queries, q), R),
     }
     touched = 1.0 - (1.0 - q) ** min(B, search._QUERY_CHUNK)
     read32 = _timed(lambda: _read_pass(vectors), R)
     read16 = _timed(lambda: _read_pass(scan), R)
+    read8 = _timed(lambda: _read_pass(np.asarray(copy8.codes)), R)
     t["batched_limit_float32"] = (read32[0] * touched, read32[1] * touched)
     t["batched_limit_float16"] = (read16[0] * touched, read16[1] * touched)
+    t["batched_limit_int8"] = (read8[0] * touched, read8[1] * touched)
 
     # Where privdiff's float32 time goes.
     blocks = []
@@ -216,6 +420,21 @@ def run_speed(args) -> dict:
         "survivors_and_selection_cpu_s": max(0.0, total - t_pairs[1] - t_dram[1]),
         "total_cpu_s": total,
     }
+    int8_split = {
+        "pairs": npairs,
+        "pair_sampling_cpu_s": t_pairs[1],
+        **_int8_split(vectors, copy8, queries, k, blocks, R),
+        "total_cpu_s": t["int8"][1],
+    }
+    qcodes8 = search.int8_scan_slack(queries, copy8)[0]
+    kernels = {
+        "ns_per_pair": {
+            **_kernel_variants(copy8, queries, qcodes8, blocks, R),
+            "faiss_float32": t_dram[1] / max(npairs, 1) * 1e9,
+        },
+        "chosen": "int8_x_int16",
+        "first_call": _compile_cost(),
+    }
 
     def row(name, key):
         w, c = t[key]
@@ -226,10 +445,12 @@ def run_speed(args) -> dict:
         row("privdiff before (full grid, 4M-pair passes)", "before"),
         row("privdiff float32 (streamed pairs, O(k) survivors)", "float32"),
         row("privdiff float16 scan + exact float32 re-rank", "float16"),
+        row("privdiff int8 scan (numba kernel) + exact float32 re-rank", "int8"),
         row("floor: GEMV over the same qN contiguous rows per query (cache)", "floor_cache"),
         row("floor: GEMV over fresh qN contiguous rows per query (memory)", "floor_fresh"),
         row("batched limit float32: one read of the touched rows / B", "batched_limit_float32"),
         row("batched limit float16: one read of the touched rows / B", "batched_limit_float16"),
+        row("batched limit int8: one read of the touched rows / B", "batched_limit_int8"),
     ]
     c = {key: t[key][1] for key in t}
     ratios = {
@@ -238,6 +459,10 @@ def run_speed(args) -> dict:
         "float16_vs_authors": c["authors"] / c["float16"],
         "float16_vs_before": c["before"] / c["float16"],
         "float16_vs_float32": c["float32"] / c["float16"],
+        "int8_vs_authors": c["authors"] / c["int8"],
+        "int8_vs_before": c["before"] / c["int8"],
+        "int8_vs_float32": c["float32"] / c["int8"],
+        "int8_fraction_of_batched_limit": c["batched_limit_int8"] / c["int8"],
         "before_vs_authors": c["authors"] / c["before"],
         "float32_fraction_of_fresh_floor": c["floor_fresh"] / c["float32"],
         "float32_fraction_of_batched_limit": c["batched_limit_float32"] / c["float32"],
@@ -256,11 +481,18 @@ def run_speed(args) -> dict:
         },
         "machine": _machine(faiss),
         "build_seconds": build_s,
-        "index_bytes": {"float32": int(vectors.nbytes), "float16_scan_copy": int(scan.nbytes)},
+        "int8_copy_build_seconds": build8_s,
+        "index_bytes": {
+            "float32": int(vectors.nbytes),
+            "float16_scan_copy": int(scan.nbytes),
+            "int8_scan_copy": copy8.nbytes,
+        },
         "checks": checks,
         "results": rows,
         "ratios_cpu": ratios,
         "float32_breakdown": breakdown,
+        "int8_breakdown": int8_split,
+        "int8_kernel": kernels,
     }
 
 
@@ -434,19 +666,22 @@ def _plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    names = [
-        "authors",
-        "privdiff\nbefore",
-        "privdiff\nfloat32",
-        "privdiff\nfloat16 scan",
-        "floor\n(cache)",
-        "floor\n(fresh rows)",
-        "batched\nlimit f32",
-        "batched\nlimit f16",
-    ]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    label = {
+        "authors": ("authors", "#b0b0b0"),
+        "before": ("privdiff\nbefore", "#9bbbd9"),
+        "float32": ("privdiff\nfloat32", "#2a7ab9"),
+        "float16": ("privdiff\nfloat16 scan", "#1b4f7a"),
+        "int8": ("privdiff\nint8 scan", "#0b2f4a"),
+        "floor_cache": ("floor\n(cache)", "#bfe0bf"),
+        "floor_fresh": ("floor\n(fresh rows)", "#7fbf7f"),
+        "batched_limit_float32": ("batched\nlimit f32", "#4f9f4f"),
+        "batched_limit_float16": ("batched\nlimit f16", "#2f7f2f"),
+        "batched_limit_int8": ("batched\nlimit i8", "#1f5f1f"),
+    }
+    names = [label[r["key"]][0] for r in res["results"]]
+    colors = [label[r["key"]][1] for r in res["results"]]
     qps = [r["qps_cpu"] for r in res["results"]]
-    colors = ["#b0b0b0", "#9bbbd9", "#2a7ab9", "#1b4f7a", "#bfe0bf", "#7fbf7f", "#4f9f4f", "#2f7f2f"]
     bars = ax.bar(names, qps, color=colors)
     for b, v in zip(bars, qps):
         ax.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=8)
@@ -455,7 +690,8 @@ def _plot(res: dict, path: Path) -> None:
         yscale="log",
         ylabel="queries per CPU-second",
         title=f"N={st['n']:,} d={st['d']} q={st['sample_rate']:g} k={st['k']} B={st['queries']}: float32 "
-        f"{r['float32_vs_authors']:.1f}x authors, {r['float32_vs_before']:.2f}x before",
+        f"{r['float32_vs_authors']:.1f}x authors, {r['float32_vs_before']:.2f}x before; int8 "
+        f"{r['int8_vs_authors']:.1f}x, {r['int8_vs_before']:.2f}x",
     )
     fig.text(
         0.01,

@@ -89,6 +89,12 @@ def test_scan_benchmark_smoke_run_checks_exactness_and_writes_ratios(tmp_path):
     assert proc.returncode == 0, proc.stderr
     res = json.loads(out.read_text())
     assert all(res["checks"].values()), res["checks"]
-    assert {"float32_vs_authors", "float32_vs_before", "float16_vs_float32"} <= set(res["ratios_cpu"])
+    assert {"float32_vs_authors", "float32_vs_before", "float16_vs_float32", "int8_vs_float32"} <= set(
+        res["ratios_cpu"]
+    )
     assert res["index_bytes"]["float16_scan_copy"] * 2 == res["index_bytes"]["float32"]
+    # int8 codes (a quarter of the float32 bytes) plus one float32 scale per row
+    assert res["index_bytes"]["int8_scan_copy"] == res["index_bytes"]["float32"] // 4 + 4 * 5000
+    assert res["int8_breakdown"]["rerank_candidates"] >= 5 * 8  # at least the k winners of every query
+    assert set(res["int8_kernel"]["ns_per_pair"]) >= {"int8_x_int16", "row_buffer", "two_queries_per_row"}
     assert out.with_suffix(".png").is_file()

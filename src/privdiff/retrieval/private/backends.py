@@ -39,6 +39,7 @@ from privdiff.retrieval.private.index import (
     EmbeddingIndex,
     IndexManifest,
     advise_random_access,
+    int8_scan_for_mechanism,
     rows_for_mechanism,
     scan_rows_for_mechanism,
 )
@@ -112,32 +113,66 @@ class ExactTopK:
         index: the private :class:`~privdiff.retrieval.private.index.EmbeddingIndex`.
         method: ``"auto"``, ``"sparse"`` or ``"dense"`` (``search.subsampled_topk``); all three
             sample the same distribution and select the same records, only speed differs.
-        scan: ``"float32"`` (default) scans the float32 rows; ``"float16"`` scans the index's
+        scan: ``"auto"`` (default): ``"int8"`` when the index carries an int8 scan copy and numba
+            is installed (the fastest exact scan measured, docs/results/scale/scan_README.md),
+            else ``"float32"`` (with a one-line warning when only numba is missing); an index
+            without an int8 copy searches exactly as before. ``"float32"`` scans the float32
+            rows; ``"float16"`` scans the index's
             float16 scan copy (``index.add_scan_copy``) and re-ranks exactly in float32: the same
             records are selected on the same subsample, the scan reads half the bytes (the
             float32 rows are then touched only for the candidates and the k released rows).
             Not the default: on the machine measured it saves memory, not time
-            (docs/results/scale/scan_README.md).
+            (docs/results/scale/scan_README.md). ``"int8"`` scans the index's int8 scan copy
+            (``add_scan_copy(dir, dtype="int8")``) with a compiled int8 kernel and re-ranks
+            exactly in float32 (``int8scan.int8_scan_slack``): again the same records on the
+            same subsample, a quarter of the bytes. It needs numba (``pip install
+            'privdiff[fast]'``); asked for explicitly without it, construction raises
+            :class:`~privdiff.errors.MissingDependency`. The kernel is compiled (or loaded from
+            numba's cache) at construction, so nothing can fail for it after a charge.
     """
 
     __slots__ = ("_index", "_method", "_scan")
 
-    def __init__(self, index: EmbeddingIndex, *, method: str = "auto", scan: str = "float32"):
+    def __init__(self, index: EmbeddingIndex, *, method: str = "auto", scan: str = "auto"):
         self._index = _check_index(index)
         if method not in ("auto", "sparse", "dense"):
             raise InvalidParameter("method", method, "one of 'auto', 'sparse', 'dense'")
-        if scan not in ("float32", "float16"):
-            raise InvalidParameter("scan", scan, "'float32' or 'float16'")
-        if scan == "float16" and scan_rows_for_mechanism(index) is None:
+        if scan not in ("auto", "float32", "float16", "int8"):
+            raise InvalidParameter("scan", scan, "'auto', 'float32', 'float16' or 'int8'")
+        if scan == "auto":
+            scan = "float32"
+            if int8_scan_for_mechanism(index) is not None:  # numba is looked at only then
+                from privdiff.retrieval.private.int8scan import numba_available
+
+                if numba_available():
+                    scan = "int8"
+                else:
+                    import warnings
+
+                    from privdiff.errors import PrivdiffWarning
+
+                    warnings.warn(
+                        "the index has an int8 scan copy but numba is not installed: scanning float32 "
+                        "(same results, slower; pip install 'privdiff[fast]')",
+                        PrivdiffWarning,
+                        stacklevel=2,
+                    )
+        has = scan_rows_for_mechanism(index) if scan == "float16" else int8_scan_for_mechanism(index)
+        if scan != "float32" and has is None:
+            arg = "" if scan == "float16" else ", dtype='int8'"
             raise InvalidParameter(
                 "scan",
                 scan,
-                "'float32' for an index without a float16 scan copy",
-                hint="add one with privdiff.retrieval.private.add_scan_copy(index_dir) (the fingerprint is unchanged)",
+                f"'float32' for an index without a {scan} scan copy",
+                hint=f"add one with privdiff.retrieval.private.add_scan_copy(index_dir{arg}) (fingerprint unchanged)",
             )
+        if scan == "int8":
+            from privdiff.retrieval.private.int8scan import compile_kernel
+
+            compile_kernel()  # at construction: before any query is charged (MissingDependency without numba)
         self._method = method
         self._scan = scan
-        if scan == "float16":
+        if scan != "float32":
             advise_random_access(rows_for_mechanism(index))  # only candidates are read from the float32 rows
 
     @property
@@ -152,7 +187,11 @@ class ExactTopK:
         self, queries: np.ndarray, k: int, sample_rate: float, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray]:
         vectors = rows_for_mechanism(self._index)
-        scan = scan_rows_for_mechanism(self._index) if self._scan == "float16" else None
+        scan = None
+        if self._scan == "float16":
+            scan = scan_rows_for_mechanism(self._index)
+        elif self._scan == "int8":
+            scan = int8_scan_for_mechanism(self._index)
         ids = subsampled_topk(vectors, queries, k, sample_rate, rng, method=self._method, scan=scan)
         return padded_topk_sums(vectors, ids)
 

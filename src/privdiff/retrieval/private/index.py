@@ -16,6 +16,13 @@ Layout of an index directory::
                          the manifest fingerprint it was derived for. It is not in the manifest,
                          so adding it never changes an index's fingerprint, and an index without
                          it loads and searches as before.
+    DIR/embeddings_i8.npy + DIR/scales_i8.npy + DIR/scan_i8.json
+                         (optional, ``scan_copy="int8"`` or ``add_scan_copy(dir, dtype="int8")``)
+                         per-row-scaled int8 codes and their float32 scales, a quarter of the
+                         bytes, scored by a compiled int8 kernel (numba) and re-ranked exactly in
+                         float32 (``int8scan.int8_scan_slack``); scan_i8.json records both sha256s,
+                         the index-wide maxima the error bound uses and the fingerprint. Like the
+                         float16 copy it is outside the manifest (fingerprint unchanged).
 
 The *fingerprint* of an index is the sha256 of its manifest (canonical JSON, identical to the
 bytes privdiff writes). The manifest records the vectors' sha256, so the fingerprint pins the
@@ -56,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from privdiff.errors import EncoderMismatch, IndexCorrupt, InvalidParameter, PrivdiffError
+from privdiff.retrieval.private.int8scan import INT8_MAX_DIM, Int8ScanCopy, quantise_rows, row_stats
 from privdiff.utils.atomic import fsync_dir, install_directory
 
 __all__ = [
@@ -75,6 +83,7 @@ __all__ = [
     "read_manifest",
     "rows_for_mechanism",
     "scan_rows_for_mechanism",
+    "int8_scan_for_mechanism",
     "shared_source_rows",
     "unsafe_nonprivate_rows",
     "validated_unit_rows",
@@ -88,6 +97,12 @@ SOURCE_ROWS_FILE = "source_rows.npy"
 SCAN_FILE = "embeddings_f16.npy"
 SCAN_MANIFEST = "scan.json"
 SCAN_FORMAT = "privdiff-scan-copy"
+INT8_CODES_FILE = "embeddings_i8.npy"
+INT8_SCALES_FILE = "scales_i8.npy"
+INT8_MANIFEST = "scan_i8.json"
+SCAN_DTYPES = ("float16", "int8")
+#: scan_i8.json keys of the index-wide maxima (``int8scan.Int8ScanCopy``), in ``row_stats`` column order.
+_INT8_STATS = ("max_resid_inf", "max_resid_l2", "max_l1", "max_l2")
 #: Hex digits of the manifest's sha256 that privdiff shows (48 bits: collisions need ~10^7 indexes).
 SHORT_FINGERPRINT = 12
 VISIBILITIES = ("private", "public")
@@ -100,6 +115,24 @@ _HASH_CHUNK_ROWS = 65536
 #: Bytes of one float64 chunk of rows during validation (a few temporaries of this size live at
 #: once): 65,536 rows of d = 512 would be 268 MB each, more than a mid-sized index.
 _CHUNK_BYTES = 16 << 20
+
+
+def _scan_kinds(scan_copy: Any) -> tuple[str, ...]:
+    """``scan_copy`` → the scan copies to keep: False/None → none, True → float16 (as before),
+    ``"float16"`` / ``"int8"`` or a sequence of them."""
+    if scan_copy is None or scan_copy is False:
+        return ()
+    if scan_copy is True:
+        return ("float16",)
+    kinds = (scan_copy,) if isinstance(scan_copy, str) else tuple(scan_copy)
+    if not kinds or any(k not in SCAN_DTYPES for k in kinds):
+        raise InvalidParameter("scan_copy", repr(scan_copy), "False, True (float16), 'float16', 'int8' or both")
+    return tuple(dict.fromkeys(kinds))
+
+
+def _check_int8_dim(d: int) -> None:
+    if d > INT8_MAX_DIM:
+        raise InvalidParameter("scan_copy", f"'int8' at dim {d}", f"dim <= {INT8_MAX_DIM} (exact int32 dot products)")
 
 
 def _chunk_rows(d: int) -> int:
@@ -247,15 +280,21 @@ class EmbeddingIndex(ManifestView):
     running in the same process.
     """
 
-    __slots__ = ("_manifest", "_path", "_scan", "_vectors")
+    __slots__ = ("_manifest", "_path", "_scan", "_scan_i8", "_vectors")
 
     def __init__(
-        self, vectors: np.ndarray, manifest: IndexManifest, path: Path | None = None, scan: np.ndarray | None = None
+        self,
+        vectors: np.ndarray,
+        manifest: IndexManifest,
+        path: Path | None = None,
+        scan: np.ndarray | None = None,
+        scan_i8: Int8ScanCopy | None = None,
     ):
         self._vectors = vectors
         self._manifest = manifest
         self._path = path
         self._scan = scan
+        self._scan_i8 = scan_i8
 
     @classmethod
     def from_embeddings(
@@ -265,20 +304,26 @@ class EmbeddingIndex(ManifestView):
         space_id: str,
         source: str = "",
         visibility: str = "private",
-        scan_copy: bool = False,
+        scan_copy: bool | str | tuple[str, ...] = False,
     ) -> EmbeddingIndex:
         """An in-memory index (normalised float32 copy); nothing is written to disk.
 
-        ``scan_copy`` also keeps the rows rounded to float16 (module docstring).
+        ``scan_copy``: True or ``"float16"`` also keeps the rows rounded to float16, ``"int8"``
+        the int8 scan copy, or a tuple of both (module docstring).
         """
+        kinds = _scan_kinds(scan_copy)
         vectors = validated_unit_rows(embeddings)
+        if "int8" in kinds:
+            _check_int8_dim(vectors.shape[1])
         vectors.setflags(write=False)
         manifest = _make_manifest(vectors.shape, space_id, source, visibility, sha256=_sha256_of_array(vectors))
-        scan = None
-        if scan_copy:
+        scan = scan_i8 = None
+        if "float16" in kinds:
             scan = vectors.astype(np.float16)
             scan.setflags(write=False)
-        return cls(vectors, manifest, None, scan)
+        if "int8" in kinds:
+            scan_i8 = _int8_copy_of(vectors)
+        return cls(vectors, manifest, None, scan, scan_i8)
 
     # --- public, non-private metadata: ManifestView (manifest, fingerprint, space_id, dim, count)
 
@@ -295,8 +340,15 @@ class EmbeddingIndex(ManifestView):
 
     @property
     def scan_dtype(self) -> str | None:
-        """``"float16"`` when the index carries a reduced-precision scan copy, else ``None``."""
-        return None if self._scan is None else "float16"
+        """``"float16"`` when the index carries a float16 scan copy, else ``"int8"`` when it carries
+        an int8 one, else ``None`` (all of them: :attr:`scan_dtypes`)."""
+        kinds = self.scan_dtypes
+        return kinds[0] if kinds else None
+
+    @property
+    def scan_dtypes(self) -> tuple[str, ...]:
+        """The reduced-precision scan copies this index carries, of ``("float16", "int8")``."""
+        return tuple(k for k, v in (("float16", self._scan), ("int8", self._scan_i8)) if v is not None)
 
     def public_vectors(self) -> np.ndarray:
         """The rows of a **public** index (read-only). A private index refuses."""
@@ -333,6 +385,29 @@ def scan_rows_for_mechanism(index: EmbeddingIndex) -> np.ndarray | None:
     if not isinstance(index, EmbeddingIndex):
         raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
     return index._scan
+
+
+def int8_scan_for_mechanism(index: EmbeddingIndex) -> Int8ScanCopy | None:
+    """The int8 scan copy of ``index``, or ``None``; same boundary as :func:`rows_for_mechanism`."""
+    if not isinstance(index, EmbeddingIndex):
+        raise InvalidParameter("index", type(index).__name__, "an EmbeddingIndex")
+    return index._scan_i8
+
+
+def _int8_copy_of(vectors: np.ndarray) -> Int8ScanCopy:
+    """The in-memory int8 scan copy of validated unit rows, chunk by chunk."""
+    n = vectors.shape[0]
+    codes = np.empty(vectors.shape, dtype=np.int8)
+    scales = np.empty(n, dtype=np.float32)
+    stats = np.zeros(4)
+    step = _chunk_rows(vectors.shape[1])
+    for s in range(0, n, step):
+        rows = np.asarray(vectors[s : s + step])
+        codes[s : s + step], scales[s : s + step] = quantise_rows(rows)
+        stats = np.maximum(stats, row_stats(rows, codes[s : s + step], scales[s : s + step]).max(axis=0))
+    codes.setflags(write=False)
+    scales.setflags(write=False)
+    return Int8ScanCopy(codes, scales, *(float(v) for v in stats))
 
 
 def advise_random_access(rows: np.ndarray) -> None:
@@ -522,7 +597,7 @@ def build_index(
     visibility: str = "private",
     overwrite: bool = False,
     source_images: np.ndarray | None = None,
-    scan_copy: bool = False,
+    scan_copy: bool | str | tuple[str, ...] = False,
 ) -> EmbeddingIndex:
     """Write an index directory from embeddings (rows are L2-normalised) and return it loaded.
 
@@ -536,7 +611,8 @@ def build_index(
             new one is complete).
         source_images: the images the rows were encoded from, if known: their 64-bit hashes
             go to ``source_rows.npy`` (for :func:`shared_source_rows`), nothing else of them.
-        scan_copy: also write the float16 scan copy (module docstring).
+        scan_copy: also write scan copies: True or ``"float16"``, ``"int8"``, or both as a tuple
+            (module docstring).
 
     All validation happens before anything is written. The files are written into a temporary
     sibling directory, fsync'ed, and renamed to ``out_dir`` in one step. Rows are checked, then
@@ -544,7 +620,10 @@ def build_index(
     build holds O(chunk) memory, never a second copy of the index.
     """
     out = Path(out_dir)
+    kinds = _scan_kinds(scan_copy)
     arr = _checked_rows(embeddings)
+    if "int8" in kinds:
+        _check_int8_dim(arr.shape[1])
     header = _npy_header_for(arr.shape, np.float32)
     manifest = _make_manifest(arr.shape, space_id, source, visibility, sha256="0" * 64)
     row_hashes = None if source_images is None else image_row_hashes(source_images)
@@ -554,13 +633,14 @@ def build_index(
         raise InvalidParameter("out", str(out), "a directory path")
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    scan = None
+    scan = scan8 = None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         h = hashlib.sha256()
         # Private rows are readable by their owner only (the directory from mkdtemp is 0700 too).
         mode = 0o600 if visibility == "private" else 0o644
-        scan = _ScanWriter(tmp, arr.shape, mode) if scan_copy else None
+        scan = _ScanWriter(tmp, arr.shape, mode) if "float16" in kinds else None
+        scan8 = _Int8Writer(tmp, arr.shape, mode) if "int8" in kinds else None
         with os.fdopen(os.open(tmp / VECTORS_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as f:
             f.write(header)
             h.update(header)
@@ -570,6 +650,8 @@ def build_index(
                 h.update(block)
                 if scan is not None:
                     scan.write(rows)
+                if scan8 is not None:
+                    scan8.write(rows)
             f.flush()
             os.fsync(f.fileno())
         rows_sha = ""
@@ -583,10 +665,14 @@ def build_index(
             os.fsync(f.fileno())
         if scan is not None:
             scan.finish(manifest)
+        if scan8 is not None:
+            scan8.finish(manifest)
         install_directory(tmp, out)
     except BaseException:
         if scan is not None:
             scan.f.close()
+        if scan8 is not None:
+            scan8.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_index(out, verify="size")
@@ -594,6 +680,8 @@ def build_index(
 
 class _ScanWriter:
     """Writes the float16 scan copy (``SCAN_FILE``) chunk by chunk, then its ``SCAN_MANIFEST``."""
+
+    files = (SCAN_FILE,)
 
     def __init__(self, directory: Path, shape: tuple[int, int], mode: int, suffix: str = ""):
         self.dir, self.suffix = directory, suffix
@@ -635,33 +723,145 @@ class _ScanWriter:
             (self.dir / (name + self.suffix)).unlink(missing_ok=True)
 
 
-def add_scan_copy(index_dir: str | os.PathLike, *, overwrite: bool = False) -> EmbeddingIndex:
-    """Add the float16 scan copy to an existing index; its manifest and fingerprint are unchanged.
+def add_scan_copy(index_dir: str | os.PathLike, *, dtype: str = "float16", overwrite: bool = False) -> EmbeddingIndex:
+    """Add a scan copy (``dtype`` "float16" or "int8") to an existing index; its manifest and
+    fingerprint are unchanged.
 
     The float32 rows are verified in full first (a scan copy of a corrupt index would carry the
-    corruption), then rounded chunk by chunk into a temporary file that is renamed into place,
-    ``scan.json`` last, so a crash leaves either no scan copy or a complete one.
+    corruption), then converted chunk by chunk into temporary files that are renamed into place,
+    the copy's json last, so a crash leaves either no scan copy or a complete one.
     """
-    index = load_index(index_dir, verify="full")
+    if dtype not in SCAN_DTYPES:
+        raise InvalidParameter("dtype", repr(dtype), "'float16' or 'int8'")
+    meta_name = SCAN_MANIFEST if dtype == "float16" else INT8_MANIFEST
     d = Path(index_dir)
-    if (d / SCAN_MANIFEST).exists() and not overwrite:
-        raise InvalidParameter("index", str(d), "an index without a scan copy", hint="pass overwrite to rebuild it")
+    if (d / meta_name).exists() and not overwrite:
+        raise InvalidParameter(
+            "index", str(d), f"an index without a {dtype} scan copy", hint="pass overwrite to rebuild it"
+        )
+    index = load_index(index_dir, verify="full")
+    if dtype == "int8":
+        _check_int8_dim(index.dim)
     mode = (d / VECTORS_FILE).stat().st_mode & 0o777
     suffix = f".tmp-{os.getpid()}"
-    writer = _ScanWriter(d, (index.count, index.dim), mode, suffix)
+    shape = (index.count, index.dim)
+    writer = _ScanWriter(d, shape, mode, suffix) if dtype == "float16" else _Int8Writer(d, shape, mode, suffix)
     try:
         rows = index._vectors
         step = _chunk_rows(index.dim)
         for s in range(0, index.count, step):
             writer.write(np.asarray(rows[s : s + step]))
         writer.finish(index.manifest)
-        os.replace(d / (SCAN_FILE + suffix), d / SCAN_FILE)
-        os.replace(d / (SCAN_MANIFEST + suffix), d / SCAN_MANIFEST)
+        for name in writer.files:
+            os.replace(d / (name + suffix), d / name)
+        os.replace(d / (meta_name + suffix), d / meta_name)
         fsync_dir(d)
     except BaseException:
         writer.abort()
         raise
     return load_index(d, verify="size")
+
+
+class _Int8Writer:
+    """Writes the int8 scan copy (codes, scales) chunk by chunk, then ``INT8_MANIFEST`` with the maxima."""
+
+    files = (INT8_CODES_FILE, INT8_SCALES_FILE)
+
+    def __init__(self, directory: Path, shape: tuple[int, int], mode: int, suffix: str = ""):
+        self.dir, self.suffix = directory, suffix
+        self.stats = np.zeros(len(_INT8_STATS))
+        self.parts = []
+        for name, dt, shp in ((INT8_CODES_FILE, np.int8, shape), (INT8_SCALES_FILE, np.float32, shape[:1])):
+            f = os.fdopen(os.open(directory / (name + suffix), os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
+            header = _npy_header_for(shp, dt)
+            f.write(header)
+            self.parts.append([f, hashlib.sha256(header), len(header)])
+
+    def write(self, rows: np.ndarray) -> None:
+        codes, scales = quantise_rows(rows)
+        self.stats = np.maximum(self.stats, row_stats(rows, codes, scales).max(axis=0))
+        for part, arr in zip(self.parts, (codes, scales)):
+            block = arr.tobytes()
+            part[0].write(block)
+            part[1].update(block)
+            part[2] += len(block)
+
+    def close(self) -> None:
+        for f, _, _ in self.parts:
+            f.close()
+
+    def finish(self, manifest: IndexManifest) -> None:
+        for f, _, _ in self.parts:
+            f.flush()
+            os.fsync(f.fileno())
+        self.close()
+        meta = {
+            "format": SCAN_FORMAT,
+            "format_version": 1,
+            "dtype": "int8",
+            "file": INT8_CODES_FILE,
+            "bytes": self.parts[0][2],
+            "sha256": self.parts[0][1].hexdigest(),
+            "scales_file": INT8_SCALES_FILE,
+            "scales_bytes": self.parts[1][2],
+            "scales_sha256": self.parts[1][1].hexdigest(),
+            "index_fingerprint": manifest_fingerprint(manifest),
+            **{k: float(v) for k, v in zip(_INT8_STATS, self.stats)},
+        }
+        with open(self.dir / (INT8_MANIFEST + self.suffix), "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def abort(self) -> None:
+        self.close()
+        for name in (*self.files, INT8_MANIFEST):
+            (self.dir / (name + self.suffix)).unlink(missing_ok=True)
+
+
+def _open_int8_copy(d: Path, m: IndexManifest, verify: str) -> Int8ScanCopy | None:
+    """The int8 scan copy (memmaps + maxima) or ``None`` when the index has none, checked against ``scan_i8.json``."""
+    mp = d / INT8_MANIFEST
+    if not mp.is_file():
+        return None
+    try:
+        meta = json.loads(mp.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexCorrupt(f"{mp}: unreadable scan manifest ({exc})") from None
+    expected = {
+        "format": SCAN_FORMAT,
+        "format_version": 1,
+        "dtype": "int8",
+        "file": INT8_CODES_FILE,
+        "scales_file": INT8_SCALES_FILE,
+    }
+    if not isinstance(meta, dict) or any(meta.get(k) != v for k, v in expected.items()):
+        raise IndexCorrupt(f"{mp}: not a privdiff int8 scan copy")
+    if meta.get("index_fingerprint") != manifest_fingerprint(m):
+        raise IndexCorrupt(f"{mp}: derived from another index (this is {manifest_fingerprint(m)[:SHORT_FINGERPRINT]})")
+    stats = [meta.get(k) for k in _INT8_STATS]
+    if not all(isinstance(v, float | int) and not isinstance(v, bool) and np.isfinite(v) and v >= 0 for v in stats):
+        raise IndexCorrupt(f"{mp}: missing or invalid error-bound maxima {_INT8_STATS}")
+    arrays = []
+    for name, key, dt, shp in (
+        (INT8_CODES_FILE, "", np.int8, (m.count, m.dim)),
+        (INT8_SCALES_FILE, "scales_", np.float32, (m.count,)),
+    ):
+        p = d / name
+        want = len(_npy_header_for(shp, dt)) + np.dtype(dt).itemsize * int(np.prod(shp))
+        if not p.is_file() or p.stat().st_size != want or meta.get(key + "bytes") != want:
+            raise IndexCorrupt(f"{p}: missing or of the wrong size (expected {want} bytes)")
+        if verify == "full" and _sha256_of_file(p) != meta.get(key + "sha256"):
+            raise IndexCorrupt(f"{p}: its sha256 differs from the one {INT8_MANIFEST} records (altered or corrupt)")
+        try:
+            a = np.load(p, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise IndexCorrupt(f"{p}: not a readable .npy file ({exc})") from None
+        if a.dtype != dt or a.shape != shp or not a.flags.c_contiguous:
+            raise IndexCorrupt(f"{p}: holds {a.dtype} {a.shape}, expected {np.dtype(dt)} {shp}")
+        arrays.append(a)
+    return Int8ScanCopy(arrays[0], arrays[1], *(float(v) for v in stats))
 
 
 def _open_scan_copy(d: Path, m: IndexManifest, verify: str) -> tuple[np.ndarray | None, Path | None, str]:
@@ -704,7 +904,7 @@ def build_index_from_images(
     batch_size: int = DEFAULT_ENCODE_BATCH,
     progress: bool = True,
     overwrite: bool = False,
-    scan_copy: bool = False,
+    scan_copy: bool | str | tuple[str, ...] = False,
 ) -> EmbeddingIndex:
     """Encode uint8 images (N, H, W, C) with an ``ImageEncoder`` and write the index.
 
@@ -919,6 +1119,8 @@ def load_index(
     if vectors.dtype != np.float32 or vectors.shape != (m.count, m.dim) or not vectors.flags.c_contiguous:
         raise IndexCorrupt(f"{vp}: holds {vectors.dtype} {vectors.shape}, manifest says float32 ({m.count}, {m.dim})")
     scan, sp, _ = _open_scan_copy(d, m, verify)
+    scan8 = _open_int8_copy(d, m, verify)
+    stats8 = np.zeros(len(_INT8_STATS))
     if verify == "full":
         # One chunk of rows at a time (float64 for the norms): peak memory O(chunk), not O(N).
         step = _chunk_rows(m.dim)
@@ -934,4 +1136,21 @@ def load_index(
             # The exactness of the float16 scan rests on ê = fl16(e) row for row.
             if scan is not None and not np.array_equal(scan[s : s + step], rows.astype(np.float16)):
                 raise IndexCorrupt(f"{sp}: rows near {s} are not the float16 rounding of {m.vectors_file}")
-    return EmbeddingIndex(vectors, m, d, scan)
+            # The int8 scan's exactness rests on its codes and scales being this quantisation of
+            # these rows, and on the recorded maxima bounding every row's (int8scan.row_stats).
+            if scan8 is not None:
+                codes, scales = quantise_rows(rows)
+                if not (
+                    np.array_equal(scan8.codes[s : s + step], codes)
+                    and np.array_equal(scan8.scales[s : s + step], scales)
+                ):
+                    raise IndexCorrupt(
+                        f"{d / INT8_CODES_FILE}: rows near {s} are not the int8 quantisation of {m.vectors_file}"
+                    )
+                stats8 = np.maximum(stats8, row_stats(rows, codes, scales).max(axis=0))
+        recorded = None if scan8 is None else np.array([getattr(scan8, k) for k in _INT8_STATS])
+        if recorded is not None and m.count and (stats8 > recorded).any():
+            raise IndexCorrupt(
+                f"{d / INT8_MANIFEST}: its error-bound maxima understate the rows' (would break exactness)"
+            )
+    return EmbeddingIndex(vectors, m, d, scan, scan8)

@@ -15,7 +15,10 @@ Two exact execution paths compute the same function; ``subsampled_topk`` picks o
   query, not a (query × |S|) grid. Cost O(qN·d) per query, against O(N) per query for the
   authors' full Bernoulli mask + ``IDSelectorBatch`` scan (which also reads the same qN rows).
   With a float16 scan copy the pass reads half the bytes and the survivors within the proven
-  error bound are re-scored in float32 (:func:`float16_scan_slack`): same ids.
+  error bound are re-scored in float32 (:func:`float16_scan_slack`): same ids. With the int8 scan
+  copy (``int8scan``) a compiled int8 gather-dot scores the pairs from a quarter of the bytes,
+  and again the survivors within its proven bound (``int8scan.int8_scan_slack``) are re-scored
+  in float32: same ids.
 * **dense** (large q, and q = 1): one BLAS product of a block of rows with a chunk of queries,
   then an i.i.d. Bernoulli(q) mask drawn directly. At large q the BLAS reuse of every row across
   many queries beats gathering; ``benchmarks/retrieval.py`` measures the crossover.
@@ -41,6 +44,7 @@ import numpy as np
 
 from privdiff.errors import InvalidParameter, check_in_range, check_int
 from privdiff.retrieval.private.index import UNIT_NORM_TOLERANCE
+from privdiff.retrieval.private.int8scan import INT8_MAX_DIM, Int8ScanCopy, int8_scan_slack, score_pairs_int8_kept
 from privdiff.retrieval.private.subsample import poisson_pair_blocks
 
 __all__ = [
@@ -356,7 +360,7 @@ def _sparse_topk(
     k: int,
     sample_rate: float,
     rng: np.random.Generator,
-    scan: np.ndarray | None = None,
+    scan: np.ndarray | Int8ScanCopy | None = None,
 ) -> np.ndarray:
     """Exact top-k per query over independent Poisson(q) subsamples, in O(qN·d) per query.
 
@@ -367,7 +371,10 @@ def _sparse_topk(
     keeps only pairs that can still be selected. With a float16 ``scan`` copy the pass reads
     half the bytes and the survivors (every pair within 2β of the k-th best,
     :func:`float16_scan_slack`) are re-scored from the float32 rows before selection, so the ids
-    are exactly those of the float32 path on the same subsample.
+    are exactly those of the float32 path on the same subsample. An
+    :class:`~privdiff.retrieval.private.int8scan.Int8ScanCopy` is scanned by the int8 kernel with
+    its own 2β (``int8scan.int8_scan_slack``) and re-ranked the same way. The pairs are drawn
+    from ``rng`` identically in every variant.
     """
     import faiss
 
@@ -378,7 +385,17 @@ def _sparse_topk(
     out = np.full((B, k), -1, dtype=np.int64)
     slack = None
     buf = None
-    if scan is not None:
+    int8 = None
+    if isinstance(scan, Int8ScanCopy):
+        if scan.shape != vectors.shape or scan.codes.dtype != np.int8 or scan.scales.shape != (n,):
+            raise InvalidParameter("scan", f"int8 {scan.shape}", f"an int8 scan copy of shape {vectors.shape}")
+        if d > INT8_MAX_DIM:
+            raise InvalidParameter("scan", f"int8 at d = {d}", f"d <= {INT8_MAX_DIM} (int32 accumulation)")
+        if not np.isfinite(queries).all():  # the mechanism refuses these before charging; the bound needs it
+            raise InvalidParameter("queries", "non-finite values", "finite rows for the int8 scan")
+        qcodes, qscales, slack = int8_scan_slack(queries, scan)
+        int8 = (scan, qcodes, qscales)
+    elif scan is not None:
         if scan.shape != vectors.shape or scan.dtype != np.float16:
             raise InvalidParameter("scan", f"{scan.dtype} {scan.shape}", f"float16 {vectors.shape}")
         buf = np.empty((_SCAN_ROW_BLOCK, d), dtype=np.float32)
@@ -387,11 +404,17 @@ def _sparse_topk(
         qc = np.ascontiguousarray(queries[s : s + _QUERY_CHUNK])
         nb = qc.shape[0]
         acc = _Survivors(nb, k, None if slack is None else slack[s : s + nb])
-        for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
-            acc.add(qid, rows, _score_pairs(vectors, scan, qc, rows, qid, buf))
+        if int8 is not None:
+            copy, qcodes_c, qscales_c = int8[0], int8[1][s : s + nb], int8[2][s : s + nb]
+            work: dict = {}
+            for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
+                acc.add(*score_pairs_int8_kept(copy, qcodes_c, qscales_c, rows, qid, acc.thr, work))
+        else:
+            for rows, qid in poisson_pair_blocks(n, nb, sample_rate, rng, max_pairs=_PAIR_BLOCK):
+                acc.add(qid, rows, _score_pairs(vectors, scan, qc, rows, qid, buf))
         gs, gi = acc.grid()
         if scan is not None and gi.size:
-            # Candidates within 2β of the k-th float16 score, re-scored exactly in float32.
+            # Candidates within 2β of the k-th reduced-precision score, re-scored exactly in float32.
             cand = (gi >= 0) & ~(gs < acc.threshold(gs)[:, None])
             cq, cc = (np.ascontiguousarray(a) for a in np.nonzero(cand))
             exact = np.empty(cq.size, dtype=np.float32)
@@ -450,7 +473,7 @@ def subsampled_topk(
     rng: np.random.Generator,
     *,
     method: str = "auto",
-    scan: np.ndarray | None = None,
+    scan: np.ndarray | Int8ScanCopy | None = None,
 ) -> np.ndarray:
     """For each query row: fresh Poisson(q) subsample, then exact top-k ids by inner product.
 
@@ -462,9 +485,11 @@ def subsampled_topk(
         rng: the randomness of the subsample (the mechanism passes an OS-seeded generator).
         method: ``"auto"`` (sparse below ``DENSE_SAMPLE_RATE_THRESHOLD``, else dense),
             ``"sparse"`` or ``"dense"``; all three sample the same distribution.
-        scan: optional float16 copy of ``vectors`` (rows of unit norm): the sparse path scans it
+        scan: optional float16 copy of ``vectors`` (rows of unit norm), or their
+            :class:`~privdiff.retrieval.private.int8scan.Int8ScanCopy`: the sparse path scans it
             and re-ranks exactly in float32, returning the same ids as without it on the same
-            subsample (:func:`float16_scan_slack`). The dense path ignores it.
+            subsample (:func:`float16_scan_slack`, ``int8scan.int8_scan_slack``). The dense path
+            ignores it.
 
     Returns:
         (B, k) int64 ids in ascending order, ``-1`` where fewer than k records were sampled.
