@@ -264,3 +264,37 @@ def test_an_index_built_with_the_default_encoder_is_one_the_shipped_rdm_retrieve
     assert pipe.text_encoder.space_id == shipped["space_id"]
     with Ledger.open(tmp_path / "b.db") as book:
         assert book.status().queries == 0
+
+
+def test_index_build_scan_copy_int8_writes_the_copy_and_searches_give_the_same_ids(tmp_path, capsys):
+    from privdiff.retrieval import load_index
+    from privdiff.retrieval.private import ExactTopK
+
+    emb = np.random.default_rng(1).standard_normal((400, 16)).astype(np.float32)
+    np.save(tmp_path / "emb.npy", emb)
+    common = ["index", "build", "--embeddings", str(tmp_path / "emb.npy"), "--space-id", "x/v1"]
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "i8"), "--scan-copy", "int8"]) == 0
+    assert "scan copy int8" in capsys.readouterr().out
+    plain, i8 = load_index(tmp_path / "plain"), load_index(tmp_path / "i8")
+    assert plain.scan_dtypes == () and i8.scan_dtypes == ("int8",)
+    assert plain.fingerprint == i8.fingerprint  # the copy does not change what the ledger is bound to
+    q = np.random.default_rng(2).standard_normal((8, 16)).astype(np.float32)
+    pytest.importorskip("numba")  # the test extra installs it; the int8 scan needs its kernel
+    a = ExactTopK(plain, scan="float32").topk_sums(q, 5, 0.5, np.random.default_rng(3))
+    b = ExactTopK(i8).topk_sums(q, 5, 0.5, np.random.default_rng(3))  # auto: the int8 copy
+    assert repr(ExactTopK(i8)).endswith("scan='int8')")
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_index_build_refuses_an_unknown_scan_copy_before_writing(tmp_path, capsys):
+    np.save(tmp_path / "emb.npy", np.ones((4, 3), dtype=np.float32))
+    rc = main(
+        ["index", "build", "--embeddings", str(tmp_path / "emb.npy"), "--space-id", "x/v1"]
+        + ["--out", str(tmp_path / "idx"), "--scan-copy", "int4"]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--scan-copy" in err and "int4" in err and "none, float16, int8" in err
+    assert not (tmp_path / "idx").exists()
