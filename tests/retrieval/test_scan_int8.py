@@ -322,3 +322,28 @@ def test_int8_scan_refuses_non_finite_queries():
     q[1, 3] = np.nan
     with pytest.raises(InvalidParameter, match="queries"):
         subsampled(x, q, 3, 0.5, 0, _int8_copy_of(x))
+
+
+def test_a_search_after_the_backend_is_made_compiles_nothing(tmp_path):
+    """ExactTopK compiles the kernel for every argument type at construction (before any charge).
+
+    numba compiles lazily per argument type (a read-only memory-mapped index is its own type), so
+    a search on an index loaded from disk must add no signature after the backend exists. A fresh
+    process: in this one other tests may have compiled every variant already.
+    """
+    build_index(tmp_path / "idx", np.random.default_rng(3).standard_normal((400, 16)), space_id=SPACE, scan_copy="int8")
+    code = (
+        "import sys, numpy as np\n"
+        "import privdiff.retrieval.private as P, privdiff.retrieval.private.int8scan as I\n"
+        f"idx = P.load_index({str(tmp_path / 'idx')!r})\n"
+        "be = P.ExactTopK(idx)\n"
+        "assert repr(be).endswith(\"scan='int8')\"), repr(be)\n"
+        "before = [len(f.signatures) for f in I._KERNEL]\n"
+        "q = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)\n"
+        "be.topk_sums(q / np.linalg.norm(q, axis=1, keepdims=True), 4, 0.1, np.random.default_rng(1))\n"
+        "after = [len(f.signatures) for f in I._KERNEL]\n"
+        "assert min(before) > 0 and before == after, (before, after)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    )

@@ -170,6 +170,7 @@ def int8_scan_slack(queries: np.ndarray, copy: Int8ScanCopy) -> tuple[np.ndarray
 # --- the compiled kernel ------------------------------------------------------------------------
 
 _KERNEL = None
+_WARM = False  # compile_kernel has run the kernels on every argument type
 
 
 def numba_available() -> bool:
@@ -203,9 +204,30 @@ def _cache_ok() -> bool:
 
 
 def compile_kernel() -> None:
-    """Compile the kernel now (or load it from numba's cache); MissingDependency without numba."""
+    """Compile the kernel now (or load it from numba's cache); MissingDependency without numba.
+
+    numba compiles a function lazily, once per argument *type*, at its first call; a read-only
+    array (an index memory-mapped for reading) is a different type from a writable one. So the
+    kernels are called here on tiny arrays of every type a search passes them (int8 codes and
+    float32 scales, read-only and writable; int16 query codes; int64 pair indices), and a search
+    after this compiles nothing (tests/retrieval/test_scan_int8.py checks the signatures).
+    """
     require_numba()
     _compile()
+    global _WARM
+    if _WARM:
+        return
+    rows, qid = np.zeros(2, dtype=np.int64), np.zeros(2, dtype=np.int64)
+    thr = np.full(1, -np.inf, dtype=np.float32)
+    for writable in (False, True):
+        codes, scales = np.ones((1, 4), dtype=np.int8), np.ones(1, dtype=np.float32)
+        codes.setflags(write=writable)
+        scales.setflags(write=writable)
+        copy = Int8ScanCopy(codes, scales, 0.0, 0.0, 4.0, 2.0)
+        qcodes, qscales = np.ones((1, 4), dtype=np.int16), np.ones(1, dtype=np.float32)
+        score_pairs_int8(copy, qcodes, qscales, rows, qid)
+        score_pairs_int8_kept(copy, qcodes, qscales, rows, qid, thr)
+    _WARM = True
 
 
 def _compile():
