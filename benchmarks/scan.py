@@ -216,9 +216,8 @@ import json, sys, time
 import numpy as np
 t0 = time.perf_counter()
 from privdiff.retrieval.private import int8scan
-c = int8scan.Int8ScanCopy(np.ones((4, 512), np.int8), np.ones(4, np.float32), 0.0, 0.0, 0.0, 0.0)
 t1 = time.perf_counter()
-int8scan.score_pairs_int8(c, np.ones((2, 512), np.int16), np.ones(2, np.float32), np.arange(2), np.arange(2))
+int8scan.compile_kernel()  # what ExactTopK(scan="int8") pays at construction: every argument type
 t2 = time.perf_counter()
 print(json.dumps({"import_s": t1 - t0, "first_call_s": t2 - t1, "cache": int8scan._cache_ok()}))
 """
@@ -529,19 +528,25 @@ if op == "build":
 elif op == "load":
     rss0 = status("VmRSS"); tracemalloc.start(); t = time.perf_counter()
     mod.load_index(path, verify="full")
-elif op in ("search32", "search16"):
+elif op in ("search32", "search16", "search8"):
     import faiss, torch  # imported (their libraries mapped) before measuring: only index pages count
     torch.set_num_threads(1)
     import os
     import privdiff.retrieval.private as P
-    for name in ("embeddings.npy", "embeddings_f16.npy"):  # start cold: evict this index's pages
+    for name in ("embeddings.npy", "embeddings_f16.npy", "embeddings_i8.npy", "scales_i8.npy"):
+        if not os.path.exists(os.path.join(path, name)):
+            continue
+        # start cold: evict this index's pages
         fd = os.open(os.path.join(path, name), os.O_RDONLY)
         os.fsync(fd); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
     idx = P.load_index(path, verify="size")
     rng = np.random.default_rng(0)
     qs = rng.standard_normal((256, idx.dim)).astype(np.float32); qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+    # The backend is made (numba imported, the int8 kernel compiled) before measuring: only the
+    # search's own memory counts.
+    be = P.ExactTopK(idx, scan={"search16": "float16", "search8": "int8"}.get(op, "float32"))
     rss0 = status("VmRSS"); tracemalloc.start(); t = time.perf_counter()
-    P.ExactTopK(idx, scan="float16" if op == "search16" else "float32").topk_sums(qs, 20, float(extra), rng)
+    be.topk_sums(qs, 20, float(extra), rng)
 out.update(seconds=time.perf_counter() - t, rss_before=rss0, vm_hwm=status("VmHWM"), rss_after=status("VmRSS"),
            heap_peak=tracemalloc.get_traced_memory()[1])
 rss_of, cur = {}, None  # resident bytes of each index file's mapping (/proc/self/smaps)
@@ -629,9 +634,11 @@ def run_memory(args) -> dict:
         from privdiff.retrieval.private import add_scan_copy
 
         add_scan_copy(path)
+        add_scan_copy(path, dtype="int8")
         s32 = _child(_MEM_CHILD, "search32", path, str(args.mem_q))
         s16 = _child(_MEM_CHILD, "search16", path, str(args.mem_q))
-        m32, m16 = s32.get("mapped_rss", {}), s16.get("mapped_rss", {})
+        s8 = _child(_MEM_CHILD, "search8", path, str(args.mem_q))
+        m32, m16, m8 = s32.get("mapped_rss", {}), s16.get("mapped_rss", {}), s8.get("mapped_rss", {})
         out["search_resident"] = {
             "sample_rate": args.mem_q,
             "queries": 256,
@@ -639,10 +646,15 @@ def run_memory(args) -> dict:
             "float32_scan_resident_float32_file_over_index": m32.get("embeddings.npy", 0) / size,
             "float16_scan_resident_float32_file_over_index": m16.get("embeddings.npy", 0) / size,
             "float16_scan_resident_float16_file_over_index": m16.get("embeddings_f16.npy", 0) / size,
+            "int8_scan_resident_float32_file_over_index": m8.get("embeddings.npy", 0) / size,
+            "int8_scan_resident_int8_files_over_index": (m8.get("embeddings_i8.npy", 0) + m8.get("scales_i8.npy", 0))
+            / size,
             "float32_scan_rss_growth_over_index": (s32["rss_after"] - s32["rss_before"]) / size,
             "float16_scan_rss_growth_over_index": (s16["rss_after"] - s16["rss_before"]) / size,
+            "int8_scan_rss_growth_over_index": (s8["rss_after"] - s8["rss_before"]) / size,
             "float32_scan_seconds": s32["seconds"],
             "float16_scan_seconds": s16["seconds"],
+            "int8_scan_seconds": s8["seconds"],
         }
         print(f"  search {out['search_resident']}", flush=True)
         if args.encode_n:
@@ -723,10 +735,11 @@ def _plot_memory(res: dict, path: Path) -> None:
     axes[0].set(ylabel="peak RSS growth / index size", title=f"N={res['settings']['n']:,} d={res['settings']['d']}")
     axes[0].legend()
     sr = res["search_resident"]
-    f32 = [sr["float32_scan_resident_float32_file_over_index"], sr["float16_scan_resident_float32_file_over_index"]]
-    f16 = [0.0, sr["float16_scan_resident_float16_file_over_index"]]
-    axes[1].bar(["float32 scan", "float16 scan"], f32, color="#2a7ab9", label="float32 rows resident")
-    axes[1].bar(["float32 scan", "float16 scan"], f16, bottom=f32, color="#9bbbd9", label="float16 copy resident")
+    names = ["float32 scan", "float16 scan", "int8 scan"]
+    f32 = [sr[f"{m}_scan_resident_float32_file_over_index"] for m in ("float32", "float16", "int8")]
+    low = [0.0, sr["float16_scan_resident_float16_file_over_index"], sr["int8_scan_resident_int8_files_over_index"]]
+    axes[1].bar(names, f32, color="#2a7ab9", label="float32 rows resident")
+    axes[1].bar(names, low, bottom=f32, color="#9bbbd9", label="scan copy resident")
     axes[1].set(ylabel="resident index pages / float32 index size", title=f"search, q={sr['sample_rate']:g}, B=256")
     axes[1].legend()
     fig.tight_layout()
