@@ -1,15 +1,18 @@
 """DP-RDM's question on real data: does a public model, pointed at a private *domain*, generate it?
 
 The private collection is one domain of Fashion-MNIST's private split (e.g. winter tops = Pullover +
-Coat, ``fashion-mnist:dprdm-private{classes=2,4}``), the prompts are coarse ("a photo of a top",
-"a piece of clothing"), and the shipped RDM was trained on the public split only. Every mode answers
+Coat, ``fashion-mnist:dprdm-private{classes=2,4}``; sandals, ``{classes=5}``), the prompts are coarse
+("a photo of a top", "a piece of clothing"; "a photo of a shoe"), and the shipped RDM was trained on
+the public split only. Every mode answers
 the same prompts from the same starting noise x_T, image by image (paired), so differences come
 from the context alone:
 
 - ``public``: public-only retrieval (ε = 0);
 - ``dprdm_T{T}_lam{λ}``: DP-RDM with q calibrated so that T queries cost ε = ``--epsilon`` at
   δ = 1/N (PLD), σ and k from the model's generation defaults;
-- ``nonprivate``: exact retrieval over the private rows (ε = ∞, the ceiling);
+- ``nonprivate``: exact retrieval over the private rows (ε = ∞; not the ceiling with coarse
+  prompts: the k nearest private rows of "a shoe" are the most sneaker-like sandals, see
+  docs/results/dprdm/domain/README.md);
 - ``subsampled_T{T}``: subsampled-but-noiseless retrieval at T's q (σ = 0, ε = ∞, NOT private):
   DP-RDM without its noise, so the gap to ``nonprivate`` is what subsampling alone costs and the
   gap to ``dprdm_T{T}`` what the noise costs (``--baselines subsampled``);
