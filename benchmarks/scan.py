@@ -142,30 +142,6 @@ from numba import njit
 
 
 @njit(boundscheck=False, nogil=True)
-def int8_x_int8(codes, qc, rows, qid, out):  # both operands int8, widened per element
-    d = codes.shape[1]
-    for j in range(rows.size):
-        r = rows[j]
-        q = qid[j]
-        acc = np.int32(0)
-        for t in range(d):
-            acc += np.int32(codes[r, t]) * np.int32(qc[q, t])
-        out[j] = acc
-
-
-@njit(boundscheck=False, nogil=True)
-def int8_x_int16(codes, qw, rows, qid, out):  # the library's kernel: queries pre-widened to int16
-    d = codes.shape[1]
-    for j in range(rows.size):
-        r = rows[j]
-        q = qid[j]
-        acc = np.int32(0)
-        for t in range(d):
-            acc += np.int32(codes[r, t]) * np.int32(qw[q, t])
-        out[j] = acc
-
-
-@njit(boundscheck=False, nogil=True)
 def row_buffer(codes, qw, rows, qid, out):  # reuse: widen a row once, for all its adjacent pairs
     d = codes.shape[1]
     buf = np.empty(d, dtype=np.int16)
@@ -224,19 +200,26 @@ print(json.dumps({"import_s": t1 - t0, "first_call_s": t2 - t1, "cache": int8sca
 
 
 def _kernel_variants(copy, queries, qcodes, blocks, repeats) -> dict:
-    """ns per pair of each int8 kernel variant on the benchmark's own pairs (record-major)."""
+    """ns per pair of each int8 kernel variant on the benchmark's own pairs (record-major).
+
+    ``int8_x_int16`` is the library's own gather-dot; ``int8_x_int8`` is the same compiled
+    function given int8 query codes (numba specialises it per dtype); the two row-reuse variants
+    are defined above.
+    """
     import types
+
+    from privdiff.retrieval.private import int8scan
 
     mod = types.ModuleType("int8_variants")
     exec(compile(_KERNEL_VARIANTS, "int8_variants", "exec"), mod.__dict__)
+    gather_dot = int8scan._compile()[0]
     codes = np.asarray(copy.codes)
-    from privdiff.retrieval.private.int8scan import quantise_rows
-
-    q8 = quantise_rows(queries)[0]  # int8 query codes for the int8 × int8 variant
+    q8 = int8scan.quantise_rows(queries)[0]  # int8 query codes for the int8 × int8 variant
     npairs = sum(r.size for r, _ in blocks)
     res = {}
-    for name in ("int8_x_int8", "int8_x_int16", "row_buffer", "two_queries_per_row"):
-        fn = getattr(mod, name)
+    variants = {"int8_x_int8": gather_dot, "int8_x_int16": gather_dot}
+    variants.update(row_buffer=mod.row_buffer, two_queries_per_row=mod.two_queries_per_row)
+    for name, fn in variants.items():
         qq = q8 if name == "int8_x_int8" else qcodes
         out = np.empty(max(r.size for r, _ in blocks), dtype=np.int32)
         fn(codes, qq, blocks[0][0][:4], blocks[0][1][:4], out)  # compile outside the timing
@@ -264,11 +247,8 @@ def _compile_cost() -> dict:
 
 def _int8_split(vectors, copy, queries, k, blocks, repeats) -> dict:
     """The int8 path's CPU time by stage on pre-drawn pairs (the steps of ``search._sparse_topk``)."""
-    import faiss
-
     from privdiff.retrieval.private import int8scan, search
 
-    d = queries.shape[1]
     nb = queries.shape[0]
     t_slack = _timed(lambda: int8scan.int8_scan_slack(queries, copy), repeats)
     qcodes, qscales, slack = int8scan.int8_scan_slack(queries, copy)
@@ -288,27 +268,14 @@ def _int8_split(vectors, copy, queries, k, blocks, repeats) -> dict:
             acc.add(*int8scan.score_pairs_int8_kept(copy, qcodes, qscales, r, c, acc.thr, work))
         gs, gi = acc.grid()
         cand = (gi >= 0) & ~(gs < acc.threshold(gs)[:, None])
-        state.update(gs=gs, gi=gi, cand=cand)
+        state.update(gi=gi, cand=cand)
 
     t_surv = _timed(survive, repeats)
-    gs, gi, cand = state["gs"], state["gi"], state["cand"]
+    gi, cand = state["gi"], state["cand"]
 
     def rerank():
-        cq, cc = (np.ascontiguousarray(a) for a in np.nonzero(cand))
-        exact = np.empty(cq.size, dtype=np.float32)
-        rows_c = np.ascontiguousarray(gi[cq, cc])
-        faiss.pairwise_indexed_inner_product(
-            int(d),
-            int(cq.size),
-            faiss.swig_ptr(queries),
-            faiss.swig_ptr(cq),
-            faiss.swig_ptr(vectors),
-            faiss.swig_ptr(rows_c),
-            faiss.swig_ptr(exact),
-        )
-        g = np.full(gs.shape, -np.inf, dtype=np.float32)
-        g[cq, cc] = exact
-        state.update(g=g, gi2=np.where(cand, gi, -1))
+        g, gi2 = search._rerank_exact(vectors, queries, gi, cand)
+        state.update(g=g, gi2=gi2)
 
     t_rerank = _timed(rerank, repeats)
     t_select = _timed(lambda: search.select_topk(state["g"], state["gi2"], k), repeats)

@@ -13,15 +13,30 @@ from privdiff.encoders.captions import CANONICAL_PROMPTS
 K = 20
 
 
-@pytest.fixture(scope="module")
-def public_subset():
+def _public(spec):
     from privdiff.data import load_dataset
     from privdiff.errors import DataError
 
     try:
-        return load_dataset("fashion-mnist:dprdm-public[:3000]")
+        return load_dataset(spec)
     except DataError as exc:
         pytest.skip(f"Fashion-MNIST not available ({exc})")
+
+
+def _experiment(filename):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "experiments" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def public_subset():
+    return _public("fashion-mnist:dprdm-public[:3000]")
 
 
 def _own_class_fraction(dataset, prompts, classes, space="default"):
@@ -52,38 +67,14 @@ def test_each_canonical_prompt_retrieves_its_own_class_in_the_public_cnn_spaces(
 
 
 def test_experiment_uses_the_canonical_prompts():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "experiments" / "dp_rdm_fid_vs_queries.py"
-    spec = importlib.util.spec_from_file_location("fidq", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.CANONICAL_PROMPTS is CANONICAL_PROMPTS
-
-
-def _domain_experiment():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "experiments" / "dp_rdm_domain.py"
-    spec = importlib.util.spec_from_file_location("dp_rdm_domain", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    assert _experiment("dp_rdm_fid_vs_queries.py").CANONICAL_PROMPTS is CANONICAL_PROMPTS
 
 
 @pytest.fixture(scope="module")
 def public_full():
-    from privdiff.data import load_dataset
-    from privdiff.errors import DataError
-
-    try:
-        # The whole public split: it holds only 60 images of each footwear class, so a prefix
-        # would not contain 20 sandals.
-        return load_dataset("fashion-mnist:dprdm-public")
-    except DataError as exc:
-        pytest.skip(f"Fashion-MNIST not available ({exc})")
+    # The whole public split: it holds only 60 images of each footwear class, so a prefix would
+    # not contain 20 sandals.
+    return _public("fashion-mnist:dprdm-public")
 
 
 @pytest.mark.integration
@@ -98,7 +89,7 @@ def test_domain_experiment_prompts_mean_what_the_write_up_says(public_full):
     from privdiff.rdm.model import RDMModel
     from privdiff.rdm.pipeline import resolve_model_dir
 
-    domains = _domain_experiment().DOMAINS
+    domains = _experiment("dp_rdm_domain.py").DOMAINS
     space = RDMModel.load(resolve_model_dir(None)).config.space_id
     emb = np.asarray(load_image_encoder(space).encode_images(public_full.images), dtype=np.float32)
     text = load_text_encoder(space)

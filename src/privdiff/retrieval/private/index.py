@@ -658,11 +658,7 @@ def build_index(
         if row_hashes is not None:
             rows_sha = _write_private_npy(tmp / SOURCE_ROWS_FILE, row_hashes)
         manifest = IndexManifest(**{**manifest.to_dict(), "sha256": h.hexdigest(), "source_rows_sha256": rows_sha})
-        with open(tmp / MANIFEST_FILE, "w", encoding="utf-8") as f:
-            json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_json_synced(tmp / MANIFEST_FILE, manifest.to_dict())
         if scan is not None:
             scan.finish(manifest)
         if scan8 is not None:
@@ -676,6 +672,16 @@ def build_index(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_index(out, verify="size")
+
+
+def _write_json_synced(path: Path, obj: dict) -> None:
+    """Write an index's JSON (manifest or scan-copy metadata) and fsync it; the caller renames the
+    temporary directory or file into place, so a crash never leaves a half-written one visible."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class _ScanWriter:
@@ -711,11 +717,7 @@ class _ScanWriter:
             "sha256": self.h.hexdigest(),
             "index_fingerprint": manifest_fingerprint(manifest),
         }
-        with open(self.dir / (SCAN_MANIFEST + self.suffix), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_json_synced(self.dir / (SCAN_MANIFEST + self.suffix), meta)
 
     def abort(self) -> None:
         self.f.close()
@@ -808,11 +810,7 @@ class _Int8Writer:
             "index_fingerprint": manifest_fingerprint(manifest),
             **{k: float(v) for k, v in zip(_INT8_STATS, self.stats)},
         }
-        with open(self.dir / (INT8_MANIFEST + self.suffix), "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
+        _write_json_synced(self.dir / (INT8_MANIFEST + self.suffix), meta)
 
     def abort(self) -> None:
         self.close()

@@ -354,6 +354,30 @@ def _score_pairs(
     return out
 
 
+def _rerank_exact(
+    vectors: np.ndarray, queries: np.ndarray, grid_ids: np.ndarray, cand: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Re-score the ``cand`` cells of a survivors' grid exactly in float32, with the float32
+    path's own faiss kernel: ``(scores, ids)`` grids, -inf / -1 outside the candidates."""
+    import faiss
+
+    cq, cc = (np.ascontiguousarray(a) for a in np.nonzero(cand))
+    exact = np.empty(cq.size, dtype=np.float32)
+    rows_c = np.ascontiguousarray(grid_ids[cq, cc])
+    faiss.pairwise_indexed_inner_product(
+        int(queries.shape[1]),
+        int(cq.size),
+        faiss.swig_ptr(queries),
+        faiss.swig_ptr(cq),
+        faiss.swig_ptr(vectors),
+        faiss.swig_ptr(rows_c),
+        faiss.swig_ptr(exact),
+    )
+    scores = np.full(grid_ids.shape, -np.inf, dtype=np.float32)
+    scores[cq, cc] = exact
+    return scores, np.where(cand, grid_ids, -1)
+
+
 def _sparse_topk(
     vectors: np.ndarray,
     queries: np.ndarray,
@@ -376,8 +400,6 @@ def _sparse_topk(
     its own 2β (``int8scan.int8_scan_slack``) and re-ranked the same way. The pairs are drawn
     from ``rng`` identically in every variant.
     """
-    import faiss
-
     vectors = _as_f32(vectors)
     queries = _as_f32(queries)
     n, d = vectors.shape
@@ -416,21 +438,7 @@ def _sparse_topk(
         if scan is not None and gi.size:
             # Candidates within 2β of the k-th reduced-precision score, re-scored exactly in float32.
             cand = (gi >= 0) & ~(gs < acc.threshold(gs)[:, None])
-            cq, cc = (np.ascontiguousarray(a) for a in np.nonzero(cand))
-            exact = np.empty(cq.size, dtype=np.float32)
-            rows_c = np.ascontiguousarray(gi[cq, cc])
-            faiss.pairwise_indexed_inner_product(
-                int(d),
-                int(cq.size),
-                faiss.swig_ptr(qc),
-                faiss.swig_ptr(cq),
-                faiss.swig_ptr(vectors),
-                faiss.swig_ptr(rows_c),
-                faiss.swig_ptr(exact),
-            )
-            gs = np.full(gs.shape, -np.inf, dtype=np.float32)
-            gs[cq, cc] = exact
-            gi = np.where(cand, gi, -1)
+            gs, gi = _rerank_exact(vectors, qc, gi, cand)
         out[s : s + nb], _ = select_topk(gs, gi, k)
     return out
 
